@@ -78,7 +78,7 @@ def get_extensions():
     csrc = os.path.join(ROOT, "csrc")
     sources = sorted(glob.glob(os.path.join(csrc, "*.cpp")))
     sources += sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
-    extra_compile_args = {"cxx": ["-O3", "-std=c++17"]}
+    extra_compile_args = {"cxx": ["-O3"]}  # torch adds the C++ standard it needs (C++20)
     define_macros = []
     include_dirs = [csrc]
     extension = CppExtension
@@ -89,7 +89,6 @@ def get_extensions():
         include_dirs += _pip_cuda_include_dirs()
         extra_compile_args["nvcc"] = [
             "-O3",
-            "-std=c++17",
             "--expt-relaxed-constexpr",
             "-D__CUDA_NO_HALF_OPERATORS__",
             "-D__CUDA_NO_HALF_CONVERSIONS__",
