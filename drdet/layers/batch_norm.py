@@ -1,5 +1,6 @@
 """FrozenBatchNorm2d: batch norm with fixed statistics and affine parameters."""
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -30,10 +31,10 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Fold into one scale and shift in fp32, then apply in the input's dtype.
-        scale = self.weight.float() * (self.running_var.float() + self.eps).rsqrt()
-        shift = self.bias.float() - self.running_mean.float() * scale
-        return x * scale.to(x.dtype).view(1, -1, 1, 1) + shift.to(x.dtype).view(1, -1, 1, 1)
+        # BatchNorm's inference kernel: the same arithmetic as nn.BatchNorm2d in eval mode (bitwise),
+        # fp32 statistics with a half / bfloat16 input, and cuDNN on the GPU.
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            training=False, momentum=0.0, eps=self.eps)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
