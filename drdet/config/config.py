@@ -62,7 +62,9 @@ class CfgNode(_YacsCfgNode):
                     node = node[part]
             if isinstance(node[parts[-1]], _YacsCfgNode):
                 raise ValueError(f"config key {full_key} is a group of keys, not a value")
-            value = _YacsCfgNode._decode_cfg_value(raw)
+            value = raw
+            if isinstance(raw, str) and not isinstance(node[parts[-1]], str):
+                value = _YacsCfgNode._decode_cfg_value(raw)
             _set_checked(node, parts[-1], value, full_key)
 
     def validate(self, freeze: bool = True) -> "CfgNode":
@@ -109,6 +111,9 @@ def _merge_dict(src: Dict[str, Any], dst: _YacsCfgNode, prefix: List[str]) -> No
         else:
             if isinstance(value, dict):
                 raise ValueError(f"config key {full_key} takes a value, not a group of keys")
+            if isinstance(value, str) and not isinstance(dst[key], str):
+                # yaml leaves "(800,)" a string: read it as a Python literal, as yacs does.
+                value = _YacsCfgNode._decode_cfg_value(value)
             _set_checked(dst, key, value, full_key)
 
 
