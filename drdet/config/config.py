@@ -2,7 +2,7 @@
 errors name the key, and a validation step for the enumerated and ranged values."""
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import yaml
 from yacs.config import CfgNode as _YacsCfgNode
@@ -31,8 +31,8 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
 class CfgNode(_YacsCfgNode):
     """yacs CfgNode whose merges are strict and name the offending key.
 
-    - ``merge_from_file(path)`` reads yaml with ``yaml.safe_load`` and follows ``_BASE_: other.yaml``
-      (a path relative to the including file), merging the base first, recursively.
+    - ``merge_from_file(path)`` reads yaml with ``yaml.safe_load`` and follows
+      ``_BASE_: other.yaml`` (relative to the including file), merging the base first, recursively.
     - An unknown key raises ``KeyError("Unknown config key: MODEL.FOO")``; a value of the wrong
       type raises ``ValueError`` naming the key and both types. Allowed conversions: list <-> tuple
       and int -> float (so ``L: 6`` is accepted for a float key); bool is never taken for a number.

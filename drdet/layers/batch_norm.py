@@ -31,8 +31,8 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # BatchNorm's inference kernel: the same arithmetic as nn.BatchNorm2d in eval mode (bitwise),
-        # fp32 statistics with a half / bfloat16 input, and cuDNN on the GPU.
+        # BatchNorm's inference kernel: the same arithmetic as nn.BatchNorm2d in eval mode
+        # (bitwise), fp32 statistics with a half / bfloat16 input, and cuDNN on the GPU.
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             training=False, momentum=0.0, eps=self.eps)
 

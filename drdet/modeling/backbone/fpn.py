@@ -59,7 +59,8 @@ class FPN(nn.Module):
 
     def __init__(self, in_channels_list: Sequence[int], out_channels: int = 256,
                  top_blocks: Optional[nn.Module] = None,
-                 norm_layer: Optional[Callable[[int], nn.Module]] = None, use_relu: bool = False, stage_ids: Optional[Sequence[int]] = None) -> None:
+                 norm_layer: Optional[Callable[[int], nn.Module]] = None, use_relu: bool = False,
+                 stage_ids: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         if not in_channels_list:
             raise ValueError("in_channels_list must name at least one input level")

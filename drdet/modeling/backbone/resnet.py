@@ -189,7 +189,7 @@ class ResNet(nn.Module):
         return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
 
     def freeze(self, freeze_at: int) -> None:
-        """Freeze the first ``freeze_at`` of :meth:`stages` (0: none, 1: stem, 2: stem+layer1...)."""
+        """Freeze the first ``freeze_at`` of :meth:`stages` (0 none, 1 stem, 2 stem+layer1, ...)."""
         for i, stage in enumerate(self.stages()[:freeze_at]):
             for p in stage.parameters():
                 p.requires_grad_(False)
