@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "dr_loss.h"
@@ -23,24 +24,143 @@ using at::vec::Vectorized;
 constexpr int64_t kMinChunkRows = 512;
 constexpr int64_t kMaxPartials = int64_t(1) << 20;  // chunks x groups partial statistics
 
+// ---- AVX2 + FMA path for float, chosen at run time -------------------------------------------
+// torch's extension build does not compile for AVX2, so at::vec::Vectorized<float> falls back to
+// a scalar std::exp here. These loops are compiled for AVX2/FMA with a target attribute and used
+// only when the CPU has them. exp is a Cephes-style range reduction plus degree-6 polynomial
+// (about 1 ulp), flushed to 0 below -87.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DRDET_HAVE_AVX2_PATH 1
+#include <immintrin.h>
+#define DRDET_AVX2 __attribute__((target("avx2,fma")))
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+DRDET_AVX2 inline __m256 exp_avx2(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.3762626647949f);
+  const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+DRDET_AVX2 inline __m256 sigmoid_avx2(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  return _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+DRDET_AVX2 inline float hsum_avx2(__m256 v) {
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, v);
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+// p[c] = sigmoid(x[c]); x may alias p. Returns the number of columns done (a multiple of 8).
+DRDET_AVX2 int64_t sigmoid_row_avx2(const float* x, int64_t n, float* p) {
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) _mm256_storeu_ps(p + c, sigmoid_avx2(_mm256_loadu_ps(x + c)));
+  return c;
+}
+
+DRDET_AVX2 int64_t range_max_avx2(const float* p, int64_t n, float& m) {
+  if (n < 8) return 0;
+  __m256 vm = _mm256_loadu_ps(p);
+  int64_t c = 8;
+  for (; c + 8 <= n; c += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(p + c));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vm);
+  for (float v : lanes) m = std::max(m, v);
+  return c;
+}
+
+DRDET_AVX2 int64_t range_sums_avx2(const float* p, int64_t n, float m, float inv, float& sum_w,
+                                   float& sum_wp) {
+  const __m256 vm = _mm256_set1_ps(m), vinv = _mm256_set1_ps(inv);
+  __m256 vw = _mm256_setzero_ps(), vwp = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 v = _mm256_loadu_ps(p + c);
+    const __m256 w = exp_avx2(_mm256_mul_ps(_mm256_sub_ps(v, vm), vinv));
+    vw = _mm256_add_ps(vw, w);
+    vwp = _mm256_fmadd_ps(w, v, vwp);
+  }
+  sum_w += hsum_avx2(vw);
+  sum_wp += hsum_avx2(vwp);
+  return c;
+}
+
+// out[c] = d loss / d x[c] treating every column as a negative; returns the columns done.
+DRDET_AVX2 int64_t negative_grad_row_avx2(const float* x, int64_t n, float neg_max, float inv,
+                                          float neg_mean, float scale, float* out) {
+  const __m256 one = _mm256_set1_ps(1.0f), vmax = _mm256_set1_ps(neg_max);
+  const __m256 vinv = _mm256_set1_ps(inv), vmean = _mm256_set1_ps(neg_mean);
+  const __m256 vscale = _mm256_set1_ps(scale);
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 p = sigmoid_avx2(_mm256_loadu_ps(x + c));
+    const __m256 q = exp_avx2(_mm256_mul_ps(_mm256_sub_ps(p, vmax), vinv));
+    const __m256 lin = _mm256_fmadd_ps(_mm256_sub_ps(p, vmean), vinv, one);
+    const __m256 dp = _mm256_mul_ps(_mm256_mul_ps(vscale, q), lin);
+    _mm256_storeu_ps(out + c, _mm256_mul_ps(dp, _mm256_mul_ps(p, _mm256_sub_ps(one, p))));
+  }
+  return c;
+}
+#else
+#define DRDET_HAVE_AVX2_PATH 0
+#endif
+
+
 // Computes p = sigmoid(x) for one row of n logits into p (accumulation type).
 template <typename scalar_t, typename acc_t>
 void sigmoid_row(const scalar_t* x, int64_t n, acc_t* p) {
   using Vec = Vectorized<acc_t>;
-  for (int64_t c = 0; c < n; ++c) p[c] = static_cast<acc_t>(x[c]);
-  const Vec one(acc_t(1));
-  int64_t c = 0;
-  for (; c + Vec::size() <= n; c += Vec::size()) {
-    const Vec v = Vec::loadu(p + c);
-    (one / (one + v.neg().exp())).store(p + c);
+  const acc_t* src = p;
+  if constexpr (std::is_same<scalar_t, acc_t>::value) {
+    src = x;
+  } else {
+    for (int64_t c = 0; c < n; ++c) p[c] = static_cast<acc_t>(x[c]);
   }
-  for (; c < n; ++c) p[c] = sigmoid(p[c]);
+  int64_t c = 0;
+#if DRDET_HAVE_AVX2_PATH
+  if constexpr (std::is_same<acc_t, float>::value) {
+    if (cpu_has_avx2()) c = sigmoid_row_avx2(src, n, p);
+  }
+#endif
+  const Vec one(acc_t(1));
+  for (; c + Vec::size() <= n; c += Vec::size()) {
+    (one / (one + Vec::loadu(src + c).neg().exp())).store(p + c);
+  }
+  for (; c < n; ++c) p[c] = sigmoid(src[c]);
 }
 
 template <typename acc_t>
 acc_t range_max(const acc_t* p, int64_t n, acc_t m) {
   using Vec = Vectorized<acc_t>;
   int64_t c = 0;
+#if DRDET_HAVE_AVX2_PATH
+  if constexpr (std::is_same<acc_t, float>::value) {
+    if (cpu_has_avx2()) {
+      for (c = range_max_avx2(p, n, m); c < n; ++c) m = std::max(m, p[c]);
+      return m;
+    }
+  }
+#endif
   if (n >= Vec::size()) {
     Vec vm = Vec::loadu(p);
     for (c = Vec::size(); c + Vec::size() <= n; c += Vec::size()) {
@@ -61,6 +181,11 @@ void range_sums(const acc_t* p, int64_t n, acc_t m, acc_t inv, acc_t& sum_w, acc
   const Vec vm(m), vinv(inv);
   Vec vw(acc_t(0)), vwp(acc_t(0));
   int64_t c = 0;
+#if DRDET_HAVE_AVX2_PATH
+  if constexpr (std::is_same<acc_t, float>::value) {
+    if (cpu_has_avx2()) c = range_sums_avx2(p, n, m, inv, sum_w, sum_wp);
+  }
+#endif
   for (; c + Vec::size() <= n; c += Vec::size()) {
     const Vec v = Vec::loadu(p + c);
     const Vec w = ((v - vm) * vinv).exp();
@@ -130,6 +255,45 @@ std::vector<Accum> reduce_rows_by_group(int64_t num_rows, int64_t num_groups,
     }
   }
   return result;
+}
+
+// Writes d loss / d x of one non-ignored row (positive column pos_col, -1 if none): every
+// column as a negative (vectorised), then the positive column. buf: n scratch values.
+template <typename scalar_t, typename acc_t>
+void backward_row(const scalar_t* x, int64_t n, int64_t pos_col, const GroupGrad<acc_t>& gg,
+                  const Params& prm, acc_t* buf, scalar_t* out) {
+  using Vec = Vectorized<acc_t>;
+  constexpr bool kSameType = std::is_same<scalar_t, acc_t>::value;
+  const acc_t* src = buf;
+  acc_t* dst = buf;
+  if constexpr (kSameType) {
+    src = x;
+    dst = out;
+  } else {
+    for (int64_t c = 0; c < n; ++c) buf[c] = static_cast<acc_t>(x[c]);
+  }
+  const acc_t inv = acc_t(1.0 / prm.neg_lambda);
+  int64_t c = 0;
+#if DRDET_HAVE_AVX2_PATH
+  if constexpr (std::is_same<acc_t, float>::value) {
+    if (cpu_has_avx2()) {
+      c = negative_grad_row_avx2(src, n, gg.neg_max, inv, gg.neg_mean,
+                                 gg.coef_neg * gg.inv_neg_sum_w, dst);
+    }
+  }
+#endif
+  const Vec one(acc_t(1)), vmax(gg.neg_max), vinv(inv), vmean(gg.neg_mean);
+  const Vec vscale(gg.coef_neg * gg.inv_neg_sum_w);
+  for (; c + Vec::size() <= n; c += Vec::size()) {
+    const Vec p = one / (one + Vec::loadu(src + c).neg().exp());
+    const Vec q = ((p - vmax) * vinv).exp();
+    (vscale * q * (one + (p - vmean) * vinv) * p * (one - p)).store(dst + c);
+  }
+  for (; c < n; ++c) dst[c] = grad_logit(src[c], false, gg, prm);
+  if (pos_col >= 0) dst[pos_col] = grad_logit(static_cast<acc_t>(x[pos_col]), true, gg, prm);
+  if constexpr (!kSameType) {
+    for (c = 0; c < n; ++c) out[c] = static_cast<scalar_t>(buf[c]);
+  }
 }
 
 struct PosSums {
@@ -235,10 +399,8 @@ at::Tensor dr_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& l
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "dr_loss_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    using Vec = Vectorized<acc_t>;
     const scalar_t* x_p = x.data_ptr<scalar_t>();
     scalar_t* g_p = grad.data_ptr<scalar_t>();
-    const acc_t inv_neg = acc_t(1.0 / prm.neg_lambda);
     at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> buf(C);
       for (int64_t r = begin; r < end; ++r) {
@@ -250,20 +412,7 @@ at::Tensor dr_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& l
         }
         const GroupGrad<acc_t> gg =
             load_group_grad(st_p + (gid_p ? gid_p[r] : 0) * kNumStats, acc_t(grad_out));
-        const scalar_t* xr = x_p + r * C;
-        for (int64_t c = 0; c < C; ++c) buf[c] = static_cast<acc_t>(xr[c]);
-        // every column as a negative (vectorised), then the positive column fixed up
-        const Vec one(acc_t(1)), vmax(gg.neg_max), vinv(inv_neg), vmean(gg.neg_mean);
-        const Vec vscale(gg.coef_neg * gg.inv_neg_sum_w);
-        int64_t c = 0;
-        for (; c + Vec::size() <= C; c += Vec::size()) {
-          const Vec p = one / (one + Vec::loadu(buf.data() + c).neg().exp());
-          const Vec q = ((p - vmax) * vinv).exp();
-          (vscale * q * (one + (p - vmean) * vinv) * p * (one - p)).store(buf.data() + c);
-        }
-        for (; c < C; ++c) buf[c] = grad_logit(buf[c], false, gg, prm);
-        if (y > 0) buf[y - 1] = grad_logit(static_cast<acc_t>(xr[y - 1]), true, gg, prm);
-        for (c = 0; c < C; ++c) out[c] = static_cast<scalar_t>(buf[c]);
+        backward_row(x_p + r * C, C, y - 1, gg, prm, buf.data(), out);
       }
     });
   });
