@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from drdet.evaluation import gather_predictions
 from drdet.utils import comm
 from drdet.utils.logger import setup_logger
 from drdet.utils.metric_logger import JSONLinesWriter, MetricLogger, SmoothedValue
@@ -28,12 +29,16 @@ def _worker(rank, world_size, port, results):
         to_root = comm.gather(rank * 10)
         reduced = comm.reduce_dict({"a": torch.tensor(float(rank + 1)), "b": torch.tensor(2.0 * rank)})
         summed = comm.reduce_dict({"a": torch.tensor(float(rank + 1))}, average=False)
+        # rank r evaluated images r and r + 2 (a strided test sampler)
+        preds = {i: {"scores": torch.tensor([float(i)])} for i in (rank, rank + 2)}
+        merged = gather_predictions(preds, image_ids=[0, 1, 2, 3])
         comm.synchronize()
         results[rank] = {
             "world": comm.get_world_size(), "rank": comm.get_rank(),
             "local_rank": comm.get_local_rank(), "main": comm.is_main_process(),
             "gathered": gathered, "to_root": to_root,
             "reduced": {k: v.item() for k, v in reduced.items()}, "summed": summed["a"].item(),
+            "merged": None if merged is None else {i: p["scores"].item() for i, p in merged.items()},
         }
     finally:
         dist.destroy_process_group()
@@ -50,6 +55,7 @@ def test_two_process_gloo_collectives():
         assert r["reduced"] == {"a": pytest.approx(1.5), "b": pytest.approx(1.0)}  # means
         assert r["summed"] == pytest.approx(3.0)
     assert results[0]["to_root"] == [0, 10] and results[1]["to_root"] == []
+    assert results[0]["merged"] == {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0} and results[1]["merged"] is None
 
 
 def test_single_process_fallbacks(monkeypatch):
