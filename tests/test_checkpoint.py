@@ -146,3 +146,16 @@ def test_module_prefix_missing_and_unexpected_keys():
 def test_only_main_process_writes(tmp_path):
     assert Checkpointer(_net(), save_dir=str(tmp_path), save_to_disk=False).save("m") is None
     assert os.listdir(tmp_path) == []
+
+
+def test_resume_or_load_prefers_last_checkpoint(tmp_path):
+    src, opt, sched = _train_state()
+    weights = str(tmp_path / "weights.pth")
+    torch.save(src.state_dict(), weights)  # a bare state dict, as published weights often are
+    out = tmp_path / "out"
+    net = _net()
+    assert Checkpointer(net, save_dir=str(out), save_to_disk=True).resume_or_load(weights) == {}
+    assert torch.equal(net[0].weight, src[0].weight)
+    Checkpointer(net, save_dir=str(out), save_to_disk=True).save("model_0000007", iteration=7)
+    assert Checkpointer(_net(), save_dir=str(out), save_to_disk=True).resume_or_load(weights) == \
+        {"iteration": 7}

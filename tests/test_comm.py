@@ -136,3 +136,14 @@ def test_stuck_rank_makes_others_fail_within_timeout():
     mp.spawn(_worker_one_rank_fails, args=(2, _free_port(), results), nprocs=2, join=True)
     assert results["error"] is not None
     assert results["seconds"] < 3.5, results["seconds"]
+
+
+def test_tensorboard_writer_optional(tmp_path):
+    import importlib.util
+
+    from drdet.utils.metric_logger import TensorboardWriter
+
+    w = TensorboardWriter(str(tmp_path / "tb"))
+    assert w.enabled == (importlib.util.find_spec("tensorboard") is not None)
+    w.write({"loss": 1.0, "name": "x"}, step=1)  # no-op without tensorboard
+    w.close()

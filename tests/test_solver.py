@@ -148,3 +148,20 @@ def test_scheduler_state_dict_resume():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         WarmupMultiStepLR(_one_group_optimizer(), **kwargs)
+
+
+def test_gradient_clipper():
+    from drdet.solver import make_gradient_clipper
+
+    cfg = _solver_cfg()
+    assert make_gradient_clipper(cfg) is None
+    cfg.SOLVER.CLIP_GRADIENTS = CN({"ENABLED": True, "MAX_NORM": 1.0})
+    clip = make_gradient_clipper(cfg)
+    net = nn.Linear(2, 1, bias=False)
+    net.weight.grad = torch.tensor([[3.0, 4.0]])
+    norm = clip(net)
+    assert norm.item() == pytest.approx(5.0)
+    assert net.weight.grad.tolist()[0] == pytest.approx([0.6, 0.8], rel=1e-5)
+    cfg.SOLVER.CLIP_GRADIENTS.MAX_NORM = 0.0
+    with pytest.raises(ValueError, match="MAX_NORM"):
+        make_gradient_clipper(cfg)

@@ -22,7 +22,7 @@ COCO_STATS_NAMES = COCO_METRICS + ("AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 logger = logging.getLogger(__name__)
 
 
-def _as_numpy(x, name: str, image_id) -> np.ndarray:
+def _as_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
@@ -38,9 +38,9 @@ def predictions_to_coco_results(predictions: Mapping[int, Mapping[str, object]],
     """
     results = []
     for image_id, pred in predictions.items():
-        boxes = _as_numpy(pred["boxes"], "boxes", image_id).astype(np.float64)
-        scores = _as_numpy(pred["scores"], "scores", image_id).astype(np.float64)
-        labels = _as_numpy(pred["labels"], "labels", image_id).astype(np.int64)
+        boxes = _as_numpy(pred["boxes"]).astype(np.float64)
+        scores = _as_numpy(pred["scores"]).astype(np.float64)
+        labels = _as_numpy(pred["labels"]).astype(np.int64)
         k = len(scores)
         if boxes.shape != (k, 4) or labels.shape != (k,) or scores.shape != (k,):
             raise ValueError(f"image {image_id}: expected boxes (K, 4), scores (K,), labels (K,), "
@@ -54,14 +54,16 @@ def predictions_to_coco_results(predictions: Mapping[int, Mapping[str, object]],
         xywh = boxes.copy()
         xywh[:, 2:] -= xywh[:, :2]
         for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
-            results.append({"image_id": int(image_id), "category_id": int(contiguous_to_json[label]),
+            results.append({"image_id": int(image_id),
+                            "category_id": int(contiguous_to_json[label]),
                             "bbox": box, "score": score})
     return results
 
 
 def evaluate_coco(coco_gt, predictions: Mapping[int, Mapping[str, object]],
                   contiguous_to_json: Mapping[int, int], output_folder: Optional[str] = None,
-                  per_category: bool = False, log: Optional[logging.Logger] = None) -> Dict[str, float]:
+                  per_category: bool = False,
+                  log: Optional[logging.Logger] = None) -> Dict[str, float]:
     """Run COCOeval (bbox) on `predictions` against `coco_gt` (a pycocotools COCO object).
 
     Evaluates on the images of `predictions` (every image the loop ran on, including those with
@@ -140,10 +142,12 @@ def merge_predictions(per_rank: Iterable[Mapping[int, object]],
         problems.append(f"{len(duplicated)} images were predicted more than once "
                         f"(first: {sorted(duplicated)[:10]})")
     if extra:
-        problems.append(f"{len(extra)} predicted images are not in the dataset (first: {extra[:10]})")
+        problems.append(f"{len(extra)} predicted images are not in the dataset "
+                        f"(first: {extra[:10]})")
     if problems:
         raise RuntimeError("inference results are inconsistent with the dataset: " +
-                           "; ".join(problems) + ". Check the test sampler (each image exactly once).")
+                           "; ".join(problems)
+                           + ". Check the test sampler (each image exactly once).")
     return {i: merged[i] for i in sorted(merged)}
 
 

@@ -1,5 +1,5 @@
 """Build the SGD optimizer and the learning-rate schedule from the config."""
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -112,3 +112,22 @@ def make_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
 def trainable_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
     """The parameters of `model` that require a gradient (for gradient clipping)."""
     return (p for p in model.parameters() if p.requires_grad)
+
+
+def make_gradient_clipper(cfg) -> Optional[Callable[[nn.Module], torch.Tensor]]:
+    """A function model -> total gradient norm (before clipping, a 0-dim tensor) that clips the
+    global L2 norm of the trainable gradients to SOLVER.CLIP_GRADIENTS.MAX_NORM; None when
+    SOLVER.CLIP_GRADIENTS.ENABLED is False or absent. Call it between backward() and step()
+    (after scaler.unscale_(optimizer) under AMP). A non-finite norm is returned as is, so the
+    caller can skip the step and report it."""
+    clip = cfg.SOLVER.get("CLIP_GRADIENTS", None)
+    if clip is None or not clip.get("ENABLED", False):
+        return None
+    max_norm = float(clip.MAX_NORM)
+    if max_norm <= 0:
+        raise ValueError(f"SOLVER.CLIP_GRADIENTS.MAX_NORM must be > 0, got {max_norm}")
+
+    def clip_gradients(model: nn.Module) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(list(trainable_parameters(model)), max_norm)
+
+    return clip_gradients

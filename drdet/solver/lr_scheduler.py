@@ -18,7 +18,8 @@ from torch.optim.lr_scheduler import LRScheduler
 _WARMUP_METHODS = ("constant", "linear")
 
 
-def warmup_multiplier(method: str, iteration: int, warmup_iters: int, warmup_factor: float) -> float:
+def warmup_multiplier(method: str, iteration: int, warmup_iters: int,
+                      warmup_factor: float) -> float:
     """Multiplier of the lr during warmup at `iteration`; 1.0 once iteration >= warmup_iters."""
     if iteration >= warmup_iters:
         return 1.0
@@ -34,7 +35,8 @@ class _WarmupLR(LRScheduler):
     def __init__(self, optimizer: torch.optim.Optimizer, warmup_factor: float, warmup_iters: int,
                  warmup_method: str, last_epoch: int = -1):
         if warmup_method not in _WARMUP_METHODS:
-            raise ValueError(f"warmup_method must be one of {_WARMUP_METHODS}, got {warmup_method!r}")
+            raise ValueError(f"warmup_method must be one of {_WARMUP_METHODS}, "
+                             f"got {warmup_method!r}")
         if warmup_iters < 0:
             raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
         if not 0.0 < warmup_factor <= 1.0:

@@ -60,7 +60,8 @@ def get_rng_state() -> Dict[str, Any]:
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)),
-                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss),
+                  "cached_gaussian": float(np_gauss)},
         "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
     }
     if torch.cuda.is_available():
@@ -101,8 +102,9 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Dict[str, Any
     except (pickle.UnpicklingError, RuntimeError) as err:
         if not allow_pickle:
             raise RuntimeError(
-                f"cannot load {path} with torch.load(weights_only=True): it holds pickled Python "
-                "objects (or is not a torch checkpoint), and unpickling can execute arbitrary code. "
+                f"cannot load {path} with torch.load(weights_only=True): it holds pickled "
+                "Python objects (or is not a torch checkpoint), and unpickling can execute "
+                "arbitrary code. "
                 "If you trust the file, load it with allow_pickle=True (e.g. "
                 "Checkpointer.load(path, allow_pickle=True)), or convert it once to a file of "
                 f"tensors only. Reason: {str(err).splitlines()[0]}") from err
@@ -151,12 +153,15 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor],
         if key not in own:
             continue
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"checkpoint value for {key!r} is a {type(value).__name__}, not a tensor")
+            raise TypeError(f"checkpoint value for {key!r} is a {type(value).__name__}, "
+                            "not a tensor")
         if value.shape != own[key].shape:
-            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}")
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} "
+                              f"vs model {tuple(own[key].shape)}")
         loaded.append(key)
     if mismatched:
-        raise RuntimeError("shape mismatch while loading the model state:\n  " + "\n  ".join(mismatched))
+        raise RuntimeError("shape mismatch while loading the model state:\n  "
+                           + "\n  ".join(mismatched))
     model.load_state_dict({k: state[k] for k in loaded}, strict=False)
     missing = sorted(set(own) - set(loaded))
     unexpected = sorted(set(state) - set(own))
@@ -240,6 +245,16 @@ class Checkpointer:
             if self.scheduler is not None and scheduler_state is not None:
                 self.scheduler.load_state_dict(scheduler_state)
         return data
+
+    def resume_or_load(self, weights: str = "", allow_pickle: bool = False) -> Dict[str, Any]:
+        """Resume from save_dir/last_checkpoint when there is one (the run was interrupted);
+        otherwise initialise the model only from `weights` (MODEL.WEIGHT, e.g. an ImageNet
+        backbone) when given, and return {} (a fresh start at iteration 0)."""
+        if self.has_checkpoint():
+            return self.resume()
+        if weights:
+            self.load(weights, allow_pickle=allow_pickle, load_training_state=False)
+        return {}
 
     def resume(self) -> Dict[str, Any]:
         """Restore everything from the checkpoint named in save_dir/last_checkpoint and return its

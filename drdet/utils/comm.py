@@ -101,9 +101,9 @@ def reduce_dict(values: Dict[str, torch.Tensor], average: bool = True) -> Dict[s
     """Sum (or average, the default) a dict of scalar tensors over all ranks.
 
     Every rank must pass the same keys (not checked: that would cost one more collective per
-    call); values are reduced in float32 on their device (CUDA for nccl). The result holds the reduced values on every rank (all
-    ranks call it, and logging happens on rank 0). Used for logging losses: the gradients are
-    already averaged by DDP.
+    call); values are reduced in float32 on their device (CUDA for nccl). The result holds the
+    reduced values on every rank (all ranks call it, and logging happens on rank 0). Used for
+    logging losses: the gradients are already averaged by DDP.
     """
     world_size = get_world_size()
     if world_size == 1:
