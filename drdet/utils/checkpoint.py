@@ -181,6 +181,11 @@ class Checkpointer:
     (temporary file in save_dir, flush + fsync, os.replace) and then points save_dir/last_checkpoint
     at it, also atomically: a crash at any moment leaves the previous checkpoint and pointer
     intact. Only the main process writes (`save_to_disk`, default: rank 0).
+
+    The training loop owns its extra state: e.g. save(name, iteration=it, rng=get_rng_state(),
+    sampler={...}), then after `extra = resume()`: start at extra.get("iteration", 0) and call
+    set_rng_state(extra["rng"]) when present. Note that RNG states are per rank: saving rank 0's
+    state restores rank 0's stream on every rank.
     """
 
     def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
