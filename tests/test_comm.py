@@ -120,7 +120,7 @@ def _worker_one_rank_fails(rank, world_size, port, results):
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     comm.init_distributed(backend="gloo", timeout_minutes=0.02)  # 1.2 s
     if rank == 1:
-        time.sleep(4)  # "hangs": never joins the collective below
+        time.sleep(3)  # "hangs": never joins the collective below
         return
     start = time.monotonic()
     try:
