@@ -3,15 +3,14 @@ import math
 import pytest
 import torch
 from torch import nn
-from yacs.config import CfgNode as CN
 
+from drdet.config import get_cfg
 from drdet.solver import (WarmupCosineLR, WarmupMultiStepLR, make_lr_scheduler, make_optimizer,
                           param_groups)
 
 
 def _solver_cfg(**overrides):
-    cfg = CN()
-    cfg.SOLVER = CN()
+    cfg = get_cfg()
     s = cfg.SOLVER
     s.MAX_ITER = 100
     s.BASE_LR = 0.01
@@ -155,7 +154,8 @@ def test_gradient_clipper():
 
     cfg = _solver_cfg()
     assert make_gradient_clipper(cfg) is None
-    cfg.SOLVER.CLIP_GRADIENTS = CN({"ENABLED": True, "MAX_NORM": 1.0})
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.MAX_NORM = 1.0
     clip = make_gradient_clipper(cfg)
     net = nn.Linear(2, 1, bias=False)
     net.weight.grad = torch.tensor([[3.0, 4.0]])

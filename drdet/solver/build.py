@@ -67,7 +67,7 @@ def make_optimizer(cfg, model: nn.Module) -> torch.optim.SGD:
     """SGD with momentum over the trainable parameters of `model`, grouped by `param_groups`.
 
     Config keys: SOLVER.BASE_LR, MOMENTUM, WEIGHT_DECAY, BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS and
-    (drdet) SOLVER.WEIGHT_DECAY_NORM (None/absent = same as WEIGHT_DECAY).
+    (drdet) SOLVER.WEIGHT_DECAY_NORM (negative = same as WEIGHT_DECAY).
 
     Learning rate and batch size: the paper trains with lr 0.01 for a mini-batch of 16 images
     (8 GPUs x 2 images, 90k iterations for "1x"), and its Remark 2 (Theorem 1: eta = O(sqrt(m/T)))
@@ -84,7 +84,7 @@ def make_optimizer(cfg, model: nn.Module) -> torch.optim.SGD:
         weight_decay=s.WEIGHT_DECAY,
         bias_lr_factor=s.BIAS_LR_FACTOR,
         weight_decay_bias=s.WEIGHT_DECAY_BIAS,
-        weight_decay_norm=s.get("WEIGHT_DECAY_NORM", None),
+        weight_decay_norm=None if s.WEIGHT_DECAY_NORM < 0 else s.WEIGHT_DECAY_NORM,
     )
     if not groups:
         raise ValueError("make_optimizer: the model has no trainable parameter")
@@ -99,7 +99,7 @@ def make_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
     "cosine" decays it to 0 at MAX_ITER. Call scheduler.step() once after every iteration.
     """
     s = cfg.SOLVER
-    name = s.get("LR_SCHEDULER", "multistep")
+    name = s.LR_SCHEDULER
     common = dict(warmup_factor=s.WARMUP_FACTOR, warmup_iters=s.WARMUP_ITERS,
                   warmup_method=s.WARMUP_METHOD)
     if name == "multistep":
@@ -117,11 +117,11 @@ def trainable_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
 def make_gradient_clipper(cfg) -> Optional[Callable[[nn.Module], torch.Tensor]]:
     """A function model -> total gradient norm (before clipping, a 0-dim tensor) that clips the
     global L2 norm of the trainable gradients to SOLVER.CLIP_GRADIENTS.MAX_NORM; None when
-    SOLVER.CLIP_GRADIENTS.ENABLED is False or absent. Call it between backward() and step()
+    SOLVER.CLIP_GRADIENTS.ENABLED is False. Call it between backward() and step()
     (after scaler.unscale_(optimizer) under AMP). A non-finite norm is returned as is, so the
     caller can skip the step and report it."""
-    clip = cfg.SOLVER.get("CLIP_GRADIENTS", None)
-    if clip is None or not clip.get("ENABLED", False):
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if not clip.ENABLED:
         return None
     max_norm = float(clip.MAX_NORM)
     if max_norm <= 0:
