@@ -1,0 +1,93 @@
+// Sigmoid focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017), the
+// classification loss of the RetinaNet baseline.
+//
+// Label convention (shared with the DR loss): logits (N, C), labels (N,) int with
+//   -1      ignored anchor: its row contributes nothing,
+//    0      background: all C entries are negatives,
+//   1..C    foreground of class k: entry k-1 is positive, the other C-1 are negatives.
+//
+// Per entry with logit x, a positive contributes alpha * (1-p)^gamma * -log(p) and a negative
+// (1-alpha) * p^gamma * -log(1-p), with p = sigmoid(x). Writing z = -x for a positive and z = x
+// for a negative, both read w * q^gamma * softplus(z) with q = sigmoid(z), the probability given
+// to the wrong answer. The functions below are the per-entry math, shared by the CPU and CUDA
+// kernels so that CI (no GPU) runs the same arithmetic the GPU does.
+#pragma once
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+
+#include "macros.h"
+
+namespace drdet {
+
+namespace focal {
+
+// log(1 + exp(z)) without overflow for large |z|.
+template <typename T>
+DRDET_HOST_DEVICE T softplus(T z) {
+  return (z > T(0) ? z : T(0)) + std::log1p(std::exp(-std::fabs(z)));
+}
+
+// sigmoid(z) without overflow for large |z|.
+template <typename T>
+DRDET_HOST_DEVICE T sigmoid(T z) {
+  if (z >= T(0)) {
+    return T(1) / (T(1) + std::exp(-z));
+  }
+  const T e = std::exp(z);
+  return e / (T(1) + e);
+}
+
+// Whether entry `cls` (0-based) of a row with label `label` (>= 0) is a positive.
+DRDET_HOST_DEVICE bool is_positive(int64_t label, int64_t cls) {
+  return label == cls + 1;
+}
+
+// The signed logit z (see the file comment) and the class weight w of one entry.
+template <typename T>
+DRDET_HOST_DEVICE T signed_logit(T x, bool positive) {
+  return positive ? -x : x;
+}
+
+template <typename T>
+DRDET_HOST_DEVICE T class_weight(bool positive, T alpha) {
+  return positive ? alpha : T(1) - alpha;
+}
+
+// q^gamma as exp(gamma * log q), log q = -softplus(-z): finite for any z, and 1 when gamma = 0.
+template <typename T>
+DRDET_HOST_DEVICE T modulating_factor(T z, T gamma) {
+  return std::exp(-gamma * softplus(-z));
+}
+
+// Loss of one entry: w * q^gamma * softplus(z).
+template <typename T>
+DRDET_HOST_DEVICE T entry_loss(T x, bool positive, T gamma, T alpha) {
+  const T z = signed_logit(x, positive);
+  return class_weight(positive, alpha) * modulating_factor(z, gamma) * softplus(z);
+}
+
+// d(entry loss)/dx. With q = sigmoid(z), d/dz [q^gamma softplus(z)] =
+// q^gamma * (gamma * (1-q) * softplus(z) + q), written without q^(gamma-1) so that gamma < 1
+// and q -> 0 stay finite; dz/dx = -1 for a positive, +1 for a negative.
+template <typename T>
+DRDET_HOST_DEVICE T entry_grad(T x, bool positive, T gamma, T alpha) {
+  const T z = signed_logit(x, positive);
+  const T q = sigmoid(z);
+  const T one_minus_q = sigmoid(-z);
+  const T dz = modulating_factor(z, gamma) * (gamma * one_minus_q * softplus(z) + q);
+  const T dx = positive ? -dz : dz;
+  return class_weight(positive, alpha) * dx;
+}
+
+}  // namespace focal
+
+// Checks the arguments of both kernels (shapes, dtypes, devices, gamma, alpha, label range) and
+// raises a c10::Error (RuntimeError in Python) naming the argument. Defined in
+// sigmoid_focal_loss.cpp next to the schemas.
+//   logits (N, C) float16/bfloat16/float32/float64, labels (N,) int32/int64 in [-1, C].
+void check_sigmoid_focal_loss_args(const at::Tensor& logits, const at::Tensor& labels,
+                                   double gamma, double alpha);
+
+}  // namespace drdet
