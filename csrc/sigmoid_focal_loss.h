@@ -23,22 +23,6 @@ namespace drdet {
 
 namespace focal {
 
-// log(1 + exp(z)) without overflow for large |z|.
-template <typename T>
-DRDET_HOST_DEVICE T softplus(T z) {
-  return (z > T(0) ? z : T(0)) + std::log1p(std::exp(-std::fabs(z)));
-}
-
-// sigmoid(z) without overflow for large |z|.
-template <typename T>
-DRDET_HOST_DEVICE T sigmoid(T z) {
-  if (z >= T(0)) {
-    return T(1) / (T(1) + std::exp(-z));
-  }
-  const T e = std::exp(z);
-  return e / (T(1) + e);
-}
-
 // Whether entry `cls` (0-based) of a row with label `label` (>= 0) is a positive.
 DRDET_HOST_DEVICE bool is_positive(int64_t label, int64_t cls) {
   return label == cls + 1;
@@ -55,17 +39,44 @@ DRDET_HOST_DEVICE T class_weight(bool positive, T alpha) {
   return positive ? alpha : T(1) - alpha;
 }
 
-// q^gamma as exp(gamma * log q), log q = -softplus(-z): finite for any z, and 1 when gamma = 0.
+// What the loss and its gradient need of an entry with signed logit z, from one exp and one
+// log1p of e = exp(-|z|), so nothing overflows for any |z|:
+//   q = sigmoid(z) and 1 - q = sigmoid(-z),
+//   softplus(z) = max(z, 0) + log1p(e) = -log(1 - q), the cross-entropy of the entry,
+//   softplus(-z) = max(-z, 0) + log1p(e) = -log(q).
 template <typename T>
-DRDET_HOST_DEVICE T modulating_factor(T z, T gamma) {
-  return std::exp(-gamma * softplus(-z));
+struct EntryTerms {
+  T q;
+  T one_minus_q;
+  T softplus_z;
+  T softplus_neg_z;
+};
+
+template <typename T>
+DRDET_HOST_DEVICE EntryTerms<T> entry_terms(T z) {
+  const T e = std::exp(-std::fabs(z));
+  const T log1p_e = std::log1p(e);
+  const T inv = T(1) / (T(1) + e);
+  const bool nonneg = z >= T(0);
+  EntryTerms<T> t;
+  t.q = nonneg ? inv : e * inv;
+  t.one_minus_q = nonneg ? e * inv : inv;
+  t.softplus_z = (nonneg ? z : T(0)) + log1p_e;
+  t.softplus_neg_z = (nonneg ? T(0) : -z) + log1p_e;
+  return t;
+}
+
+// q^gamma as exp(-gamma * softplus(-z)) = exp(gamma * log q): finite for any z, 1 when gamma = 0.
+template <typename T>
+DRDET_HOST_DEVICE T modulating_factor(const EntryTerms<T>& t, T gamma) {
+  return std::exp(-gamma * t.softplus_neg_z);
 }
 
 // Loss of one entry: w * q^gamma * softplus(z).
 template <typename T>
 DRDET_HOST_DEVICE T entry_loss(T x, bool positive, T gamma, T alpha) {
-  const T z = signed_logit(x, positive);
-  return class_weight(positive, alpha) * modulating_factor(z, gamma) * softplus(z);
+  const EntryTerms<T> t = entry_terms(signed_logit(x, positive));
+  return class_weight(positive, alpha) * modulating_factor(t, gamma) * t.softplus_z;
 }
 
 // d(entry loss)/dx. With q = sigmoid(z), d/dz [q^gamma softplus(z)] =
@@ -73,12 +84,9 @@ DRDET_HOST_DEVICE T entry_loss(T x, bool positive, T gamma, T alpha) {
 // and q -> 0 stay finite; dz/dx = -1 for a positive, +1 for a negative.
 template <typename T>
 DRDET_HOST_DEVICE T entry_grad(T x, bool positive, T gamma, T alpha) {
-  const T z = signed_logit(x, positive);
-  const T q = sigmoid(z);
-  const T one_minus_q = sigmoid(-z);
-  const T dz = modulating_factor(z, gamma) * (gamma * one_minus_q * softplus(z) + q);
-  const T dx = positive ? -dz : dz;
-  return class_weight(positive, alpha) * dx;
+  const EntryTerms<T> t = entry_terms(signed_logit(x, positive));
+  const T dz = modulating_factor(t, gamma) * (gamma * t.one_minus_q * t.softplus_z + t.q);
+  return class_weight(positive, alpha) * (positive ? -dz : dz);
 }
 
 }  // namespace focal
