@@ -16,6 +16,10 @@
 namespace drdet {
 namespace {
 
+// Below this many box pairs (summed over the segments) the greedy passes take about a
+// millisecond, less than waking the worker threads costs: run them on the calling thread.
+constexpr int64_t kMinPairsForThreads = int64_t{1} << 20;
+
 template <typename T>
 struct BoxArrays {
   const T* x1;
@@ -85,7 +89,13 @@ at::Tensor nms_cpu_impl(const char* op, const at::Tensor& boxes, const at::Tenso
     const auto threshold = static_cast<scalar_t>(iou_threshold);
     bool* keep_ptr = keep.mutable_data_ptr<bool>();
     const auto num_segments = static_cast<int64_t>(bounds.size()) - 1;
-    at::parallel_for(0, num_segments, 1, [&](int64_t first, int64_t last) {
+    int64_t pairs = 0;
+    for (int64_t s = 0; s < num_segments; ++s) {
+      const int64_t size = bounds[s + 1] - bounds[s];
+      pairs += size * (size - 1) / 2;
+    }
+    const int64_t grain = pairs < kMinPairsForThreads ? num_segments : 1;
+    at::parallel_for(0, num_segments, grain, [&](int64_t first, int64_t last) {
       for (int64_t s = first; s < last; ++s) {
         greedy_nms(arrays, bounds[s], bounds[s + 1], threshold, removed.data(), keep_ptr);
       }
