@@ -39,8 +39,17 @@ DRDET_HOST_DEVICE T class_weight(bool positive, T alpha) {
   return positive ? alpha : T(1) - alpha;
 }
 
+// log(1 + e) for e in [0, 1] from one log: u = 1 + e rounds, but u - 1 is exact, and
+// (e - (u - 1)) / u corrects the rounding to first order (accurate to about an ulp, and equal to
+// e when e is below the precision of u). About twice as fast as glibc's log1pf.
+template <typename T>
+DRDET_HOST_DEVICE T log1p_unit(T e) {
+  const T u = T(1) + e;
+  return std::log(u) + (e - (u - T(1))) / u;
+}
+
 // What the loss and its gradient need of an entry with signed logit z, from one exp and one
-// log1p of e = exp(-|z|), so nothing overflows for any |z|:
+// log of e = exp(-|z|), so nothing overflows for any |z|:
 //   q = sigmoid(z) and 1 - q = sigmoid(-z),
 //   softplus(z) = max(z, 0) + log1p(e) = -log(1 - q), the cross-entropy of the entry,
 //   softplus(-z) = max(-z, 0) + log1p(e) = -log(q).
@@ -55,7 +64,7 @@ struct EntryTerms {
 template <typename T>
 DRDET_HOST_DEVICE EntryTerms<T> entry_terms(T z) {
   const T e = std::exp(-std::fabs(z));
-  const T log1p_e = std::log1p(e);
+  const T log1p_e = log1p_unit(e);
   const T inv = T(1) / (T(1) + e);
   const bool nonneg = z >= T(0);
   EntryTerms<T> t;
@@ -67,9 +76,10 @@ DRDET_HOST_DEVICE EntryTerms<T> entry_terms(T z) {
 }
 
 // q^gamma as exp(-gamma * softplus(-z)) = exp(gamma * log q): finite for any z, 1 when gamma = 0.
+// The default gamma = 2 takes q * q, as accurate and cheaper than the exp.
 template <typename T>
 DRDET_HOST_DEVICE T modulating_factor(const EntryTerms<T>& t, T gamma) {
-  return std::exp(-gamma * t.softplus_neg_z);
+  return gamma == T(2) ? t.q * t.q : std::exp(-gamma * t.softplus_neg_z);
 }
 
 // Loss of one entry: w * q^gamma * softplus(z).
