@@ -69,5 +69,6 @@ at::Tensor kept_indices(const SortedBoxes& sorted, const at::Tensor& keep,
 
 TORCH_LIBRARY_FRAGMENT(drdet, m) {
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
-  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor class_ids, float iou_threshold) -> Tensor");
+  m.def(
+      "batched_nms(Tensor boxes, Tensor scores, Tensor class_ids, float iou_threshold) -> Tensor");
 }
