@@ -179,6 +179,18 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.drdet.batched_nms, (boxes, scores, class_ids, 0.5))
 
 
+def test_torch_compile_traces_the_ops():
+    boxes, scores = random_boxes(400, max_size=300), distinct_scores(400)
+    class_ids = torch.randint(0, 3, (400,))
+
+    def f(b, s, c):
+        return nms(b * 2.0, s, 0.5), batched_nms(b * 2.0, s, c, 0.5)
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    for got, expected in zip(compiled(boxes, scores, class_ids), f(boxes, scores, class_ids)):
+        assert torch.equal(got, expected)
+
+
 # --- CUDA kernels against the CPU kernels ------------------------------------------------------
 
 @pytest.mark.cuda
