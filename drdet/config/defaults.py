@@ -193,3 +193,6 @@ _C.TEST.BBOX_AUG.MAX_SIZE = 4000
 _C.TEST.BBOX_AUG.H_FLIP = False
 
 _C.OUTPUT_DIR = "."
+
+# drdet: seed of Python/NumPy/torch (each rank adds its rank) and of the training sampler.
+_C.SEED = 0

@@ -1,0 +1,91 @@
+"""What tools/train_net.py and tools/test_net.py share: config, process group, logging, device,
+seeding, and evaluation of every dataset of DATASETS.TEST."""
+import logging
+import os
+import random
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from drdet.config import get_cfg, validate_cfg
+from drdet.utils import comm
+from drdet.utils.io import atomic_write_text
+from drdet.utils.logger import setup_logger
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()):
+    """Defaults <- the yaml file (and its _BASE_ chain) <- KEY VALUE overrides; validated and
+    frozen. Errors name the file or the key at fault."""
+    cfg = get_cfg()
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"Config file not found: {config_file}")
+    cfg.merge_from_file(config_file)
+    opts = list(opts)
+    if opts and opts[0] == "--":
+        opts = opts[1:]
+    if len(opts) % 2:
+        raise ValueError(f"Config overrides must be KEY VALUE pairs, got an odd list: {opts}")
+    cfg.merge_from_list(opts)
+    validate_cfg(cfg, freeze=True)
+    return cfg
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and torch (all devices); each rank gets seed + rank."""
+    seed = seed + comm.get_rank()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_setup(config_file: str, opts: Sequence[str] = (), resume: bool = False
+                  ) -> Tuple[object, torch.device, logging.Logger]:
+    """Loads the config, joins the process group when run under torchrun, picks the device
+    (cuda:LOCAL_RANK, or the CPU), creates OUTPUT_DIR, sets up logging, writes the merged config
+    to OUTPUT_DIR/config.yaml and seeds the RNGs. Returns (cfg, device, logger)."""
+    cfg = load_config(config_file, opts)
+    device = torch.device(cfg.MODEL.DEVICE)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("MODEL.DEVICE is 'cuda' but no GPU is visible; pass MODEL.DEVICE cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        comm.init_distributed(timeout_minutes=cfg.SOLVER.DIST_TIMEOUT_MINUTES)
+    if device.type == "cuda":
+        device = torch.device("cuda", comm.get_local_rank())
+        torch.cuda.set_device(device)
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    log = setup_logger("drdet", cfg.OUTPUT_DIR, comm.get_rank())
+    log.info("World size %d, rank %d, device %s, torch %s", comm.get_world_size(),
+             comm.get_rank(), device, torch.__version__)
+    log.info("Config file %s, overrides %s%s", config_file, list(opts),
+             " (resuming)" if resume else "")
+    if comm.is_main_process():
+        atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
+    seed_everything(cfg.SEED)
+    return cfg, device, log
+
+
+def evaluate_datasets(cfg, model: torch.nn.Module, device: torch.device, tag: str = "final"
+                      ) -> Optional[Dict[str, Dict[str, float]]]:
+    """Runs inference and evaluation on every dataset of DATASETS.TEST; results go to
+    OUTPUT_DIR/inference/<dataset>/ (bbox.json, metrics.json). Returns {dataset: metrics} on
+    rank 0, None elsewhere."""
+    from drdet.data import build_data_loader
+    from drdet.engine.inference import inference
+    from drdet.engine.test_time_augmentation import build_bbox_aug
+
+    log = logging.getLogger("drdet")
+    results = {}
+    bbox_aug = build_bbox_aug(cfg) if cfg.TEST.BBOX_AUG.ENABLED else None
+    for name, loader in zip(cfg.DATASETS.TEST, build_data_loader(cfg, is_train=False)):
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference", name)
+        if comm.is_main_process():
+            os.makedirs(folder, exist_ok=True)
+        log.info("Evaluating %s on %s (%d images)", tag, name, len(loader.dataset))
+        metrics = inference(model, loader, loader.dataset, device, output_folder=folder,
+                            bbox_aug=bbox_aug)
+        if metrics is not None:
+            log.info("%s %s: %s", tag, name,
+                     ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items()))
+            results[name] = metrics
+    return results if comm.is_main_process() else None

@@ -1,0 +1,70 @@
+"""Multi-scale and horizontal-flip test (TEST.BBOX_AUG), merged by class-aware NMS.
+
+For each scale s of TEST.BBOX_AUG.SCALES (the paper: 400 to 1200) the image is resized so its
+shorter side is s (longer side at most TEST.BBOX_AUG.MAX_SIZE), and, with TEST.BBOX_AUG.H_FLIP,
+also flipped; the detections of every variant are mapped back to the original image, pooled, and
+reduced by class-aware NMS at MODEL.RETINANET.NMS_TH to TEST.DETECTIONS_PER_IMG per image.
+The variants are resized from the image the test loader produced (shorter side MIN_SIZE_TEST).
+"""
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from drdet.data.transforms import resized_hw
+from drdet.layers import batched_nms
+
+
+def merge_detections(detections: Sequence[Dict[str, Tensor]], nms_thresh: float,
+                     max_detections: int) -> Dict[str, Tensor]:
+    """Pools the detections of several test variants of one image (all in the same pixel frame)
+    and keeps the top `max_detections` after class-aware NMS."""
+    boxes = torch.cat([d["boxes"] for d in detections])
+    scores = torch.cat([d["scores"] for d in detections])
+    labels = torch.cat([d["labels"] for d in detections])
+    keep = batched_nms(boxes, scores, labels, nms_thresh)[:max_detections]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+
+class BBoxAug:
+    def __init__(self, scales: Sequence[int], max_size: int, h_flip: bool, nms_thresh: float,
+                 max_detections: int):
+        if not scales:
+            raise ValueError("TEST.BBOX_AUG.ENABLED needs TEST.BBOX_AUG.SCALES, e.g. (400, 500, "
+                             "600, 700, 800, 900, 1000, 1100, 1200)")
+        self.scales = list(scales)
+        self.max_size = max_size
+        self.h_flip = h_flip
+        self.nms_thresh = nms_thresh
+        self.max_detections = max_detections
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, images: List[Tensor], targets: List[Dict]
+                 ) -> List[Dict[str, Tensor]]:
+        outputs = []
+        for image, target in zip(images, targets):
+            orig_h, orig_w = (int(v) for v in target["orig_size"])
+            variants = []
+            for scale in self.scales:
+                h, w = resized_hw(orig_h, orig_w, scale, self.max_size)
+                resized = F.interpolate(image[None], size=(h, w), mode="bilinear",
+                                        align_corners=False)[0]
+                flips = (False, True) if self.h_flip else (False,)
+                for flip in flips:
+                    x = resized.flip(-1) if flip else resized
+                    det = model([x], original_sizes=[(orig_h, orig_w)])[0]
+                    if flip:
+                        boxes = det["boxes"].clone()
+                        boxes[:, 0] = orig_w - det["boxes"][:, 2]
+                        boxes[:, 2] = orig_w - det["boxes"][:, 0]
+                        det = dict(det, boxes=boxes)
+                    variants.append(det)
+            outputs.append(merge_detections(variants, self.nms_thresh, self.max_detections))
+        return outputs
+
+
+def build_bbox_aug(cfg) -> BBoxAug:
+    aug = cfg.TEST.BBOX_AUG
+    return BBoxAug(aug.SCALES, aug.MAX_SIZE, aug.H_FLIP, cfg.MODEL.RETINANET.NMS_TH,
+                   cfg.TEST.DETECTIONS_PER_IMG)

@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Evaluate a trained detector on DATASETS.TEST with the official COCO metric (VOC AP for VOC).
+
+    python tools/test_net.py --config-file configs/dr_retina/dr_R-50-FPN_1x.yaml \
+        MODEL.WEIGHT output/model_final.pth
+    torchrun --nproc_per_node=8 tools/test_net.py --config-file ... MODEL.WEIGHT ...
+    python tools/test_net.py --config-file ... MODEL.WEIGHT ... TEST.BBOX_AUG.ENABLED True
+
+Results (bbox.json, metrics.json) go to OUTPUT_DIR/inference/<dataset>/, replacing those of an
+earlier run. Without MODEL.WEIGHT, OUTPUT_DIR's last checkpoint is used.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from drdet.engine.launch import default_setup, evaluate_datasets  # noqa: E402
+from drdet.modeling import build_detector  # noqa: E402
+from drdet.utils.checkpoint import Checkpointer  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="yaml config")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="let MODEL.WEIGHT be a legacy pickle; unpickling runs code from the "
+                             "file, so only for files you trust")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg, device, log = default_setup(args.config_file, args.opts)
+    model = build_detector(cfg).to(device)
+    checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, log=log)
+    weights = cfg.MODEL.WEIGHT or checkpointer.last_checkpoint()
+    if not weights:
+        raise SystemExit("No weights: pass MODEL.WEIGHT path/to/model.pth (or an OUTPUT_DIR "
+                         "with a last_checkpoint)")
+    checkpointer.load(weights, allow_pickle=args.allow_pickle, load_training_state=False)
+    return evaluate_datasets(cfg, model, device, tag=os.path.basename(weights))
+
+
+if __name__ == "__main__":
+    main()
