@@ -84,7 +84,12 @@ def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
 
 
 def _draw_shape(mask: np.ndarray, kind: str, cx: float, cy: float, size: float, angle: float) -> None:
-    """Fill `mask` (H, W) uint8 with 255 where shape `kind` of extent ~`size` px lies."""
+    """Fill `mask` (H, W) uint8 with 255 where shape `kind` of extent ~`size` px lies.
+
+    (cx, cy) is in continuous coordinates (pixel i covers [i, i + 1]); cv2 puts pixel centres at
+    integers, hence the half-pixel shift.
+    """
+    cx, cy = cx - 0.5, cy - 0.5
     centre = np.array([cx, cy])
     r = size / 2.0
     if kind == "circle":
