@@ -128,3 +128,14 @@ def test_bad_arguments_raise():
         RandomHorizontalFlip(1.5)
     with pytest.raises(ValueError, match="height=0"):
         resized_hw(0, 10, 5, None)
+
+
+def test_border_boxes_stay_inside_after_resize_and_flip():
+    # 90 -> 96 px is a factor 16/15 that float32 cannot hold exactly: x2 = 90 * 1.0666...
+    image = Image.new("RGB", (90, 60))
+    target = {"boxes": torch.tensor([[80.0, 0.0, 90.0, 60.0]]), "size": (60, 90)}
+    out, t = Compose([Resize((64,), 100), RandomHorizontalFlip(1.0)])(image, target)
+    assert out.size == (96, 64)
+    boxes = t["boxes"]
+    assert (boxes >= 0).all() and (boxes[:, 0::2] <= 96).all() and (boxes[:, 1::2] <= 64).all()
+    torch.testing.assert_close(boxes, torch.tensor([[0.0, 0.0, 96 - 80 * 96 / 90, 64.0]]))

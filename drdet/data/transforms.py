@@ -89,7 +89,11 @@ class Resize:
             image = image.resize((ow, oh), Image.BILINEAR)
         target = dict(target)
         scale = torch.tensor([ow / w, oh / h, ow / w, oh / h], dtype=torch.float32)
-        target["boxes"] = target["boxes"] * scale
+        boxes = target["boxes"] * scale
+        # float32 rounding can push a border box a hair past the edge: keep it inside.
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, ow)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, oh)
+        target["boxes"] = boxes
         target["size"] = (oh, ow)
         return image, target
 
