@@ -17,7 +17,6 @@ import os
 from typing import Callable
 
 from .datasets.coco import COCODataset
-from .datasets.synthetic import SyntheticSpec, ensure_dataset
 from .datasets.voc import VOCDataset
 
 ENV_ROOT = "DRDET_DATASETS"
@@ -40,10 +39,10 @@ VOC_DATASETS: dict[str, tuple[str, str]] = {
     "voc_2007_test": ("voc/VOC2007", "test"),
     "voc_2012_trainval": ("voc/VOC2012", "trainval"),
 }
-# name -> generator spec (generated on first use under <root>/synthetic/<spec.folder_name>)
-SYNTHETIC_DATASETS: dict[str, SyntheticSpec] = {
-    "synthetic_train": SyntheticSpec(num_images=600, seed=0),
-    "synthetic_val": SyntheticSpec(num_images=100, seed=1),
+# name -> SyntheticSpec arguments (generated on first use under <root>/synthetic/<folder_name>)
+SYNTHETIC_DATASETS: dict[str, dict[str, int]] = {
+    "synthetic_train": {"num_images": 600, "seed": 0},
+    "synthetic_val": {"num_images": 100, "seed": 1},
 }
 
 
@@ -71,7 +70,11 @@ def _require(path: str, name: str, what: str, from_root: bool) -> str:
     raise FileNotFoundError(f"dataset {name!r}: {what} {path!r} not found{hint}")
 
 
-def _synthetic(name: str, spec: SyntheticSpec, transforms, is_train: bool) -> COCODataset:
+def _synthetic(name: str, spec_args: dict[str, int], transforms, is_train: bool) -> COCODataset:
+    # Imported here so `python -m drdet.data.datasets.synthetic` does not find itself imported.
+    from .datasets.synthetic import SyntheticSpec, ensure_dataset
+
+    spec = SyntheticSpec(**spec_args)
     folder = ensure_dataset(spec, os.path.join(datasets_root(), "synthetic", spec.folder_name))
     return COCODataset(os.path.join(folder, "annotations.json"), os.path.join(folder, "images"),
                        remove_images_without_annotations=is_train, transforms=transforms, name=name)
@@ -89,7 +92,8 @@ def get_dataset(name: str, transforms: Callable | None, is_train: bool):
     """Build the dataset called `name` (a registered name or a coco:/voc:/synthetic: form).
 
     `is_train` selects training behaviour: images without usable boxes are skipped and VOC's
-    difficult objects are left out of the targets. Raises UnknownDatasetError (a KeyError) listing the known names for
+    difficult objects are left out of the targets. Raises UnknownDatasetError (a KeyError)
+    listing the known names for
     an unknown name and FileNotFoundError naming the missing path (and DRDET_DATASETS).
     """
     root = datasets_root()
@@ -123,7 +127,7 @@ def get_dataset(name: str, transforms: Callable | None, is_train: bool):
             return VOCDataset(folder, split, is_train=is_train, transforms=transforms, name=name)
         if kind == "synthetic" and len(parts) in (2, 3) and all(p.isdigit() for p in parts):
             sizes = dict(zip(("num_images", "seed", "image_size"), map(int, parts)))
-            return _synthetic(name, SyntheticSpec(**sizes), transforms, is_train)
+            return _synthetic(name, sizes, transforms, is_train)
         raise ValueError(f"malformed dataset name {name!r}; expected coco:<json>:<image folder>, "
                          "voc:<VOC folder>:<split> or synthetic:<num images>:<seed>[:<size px>]")
     raise UnknownDatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(known_names())}; or "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -39,6 +40,8 @@ ANNOTATION_FILE = "annotations.json"
 IMAGE_DIR = "images"
 _SHIFT = 4  # cv2 drawing with 4 fractional bits: sub-pixel shapes
 _ONE = 1 << _SHIFT
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,7 @@ def ensure_dataset(spec: SyntheticSpec, out_dir: str) -> str:
         if os.path.exists(out_dir):
             raise RuntimeError(f"{out_dir} exists but has no {ANNOTATION_FILE}: not made by this "
                                "generator; remove it to regenerate")
+        logger.info("generating the synthetic dataset (%d images) in %s", spec.num_images, out_dir)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
         try:
             write_dataset(spec, os.path.join(tmp, "data"))
@@ -300,7 +304,8 @@ def ensure_dataset(spec: SyntheticSpec, out_dir: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output folder (kept if it already holds a complete dataset)")
+    parser.add_argument("--out", required=True,
+                        help="output folder (kept if it already holds a complete dataset)")
     defaults = SyntheticSpec()
     parser.add_argument("--num-images", type=int, default=defaults.num_images)
     parser.add_argument("--seed", type=int, default=defaults.seed)
