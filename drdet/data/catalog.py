@@ -93,8 +93,7 @@ def get_dataset(name: str, transforms: Callable | None, is_train: bool):
 
     `is_train` selects training behaviour: images without usable boxes are skipped and VOC's
     difficult objects are left out of the targets. Raises UnknownDatasetError (a KeyError)
-    listing the known names for
-    an unknown name and FileNotFoundError naming the missing path (and DRDET_DATASETS).
+    listing the known names for an unknown name and FileNotFoundError naming the missing path (and DRDET_DATASETS).
     """
     root = datasets_root()
     if name in COCO_DATASETS:
