@@ -134,3 +134,14 @@ def test_catalog_registered_coco_name_resolves_under_root(tmp_path, monkeypatch)
     monkeypatch.setenv("DRDET_DATASETS", str(tmp_path))
     ds = catalog.get_dataset("coco_2017_val", None, is_train=False)
     assert len(ds) == 3 and ds.name == "coco_2017_val"
+
+
+def test_image_info_json_without_annotations(tmp_path):
+    # test-dev style: images and categories only
+    ann, img_dir = make_coco(tmp_path, [])
+    data = json.loads(open(ann).read())
+    del data["annotations"]
+    open(ann, "w").write(json.dumps(data))
+    ds = COCODataset(ann, img_dir, remove_images_without_annotations=False)
+    assert len(ds) == 3 and ds.num_classes == 3
+    assert ds[0][1]["boxes"].shape == (0, 4)
