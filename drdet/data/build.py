@@ -1,0 +1,120 @@
+"""build_data_loader: the config-driven assembly of datasets, transforms, samplers and collate.
+
+Config keys read (maskrcnn-benchmark names): DATASETS.TRAIN/TEST, INPUT.*, SOLVER.IMS_PER_BATCH,
+SOLVER.MAX_ITER, TEST.IMS_PER_BATCH, DATALOADER.NUM_WORKERS, DATALOADER.ASPECT_RATIO_GROUPING,
+and DATALOADER.SEED (drdet; default 0): the seed of the training index stream.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from .catalog import get_dataset
+from .collate import collate_detection
+from .samplers import (GroupedBatchSampler, InferenceSampler, IterationBasedBatchSampler,
+                       TrainingSampler)
+from .transforms import build_transforms
+
+logger = logging.getLogger(__name__)
+
+
+def world_info() -> tuple[int, int]:
+    """(rank, world size) of the default process group, or (0, 1) outside distributed runs."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _parts(dataset: Dataset) -> list[Dataset]:
+    return list(dataset.datasets) if isinstance(dataset, ConcatDataset) else [dataset]
+
+
+def build_dataset(names: Sequence[str], transforms, is_train: bool) -> Dataset:
+    """The datasets called `names`, concatenated (a single one is returned as is).
+
+    All of them must have the same classes, in the same order (their contiguous labels must mean
+    the same thing).
+    """
+    if isinstance(names, str) or not names:
+        raise ValueError(f"need a non-empty list of dataset names (DATASETS.TRAIN / TEST), got {names!r}")
+    datasets = [get_dataset(name, transforms, is_train) for name in names]
+    first = datasets[0]
+    for other in datasets[1:]:
+        if other.class_names != first.class_names:
+            raise ValueError(f"datasets {first.name!r} and {other.name!r} have different classes: "
+                             f"{first.class_names} vs {other.class_names}")
+    return first if len(datasets) == 1 else ConcatDataset(datasets)
+
+
+def aspect_ratio_group_ids(dataset: Dataset) -> list[int]:
+    """Group id of every index: 0 for landscape or square images (w >= h), 1 for portrait."""
+    ids = []
+    for part in _parts(dataset):
+        for i in range(len(part)):
+            info = part.get_img_info(i)
+            ids.append(0 if info["width"] >= info["height"] else 1)
+    return ids
+
+
+def num_dropped_boxes(dataset: Dataset) -> int:
+    """Boxes dropped because they were empty after clipping to their image (all parts)."""
+    return sum(getattr(part, "num_dropped_boxes", 0) for part in _parts(dataset))
+
+
+def _per_rank_batch(total: int, world_size: int, key: str) -> int:
+    if total < 1 or total % world_size:
+        raise ValueError(f"{key} ({total}) must be a positive multiple of the number of processes "
+                         f"({world_size}): each process takes {key} / {world_size} images")
+    return total // world_size
+
+
+def build_data_loader(cfg, is_train: bool, start_iter: int = 0,
+                      dataset_names: Sequence[str] | None = None,
+                      rank: int | None = None, world_size: int | None = None) -> DataLoader:
+    """A DataLoader over the concatenated datasets of DATASETS.TRAIN (is_train) or DATASETS.TEST.
+
+    Each batch is (images, targets, indices): lists of (3, H_i, W_i) float tensors, target dicts
+    and dataset indices (see drdet.data.collate).
+
+    Training: an infinite, seeded stream (DATALOADER.SEED), sharded over the ranks, grouped by
+    aspect ratio when DATALOADER.ASPECT_RATIO_GROUPING, SOLVER.IMS_PER_BATCH / world_size images a
+    batch, batches start_iter .. SOLVER.MAX_ITER - 1 (pass the checkpoint's iteration as
+    start_iter to resume the same sequence). Test: every image exactly once over all ranks (a
+    contiguous shard per rank), TEST.IMS_PER_BATCH / world_size a batch.
+
+    Args:
+        dataset_names: overrides DATASETS.TRAIN / TEST (e.g. one test set at a time, which is how
+            evaluation should use it: indices and image ids refer to that one dataset).
+        rank, world_size: default to torch.distributed's, or (0, 1).
+    """
+    if rank is None or world_size is None:
+        rank, world_size = world_info()
+    names = dataset_names if dataset_names is not None else (
+        cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
+    dataset = build_dataset(list(names), build_transforms(cfg, is_train), is_train)
+    grouping = cfg.DATALOADER.ASPECT_RATIO_GROUPING
+    group_ids = aspect_ratio_group_ids(dataset) if grouping else None
+    seed = int(cfg.DATALOADER.get("SEED", 0))
+
+    if is_train:
+        batch = _per_rank_batch(cfg.SOLVER.IMS_PER_BATCH, world_size, "SOLVER.IMS_PER_BATCH")
+        sampler = TrainingSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
+        batch_sampler = IterationBasedBatchSampler(
+            GroupedBatchSampler(sampler, group_ids, batch, drop_uneven=True),
+            cfg.SOLVER.MAX_ITER, start_iter)
+    else:
+        batch = _per_rank_batch(cfg.TEST.IMS_PER_BATCH, world_size, "TEST.IMS_PER_BATCH")
+        sampler = InferenceSampler(len(dataset), rank, world_size)
+        batch_sampler = GroupedBatchSampler(sampler, group_ids, batch, drop_uneven=False)
+
+    num_workers = cfg.DATALOADER.NUM_WORKERS
+    generator = torch.Generator()
+    generator.manual_seed(seed * 1000003 + rank)  # seeds the workers' augmentation RNGs
+    logger.info("%s loader: %d images, %d per batch on rank %d/%d, %d workers",
+                "train" if is_train else "test", len(dataset), batch, rank, world_size, num_workers)
+    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_detection,
+                      num_workers=num_workers, generator=generator,
+                      pin_memory=str(cfg.MODEL.DEVICE).startswith("cuda") and torch.cuda.is_available())

@@ -1,0 +1,156 @@
+"""Pascal VOC 2007/2012 detection dataset read from its XML annotations."""
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..image_io import read_image
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+
+def parse_voc_xml(path: str) -> dict[str, Any]:
+    """Parse one VOC annotation file.
+
+    VOC corners are 1-based inclusive pixel indices (xmin..xmax); pixel i covers [i - 1, i] in
+    continuous coordinates, so a box becomes (xmin - 1, ymin - 1, xmax, ymax), width
+    xmax - xmin + 1, with no "+1" needed afterwards.
+
+    Returns:
+        dict with "height", "width" (ints), "boxes" (K, 4) float32 x1y1x2y2, "labels" (K,) int64
+        in 1..20 (VOC_CLASSES order) and "difficult" (K,) bool.
+    """
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as err:
+        raise RuntimeError(f"cannot parse VOC annotation {path!r}: {err}") from err
+    size = root.find("size")
+    height, width = int(size.findtext("height")), int(size.findtext("width"))
+    boxes, labels, difficult = [], [], []
+    for obj in root.iter("object"):
+        name = obj.findtext("name").strip().lower()
+        if name not in VOC_CLASSES:
+            raise ValueError(f"{path}: unknown VOC class {name!r}")
+        bb = obj.find("bndbox")
+        xmin, ymin, xmax, ymax = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append([xmin - 1.0, ymin - 1.0, xmax, ymax])
+        labels.append(VOC_CLASSES.index(name) + 1)
+        difficult.append(int(obj.findtext("difficult") or 0) == 1)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return {"height": height, "width": width, "boxes": boxes,
+            "labels": np.asarray(labels, dtype=np.int64), "difficult": np.asarray(difficult, bool)}
+
+
+class VOCDataset(torch.utils.data.Dataset):
+    """Pascal VOC samples from `root` (a VOCdevkit/VOC2007-style folder with Annotations/,
+    JPEGImages/ and ImageSets/Main/<split>.txt).
+
+    Items are (image, target, index) like COCODataset's, with labels 1..20 in VOC_CLASSES order
+    and "image_id" the integer file stem (e.g. 5 for 000005) or, for non-numeric stems
+    (VOC2012's 2008_000008), the index in the split. "Difficult" objects, as in VOC's own
+    evaluation, never enter training targets (`is_train=True`); in evaluation they are kept and
+    marked by target["difficult"] (K,) bool so the evaluator can ignore them, and they are
+    iscrowd=1 in `coco` (the split as a pycocotools COCO object, for the COCO metric of the
+    paper's Table 7). With `is_train`, images left with no box are skipped.
+    """
+
+    def __init__(self, root: str, split: str, is_train: bool, transforms: Callable | None = None,
+                 name: str | None = None):
+        list_file = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
+        if not os.path.isfile(list_file):
+            raise FileNotFoundError(f"VOC image list {list_file!r} does not exist")
+        with open(list_file) as f:
+            stems = [line.strip().split()[0] for line in f if line.strip()]
+        self.root, self.split, self.is_train = root, split, is_train
+        self.name = name or f"voc_{os.path.basename(os.path.normpath(root))}_{split}"
+        self.transforms = transforms
+        self.class_names = list(VOC_CLASSES)
+        self.category_id_to_contiguous_id = {i: i for i in range(1, len(VOC_CLASSES) + 1)}
+        self.contiguous_id_to_category_id = dict(self.category_id_to_contiguous_id)
+        numeric = all(s.isdigit() for s in stems)
+        records = []
+        for i, stem in enumerate(stems):
+            rec = parse_voc_xml(os.path.join(root, "Annotations", f"{stem}.xml"))
+            rec["stem"], rec["image_id"] = stem, int(stem) if numeric else i
+            if is_train:
+                keep = ~rec["difficult"]
+                rec["boxes"], rec["labels"] = rec["boxes"][keep], rec["labels"][keep]
+                rec["difficult"] = rec["difficult"][keep]
+                if len(rec["boxes"]) == 0:
+                    continue
+            records.append(rec)
+        self.records = records
+        self._coco = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(VOC_CLASSES)
+
+    def get_img_info(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        return {"id": rec["image_id"], "height": rec["height"], "width": rec["width"],
+                "file_name": f"{rec['stem']}.jpg"}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        rec = self.records[index]
+        image = read_image(os.path.join(self.root, "JPEGImages", f"{rec['stem']}.jpg"),
+                           rec["image_id"])
+        w, h = image.size
+        target = {
+            "boxes": torch.from_numpy(rec["boxes"].copy()),
+            "labels": torch.from_numpy(rec["labels"].copy()),
+            "image_id": rec["image_id"],
+            "orig_size": (h, w),
+            "size": (h, w),
+        }
+        if not self.is_train:
+            target["difficult"] = torch.from_numpy(rec["difficult"].copy())
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target, index
+
+    def to_coco_dict(self) -> dict[str, Any]:
+        """The split in COCO json form (boxes xywh in original pixels; difficult -> iscrowd=1)."""
+        images, anns = [], []
+        for rec in self.records:
+            images.append({"id": rec["image_id"], "height": rec["height"], "width": rec["width"],
+                           "file_name": f"{rec['stem']}.jpg"})
+            for box, label, diff in zip(rec["boxes"], rec["labels"], rec["difficult"]):
+                x1, y1, x2, y2 = (float(v) for v in box)
+                anns.append({"id": len(anns) + 1, "image_id": rec["image_id"],
+                             "category_id": int(label), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                             "area": (x2 - x1) * (y2 - y1), "iscrowd": int(diff)})
+        cats = [{"id": i + 1, "name": n} for i, n in enumerate(VOC_CLASSES)]
+        return {"images": images, "annotations": anns, "categories": cats}
+
+    @property
+    def coco(self):
+        """pycocotools COCO object of the split (built on first use), for COCO-metric evaluation."""
+        if self._coco is None:
+            import contextlib
+            import io
+
+            from pycocotools.coco import COCO
+
+            coco = COCO()
+            coco.dataset = self.to_coco_dict()
+            with contextlib.redirect_stdout(io.StringIO()):
+                coco.createIndex()
+            self._coco = coco
+        return self._coco
+
+    def __repr__(self) -> str:
+        return f"VOCDataset(name={self.name!r}, images={len(self)}, root={self.root!r})"
