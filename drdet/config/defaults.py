@@ -145,6 +145,9 @@ _C.DATALOADER.NUM_WORKERS = 4
 # Batched images are zero-padded to a multiple of this (pixels).
 _C.DATALOADER.SIZE_DIVISIBILITY = 32
 _C.DATALOADER.ASPECT_RATIO_GROUPING = True
+# drdet: seed of the training index stream and of the workers' augmentation; keep it fixed across
+# --resume so the resumed run continues the same sequence.
+_C.DATALOADER.SEED = 0
 
 # ---------------------------------------------------------------------------------------------
 # Solver (lr for IMS_PER_BATCH images; scale it linearly with the batch)
@@ -186,6 +189,8 @@ _C.TEST.IMS_PER_BATCH = 8
 _C.TEST.DETECTIONS_PER_IMG = 100
 # drdet: evaluate on DATASETS.TEST every EVAL_PERIOD iterations during training (0: at the end only).
 _C.TEST.EVAL_PERIOD = 0
+# drdet: also report the AP of every category.
+_C.TEST.PER_CATEGORY_AP = False
 _C.TEST.BBOX_AUG = CN()
 _C.TEST.BBOX_AUG.ENABLED = False
 _C.TEST.BBOX_AUG.SCALES = ()
@@ -194,5 +199,3 @@ _C.TEST.BBOX_AUG.H_FLIP = False
 
 _C.OUTPUT_DIR = "."
 
-# drdet: seed of Python/NumPy/torch (each rank adds its rank) and of the training sampler.
-_C.SEED = 0

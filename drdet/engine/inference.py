@@ -7,13 +7,14 @@ metric (VOC sets).
 """
 import logging
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from drdet.evaluation import evaluate_coco, gather_predictions
+from drdet.data.datasets import VOCDataset
+from drdet.evaluation import evaluate_coco, evaluate_voc, gather_predictions
 from drdet.utils import comm
 from drdet.utils.io import atomic_write_json
 
@@ -44,27 +45,38 @@ def run_inference(model: nn.Module, data_loader, device: torch.device,
     return predictions
 
 
+def dataset_image_ids(dataset) -> List[int]:
+    """The image id of every entry of `dataset` (COCO or VOC dataset)."""
+    return [int(dataset.get_img_info(i)["id"]) for i in range(len(dataset))]
+
+
+def evaluate_predictions(dataset, predictions, output_folder: Optional[str] = None,
+                         per_category: bool = False) -> Dict[str, float]:
+    """COCO bbox metrics (pycocotools) for any dataset with a `coco` ground truth; for VOC sets
+    also the VOC07 11-point mAP at IoU 0.5 with difficult objects ignored ("VOC07_mAP50")."""
+    metrics = evaluate_coco(dataset.coco, predictions, dataset.contiguous_id_to_category_id,
+                            output_folder=output_folder, per_category=per_category)
+    if isinstance(dataset, VOCDataset):
+        ground_truth = {rec["image_id"]: rec for rec in dataset.records}
+        voc = evaluate_voc(predictions, ground_truth, num_classes=dataset.num_classes + 1)
+        metrics["VOC07_mAP50"] = float(voc["mAP"])
+        logger.info("VOC07 mAP@0.5 (11-point, difficult ignored): %.4f", voc["mAP"])
+    return metrics
+
+
 def inference(model: nn.Module, data_loader, dataset, device: torch.device,
               output_folder: Optional[str] = None, per_category: bool = False,
               bbox_aug=None) -> Optional[Dict[str, float]]:
-    """Runs the detector on `dataset` (through `data_loader`) and evaluates it.
-
-    `dataset` provides `image_ids` (every image id of the set), and either `coco` (a pycocotools
-    COCO object) with `contiguous_to_json` (label 1..C -> json category id), or an
-    `evaluate(predictions)` method of its own (e.g. VOC). Returns the metrics dict on rank 0 (also
-    written to output_folder/metrics.json) and None on the other ranks.
-    """
+    """Runs the detector on `dataset` (through `data_loader`, whose sampler gives each rank its
+    own images) and evaluates it on rank 0. Returns the metrics dict on rank 0 (also written to
+    output_folder/metrics.json, atomically) and None on the other ranks. Every image of the set
+    must be predicted exactly once over all ranks, or this raises."""
     local = run_inference(model, data_loader, device, bbox_aug=bbox_aug)
-    predictions = gather_predictions(local, dataset.image_ids)
-    if not comm.is_main_process():
-        comm.synchronize()
-        return None
-    if hasattr(dataset, "evaluate"):
-        metrics = dataset.evaluate(predictions, output_folder=output_folder)
-    else:
-        metrics = evaluate_coco(dataset.coco, predictions, dataset.contiguous_to_json,
-                                output_folder=output_folder, per_category=per_category)
-    if output_folder:
-        atomic_write_json(f"{output_folder}/metrics.json", metrics)
+    predictions = gather_predictions(local, dataset_image_ids(dataset))
+    metrics = None
+    if comm.is_main_process():
+        metrics = evaluate_predictions(dataset, predictions, output_folder, per_category)
+        if output_folder:
+            atomic_write_json(f"{output_folder}/metrics.json", metrics)
     comm.synchronize()
     return metrics

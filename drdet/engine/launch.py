@@ -61,7 +61,7 @@ def default_setup(config_file: str, opts: Sequence[str] = (), resume: bool = Fal
              " (resuming)" if resume else "")
     if comm.is_main_process():
         atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
-    seed_everything(cfg.SEED)
+    seed_everything(cfg.DATALOADER.SEED)
     return cfg, device, log
 
 
@@ -77,13 +77,14 @@ def evaluate_datasets(cfg, model: torch.nn.Module, device: torch.device, tag: st
     log = logging.getLogger("drdet")
     results = {}
     bbox_aug = build_bbox_aug(cfg) if cfg.TEST.BBOX_AUG.ENABLED else None
-    for name, loader in zip(cfg.DATASETS.TEST, build_data_loader(cfg, is_train=False)):
+    for name in cfg.DATASETS.TEST:
+        loader = build_data_loader(cfg, is_train=False, dataset_names=[name])
         folder = os.path.join(cfg.OUTPUT_DIR, "inference", name)
         if comm.is_main_process():
             os.makedirs(folder, exist_ok=True)
         log.info("Evaluating %s on %s (%d images)", tag, name, len(loader.dataset))
         metrics = inference(model, loader, loader.dataset, device, output_folder=folder,
-                            bbox_aug=bbox_aug)
+                            per_category=cfg.TEST.PER_CATEGORY_AP, bbox_aug=bbox_aug)
         if metrics is not None:
             log.info("%s %s: %s", tag, name,
                      ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items()))
