@@ -1,4 +1,6 @@
 """Loads the compiled extension; every op wrapper in drdet.layers imports it from here."""
+import torch
+
 try:
     from drdet import _C  # noqa: F401  (importing registers torch.ops.drdet.*)
 except ImportError as e:  # pragma: no cover - only when the package was not built
@@ -7,4 +9,4 @@ except ImportError as e:  # pragma: no cover - only when the package was not bui
         "Run `make install` (or `pip install --no-build-isolation -e .`) in the repository."
     ) from e
 
-ops = __import__("torch").ops.drdet
+ops = torch.ops.drdet
