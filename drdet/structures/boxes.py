@@ -24,16 +24,16 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     Returns:
         (..., N, M) IoU in [0, 1]; a pair whose union is empty has IoU 0 (never NaN).
     """
-    area1 = box_area(boxes1)
-    area2 = box_area(boxes2)
-    b1 = boxes1[..., :, None, :]
-    b2 = boxes2[..., None, :, :]
-    # x and y apart (not one (..., N, M, 2) tensor): the matcher calls this on (B, M, anchors).
-    inter_w = (torch.minimum(b1[..., 2], b2[..., 2]) - torch.maximum(b1[..., 0], b2[..., 0])).clamp_(min=0)
-    inter_h = (torch.minimum(b1[..., 3], b2[..., 3]) - torch.maximum(b1[..., 1], b2[..., 1])).clamp_(min=0)
-    inter = inter_w.mul_(inter_h)
-    union = area1[..., :, None] + area2[..., None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
+    area1 = box_area(boxes1)[..., :, None]
+    area2 = box_area(boxes2)[..., None, :]
+    # one contiguous (..., N, 1) / (..., 1, M) vector per coordinate, and in-place arithmetic on
+    # the (..., N, M) results: the matcher calls this on (images, boxes, ~200k anchors).
+    x1a, y1a, x2a, y2a = (c[..., :, None] for c in boxes1.unbind(-1))
+    x1b, y1b, x2b, y2b = (c[..., None, :].contiguous() for c in boxes2.unbind(-1))
+    inter = torch.minimum(x2a, x2b).sub_(torch.maximum(x1a, x1b)).clamp_(min=0)
+    inter.mul_(torch.minimum(y2a, y2b).sub_(torch.maximum(y1a, y1b)).clamp_(min=0))
+    union = (area1 + area2).sub_(inter).clamp_(min=torch.finfo(inter.dtype).tiny)
+    return inter.div_(union)  # union > 0 unless both boxes are empty, and then inter = 0
 
 
 def clip_boxes(boxes: Tensor, image_size: Union[Tuple[int, int], Tensor]) -> Tensor:
