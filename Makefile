@@ -27,12 +27,15 @@ venv: $(PY)
 
 install: $(PY)
 	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
+	$(PIP) install --upgrade "pip>=24"
 	$(PIP) install -r requirements.txt -r requirements-dev.txt
-	$(PIP) install --no-build-isolation --no-deps -e .
-	@$(PY) -c "import drdet, drdet._C as C; print('drdet._C built with CUDA:', C.built_with_cuda())"
+	DRDET_BUILD_EXT=0 $(PIP) install --no-build-isolation --no-deps -e .
+	$(MAKE) build
 
+# Incremental (ninja keeps its state in ./build): only changed sources are recompiled.
 build: $(PY)
 	$(PY) setup.py build_ext --inplace
+	@cd / && $(abspath $(PY)) -c "import drdet._C as C; print('drdet._C:', C.__file__, '| CUDA kernels:', C.built_with_cuda())"
 
 test: install
 	$(PY) -m pytest tests -ra

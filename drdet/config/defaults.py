@@ -1,0 +1,179 @@
+"""Default configuration of drdet (yacs), with maskrcnn-benchmark's key names.
+
+The defaults are maskrcnn-benchmark's RetinaNet (focal loss) defaults; the Dr. Retina yaml files
+under ``configs/dr_retina`` override what the DR loss changes (``MODEL.RETINANET.LOSS_TYPE "DR"``,
+``PRIOR_PROB 0.5``, matcher thresholds 0.5 / 0.5, a higher ``INFERENCE_TH``).
+
+Never modify ``_C``: call :func:`drdet.config.get_cfg` for an independent copy.
+"""
+import math
+
+from .config import CfgNode as CN
+
+_C = CN()
+
+_C.MODEL = CN()
+_C.MODEL.DEVICE = "cuda"
+_C.MODEL.META_ARCHITECTURE = "RetinaNet"
+# Path or catalog name of the weights to start from; "" trains from scratch.
+_C.MODEL.WEIGHT = ""
+_C.MODEL.RETINANET_ON = True
+
+# ---------------------------------------------------------------------------------------------
+# Backbone
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.BACKBONE = CN()
+# R-18/34/50/101/152-FPN-RETINANET. ResNeXt is R-101 with RESNETS.NUM_GROUPS / WIDTH_PER_GROUP.
+_C.MODEL.BACKBONE.CONV_BODY = "R-50-FPN-RETINANET"
+# 0: train everything; 1: freeze the stem; 2: stem and res2 (layer1); ... 5: the whole body.
+_C.MODEL.BACKBONE.FREEZE_CONV_BODY_AT = 2
+
+_C.MODEL.RESNETS = CN()
+# 1 for ResNet; 32 (x8d) or 64 (x4d) for ResNeXt.
+_C.MODEL.RESNETS.NUM_GROUPS = 1
+# Channels per group of the res2 bottleneck 3x3 conv (doubled at each stage). Basic-block bodies
+# (R-18/34) use NUM_GROUPS * WIDTH_PER_GROUP as the res2 output width and ignore RES2_OUT_CHANNELS.
+_C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
+# True: the stride of a bottleneck sits in its first 1x1 conv (MSRA / Caffe2 weights);
+# False: in its 3x3 conv (torchvision and FAIR ResNeXt weights).
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = True
+_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
+_C.MODEL.RESNETS.BACKBONE_OUT_CHANNELS = 256
+# Must be 1 for the FPN-RETINANET bodies (P3-P7 need a stride-32 C5).
+_C.MODEL.RESNETS.RES5_DILATION = 1
+# Normalisation of the ResNet body: FrozenBN, BN, GN or SyncBN (drdet's key).
+_C.MODEL.RESNETS.NORM = "FrozenBN"
+
+_C.MODEL.GROUP_NORM = CN()
+# Channels per group; -1: use NUM_GROUPS groups instead.
+_C.MODEL.GROUP_NORM.DIM_PER_GP = -1
+_C.MODEL.GROUP_NORM.NUM_GROUPS = 32
+_C.MODEL.GROUP_NORM.EPSILON = 1e-5
+
+_C.MODEL.FPN = CN()
+_C.MODEL.FPN.USE_GN = False
+_C.MODEL.FPN.USE_RELU = False
+
+# ---------------------------------------------------------------------------------------------
+# RetinaNet head, anchors, matching, inference
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.RETINANET = CN()
+# Includes the background class (maskrcnn-benchmark): the head predicts NUM_CLASSES - 1
+# foreground classes, labelled 1 .. NUM_CLASSES - 1.
+_C.MODEL.RETINANET.NUM_CLASSES = 81
+# One anchor size and stride per pyramid level P3-P7 (pixels).
+_C.MODEL.RETINANET.ANCHOR_SIZES = (32, 64, 128, 256, 512)
+_C.MODEL.RETINANET.ANCHOR_STRIDES = (8, 16, 32, 64, 128)
+_C.MODEL.RETINANET.ASPECT_RATIOS = (0.5, 1.0, 2.0)
+_C.MODEL.RETINANET.OCTAVE = 2.0
+_C.MODEL.RETINANET.SCALES_PER_OCTAVE = 3
+# Anchors crossing the image border by more than this many pixels are ignored; < 0 keeps all.
+_C.MODEL.RETINANET.STRADDLE_THRESH = 0
+# True: P6 from C5; False: P6 from P5.
+_C.MODEL.RETINANET.USE_C5 = True
+_C.MODEL.RETINANET.NUM_CONVS = 4
+# GroupNorm in the class and box towers of the head.
+_C.MODEL.RETINANET.USE_GN = False
+_C.MODEL.RETINANET.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+_C.MODEL.RETINANET.BBOX_REG_BETA = 0.11
+_C.MODEL.RETINANET.PRE_NMS_TOP_N = 1000
+_C.MODEL.RETINANET.NMS_TH = 0.5
+# IoU >= FG_IOU_THRESHOLD: foreground; < BG_IOU_THRESHOLD: background; between: ignored.
+_C.MODEL.RETINANET.FG_IOU_THRESHOLD = 0.5
+_C.MODEL.RETINANET.BG_IOU_THRESHOLD = 0.4
+# Each ground-truth box also keeps the anchors of highest IoU with it (drdet's key).
+_C.MODEL.RETINANET.ALLOW_LOW_QUALITY_MATCHES = True
+# Focal loss.
+_C.MODEL.RETINANET.LOSS_ALPHA = 0.25
+_C.MODEL.RETINANET.LOSS_GAMMA = 2.0
+# Initial foreground probability of the classifier (bias = -log((1 - p) / p)).
+_C.MODEL.RETINANET.PRIOR_PROB = 0.01
+# Scores at or below this are dropped before NMS.
+_C.MODEL.RETINANET.INFERENCE_TH = 0.05
+# Classification loss: "FOCAL" (RetinaNet) or "DR" (Dr. Retina). drdet's key.
+_C.MODEL.RETINANET.LOSS_TYPE = "FOCAL"
+
+# ---------------------------------------------------------------------------------------------
+# DR loss (drdet). See DESIGN.md "The DR loss, precisely" and the paper's Eq. 6-9.
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.DR_LOSS = CN()
+# Temperatures of the positive / negative distributions (lambda+ and lambda- of Eq. 6).
+_C.MODEL.DR_LOSS.POS_LAMBDA = 1.0
+_C.MODEL.DR_LOSS.NEG_LAMBDA = 0.1 / math.log(3.5)
+# The paper's Table 1 parametrisation: lambda+ = 1 / ln(H_POS), lambda- = 0.1 / ln(H_NEG).
+# 0 = not used (POS_LAMBDA / NEG_LAMBDA apply); a value > 1 overrides the matching lambda.
+# See drdet.config.dr_loss_lambdas.
+_C.MODEL.DR_LOSS.H_POS = 0.0
+_C.MODEL.DR_LOSS.H_NEG = 0.0
+# Sharpness of the logistic smoothing (Eq. 8).
+_C.MODEL.DR_LOSS.L = 6.0
+# The ranking margin gamma.
+_C.MODEL.DR_LOSS.MARGIN = 0.5
+# Weight of the classification loss against the regression loss.
+_C.MODEL.DR_LOSS.TAU = 4.0
+# Smoothing of the hinge: "logistic" (Eq. 8), "quadratic" (Eq. 7, uses RHO) or "hinge" (none).
+_C.MODEL.DR_LOSS.SMOOTHING = "logistic"
+_C.MODEL.DR_LOSS.RHO = 0.5
+# "dr": rank E[negatives] against E[positives]; "negonly": against each positive (Table 3).
+_C.MODEL.DR_LOSS.PAIRING = "dr"
+# "image": one loss per image, averaged over the batch (the paper's Eq. 9);
+# "batch": one loss over all anchors of the per-GPU batch (the authors' released code).
+_C.MODEL.DR_LOSS.GROUPING = "image"
+
+# ---------------------------------------------------------------------------------------------
+# Input
+# ---------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+# Shorter side in pixels; one is drawn per image when several are given (scale jitter).
+_C.INPUT.MIN_SIZE_TRAIN = (800,)
+_C.INPUT.MAX_SIZE_TRAIN = 1333
+_C.INPUT.MIN_SIZE_TEST = 800
+_C.INPUT.MAX_SIZE_TEST = 1333
+# Per-channel mean and std in the order the network sees (BGR 0-255 for MSRA weights).
+_C.INPUT.PIXEL_MEAN = [102.9801, 115.9465, 122.7717]
+_C.INPUT.PIXEL_STD = [1.0, 1.0, 1.0]
+_C.INPUT.TO_BGR255 = True
+_C.INPUT.HORIZONTAL_FLIP_PROB_TRAIN = 0.5
+
+_C.DATASETS = CN()
+_C.DATASETS.TRAIN = ()
+_C.DATASETS.TEST = ()
+
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 4
+# Batched images are zero-padded to a multiple of this (pixels).
+_C.DATALOADER.SIZE_DIVISIBILITY = 32
+_C.DATALOADER.ASPECT_RATIO_GROUPING = True
+
+# ---------------------------------------------------------------------------------------------
+# Solver (lr for IMS_PER_BATCH images; scale it linearly with the batch)
+# ---------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+_C.SOLVER.MAX_ITER = 90000
+_C.SOLVER.BASE_LR = 0.01
+_C.SOLVER.BIAS_LR_FACTOR = 2.0
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.WEIGHT_DECAY = 0.0001
+_C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.STEPS = (60000, 80000)
+_C.SOLVER.WARMUP_FACTOR = 1.0 / 3
+_C.SOLVER.WARMUP_ITERS = 500
+_C.SOLVER.WARMUP_METHOD = "linear"
+_C.SOLVER.CHECKPOINT_PERIOD = 2500
+# Images per iteration over all GPUs.
+_C.SOLVER.IMS_PER_BATCH = 16
+
+_C.TEST = CN()
+_C.TEST.EXPECTED_RESULTS = []
+# Images per iteration over all GPUs.
+_C.TEST.IMS_PER_BATCH = 8
+_C.TEST.DETECTIONS_PER_IMG = 100
+_C.TEST.BBOX_AUG = CN()
+_C.TEST.BBOX_AUG.ENABLED = False
+_C.TEST.BBOX_AUG.SCALES = ()
+_C.TEST.BBOX_AUG.MAX_SIZE = 4000
+_C.TEST.BBOX_AUG.H_FLIP = False
+
+_C.OUTPUT_DIR = "."

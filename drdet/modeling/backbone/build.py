@@ -1,0 +1,75 @@
+"""build_backbone(cfg): the ResNet/ResNeXt-FPN of RetinaNet from MODEL.BACKBONE / RESNETS / FPN."""
+from typing import List
+
+import torch
+from torch import nn
+
+from drdet.layers.misc import make_norm_factory
+from drdet.modeling.backbone.fpn import FPN, LastLevelP6P7
+from drdet.modeling.backbone.resnet import ResNet
+
+# MODEL.BACKBONE.CONV_BODY -> ResNet depth
+CONV_BODIES = {
+    "R-18-FPN-RETINANET": 18,
+    "R-34-FPN-RETINANET": 34,
+    "R-50-FPN-RETINANET": 50,
+    "R-101-FPN-RETINANET": 101,
+    "R-152-FPN-RETINANET": 152,
+}
+
+
+class ResNetFPN(nn.Module):
+    """``body`` (:class:`ResNet`, returning C3-C5) followed by ``fpn`` (:class:`FPN` with P6/P7).
+
+    State-dict keys: ``body.stem.conv1.weight``, ``body.layer1.0.conv1.weight``, ...,
+    ``fpn.fpn_inner2.weight`` ... ``fpn.fpn_layer4.weight``, ``fpn.top_blocks.p6.weight``,
+    ``fpn.top_blocks.p7.weight``.
+    forward: images (N, 3, H, W) float -> [P3, P4, P5, P6, P7], each
+        (N, out_channels, ceil(H / s), ceil(W / s)) for s in ``strides`` = (8, 16, 32, 64, 128).
+    """
+
+    def __init__(self, body: ResNet, fpn: FPN) -> None:
+        super().__init__()
+        self.body = body
+        self.fpn = fpn
+        self.out_channels: int = fpn.out_channels
+        self.strides = tuple(body.strides) + (body.strides[-1] * 2, body.strides[-1] * 4)
+
+    def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+        return self.fpn(self.body(images))
+
+
+def build_backbone(cfg) -> ResNetFPN:
+    """The backbone named by ``cfg.MODEL.BACKBONE.CONV_BODY`` (an ``*-FPN-RETINANET`` body)."""
+    name = cfg.MODEL.BACKBONE.CONV_BODY
+    if name not in CONV_BODIES:
+        raise ValueError(f"MODEL.BACKBONE.CONV_BODY must be one of {list(CONV_BODIES)}, "
+                         f"got {name!r}")
+    r, gn = cfg.MODEL.RESNETS, cfg.MODEL.GROUP_NORM
+    if r.RES5_DILATION != 1:
+        raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 for {name} (P3-P7 need a "
+                         f"stride-32 C5), got {r.RES5_DILATION}")
+    gn_factory = make_norm_factory("GN", gn.DIM_PER_GP, gn.NUM_GROUPS, gn.EPSILON)
+    norm = gn_factory if r.NORM == "GN" else make_norm_factory(r.NORM)
+    body = ResNet(
+        depth=CONV_BODIES[name],
+        num_groups=r.NUM_GROUPS,
+        width_per_group=r.WIDTH_PER_GROUP,
+        stem_out_channels=r.STEM_OUT_CHANNELS,
+        res2_out_channels=r.RES2_OUT_CHANNELS,
+        stride_in_1x1=r.STRIDE_IN_1X1,
+        res5_dilation=r.RES5_DILATION,
+        norm=norm,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_CONV_BODY_AT,
+        return_stages=(2, 3, 4),
+    )
+    out_channels = r.BACKBONE_OUT_CHANNELS
+    use_c5 = cfg.MODEL.RETINANET.USE_C5
+    top_blocks = LastLevelP6P7(body.out_channels[-1] if use_c5 else out_channels, out_channels,
+                               use_c5=use_c5)
+    fpn = FPN(body.out_channels, out_channels, top_blocks=top_blocks,
+              norm_layer=gn_factory if cfg.MODEL.FPN.USE_GN else None,
+              use_relu=cfg.MODEL.FPN.USE_RELU)
+    return ResNetFPN(body, fpn)
