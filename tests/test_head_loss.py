@@ -194,3 +194,25 @@ def test_batch_without_boxes_is_finite_with_zero_regression(loss_type):
     assert losses["loss_reg"].item() == 0.0
     (losses["loss_cls"] + losses["loss_reg"]).backward()
     assert torch.isfinite(logits.grad).all() and (deltas.grad == 0).all()
+
+
+# ---------------------------------------------------------------- built from a config
+def test_builders_read_the_config():
+    from drdet.config import get_cfg
+    from drdet.modeling.retinanet import build_retinanet_head, build_retinanet_loss
+
+    cfg = get_cfg()
+    cfg.merge_from_list(
+        ["MODEL.RETINANET.LOSS_TYPE", "DR", "MODEL.DR_LOSS.H_POS", 20.0, "MODEL.DR_LOSS.H_NEG", 5.5,
+         "MODEL.DR_LOSS.GROUPING", "batch", "MODEL.DR_LOSS.TAU", 3.0, "MODEL.RETINANET.FG_IOU_THRESHOLD", 0.6,
+         "MODEL.RETINANET.USE_GN", True, "MODEL.RETINANET.NUM_CLASSES", 21, "MODEL.RETINANET.PRIOR_PROB", 0.5]
+    )
+    loss = build_retinanet_loss(cfg, BoxCoder())
+    assert loss.loss_type == "DR" and loss.dr_grouping == "batch" and loss.num_classes == 20
+    assert loss.dr_params["pos_lambda"] == pytest.approx(1 / math.log(20.0))
+    assert loss.dr_params["neg_lambda"] == pytest.approx(0.1 / math.log(5.5))
+    assert loss.dr_params["tau"] == 3.0 and loss.matcher.high_threshold == 0.6
+    head = build_retinanet_head(cfg, 256, 9)
+    assert head.cls_logits.out_channels == 9 * 20
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in head.modules()) == 8
+    assert (head.cls_logits.bias == 0).all()

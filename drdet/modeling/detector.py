@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from drdet.modeling.anchor_generator import AnchorGenerator, build_anchor_generator
+from drdet.modeling.backbone import build_backbone
 from drdet.modeling.box_coder import BoxCoder
 from drdet.modeling.retinanet import (
     RetinaNetHead,
@@ -102,8 +103,6 @@ class RetinaNet(nn.Module):
 
 def build_detector(cfg) -> RetinaNet:
     """The detector described by ``cfg`` (MODEL.META_ARCHITECTURE must be "RetinaNet"), on the CPU."""
-    from drdet.modeling.backbone import build_backbone
-
     if cfg.MODEL.META_ARCHITECTURE != "RetinaNet":
         raise ValueError(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} is not supported (only 'RetinaNet')")
     backbone = build_backbone(cfg)

@@ -4,7 +4,6 @@ smooth-L1 for the boxes.
 Per anchor label: 0 background, 1..C the matched box's class, -1 ignored (IoU between the
 matcher's thresholds, or optionally straddling the image border).
 """
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from drdet import layers
+from drdet.config import dr_loss_lambdas
 from drdet.modeling.box_coder import BoxCoder
 from drdet.modeling.matcher import Matcher
 from drdet.structures.boxes import pairwise_iou
@@ -191,21 +191,11 @@ class RetinaNetLossComputation:
 
 
 def dr_loss_params(cfg) -> Dict:
-    """dr_loss keyword arguments from cfg.MODEL.DR_LOSS.
-
-    H_POS / H_NEG > 0 override POS_LAMBDA / NEG_LAMBDA with the paper's parametrisation
-    (Sec. 5.1, Table 1): lambda+ = 1 / ln(h+), lambda- = 0.1 / ln(h-); so h+ = e, h- = 3.5 give
-    the defaults 1 and 0.1 / ln 3.5.
-    """
+    """dr_loss keyword arguments from cfg.MODEL.DR_LOSS; lambda+ and lambda- come from
+    drdet.config.dr_loss_lambdas (H_POS / H_NEG > 0: the paper's lambda+ = 1 / ln h+,
+    lambda- = 0.1 / ln h-; otherwise POS_LAMBDA / NEG_LAMBDA)."""
     d = cfg.MODEL.DR_LOSS
-    pos_lambda, neg_lambda = d.POS_LAMBDA, d.NEG_LAMBDA
-    for name, h in (("H_POS", d.H_POS), ("H_NEG", d.H_NEG)):
-        if h != 0 and h <= 1:
-            raise ValueError(f"MODEL.DR_LOSS.{name} must be 0 (unused) or > 1, got {h}")
-    if d.H_POS > 0:
-        pos_lambda = 1.0 / math.log(d.H_POS)
-    if d.H_NEG > 0:
-        neg_lambda = 0.1 / math.log(d.H_NEG)
+    pos_lambda, neg_lambda = dr_loss_lambdas(cfg)
     return dict(
         pos_lambda=pos_lambda,
         neg_lambda=neg_lambda,
