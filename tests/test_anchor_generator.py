@@ -16,9 +16,12 @@ def test_cell_anchors_hand_computed():
     # ratio = h / w: ratio 0.25 of size 16 is 32 wide, 8 high.
     expected = torch.tensor(
         [
-            [-16, -4, 16, 4], [-32, -8, 32, 8],  # ratio 0.25, sizes 16 and 32
-            [-8, -8, 8, 8], [-16, -16, 16, 16],  # ratio 1
-            [-4, -16, 4, 16], [-8, -32, 8, 32],  # ratio 4
+            [-16, -4, 16, 4],
+            [-32, -8, 32, 8],  # ratio 0.25, sizes 16 and 32
+            [-8, -8, 8, 8],
+            [-16, -16, 16, 16],  # ratio 1
+            [-4, -16, 4, 16],
+            [-8, -32, 8, 32],  # ratio 4
         ],
         dtype=torch.float64,
     )

@@ -44,7 +44,9 @@ def test_decode_half_precision_is_computed_in_float32():
     deltas = torch.randn(10, 4)
     out = coder.decode(deltas.half(), anchors)
     assert out.dtype == torch.float16
-    torch.testing.assert_close(out.float(), coder.decode(deltas.half().float(), anchors), atol=0.1, rtol=1e-3)
+    torch.testing.assert_close(
+        out.float(), coder.decode(deltas.half().float(), anchors), atol=0.1, rtol=1e-3
+    )
 
 
 def test_matches_torchvision():

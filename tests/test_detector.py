@@ -1,5 +1,6 @@
 """The detector end to end: a tiny backbone for the detector's own logic, then every config file
 with its real backbone, then the Predictor."""
+
 import glob
 import os
 
@@ -39,13 +40,28 @@ class TinyBackbone(nn.Module):
 
 def _tiny_detector(loss_type="DR"):
     scales = [2 ** (k / 3) for k in range(3)]
-    anchors = AnchorGenerator([[s * k for k in scales] for s in (32, 64, 128, 256, 512)], (0.5, 1.0, 2.0), (8, 16, 32, 64, 128))
+    anchors = AnchorGenerator(
+        [[s * k for k in scales] for s in (32, 64, 128, 256, 512)],
+        (0.5, 1.0, 2.0),
+        (8, 16, 32, 64, 128),
+    )
     coder = BoxCoder()
-    dr = dict(pos_lambda=1.0, neg_lambda=0.08, L=6.0, margin=0.5, tau=4.0, smoothing="logistic", rho=0.5, pairing="dr")
+    dr = dict(
+        pos_lambda=1.0,
+        neg_lambda=0.08,
+        L=6.0,
+        margin=0.5,
+        tau=4.0,
+        smoothing="logistic",
+        rho=0.5,
+        pairing="dr",
+    )
     loss = RetinaNetLossComputation(Matcher(0.5, 0.4), coder, C, loss_type, dr_params=dr)
     post = RetinaNetPostProcessor(coder, score_thresh=0.05, detections_per_img=20)
     head = RetinaNetHead(8, C, 9, num_convs=1, prior_prob=0.1)
-    return RetinaNet(TinyBackbone(), head, anchors, loss, post, [100.0, 110.0, 120.0], [50.0, 60.0, 70.0], 32)
+    return RetinaNet(
+        TinyBackbone(), head, anchors, loss, post, [100.0, 110.0, 120.0], [50.0, 60.0, 70.0], 32
+    )
 
 
 def _images():
@@ -54,7 +70,10 @@ def _images():
 
 def _targets():
     return [
-        {"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 5.0, 120.0, 40.0]]), "labels": torch.tensor([1, 3])},
+        {
+            "boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 5.0, 120.0, 40.0]]),
+            "labels": torch.tensor([1, 3]),
+        },
         {"boxes": torch.tensor([[5.0, 50.0, 90.0, 120.0]]), "labels": torch.tensor([2])},
     ]
 
@@ -65,7 +84,9 @@ def test_preprocess_normalises_and_pads_once():
     batch = model.preprocess(images)
     assert batch.tensors.shape == (2, 3, 128, 128) and batch.image_sizes == [(96, 128), (128, 96)]
     mean, std = torch.tensor([100.0, 110.0, 120.0]), torch.tensor([50.0, 60.0, 70.0])
-    torch.testing.assert_close(batch.tensors[1, :, :128, :96], (images[1] - mean[:, None, None]) / std[:, None, None])
+    torch.testing.assert_close(
+        batch.tensors[1, :, :128, :96], (images[1] - mean[:, None, None]) / std[:, None, None]
+    )
     assert (batch.tensors[0, :, 96:] == 0).all() and (batch.tensors[1, :, :, 96:] == 0).all()
     with pytest.raises(ValueError, match=r"images\[0\] has shape \(1, 8, 8\)"):
         model.preprocess([torch.zeros(1, 8, 8)])
@@ -94,7 +115,11 @@ def test_train_needs_targets_and_rejects_degenerate_boxes():
     with pytest.raises(ValueError, match="targets"):
         model(_images())
     targets = _targets()
-    targets[1] = {"boxes": torch.tensor([[5.0, 5.0, 5.0, 9.0]]), "labels": torch.tensor([1]), "image_id": 7}
+    targets[1] = {
+        "boxes": torch.tensor([[5.0, 5.0, 5.0, 9.0]]),
+        "labels": torch.tensor([1]),
+        "image_id": 7,
+    }
     with pytest.raises(ValueError, match=r"image 1 of the batch \(image_id 7\)"):
         model(_images(), targets)
 
@@ -105,7 +130,9 @@ def test_eval_outputs_and_original_sizes():
     with torch.no_grad():
         dets = model(images)
         rescaled = model(images, original_sizes=[(192, 256), (64, 48)])
-    for det, (h, w), big, (oh, ow) in zip(dets, [(96, 128), (128, 96)], rescaled, [(192, 256), (64, 48)]):
+    for det, (h, w), big, (oh, ow) in zip(
+        dets, [(96, 128), (128, 96)], rescaled, [(192, 256), (64, 48)]
+    ):
         assert 0 < len(det["scores"]) <= 20
         assert (det["scores"][1:] <= det["scores"][:-1]).all()
         assert det["labels"].min() >= 1 and det["labels"].max() <= C
@@ -124,12 +151,18 @@ def _cfg(path=None, overrides=()):
         cfg.merge_from_file(path)
     cfg.merge_from_list(
         [
-            "MODEL.DEVICE", "cpu",
-            "MODEL.WEIGHT", "",
-            "INPUT.MIN_SIZE_TRAIN", (96,),
-            "INPUT.MAX_SIZE_TRAIN", 128,
-            "INPUT.MIN_SIZE_TEST", 96,
-            "INPUT.MAX_SIZE_TEST", 128,
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHT",
+            "",
+            "INPUT.MIN_SIZE_TRAIN",
+            (96,),
+            "INPUT.MAX_SIZE_TRAIN",
+            128,
+            "INPUT.MIN_SIZE_TEST",
+            96,
+            "INPUT.MAX_SIZE_TEST",
+            128,
             *overrides,
         ]
     )
@@ -165,8 +198,16 @@ def test_every_config_trains_and_predicts(path):
 def _predictor_cfg(weight=""):
     return _cfg(
         None,
-        ["MODEL.BACKBONE.CONV_BODY", "R-18-FPN-RETINANET", "MODEL.RETINANET.INFERENCE_TH", 0.009,
-         "MODEL.RETINANET.NUM_CLASSES", 4, "MODEL.WEIGHT", weight],
+        [
+            "MODEL.BACKBONE.CONV_BODY",
+            "R-18-FPN-RETINANET",
+            "MODEL.RETINANET.INFERENCE_TH",
+            0.009,
+            "MODEL.RETINANET.NUM_CLASSES",
+            4,
+            "MODEL.WEIGHT",
+            weight,
+        ],
     )
 
 
@@ -187,7 +228,9 @@ def test_predictor_resizes_loads_weights_and_returns_original_pixels(tmp_path):
     resized = F.interpolate(resized, size=(96, 128), mode="bilinear", align_corners=False)[0]
     with torch.no_grad():
         ref = first.model([resized])[0]
-    torch.testing.assert_close(out1["boxes"], ref["boxes"] * torch.tensor([200 / 128, 150 / 96] * 2))
+    torch.testing.assert_close(
+        out1["boxes"], ref["boxes"] * torch.tensor([200 / 128, 150 / 96] * 2)
+    )
     assert (out1["boxes"][:, 2] <= 200).all() and (out1["boxes"][:, 3] <= 150).all()
     # a plain state dict is accepted too; wrong keys are an error
     torch.save(first.model.state_dict(), path)

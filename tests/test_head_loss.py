@@ -14,8 +14,14 @@ from drdet.modeling.retinanet.loss import RetinaNetLossComputation
 
 NUM_CLASSES = 3
 DR_PARAMS = dict(
-    pos_lambda=1.0, neg_lambda=0.1 / math.log(3.5), L=6.0, margin=0.5, tau=4.0,
-    smoothing="logistic", rho=0.5, pairing="dr",
+    pos_lambda=1.0,
+    neg_lambda=0.1 / math.log(3.5),
+    L=6.0,
+    margin=0.5,
+    tau=4.0,
+    smoothing="logistic",
+    rho=0.5,
+    pairing="dr",
 )
 
 
@@ -35,7 +41,9 @@ def test_head_output_layout_matches_anchor_order():
 @pytest.mark.parametrize("prior", [0.01, 0.5])
 def test_head_init(prior):
     head = RetinaNetHead(64, num_classes=5, num_anchors=9, prior_prob=prior)
-    torch.testing.assert_close(head.cls_logits.bias, torch.full((45,), -math.log((1 - prior) / prior)))
+    torch.testing.assert_close(
+        head.cls_logits.bias, torch.full((45,), -math.log((1 - prior) / prior))
+    )
     convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 2 * 4 + 2
     weights = torch.cat([m.weight.flatten() for m in convs])
@@ -69,13 +77,21 @@ def _anchors():
 
 def _loss(loss_type="FOCAL", grouping="image", **kw):
     return RetinaNetLossComputation(
-        Matcher(0.5, 0.4, True), BoxCoder(), NUM_CLASSES, loss_type=loss_type,
-        dr_params=DR_PARAMS if loss_type == "DR" else None, dr_grouping=grouping, **kw,
+        Matcher(0.5, 0.4, True),
+        BoxCoder(),
+        NUM_CLASSES,
+        loss_type=loss_type,
+        dr_params=DR_PARAMS if loss_type == "DR" else None,
+        dr_grouping=grouping,
+        **kw,
     )
 
 
 def _targets(counts=(4, 0, 2)):
-    return [{"boxes": _random_boxes(n), "labels": torch.randint(1, NUM_CLASSES + 1, (n,))} for n in counts]
+    return [
+        {"boxes": _random_boxes(n), "labels": torch.randint(1, NUM_CLASSES + 1, (n,))}
+        for n in counts
+    ]
 
 
 def _reference_targets(anchors, targets):
@@ -91,7 +107,9 @@ def _reference_targets(anchors, targets):
         lab[m == -2] = -1
         labels.append(lab)
         pos = lab > 0
-        reg.append(TVBoxCoder((10.0, 10.0, 5.0, 5.0)).encode_single(t["boxes"][m[pos]], anchors[pos]))
+        reg.append(
+            TVBoxCoder((10.0, 10.0, 5.0, 5.0)).encode_single(t["boxes"][m[pos]], anchors[pos])
+        )
     return torch.stack(labels), torch.cat(reg)
 
 
@@ -107,15 +125,23 @@ def test_prepare_targets_against_torchvision():
 
 def test_straddle_thresh_ignores_border_anchors():
     anchors, targets = _anchors(), _targets((0,))
-    labels, _, _ = _loss(straddle_thresh=0.0).prepare_targets(anchors, targets, image_sizes=[(96, 96)])
-    outside = (anchors[:, 0] < 0) | (anchors[:, 1] < 0) | (anchors[:, 2] >= 96) | (anchors[:, 3] >= 96)
+    labels, _, _ = _loss(straddle_thresh=0.0).prepare_targets(
+        anchors, targets, image_sizes=[(96, 96)]
+    )
+    outside = (
+        (anchors[:, 0] < 0) | (anchors[:, 1] < 0) | (anchors[:, 2] >= 96) | (anchors[:, 3] >= 96)
+    )
     assert torch.equal(labels[0] == -1, outside)
     assert (_loss().prepare_targets(anchors, targets)[0] == 0).all()
 
 
 @pytest.mark.parametrize(
     "box, message",
-    [([10.0, 10.0, 10.0, 20.0], "degenerate"), ([10.0, 10.0, 5.0, 20.0], "degenerate"), ([0.0, 0.0, float("nan"), 5.0], "degenerate")],
+    [
+        ([10.0, 10.0, 10.0, 20.0], "degenerate"),
+        ([10.0, 10.0, 5.0, 20.0], "degenerate"),
+        ([0.0, 0.0, float("nan"), 5.0], "degenerate"),
+    ],
 )
 def test_degenerate_box_names_the_image(box, message):
     targets = _targets((2, 1))
@@ -155,17 +181,24 @@ def _predictions(num_images, num_anchors):
 
 def _reg_reference(deltas, labels, reg_targets):
     pos = labels > 0
-    return F.smooth_l1_loss(deltas[pos], reg_targets, beta=0.11, reduction="sum") / max(1, int(pos.sum()))
+    return F.smooth_l1_loss(deltas[pos], reg_targets, beta=0.11, reduction="sum") / max(
+        1, int(pos.sum())
+    )
 
 
-@pytest.mark.parametrize("loss_type, grouping", [("FOCAL", "image"), ("DR", "image"), ("DR", "batch")])
+@pytest.mark.parametrize(
+    "loss_type, grouping", [("FOCAL", "image"), ("DR", "image"), ("DR", "batch")]
+)
 def test_losses_against_reference(loss_type, grouping):
     anchors, targets = _anchors(), _targets()
     logits, deltas = _predictions(3, len(anchors))
     # split into two "levels" to exercise the concatenation
     cut = 100
     losses = _loss(loss_type, grouping)(
-        [anchors[:cut], anchors[cut:]], [logits[:, :cut], logits[:, cut:]], [deltas[:, :cut], deltas[:, cut:]], targets
+        [anchors[:cut], anchors[cut:]],
+        [logits[:, :cut], logits[:, cut:]],
+        [deltas[:, :cut], deltas[:, cut:]],
+        targets,
     )
     ref_labels, ref_reg = _reference_targets(anchors, targets)
     flat_logits, flat_labels = logits.reshape(-1, NUM_CLASSES), ref_labels.reshape(-1)
@@ -173,12 +206,19 @@ def test_losses_against_reference(loss_type, grouping):
     if loss_type == "FOCAL":
         keep = flat_labels >= 0
         onehot = (flat_labels[keep, None] == torch.arange(1, NUM_CLASSES + 1)).float()
-        ref_cls = torchvision.ops.sigmoid_focal_loss(flat_logits[keep], onehot, 0.25, 2.0, reduction="sum") / num_pos
+        ref_cls = (
+            torchvision.ops.sigmoid_focal_loss(
+                flat_logits[keep], onehot, 0.25, 2.0, reduction="sum"
+            )
+            / num_pos
+        )
     elif grouping == "image":
         groups = torch.arange(3).repeat_interleave(len(anchors))
         ref_cls = _dr_reference(flat_logits, flat_labels, groups, 3, DR_PARAMS)
     else:
-        ref_cls = _dr_reference(flat_logits, flat_labels, torch.zeros_like(flat_labels), 1, DR_PARAMS)
+        ref_cls = _dr_reference(
+            flat_logits, flat_labels, torch.zeros_like(flat_labels), 1, DR_PARAMS
+        )
     torch.testing.assert_close(losses["loss_cls"], ref_cls, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(losses["loss_reg"], _reg_reference(deltas, ref_labels, ref_reg))
     (losses["loss_cls"] + losses["loss_reg"]).backward()
@@ -203,9 +243,26 @@ def test_builders_read_the_config():
 
     cfg = get_cfg()
     cfg.merge_from_list(
-        ["MODEL.RETINANET.LOSS_TYPE", "DR", "MODEL.DR_LOSS.H_POS", 20.0, "MODEL.DR_LOSS.H_NEG", 5.5,
-         "MODEL.DR_LOSS.GROUPING", "batch", "MODEL.DR_LOSS.TAU", 3.0, "MODEL.RETINANET.FG_IOU_THRESHOLD", 0.6,
-         "MODEL.RETINANET.USE_GN", True, "MODEL.RETINANET.NUM_CLASSES", 21, "MODEL.RETINANET.PRIOR_PROB", 0.5]
+        [
+            "MODEL.RETINANET.LOSS_TYPE",
+            "DR",
+            "MODEL.DR_LOSS.H_POS",
+            20.0,
+            "MODEL.DR_LOSS.H_NEG",
+            5.5,
+            "MODEL.DR_LOSS.GROUPING",
+            "batch",
+            "MODEL.DR_LOSS.TAU",
+            3.0,
+            "MODEL.RETINANET.FG_IOU_THRESHOLD",
+            0.6,
+            "MODEL.RETINANET.USE_GN",
+            True,
+            "MODEL.RETINANET.NUM_CLASSES",
+            21,
+            "MODEL.RETINANET.PRIOR_PROB",
+            0.5,
+        ]
     )
     loss = build_retinanet_loss(cfg, BoxCoder())
     assert loss.loss_type == "DR" and loss.dr_grouping == "batch" and loss.num_classes == 20

@@ -11,7 +11,9 @@ SIZES = [(64, 96), (90, 70)]  # (height, width) of two images padded to 96 x 96
 
 
 def _level(stride, grid):
-    ys, xs = torch.meshgrid(torch.arange(grid) * float(stride), torch.arange(grid) * float(stride), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(grid) * float(stride), torch.arange(grid) * float(stride), indexing="ij"
+    )
     centres = torch.stack([xs, ys], -1).reshape(-1, 1, 2)
     half = torch.tensor([[2.0, 2.0], [3.0, 1.5]])[None] * stride
     return torch.cat([centres - half, centres + half], -1).reshape(-1, 4)
@@ -30,7 +32,16 @@ def _post(**kw):
     return RetinaNetPostProcessor(BoxCoder(), **args)
 
 
-def _reference(anchors, logits, deltas, image_sizes, score_thresh, pre_nms_top_n, nms_thresh, detections_per_img):
+def _reference(
+    anchors,
+    logits,
+    deltas,
+    image_sizes,
+    score_thresh,
+    pre_nms_top_n,
+    nms_thresh,
+    detections_per_img,
+):
     """maskrcnn-benchmark's order of operations, one image and one class at a time."""
     coder = TVBoxCoder((10.0, 10.0, 5.0, 5.0))
     out = []
@@ -45,7 +56,9 @@ def _reference(anchors, logits, deltas, image_sizes, score_thresh, pre_nms_top_n
             b = coder.decode_single(d[i][cand[:, 0]], a[cand[:, 0]])
             b = torchvision.ops.clip_boxes_to_image(b, (h, w))
             keep = torchvision.ops.remove_small_boxes(b, 1e-6)  # strictly positive width and height
-            boxes.append(b[keep]), scores.append(cand_scores[keep]), labels.append(cand[keep, 1] + 1)
+            boxes.append(b[keep]), scores.append(cand_scores[keep]), labels.append(
+                cand[keep, 1] + 1
+            )
         boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
         kb, ks, kl = [], [], []
         for c in range(1, C + 1):
@@ -92,8 +105,17 @@ def test_against_per_class_loop_reference():
         assert 0 < len(det["scores"]) <= 25
         assert (det["scores"][1:] <= det["scores"][:-1]).all()
         b = det["boxes"]
-        assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
-        assert det["labels"].dtype == torch.int64 and det["labels"].min() >= 1 and det["labels"].max() <= C
+        assert (
+            (b[:, 0] >= 0).all()
+            and (b[:, 1] >= 0).all()
+            and (b[:, 2] <= w).all()
+            and (b[:, 3] <= h).all()
+        )
+        assert (
+            det["labels"].dtype == torch.int64
+            and det["labels"].min() >= 1
+            and det["labels"].max() <= C
+        )
         torch.testing.assert_close(det["scores"], r["scores"])
         torch.testing.assert_close(det["boxes"], r["boxes"])
         assert torch.equal(det["labels"], r["labels"])

@@ -1,4 +1,5 @@
 """Predictor: one OpenCV image in, detections in that image's pixels out."""
+
 from typing import Dict, Tuple
 
 import numpy as np
@@ -23,10 +24,17 @@ def load_weights(model: nn.Module, path: str) -> None:
     ``model`` (strict; a "module." prefix from DistributedDataParallel is removed). Uses
     torch.load(weights_only=True): no pickled code runs."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint["model"] if isinstance(checkpoint, dict) and "model" in checkpoint else checkpoint
+    state = (
+        checkpoint["model"]
+        if isinstance(checkpoint, dict) and "model" in checkpoint
+        else checkpoint
+    )
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict or a dict with a 'model' state dict, got {type(state).__name__}")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        raise ValueError(
+            f"{path}: expected a state dict or a dict with a 'model' state dict, "
+            f"got {type(state).__name__}"
+        )
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
 
 
@@ -56,11 +64,22 @@ class Predictor:
             "boxes" (K, 4) float x1y1x2y2 in the image's pixels, "scores" (K,) float decreasing,
             "labels" (K,) int64 in 1..NUM_CLASSES-1; CPU tensors.
         """
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        if (
+            not isinstance(image, np.ndarray)
+            or image.ndim != 3
+            or image.shape[2] != 3
+            or image.dtype != np.uint8
+        ):
+            desc = (
+                f"{image.dtype} array of shape {image.shape}"
+                if isinstance(image, np.ndarray)
+                else type(image).__name__
+            )
             raise ValueError(f"Predictor: `image` must be an (H, W, 3) uint8 BGR array, got {desc}")
         height, width = image.shape[:2]
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1).float()
+        tensor = (
+            torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1).float()
+        )
         if not self.to_bgr255:
             tensor = tensor.flip(0) / 255.0
         size = resized_size(height, width, self.min_size, self.max_size)

@@ -9,6 +9,7 @@ size * sqrt(r). Within a cell the anchors are ordered ratio-major, scale-minor
 (maskrcnn-benchmark centres its anchors on s*j + (s-1)/2 with "+1" widths; the difference is a
 constant shift smaller than one stride that training absorbs.)
 """
+
 import math
 from typing import Dict, List, Sequence, Tuple
 
@@ -21,7 +22,9 @@ def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tens
     sizes_t = torch.as_tensor(sizes, dtype=torch.float64)
     ratios = torch.as_tensor(aspect_ratios, dtype=torch.float64)
     if (sizes_t <= 0).any() or (ratios <= 0).any():
-        raise ValueError(f"anchor sizes {list(sizes)} and aspect ratios {list(aspect_ratios)} must be > 0")
+        raise ValueError(
+            f"anchor sizes {list(sizes)} and aspect ratios {list(aspect_ratios)} must be > 0"
+        )
     heights = (ratios.sqrt()[:, None] * sizes_t[None, :]).reshape(-1)
     widths = ((1.0 / ratios.sqrt())[:, None] * sizes_t[None, :]).reshape(-1)
     return torch.stack([-widths, -heights, widths, heights], dim=1) / 2
@@ -36,10 +39,17 @@ class AnchorGenerator(nn.Module):
         strides: per level, the stride of the feature map in pixels.
     """
 
-    def __init__(self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[float], strides: Sequence[int]):
+    def __init__(
+        self,
+        sizes: Sequence[Sequence[float]],
+        aspect_ratios: Sequence[float],
+        strides: Sequence[int],
+    ):
         super().__init__()
         if len(sizes) != len(strides):
-            raise ValueError(f"AnchorGenerator: {len(sizes)} levels of sizes but {len(strides)} strides")
+            raise ValueError(
+                f"AnchorGenerator: {len(sizes)} levels of sizes but {len(strides)} strides"
+            )
         self.strides = [int(s) for s in strides]
         self._cell_anchors = [cell_anchors(s, aspect_ratios) for s in sizes]
         self._cache: Dict[Tuple, Tensor] = {}
@@ -48,7 +58,9 @@ class AnchorGenerator(nn.Module):
     def num_anchors_per_location(self) -> int:
         return self._cell_anchors[0].shape[0]
 
-    def grid_anchors(self, level: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    def grid_anchors(
+        self, level: int, height: int, width: int, device: torch.device, dtype: torch.dtype
+    ) -> Tensor:
         """(height * width * A, 4) anchors of ``level`` for a feature map of height x width."""
         key = (level, height, width, str(device), dtype)
         anchors = self._cache.get(key)
@@ -58,7 +70,11 @@ class AnchorGenerator(nn.Module):
             xs = torch.arange(width, dtype=torch.float64) * stride
             ys, xs = torch.meshgrid(ys, xs, indexing="ij")
             shifts = torch.stack([xs, ys, xs, ys], dim=-1).reshape(-1, 1, 4)
-            anchors = (shifts + self._cell_anchors[level][None]).reshape(-1, 4).to(device=device, dtype=dtype)
+            anchors = (
+                (shifts + self._cell_anchors[level][None])
+                .reshape(-1, 4)
+                .to(device=device, dtype=dtype)
+            )
             self._cache[key] = anchors
         return anchors
 
@@ -66,7 +82,9 @@ class AnchorGenerator(nn.Module):
         """Anchors for feature maps ``features`` (list of (B, C, H_l, W_l)), one (H_l*W_l*A, 4)
         tensor per level, in the features' device and float32 (the same for every image)."""
         if len(features) != len(self.strides):
-            raise ValueError(f"AnchorGenerator: got {len(features)} feature maps, expected {len(self.strides)}")
+            raise ValueError(
+                f"AnchorGenerator: got {len(features)} feature maps, expected {len(self.strides)}"
+            )
         return [
             self.grid_anchors(level, f.shape[-2], f.shape[-1], f.device, torch.float32)
             for level, f in enumerate(features)
@@ -74,7 +92,8 @@ class AnchorGenerator(nn.Module):
 
 
 def build_anchor_generator(cfg) -> AnchorGenerator:
-    """AnchorGenerator from cfg.MODEL.RETINANET: level l gets ANCHOR_SIZES[l] * OCTAVE**(k / SCALES_PER_OCTAVE)
+    """AnchorGenerator from cfg.MODEL.RETINANET: level l gets sizes
+    ANCHOR_SIZES[l] * OCTAVE**(k / SCALES_PER_OCTAVE)
     for k = 0 .. SCALES_PER_OCTAVE-1 (32, 40.3, 50.8 for P3 by default)."""
     rcfg = cfg.MODEL.RETINANET
     scales = [rcfg.OCTAVE ** (k / rcfg.SCALES_PER_OCTAVE) for k in range(rcfg.SCALES_PER_OCTAVE)]

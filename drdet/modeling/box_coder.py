@@ -1,4 +1,5 @@
 """Encoding of boxes as deltas relative to anchors (the R-CNN parametrisation)."""
+
 import math
 from typing import Sequence
 
@@ -17,7 +18,11 @@ class BoxCoder:
     (log(1000/16)) so that exp() cannot overflow.
     """
 
-    def __init__(self, weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0), scale_clamp: float = DEFAULT_SCALE_CLAMP):
+    def __init__(
+        self,
+        weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        scale_clamp: float = DEFAULT_SCALE_CLAMP,
+    ):
         if len(weights) != 4:
             raise ValueError(f"BoxCoder: `weights` must have 4 values, got {weights}")
         self.weights = tuple(float(w) for w in weights)
@@ -36,7 +41,13 @@ class BoxCoder:
         bx = boxes[..., 0] + 0.5 * bw
         by = boxes[..., 1] + 0.5 * bh
         return torch.stack(
-            [wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=-1
+            [
+                wx * (bx - ax) / aw,
+                wy * (by - ay) / ah,
+                ww * torch.log(bw / aw),
+                wh * torch.log(bh / ah),
+            ],
+            dim=-1,
         )
 
     def decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 """The RetinaNet detector: normalise and batch the images, backbone + FPN, head, then the losses
 (training) or the detections (eval)."""
+
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -52,19 +53,32 @@ class RetinaNet(nn.Module):
         self.loss = loss
         self.postprocessor = postprocessor
         self.size_divisibility = size_divisibility
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean",
+            torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1),
+            persistent=False,
+        )
+        self.register_buffer(
+            "pixel_std",
+            torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1),
+            persistent=False,
+        )
 
     def preprocess(self, images: Union[Sequence[Tensor], Tensor]) -> ImageList:
         """Normalises (3, H_i, W_i) images and pads them into one (B, 3, H, W) batch."""
         if isinstance(images, Tensor) and images.dim() == 4:
             images = list(images.unbind(0))
         if isinstance(images, Tensor) or len(images) == 0:
-            raise ValueError("RetinaNet: `images` must be a non-empty list of (3, H, W) tensors or a (B, 3, H, W) tensor")
+            raise ValueError(
+                "RetinaNet: `images` must be a non-empty list of (3, H, W) tensors "
+                "or a (B, 3, H, W) tensor"
+            )
         normalised = []
         for i, image in enumerate(images):
             if image.dim() != 3 or image.shape[0] != 3:
-                raise ValueError(f"RetinaNet: images[{i}] has shape {tuple(image.shape)}, expected (3, H, W)")
+                raise ValueError(
+                    f"RetinaNet: images[{i}] has shape {tuple(image.shape)}, expected (3, H, W)"
+                )
             image = image.to(device=self.pixel_mean.device, dtype=torch.float32)
             normalised.append((image - self.pixel_mean) / self.pixel_std)
         return to_image_list(normalised, self.size_divisibility)
@@ -94,7 +108,9 @@ class RetinaNet(nn.Module):
         detections = self.postprocessor(anchors, cls_logits, box_deltas, batch.image_sizes)
         if original_sizes is not None:
             if len(original_sizes) != len(detections):
-                raise ValueError(f"RetinaNet: {len(original_sizes)} original_sizes for {len(detections)} images")
+                raise ValueError(
+                    f"RetinaNet: {len(original_sizes)} original_sizes for {len(detections)} images"
+                )
             for det, (h, w), (oh, ow) in zip(detections, batch.image_sizes, original_sizes):
                 scale = det["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])
                 det["boxes"] = det["boxes"] * scale
@@ -102,9 +118,13 @@ class RetinaNet(nn.Module):
 
 
 def build_detector(cfg) -> RetinaNet:
-    """The detector described by ``cfg`` (MODEL.META_ARCHITECTURE must be "RetinaNet"), on the CPU."""
+    """The detector described by ``cfg`` (MODEL.META_ARCHITECTURE must be "RetinaNet"), on the
+    CPU; move it to cfg.MODEL.DEVICE yourself. Pretrained weights are not loaded here."""
     if cfg.MODEL.META_ARCHITECTURE != "RetinaNet":
-        raise ValueError(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} is not supported (only 'RetinaNet')")
+        raise ValueError(
+            f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} is not supported "
+            "(only 'RetinaNet')"
+        )
     backbone = build_backbone(cfg)
     anchor_generator = build_anchor_generator(cfg)
     box_coder = BoxCoder(cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS)

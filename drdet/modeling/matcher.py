@@ -1,4 +1,5 @@
 """Assigns each anchor the ground-truth box it overlaps most, batched over images."""
+
 from typing import Optional
 
 import torch
@@ -20,9 +21,13 @@ class Matcher:
     BELOW_LOW_THRESHOLD = -1
     BETWEEN_THRESHOLDS = -2
 
-    def __init__(self, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = True):
+    def __init__(
+        self, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = True
+    ):
         if low_threshold > high_threshold:
-            raise ValueError(f"Matcher: low_threshold {low_threshold} > high_threshold {high_threshold}")
+            raise ValueError(
+                f"Matcher: low_threshold {low_threshold} > high_threshold {high_threshold}"
+            )
         self.high_threshold = float(high_threshold)
         self.low_threshold = float(low_threshold)
         self.allow_low_quality_matches = allow_low_quality_matches
@@ -41,7 +46,12 @@ class Matcher:
         if gt_valid is not None:
             iou = iou.masked_fill(~gt_valid[..., None], -1.0)
         if iou.shape[-2] == 0:
-            return torch.full(iou.shape[:-2] + iou.shape[-1:], self.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=iou.device)
+            return torch.full(
+                iou.shape[:-2] + iou.shape[-1:],
+                self.BELOW_LOW_THRESHOLD,
+                dtype=torch.int64,
+                device=iou.device,
+            )
         best_iou, matches = iou.max(dim=-2)
         candidates = matches.clone() if self.allow_low_quality_matches else None
         matches = matches.masked_fill(best_iou < self.high_threshold, self.BETWEEN_THRESHOLDS)

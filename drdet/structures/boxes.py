@@ -3,6 +3,7 @@
 Boxes are ``(..., 4)`` float tensors ``(x1, y1, x2, y2)`` in pixels, continuous coordinates:
 width = x2 - x1 (no legacy "+1").
 """
+
 from typing import Tuple, Union
 
 import torch

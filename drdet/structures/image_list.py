@@ -1,4 +1,5 @@
 """Batching images of different sizes into one padded tensor."""
+
 import math
 from typing import List, NamedTuple, Sequence, Tuple
 
@@ -18,16 +19,23 @@ class ImageList(NamedTuple):
     image_sizes: List[Tuple[int, int]]
 
 
-def to_image_list(images: Sequence[Tensor], size_divisibility: int = 0, pad_value: float = 0.0) -> ImageList:
+def to_image_list(
+    images: Sequence[Tensor], size_divisibility: int = 0, pad_value: float = 0.0
+) -> ImageList:
     """Pads a list of (C, H_i, W_i) images to (B, C, H, W) with H, W the largest sizes rounded up
     to a multiple of ``size_divisibility`` (0 or 1: no rounding)."""
     if len(images) == 0:
         raise ValueError("to_image_list: `images` is empty")
     for i, img in enumerate(images):
         if img.dim() != 3:
-            raise ValueError(f"to_image_list: image {i} has shape {tuple(img.shape)}, expected (C, H, W)")
+            raise ValueError(
+                f"to_image_list: image {i} has shape {tuple(img.shape)}, expected (C, H, W)"
+            )
         if img.shape[0] != images[0].shape[0]:
-            raise ValueError(f"to_image_list: image {i} has {img.shape[0]} channels, image 0 has {images[0].shape[0]}")
+            raise ValueError(
+                f"to_image_list: image {i} has {img.shape[0]} channels, "
+                f"image 0 has {images[0].shape[0]}"
+            )
     height = max(img.shape[1] for img in images)
     width = max(img.shape[2] for img in images)
     if size_divisibility > 1:

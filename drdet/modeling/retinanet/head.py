@@ -1,4 +1,5 @@
 """The RetinaNet head: a classification and a box-regression conv tower shared by all levels."""
+
 import math
 from typing import List, Tuple
 
@@ -6,7 +7,9 @@ import torch
 from torch import Tensor, nn
 
 
-def _tower(channels: int, num_convs: int, use_gn: bool, gn_groups: int, gn_eps: float) -> nn.Sequential:
+def _tower(
+    channels: int, num_convs: int, use_gn: bool, gn_groups: int, gn_eps: float
+) -> nn.Sequential:
     layers: List[nn.Module] = []
     for _ in range(num_convs):
         layers.append(nn.Conv2d(channels, channels, kernel_size=3, padding=1))
@@ -47,7 +50,9 @@ class RetinaNetHead(nn.Module):
         self.num_anchors = num_anchors
         self.cls_tower = _tower(in_channels, num_convs, use_gn, gn_groups, gn_eps)
         self.bbox_tower = _tower(in_channels, num_convs, use_gn, gn_groups, gn_eps)
-        self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_classes, kernel_size=3, padding=1)
+        self.cls_logits = nn.Conv2d(
+            in_channels, num_anchors * num_classes, kernel_size=3, padding=1
+        )
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=3, padding=1)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -77,11 +82,15 @@ def _flatten(prediction: Tensor, channels: int) -> Tensor:
 
 
 def build_retinanet_head(cfg, in_channels: int, num_anchors: int) -> RetinaNetHead:
-    """RetinaNetHead from cfg.MODEL.RETINANET (NUM_CLASSES counts the background) and cfg.MODEL.GROUP_NORM."""
+    """RetinaNetHead from cfg.MODEL.RETINANET (NUM_CLASSES counts the background) and
+    cfg.MODEL.GROUP_NORM."""
     rcfg, gn = cfg.MODEL.RETINANET, cfg.MODEL.GROUP_NORM
     if gn.DIM_PER_GP > 0:
         if in_channels % gn.DIM_PER_GP:
-            raise ValueError(f"MODEL.GROUP_NORM.DIM_PER_GP {gn.DIM_PER_GP} does not divide {in_channels} channels")
+            raise ValueError(
+                f"MODEL.GROUP_NORM.DIM_PER_GP {gn.DIM_PER_GP} does not divide "
+                f"{in_channels} channels"
+            )
         groups = in_channels // gn.DIM_PER_GP
     else:
         groups = gn.NUM_GROUPS

@@ -1,5 +1,6 @@
 """RetinaNet post-processing: from per-anchor logits and deltas to detections, vectorised over
 images and classes (the only Python loop is over the FPN levels)."""
+
 import math
 from typing import Dict, List, Sequence, Tuple
 
@@ -62,7 +63,12 @@ class RetinaNetPostProcessor:
         boxes = clip_boxes(boxes, image_sizes[:, None, :])
         keep = (top_logits > self.logit_thresh) & nonempty_boxes(boxes, self.min_size)
         images = torch.arange(num_images, device=flat.device)[:, None].expand(-1, k)
-        return boxes[keep], top_logits[keep].float().sigmoid(), (top_idx % num_classes)[keep], images[keep]
+        return (
+            boxes[keep],
+            top_logits[keep].float().sigmoid(),
+            (top_idx % num_classes)[keep],
+            images[keep],
+        )
 
     def __call__(
         self,
@@ -81,12 +87,18 @@ class RetinaNetPostProcessor:
             float in decreasing order, "labels" (K,) int64 in 1..C; K <= detections_per_img.
         """
         num_images, _, num_classes = cls_logits[0].shape
-        sizes = torch.tensor(image_sizes, dtype=torch.float32, device=cls_logits[0].device).reshape(num_images, 2)
-        parts = [self.candidates(a, c, d, sizes) for a, c, d in zip(anchors, cls_logits, box_deltas)]
+        sizes = torch.tensor(image_sizes, dtype=torch.float32, device=cls_logits[0].device).reshape(
+            num_images, 2
+        )
+        parts = [
+            self.candidates(a, c, d, sizes) for a, c, d in zip(anchors, cls_logits, box_deltas)
+        ]
         boxes, scores, classes, images = (torch.cat(p) for p in zip(*parts))
         if boxes.shape[0] > 0:
-            keep = layers.batched_nms(boxes, scores, images * num_classes + classes, self.nms_thresh)
-            # keep is in decreasing score; a stable sort by image keeps that order within each image.
+            keep = layers.batched_nms(
+                boxes, scores, images * num_classes + classes, self.nms_thresh
+            )
+            # keep is in decreasing score; a stable sort by image keeps that order per image.
             keep = keep[torch.sort(images[keep], stable=True).indices]
             counts = torch.bincount(images[keep], minlength=num_images)
             starts = torch.cumsum(counts, 0) - counts
@@ -101,7 +113,8 @@ class RetinaNetPostProcessor:
 
 
 def build_retinanet_postprocessor(cfg, box_coder: BoxCoder) -> RetinaNetPostProcessor:
-    """Post-processor from cfg.MODEL.RETINANET (INFERENCE_TH, PRE_NMS_TOP_N, NMS_TH) and cfg.TEST.DETECTIONS_PER_IMG."""
+    """Post-processor from cfg.MODEL.RETINANET (INFERENCE_TH, PRE_NMS_TOP_N, NMS_TH) and
+    cfg.TEST.DETECTIONS_PER_IMG."""
     rcfg = cfg.MODEL.RETINANET
     return RetinaNetPostProcessor(
         box_coder,

@@ -4,6 +4,7 @@ smooth-L1 for the boxes.
 Per anchor label: 0 background, 1..C the matched box's class, -1 ignored (IoU between the
 matcher's thresholds, or optionally straddling the image border).
 """
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -20,7 +21,9 @@ LOSS_TYPES = ("FOCAL", "DR")
 GROUPINGS = ("image", "batch")
 
 
-def _pad_targets(targets: Sequence[Dict[str, Tensor]], num_classes: int, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+def _pad_targets(
+    targets: Sequence[Dict[str, Tensor]], num_classes: int, device: torch.device
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Stacks per-image targets into (B, M, 4) boxes, (B, M) labels and a (B, M) validity mask,
     M the largest number of boxes, after checking them. Raises ValueError naming the image for
     a degenerate (width or height <= 0) or non-finite box, or a label outside 1..num_classes."""
@@ -31,21 +34,35 @@ def _pad_targets(targets: Sequence[Dict[str, Tensor]], num_classes: int, device:
     for i, (t, n) in enumerate(zip(targets, counts)):
         if t["boxes"].dim() != 2 or t["boxes"].shape[-1] != 4 or t["labels"].shape != (n,):
             raise ValueError(
-                f"targets[{i}]: expected boxes (K, 4) and labels (K,), got {tuple(t['boxes'].shape)} "
+                f"targets[{i}]: expected boxes (K, 4) and labels (K,), "
+                f"got {tuple(t['boxes'].shape)} "
                 f"and {tuple(t['labels'].shape)}"
             )
         boxes[i, :n] = t["boxes"].to(device=device, dtype=torch.float32)
         labels[i, :n] = t["labels"].to(device=device, dtype=torch.int64)
-    valid = torch.arange(num_max, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]
-    bad_box = ((boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1]) | ~boxes.isfinite().all(-1)) & valid
+    valid = (
+        torch.arange(num_max, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]
+    )
+    bad_box = (
+        (boxes[..., 2] <= boxes[..., 0])
+        | (boxes[..., 3] <= boxes[..., 1])
+        | ~boxes.isfinite().all(-1)
+    ) & valid
     bad_label = ((labels < 1) | (labels > num_classes)) & valid
     bad = bad_box | bad_label
     if bad.any():  # one host sync per batch
         i, j = [int(v) for v in bad.nonzero()[0]]
-        name = f"image {i} of the batch" + (f" (image_id {targets[i]['image_id']})" if "image_id" in targets[i] else "")
+        name = f"image {i} of the batch" + (
+            f" (image_id {targets[i]['image_id']})" if "image_id" in targets[i] else ""
+        )
         if bad_box[i, j]:
-            raise ValueError(f"{name}: box {j} {boxes[i, j].tolist()} is degenerate (x2 <= x1, y2 <= y1 or not finite)")
-        raise ValueError(f"{name}: box {j} has label {int(labels[i, j])}, expected 1..{num_classes}")
+            raise ValueError(
+                f"{name}: box {j} {boxes[i, j].tolist()} is degenerate "
+                "(x2 <= x1, y2 <= y1 or not finite)"
+            )
+        raise ValueError(
+            f"{name}: box {j} has label {int(labels[i, j])}, expected 1..{num_classes}"
+        )
     return boxes, labels, valid
 
 
@@ -98,13 +115,17 @@ class RetinaNetLossComputation:
         self.straddle_thresh = straddle_thresh
 
     def prepare_targets(
-        self, anchors: Tensor, targets: Sequence[Dict[str, Tensor]], image_sizes: Optional[Sequence[Tuple[int, int]]] = None
+        self,
+        anchors: Tensor,
+        targets: Sequence[Dict[str, Tensor]],
+        image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Labels and box-regression targets of every anchor of every image.
 
         Args:
             anchors: (A, 4) float, all levels concatenated, shared by the images.
-            targets: B dicts with "boxes" (K_i, 4) float x1y1x2y2 pixels, "labels" (K_i,) int64 in 1..C.
+            targets: B dicts with "boxes" (K_i, 4) float x1y1x2y2 pixels and "labels" (K_i,)
+                int64 in 1..C.
             image_sizes: B (height, width), needed only with straddle_thresh.
         Returns:
             labels: (B, A) int64 in {-1, 0, 1..C}.
@@ -114,7 +135,9 @@ class RetinaNetLossComputation:
         gt_boxes, gt_labels, gt_valid = _pad_targets(targets, self.num_classes, anchors.device)
         num_images = len(targets)
         if gt_boxes.shape[1] == 0:
-            labels = torch.zeros(num_images, anchors.shape[0], dtype=torch.int64, device=anchors.device)
+            labels = torch.zeros(
+                num_images, anchors.shape[0], dtype=torch.int64, device=anchors.device
+            )
             matches = torch.full_like(labels, Matcher.BELOW_LOW_THRESHOLD)
         else:
             matches = self.matcher(pairwise_iou(gt_boxes, anchors), gt_valid)
@@ -166,27 +189,39 @@ class RetinaNetLossComputation:
             raise ValueError(f"got {len(targets)} target dicts for {num_images} images")
         if num_anchors != anchors_all.shape[0] or num_classes != self.num_classes:
             raise ValueError(
-                f"predictions (B, {num_anchors}, {num_classes}) do not match {anchors_all.shape[0]} anchors "
+                f"predictions (B, {num_anchors}, {num_classes}) do not match "
+                f"{anchors_all.shape[0]} anchors "
                 f"and {self.num_classes} classes"
             )
-        labels, positives, regression_targets = self.prepare_targets(anchors_all, targets, image_sizes)
+        labels, positives, regression_targets = self.prepare_targets(
+            anchors_all, targets, image_sizes
+        )
         num_pos = logits.new_tensor(positives.shape[0]).clamp(min=1.0)
 
         flat_logits = logits.reshape(-1, num_classes)
         flat_labels = labels.reshape(-1)
         if self.loss_type == "FOCAL":
-            loss_cls = layers.sigmoid_focal_loss(flat_logits, flat_labels, gamma=self.focal_gamma, alpha=self.focal_alpha)
+            loss_cls = layers.sigmoid_focal_loss(
+                flat_logits, flat_labels, gamma=self.focal_gamma, alpha=self.focal_alpha
+            )
             loss_cls = loss_cls / num_pos
         elif self.dr_grouping == "image":
-            group_ids = torch.arange(num_images, device=logits.device).repeat_interleave(num_anchors)
-            loss_cls = layers.dr_loss(flat_logits, flat_labels, group_ids, num_groups=num_images, **self.dr_params)
+            group_ids = torch.arange(num_images, device=logits.device).repeat_interleave(
+                num_anchors
+            )
+            loss_cls = layers.dr_loss(
+                flat_logits, flat_labels, group_ids, num_groups=num_images, **self.dr_params
+            )
         else:
             loss_cls = layers.dr_loss(flat_logits, flat_labels, **self.dr_params)
 
         predicted = deltas[positives[:, 0], positives[:, 1]]
-        loss_reg = F.smooth_l1_loss(
-            predicted.float(), regression_targets.float(), beta=self.reg_beta, reduction="sum"
-        ) / num_pos
+        loss_reg = (
+            F.smooth_l1_loss(
+                predicted.float(), regression_targets.float(), beta=self.reg_beta, reduction="sum"
+            )
+            / num_pos
+        )
         return {"loss_cls": loss_cls, "loss_reg": loss_reg}
 
 
