@@ -1,0 +1,430 @@
+// CPU kernels of the DR loss. The forward makes one pass over the logits: rows are split into
+// fixed-size chunks (so the result does not depend on the number of threads), each chunk keeps
+// per-group softmax statistics, and the chunks are merged in order. The backward is one
+// element-wise pass given the per-group statistics saved by the forward.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "dr_loss.h"
+
+namespace drdet {
+namespace dr_loss {
+namespace {
+
+using at::vec::Vectorized;
+
+constexpr int64_t kMinChunkRows = 512;
+constexpr int64_t kMaxPartials = int64_t(1) << 20;  // chunks x groups partial statistics
+
+// ---- AVX2 + FMA path for float, chosen at run time -------------------------------------------
+// torch's extension build does not compile for AVX2, so at::vec::Vectorized<float> falls back to
+// a scalar std::exp here. These loops are compiled for AVX2/FMA with a target attribute and used
+// only when the CPU has them. exp is a Cephes-style range reduction plus degree-6 polynomial
+// (about 1 ulp), flushed to 0 below -87.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DRDET_HAVE_AVX2_PATH 1
+#include <immintrin.h>
+#define DRDET_AVX2 __attribute__((target("avx2,fma")))
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+DRDET_AVX2 inline __m256 exp_avx2(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.3762626647949f);
+  const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+DRDET_AVX2 inline __m256 sigmoid_avx2(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  return _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+DRDET_AVX2 inline float hsum_avx2(__m256 v) {
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, v);
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+// p[c] = sigmoid(x[c]); x may alias p. Returns the number of columns done (a multiple of 8).
+DRDET_AVX2 int64_t sigmoid_row_avx2(const float* x, int64_t n, float* p) {
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) _mm256_storeu_ps(p + c, sigmoid_avx2(_mm256_loadu_ps(x + c)));
+  return c;
+}
+
+DRDET_AVX2 int64_t range_max_avx2(const float* p, int64_t n, float& m) {
+  if (n < 8) return 0;
+  __m256 vm = _mm256_loadu_ps(p);
+  int64_t c = 8;
+  for (; c + 8 <= n; c += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(p + c));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vm);
+  for (float v : lanes) m = std::max(m, v);
+  return c;
+}
+
+DRDET_AVX2 int64_t range_sums_avx2(const float* p, int64_t n, float m, float inv, float& sum_w,
+                                   float& sum_wp) {
+  const __m256 vm = _mm256_set1_ps(m), vinv = _mm256_set1_ps(inv);
+  __m256 vw = _mm256_setzero_ps(), vwp = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 v = _mm256_loadu_ps(p + c);
+    const __m256 w = exp_avx2(_mm256_mul_ps(_mm256_sub_ps(v, vm), vinv));
+    vw = _mm256_add_ps(vw, w);
+    vwp = _mm256_fmadd_ps(w, v, vwp);
+  }
+  sum_w += hsum_avx2(vw);
+  sum_wp += hsum_avx2(vwp);
+  return c;
+}
+
+// out[c] = d loss / d x[c] treating every column as a negative; returns the columns done.
+DRDET_AVX2 int64_t negative_grad_row_avx2(const float* x, int64_t n, float neg_max, float inv,
+                                          float neg_mean, float scale, float* out) {
+  const __m256 one = _mm256_set1_ps(1.0f), vmax = _mm256_set1_ps(neg_max);
+  const __m256 vinv = _mm256_set1_ps(inv), vmean = _mm256_set1_ps(neg_mean);
+  const __m256 vscale = _mm256_set1_ps(scale);
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 p = sigmoid_avx2(_mm256_loadu_ps(x + c));
+    const __m256 q = exp_avx2(_mm256_mul_ps(_mm256_sub_ps(p, vmax), vinv));
+    const __m256 lin = _mm256_fmadd_ps(_mm256_sub_ps(p, vmean), vinv, one);
+    const __m256 dp = _mm256_mul_ps(_mm256_mul_ps(vscale, q), lin);
+    _mm256_storeu_ps(out + c, _mm256_mul_ps(dp, _mm256_mul_ps(p, _mm256_sub_ps(one, p))));
+  }
+  return c;
+}
+#else
+#define DRDET_HAVE_AVX2_PATH 0
+#endif
+
+
+// Computes p = sigmoid(x) for one row of n logits into p (accumulation type).
+template <typename scalar_t, typename acc_t>
+void sigmoid_row(const scalar_t* x, int64_t n, acc_t* p) {
+  using Vec = Vectorized<acc_t>;
+  const acc_t* src = p;
+  if constexpr (std::is_same<scalar_t, acc_t>::value) {
+    src = x;
+  } else {
+    for (int64_t c = 0; c < n; ++c) p[c] = static_cast<acc_t>(x[c]);
+  }
+  int64_t c = 0;
+#if DRDET_HAVE_AVX2_PATH
+  if constexpr (std::is_same<acc_t, float>::value) {
+    if (cpu_has_avx2()) c = sigmoid_row_avx2(src, n, p);
+  }
+#endif
+  const Vec one(acc_t(1));
+  for (; c + Vec::size() <= n; c += Vec::size()) {
+    (one / (one + Vec::loadu(src + c).neg().exp())).store(p + c);
+  }
+  for (; c < n; ++c) p[c] = sigmoid(src[c]);
+}
+
+template <typename acc_t>
+acc_t range_max(const acc_t* p, int64_t n, acc_t m) {
+  using Vec = Vectorized<acc_t>;
+  int64_t c = 0;
+#if DRDET_HAVE_AVX2_PATH
+  if constexpr (std::is_same<acc_t, float>::value) {
+    if (cpu_has_avx2()) {
+      for (c = range_max_avx2(p, n, m); c < n; ++c) m = std::max(m, p[c]);
+      return m;
+    }
+  }
+#endif
+  if (n >= Vec::size()) {
+    Vec vm = Vec::loadu(p);
+    for (c = Vec::size(); c + Vec::size() <= n; c += Vec::size()) {
+      vm = at::vec::maximum(vm, Vec::loadu(p + c));
+    }
+    acc_t lanes[Vec::size()];
+    vm.store(lanes);
+    for (int64_t i = 0; i < Vec::size(); ++i) m = std::max(m, lanes[i]);
+  }
+  for (; c < n; ++c) m = std::max(m, p[c]);
+  return m;
+}
+
+// Adds sum_c exp((p_c - m) * inv) and sum_c exp((p_c - m) * inv) * p_c over p[0:n).
+template <typename acc_t>
+void range_sums(const acc_t* p, int64_t n, acc_t m, acc_t inv, acc_t& sum_w, acc_t& sum_wp) {
+  using Vec = Vectorized<acc_t>;
+  const Vec vm(m), vinv(inv);
+  Vec vw(acc_t(0)), vwp(acc_t(0));
+  int64_t c = 0;
+#if DRDET_HAVE_AVX2_PATH
+  if constexpr (std::is_same<acc_t, float>::value) {
+    if (cpu_has_avx2()) c = range_sums_avx2(p, n, m, inv, sum_w, sum_wp);
+  }
+#endif
+  for (; c + Vec::size() <= n; c += Vec::size()) {
+    const Vec v = Vec::loadu(p + c);
+    const Vec w = ((v - vm) * vinv).exp();
+    vw = vw + w;
+    vwp = vwp + w * v;
+  }
+  acc_t lw[Vec::size()], lwp[Vec::size()];
+  vw.store(lw);
+  vwp.store(lwp);
+  for (int64_t i = 0; i < Vec::size(); ++i) {
+    sum_w += lw[i];
+    sum_wp += lwp[i];
+  }
+  for (; c < n; ++c) {
+    const acc_t w = math_exp((p[c] - m) * inv);
+    sum_w += w;
+    sum_wp += w * p[c];
+  }
+}
+
+// Softmax statistic of the negative scores of one row: every column but pos_col (-1: none).
+template <typename acc_t>
+SoftmaxStat<acc_t> row_negative_stat(const acc_t* p, int64_t n, int64_t pos_col, acc_t inv) {
+  const int64_t n_left = pos_col < 0 ? n : pos_col;
+  const int64_t right = pos_col < 0 ? n : pos_col + 1;
+  if (n_left + (n - right) == 0) return empty_stat<acc_t>();
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  m = range_max(p, n_left, m);
+  m = range_max(p + right, n - right, m);
+  acc_t sum_w = 0, sum_wp = 0;
+  range_sums(p, n_left, m, inv, sum_w, sum_wp);
+  range_sums(p + right, n - right, m, inv, sum_w, sum_wp);
+  return {m, sum_w, sum_wp};
+}
+
+template <typename T>
+SoftmaxStat<double> to_double(const SoftmaxStat<T>& s) {
+  return {double(s.max), double(s.sum_w), double(s.sum_wv)};
+}
+
+// Reduces rows into one Accum per group: row_fn(row, accum_of_its_group, scratch) for every
+// row, chunk by chunk in parallel, then merge(a, b) over the chunks in order.
+template <typename Accum, typename RowFn, typename MergeFn>
+std::vector<Accum> reduce_rows_by_group(int64_t num_rows, int64_t num_groups,
+                                        const int64_t* group_ids, int64_t scratch_size,
+                                        const Accum& init, const RowFn& row_fn,
+                                        const MergeFn& merge_fn) {
+  const int64_t max_chunks = std::max<int64_t>(1, kMaxPartials / num_groups);
+  const int64_t chunk_rows =
+      std::max(kMinChunkRows, (num_rows + max_chunks - 1) / max_chunks);
+  const int64_t num_chunks = (num_rows + chunk_rows - 1) / chunk_rows;
+  std::vector<Accum> partial(num_chunks * num_groups, init);
+  at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> scratch(scratch_size);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      Accum* acc = partial.data() + chunk * num_groups;
+      const int64_t row_end = std::min(num_rows, (chunk + 1) * chunk_rows);
+      for (int64_t r = chunk * chunk_rows; r < row_end; ++r) {
+        row_fn(r, acc[group_ids ? group_ids[r] : 0], scratch.data());
+      }
+    }
+  });
+  std::vector<Accum> result(num_groups, init);
+  for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+    for (int64_t g = 0; g < num_groups; ++g) {
+      result[g] = merge_fn(result[g], partial[chunk * num_groups + g]);
+    }
+  }
+  return result;
+}
+
+// Writes d loss / d x of one non-ignored row (positive column pos_col, -1 if none): every
+// column as a negative (vectorised), then the positive column. buf: n scratch values.
+template <typename scalar_t, typename acc_t>
+void backward_row(const scalar_t* x, int64_t n, int64_t pos_col, const GroupGrad<acc_t>& gg,
+                  const Params& prm, acc_t* buf, scalar_t* out) {
+  using Vec = Vectorized<acc_t>;
+  constexpr bool kSameType = std::is_same<scalar_t, acc_t>::value;
+  const acc_t* src = buf;
+  acc_t* dst = buf;
+  if constexpr (kSameType) {
+    src = x;
+    dst = out;
+  } else {
+    for (int64_t c = 0; c < n; ++c) buf[c] = static_cast<acc_t>(x[c]);
+  }
+  const acc_t inv = acc_t(1.0 / prm.neg_lambda);
+  int64_t c = 0;
+#if DRDET_HAVE_AVX2_PATH
+  if constexpr (std::is_same<acc_t, float>::value) {
+    if (cpu_has_avx2()) {
+      c = negative_grad_row_avx2(src, n, gg.neg_max, inv, gg.neg_mean,
+                                 gg.coef_neg * gg.inv_neg_sum_w, dst);
+    }
+  }
+#endif
+  const Vec one(acc_t(1)), vmax(gg.neg_max), vinv(inv), vmean(gg.neg_mean);
+  const Vec vscale(gg.coef_neg * gg.inv_neg_sum_w);
+  for (; c + Vec::size() <= n; c += Vec::size()) {
+    const Vec p = one / (one + Vec::loadu(src + c).neg().exp());
+    const Vec q = ((p - vmax) * vinv).exp();
+    (vscale * q * (one + (p - vmean) * vinv) * p * (one - p)).store(dst + c);
+  }
+  for (; c < n; ++c) dst[c] = grad_logit(src[c], false, gg, prm);
+  if (pos_col >= 0) dst[pos_col] = grad_logit(static_cast<acc_t>(x[pos_col]), true, gg, prm);
+  if constexpr (!kSameType) {
+    for (c = 0; c < n; ++c) out[c] = static_cast<scalar_t>(buf[c]);
+  }
+}
+
+struct PosSums {
+  double sum_l;   // sum over positives of l(P- - p_j + margin)
+  double sum_dl;  // sum over positives of l'(P- - p_j + margin)
+};
+
+std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
+    const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& group_ids,
+    int64_t num_groups, double pos_lambda, double neg_lambda, double L, double margin, double tau,
+    c10::string_view smoothing, double rho, c10::string_view pairing) {
+  const Params prm = check_inputs(logits, labels, group_ids, num_groups, pos_lambda, neg_lambda,
+                                  L, margin, tau, smoothing, rho, pairing);
+  const int64_t N = logits.size(0), C = logits.size(1);
+  check_values(labels, group_ids, C, num_groups);
+  const at::Tensor x = logits.contiguous();
+  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const at::Tensor gid =
+      group_ids.has_value() ? group_ids->to(at::kLong).contiguous() : at::Tensor();
+  const int64_t* lab_p = lab.data_ptr<int64_t>();
+  const int64_t* gid_p = gid.defined() ? gid.data_ptr<int64_t>() : nullptr;
+  at::Tensor stats = at::zeros({num_groups, kNumStats}, logits.options().dtype(at::kDouble));
+  double* stats_p = stats.data_ptr<double>();
+  double loss = 0.0;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dr_loss_forward_cpu",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* x_p = x.data_ptr<scalar_t>();
+    const double inv_neg = 1.0 / prm.neg_lambda, inv_pos = 1.0 / prm.pos_lambda;
+    // scratch holds one row of scores in acc_t (sized in doubles, which are at least as wide)
+    const auto accum_row = [&](int64_t r, GroupAccum<double>& acc, double* scratch) {
+      const int64_t y = lab_p[r];
+      if (y < 0) return;
+      acc_t* p = reinterpret_cast<acc_t*>(scratch);
+      sigmoid_row(x_p + r * C, C, p);
+      acc.num_valid += 1;
+      acc.neg = merge(acc.neg, to_double(row_negative_stat(p, C, y - 1, acc_t(inv_neg))), inv_neg);
+      if (y > 0) {
+        const double py = p[y - 1];
+        acc.num_pos += 1;
+        acc.pos = merge(acc.pos, SoftmaxStat<double>{-py, 1.0, py}, inv_pos);
+      }
+    };
+    const auto merge_accum = [&](const GroupAccum<double>& a, const GroupAccum<double>& b) {
+      return merge(a, b, inv_neg, inv_pos);
+    };
+    const std::vector<GroupAccum<double>> accums = reduce_rows_by_group(
+        N, num_groups, gid_p, C, empty_accum<double>(), accum_row, merge_accum);
+
+    std::vector<PosSums> pos_sums(num_groups, PosSums{0.0, 0.0});
+    if (prm.pairing == Pairing::kNegOnly) {
+      std::vector<double> neg_mean(num_groups);
+      for (int64_t g = 0; g < num_groups; ++g) neg_mean[g] = weighted_mean(accums[g].neg, 0.0);
+      const auto positive_row = [&](int64_t r, PosSums& acc, double*) {
+        const int64_t y = lab_p[r];
+        if (y <= 0) return;
+        const double p = sigmoid(static_cast<acc_t>(x_p[r * C + y - 1]));
+        const double z = neg_mean[gid_p ? gid_p[r] : 0] - p + prm.margin;
+        acc.sum_l += smooth_value(z, prm);
+        acc.sum_dl += smooth_grad(z, prm);
+      };
+      const auto add = [](const PosSums& a, const PosSums& b) {
+        return PosSums{a.sum_l + b.sum_l, a.sum_dl + b.sum_dl};
+      };
+      pos_sums = reduce_rows_by_group(N, num_groups, gid_p, 0, PosSums{0.0, 0.0}, positive_row,
+                                      add);
+    }
+    for (int64_t g = 0; g < num_groups; ++g) {
+      finalize_group(accums[g], pos_sums[g].sum_l, pos_sums[g].sum_dl, prm,
+                     stats_p + g * kNumStats);
+    }
+    loss = finish_groups(stats_p, num_groups);
+  });
+  return {at::scalar_tensor(loss, logits.options()), stats};
+}
+
+at::Tensor dr_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& logits,
+                                const at::Tensor& labels,
+                                const std::optional<at::Tensor>& group_ids,
+                                const at::Tensor& stats, double pos_lambda, double neg_lambda,
+                                double L, double margin, double tau, c10::string_view smoothing,
+                                double rho, c10::string_view pairing) {
+  const int64_t num_groups = stats.size(0);
+  const Params prm = check_inputs(logits, labels, group_ids, num_groups, pos_lambda, neg_lambda,
+                                  L, margin, tau, smoothing, rho, pairing);
+  TORCH_CHECK(stats.dim() == 2 && stats.size(1) == kNumStats &&
+                  stats.scalar_type() == at::kDouble,
+              "dr_loss_backward: stats must be the (G, ", int(kNumStats),
+              ") float64 tensor of the forward, got ", stats.sizes(), " ", stats.scalar_type());
+  const int64_t N = logits.size(0), C = logits.size(1);
+  const at::Tensor x = logits.contiguous();
+  const at::Tensor lab = labels.to(at::kLong).contiguous();
+  const at::Tensor gid =
+      group_ids.has_value() ? group_ids->to(at::kLong).contiguous() : at::Tensor();
+  const at::Tensor st = stats.contiguous();
+  const int64_t* lab_p = lab.data_ptr<int64_t>();
+  const int64_t* gid_p = gid.defined() ? gid.data_ptr<int64_t>() : nullptr;
+  const double* st_p = st.data_ptr<double>();
+  const double grad_out = grad_loss.item<double>();
+  at::Tensor grad = at::empty_like(x);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "dr_loss_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* x_p = x.data_ptr<scalar_t>();
+    scalar_t* g_p = grad.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> buf(C);
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t y = lab_p[r];
+        scalar_t* out = g_p + r * C;
+        if (y < 0) {
+          std::fill(out, out + C, scalar_t(0));
+          continue;
+        }
+        const GroupGrad<acc_t> gg =
+            load_group_grad(st_p + (gid_p ? gid_p[r] : 0) * kNumStats, acc_t(grad_out));
+        backward_row(x_p + r * C, C, y - 1, gg, prm, buf.data(), out);
+      }
+    });
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(drdet, CPU, m) {
+  m.impl("dr_loss_forward", &dr_loss_forward_cpu);
+  m.impl("dr_loss_backward", &dr_loss_backward_cpu);
+}
+
+}  // namespace dr_loss
+}  // namespace drdet
