@@ -25,6 +25,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "MODEL.DR_LOSS.PAIRING": ("dr", "negonly"),
     "MODEL.DR_LOSS.GROUPING": ("image", "batch"),
     "SOLVER.WARMUP_METHOD": ("constant", "linear"),
+    "SOLVER.LR_SCHEDULER": ("multistep", "cosine"),
 }
 
 

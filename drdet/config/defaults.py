@@ -164,12 +164,28 @@ _C.SOLVER.WARMUP_METHOD = "linear"
 _C.SOLVER.CHECKPOINT_PERIOD = 2500
 # Images per iteration over all GPUs.
 _C.SOLVER.IMS_PER_BATCH = 16
+# drdet: "multistep" (STEPS, GAMMA) or "cosine" (to 0 at MAX_ITER), both after the warmup.
+_C.SOLVER.LR_SCHEDULER = "multistep"
+# drdet: weight decay of normalisation weights (GN/BN); negative = same as WEIGHT_DECAY.
+_C.SOLVER.WEIGHT_DECAY_NORM = -1.0
+# drdet: clip the global L2 norm of the gradients to MAX_NORM.
+_C.SOLVER.CLIP_GRADIENTS = CN()
+_C.SOLVER.CLIP_GRADIENTS.ENABLED = False
+_C.SOLVER.CLIP_GRADIENTS.MAX_NORM = 10.0
+# drdet: mixed precision (torch.autocast + GradScaler) on CUDA; ignored on the CPU.
+_C.SOLVER.AMP = False
+# drdet: iterations between log lines / metrics.jsonl records.
+_C.SOLVER.LOG_PERIOD = 20
+# drdet: timeout of the process group's collectives, so a failed rank cannot hang the others.
+_C.SOLVER.DIST_TIMEOUT_MINUTES = 30
 
 _C.TEST = CN()
 _C.TEST.EXPECTED_RESULTS = []
 # Images per iteration over all GPUs.
 _C.TEST.IMS_PER_BATCH = 8
 _C.TEST.DETECTIONS_PER_IMG = 100
+# drdet: evaluate on DATASETS.TEST every EVAL_PERIOD iterations during training (0: at the end only).
+_C.TEST.EVAL_PERIOD = 0
 _C.TEST.BBOX_AUG = CN()
 _C.TEST.BBOX_AUG.ENABLED = False
 _C.TEST.BBOX_AUG.SCALES = ()

@@ -1,4 +1,16 @@
-"""Thin Python wrappers of the drdet extension ops."""
+"""Layers: thin Python wrappers of the extension ops (DR loss, sigmoid focal loss, NMS) and
+normalisation helpers."""
+from .batch_norm import FrozenBatchNorm2d
 from .dr_loss import DRLoss, dr_loss
+from .nms import batched_nms, nms
+from .sigmoid_focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
 
-__all__ = ["dr_loss", "DRLoss"]
+__all__ = [
+    "dr_loss",
+    "DRLoss",
+    "sigmoid_focal_loss",
+    "SigmoidFocalLoss",
+    "nms",
+    "batched_nms",
+    "FrozenBatchNorm2d",
+]

@@ -1,0 +1,159 @@
+"""The iteration-based training loop.
+
+One iteration: a batch from the loader -> the detector's loss dict -> a finite check -> backward
+(AMP on CUDA when SOLVER.AMP) -> optional gradient clipping -> SGD step -> LR schedule step.
+Every SOLVER.LOG_PERIOD iterations the smoothed losses, lr, time, data time, ETA and peak memory are
+logged and appended to OUTPUT_DIR/metrics.jsonl; every SOLVER.CHECKPOINT_PERIOD iterations (and at
+the end) a checkpoint is written atomically; every TEST.EVAL_PERIOD iterations `evaluate` runs.
+"""
+import logging
+import math
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from drdet.solver import make_gradient_clipper
+from drdet.utils import comm
+from drdet.utils.checkpoint import Checkpointer, get_rng_state
+from drdet.utils.metric_logger import JSONLinesWriter, MetricLogger, TensorboardWriter, max_memory_mb
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite; the message names the iteration, term and images."""
+
+
+def move_batch(images: Sequence[Tensor], targets: Sequence[Dict], device: torch.device):
+    """Images and the tensors of the target dicts moved to `device` (non-blocking)."""
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [
+        {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in t.items()}
+        for t in targets
+    ]
+    return images, targets
+
+
+def _image_ids(targets: Sequence[Dict]) -> List:
+    return [int(t["image_id"]) if "image_id" in t else None for t in targets]
+
+
+def check_finite(iteration: int, reduced: Dict[str, float], local: Dict[str, Tensor],
+                 targets: Sequence[Dict]) -> None:
+    """Raises NonFiniteLossError when any loss term, averaged over the ranks, is not finite.
+
+    Every rank sees the same reduced values, so every rank stops at the same iteration (no rank is
+    left waiting in a collective); each names the images of its own batch."""
+    bad = [k for k, v in reduced.items() if not math.isfinite(v)]
+    if not bad:
+        return
+    local_bad = {k: float(v) for k, v in local.items() if not math.isfinite(float(v))}
+    raise NonFiniteLossError(
+        f"Non-finite loss at iteration {iteration}: "
+        + ", ".join(f"{k} = {reduced[k]}" for k in bad)
+        + f" (this rank's terms: {local_bad or 'all finite'}; rank {comm.get_rank()} images "
+        f"{_image_ids(targets)}). Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS or enable "
+        "SOLVER.CLIP_GRADIENTS; resume from the last checkpoint with --resume."
+    )
+
+
+def do_train(
+    cfg,
+    model: nn.Module,
+    data_loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    checkpointer: Checkpointer,
+    device: torch.device,
+    start_iter: int = 0,
+    evaluate: Optional[Callable[[int], Optional[Dict[str, float]]]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+) -> int:
+    """Trains from `start_iter` (iterations done so far) to SOLVER.MAX_ITER.
+
+    `data_loader` yields (images, targets, indices) batches, one per iteration, starting at
+    `start_iter` (the sampler is resumable). `evaluate(iteration)` is called every
+    TEST.EVAL_PERIOD iterations (not at the end: the caller evaluates the final model).
+    `should_stop()`, checked after every iteration, lets a signal handler end the run early: a
+    checkpoint of the current iteration is then written and the iteration returned.
+    Returns the last iteration run.
+    """
+    max_iter = cfg.SOLVER.MAX_ITER
+    log_period = max(1, cfg.SOLVER.LOG_PERIOD)
+    ckpt_period = cfg.SOLVER.CHECKPOINT_PERIOD
+    eval_period = cfg.TEST.EVAL_PERIOD
+    use_amp = bool(cfg.SOLVER.AMP) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    clip_gradients = make_gradient_clipper(cfg)
+    meters = MetricLogger()
+    metrics_file = JSONLinesWriter(f"{cfg.OUTPUT_DIR}/metrics.jsonl") if comm.is_main_process() else None
+    tensorboard = TensorboardWriter(cfg.OUTPUT_DIR) if comm.is_main_process() else None
+
+    def save(name: str, iteration: int) -> None:
+        checkpointer.save(name, iteration=iteration, rng=get_rng_state())
+
+    logger.info("Start training from iteration %d to %d", start_iter, max_iter)
+    model.train()
+    iteration = start_iter
+    start = end = time.perf_counter()
+    try:
+        for images, targets, _ in data_loader:
+            if iteration >= max_iter:
+                break
+            data_time = time.perf_counter() - end
+            iteration += 1
+            images, targets = move_batch(images, targets, device)
+
+            with torch.autocast(device.type, enabled=use_amp):
+                loss_dict = model(images, targets)
+            losses = sum(loss_dict.values())
+            reduced = comm.reduce_dict({k: v.detach().float() for k, v in loss_dict.items()})
+            reduced = {k: float(v) for k, v in reduced.items()}  # the one host sync of the step
+            check_finite(iteration, reduced, loss_dict, targets)
+
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses).backward()
+            values = dict(reduced, loss=sum(reduced.values()))
+            if clip_gradients is not None:
+                scaler.unscale_(optimizer)
+                values["grad_norm"] = clip_gradients(model)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+
+            batch_time = time.perf_counter() - end
+            end = time.perf_counter()
+            meters.update(time=batch_time, data=data_time, lr=optimizer.param_groups[0]["lr"],
+                          **values)
+            if iteration % log_period == 0 or iteration == max_iter:
+                logger.info(meters.format(iteration, max_iter, max_memory_mb()))
+                record = {"iteration": iteration, **meters.latest()}
+                if metrics_file is not None:
+                    metrics_file.write(record)
+                    tensorboard.write(record, iteration)
+            if ckpt_period > 0 and iteration % ckpt_period == 0 and iteration < max_iter:
+                save(f"model_{iteration:07d}", iteration)
+            if evaluate is not None and eval_period > 0 and iteration % eval_period == 0 \
+                    and iteration < max_iter:
+                results = evaluate(iteration)
+                if results and metrics_file is not None:
+                    metrics_file.write({"iteration": iteration, **{f"eval/{k}": v for k, v in results.items()}})
+                    tensorboard.write({f"eval/{k}": v for k, v in results.items()}, iteration)
+                model.train()
+            if should_stop is not None and should_stop() and iteration < max_iter:
+                logger.warning("Stopping at iteration %d on request; resume with --resume", iteration)
+                save(f"model_{iteration:07d}", iteration)
+                return iteration
+        if iteration < max_iter:
+            raise RuntimeError(f"The data loader ended at iteration {iteration} < {max_iter}")
+        save("model_final", iteration)
+    finally:
+        if metrics_file is not None:
+            metrics_file.close()
+            tensorboard.close()
+    total = time.perf_counter() - start
+    logger.info("Training: %d iterations in %.1f s (%.4f s / it)", iteration - start_iter, total,
+                total / max(1, iteration - start_iter))
+    return iteration

@@ -1,0 +1,69 @@
+"""Non-maximum suppression: class-agnostic ``nms`` and class-aware ``batched_nms``.
+
+Native CPU/CUDA ops (``torch.ops.drdet.nms`` / ``batched_nms``) that give torchvision's results
+(``torchvision.ops.nms`` / ``batched_nms``) on inputs without score ties. batched_nms runs the
+classes independently inside the op (in parallel on the CPU, masked in one bitmask kernel on
+CUDA), with no Python loop over classes and no coordinate offsets.
+"""
+import torch
+from torch import Tensor
+
+from drdet.layers._ext import ops
+
+__all__ = ["nms", "batched_nms"]
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression.
+
+    Args:
+        boxes: (N, 4) float16, bfloat16, float32 or float64 boxes (x1, y1, x2, y2) in pixels,
+            continuous coordinates (width = x2 - x1). Half-precision boxes are computed in float32.
+        scores: (N,) float scores, on the device of ``boxes``.
+        iou_threshold: a box is dropped when its IoU with a kept higher-scoring box is
+            > iou_threshold (two zero-area boxes never suppress each other, as in torchvision).
+
+    Returns:
+        (K,) int64 indices into ``boxes`` of the kept boxes, in decreasing score order.
+
+    Raises:
+        RuntimeError: on a wrong shape, dtype or device, or a non-finite threshold.
+    """
+    return ops.nms(boxes, scores, float(iou_threshold))
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, class_ids: Tensor, iou_threshold: float) -> Tensor:
+    """Class-aware non-maximum suppression: boxes of different classes never suppress each other.
+
+    Args:
+        boxes: (N, 4) float boxes (x1, y1, x2, y2) in pixels, as for :func:`nms`.
+        scores: (N,) float scores.
+        class_ids: (N,) integer class (or any group) id of each box.
+        iou_threshold: IoU above which a box is dropped, as for :func:`nms`.
+
+    Returns:
+        (K,) int64 indices into ``boxes`` of the kept boxes, in decreasing score order.
+
+    Raises:
+        RuntimeError: on a wrong shape, dtype or device, or a non-finite threshold.
+    """
+    return ops.batched_nms(boxes, scores, class_ids, float(iou_threshold))
+
+
+# --- fake (meta) kernels, so torch.compile can trace the ops: the number kept is data-dependent
+
+def _kept_fake(boxes: Tensor) -> Tensor:
+    torch._check(boxes.dim() == 2 and boxes.shape[1] == 4,
+                 lambda: f"boxes must be (N, 4), got {tuple(boxes.shape)}")
+    num_kept = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((num_kept,), dtype=torch.int64)
+
+
+@torch.library.register_fake("drdet::nms")
+def _nms_fake(boxes, scores, iou_threshold):
+    return _kept_fake(boxes)
+
+
+@torch.library.register_fake("drdet::batched_nms")
+def _batched_nms_fake(boxes, scores, class_ids, iou_threshold):
+    return _kept_fake(boxes)

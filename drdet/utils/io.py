@@ -1,0 +1,57 @@
+"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one."""
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Callable, Iterator, IO
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside `path` for writing; on a clean exit, flush, fsync and
+    os.replace it onto `path` (then fsync the folder). On an exception the temporary file is
+    removed and `path` is left untouched. `mode` must be a write mode ("w" or "wb")."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + os.path.basename(path) + ".", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    # Makes the rename itself durable; not every platform lets a folder be opened.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str, writer: Callable[[IO], Any], binary: bool = True) -> None:
+    """Call writer(file) on a temporary file and move it onto `path` atomically."""
+    with atomic_open(path, "wb" if binary else "w") as f:
+        writer(f)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Write `obj` as JSON to `path` atomically."""
+    atomic_write(path, lambda f: json.dump(obj, f), binary=False)

@@ -1,0 +1,227 @@
+"""drdet.layers.sigmoid_focal_loss against torchvision's Python focal loss.
+
+The reference builds the one-hot targets and the ignore mask from the labels and sums
+torchvision.ops.sigmoid_focal_loss(reduction="none") over the non-ignored rows.
+"""
+import pytest
+import torch
+from torchvision.ops import sigmoid_focal_loss as tv_focal_loss
+
+from drdet.layers import SigmoidFocalLoss, sigmoid_focal_loss
+from conftest import DEVICES
+
+
+def reference_loss(logits, labels, gamma=2.0, alpha=0.25):
+    """Summed focal loss with drdet's labels (-1 ignored, 0 background, k class k)."""
+    num_classes = logits.shape[1]
+    targets = torch.zeros_like(logits)
+    fg = labels > 0
+    targets[fg.nonzero()[:, 0], labels[fg] - 1] = 1.0
+    per_entry = tv_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction="none")
+    valid = (labels >= 0).to(logits.dtype)[:, None].expand(-1, num_classes)
+    return (per_entry * valid).sum()
+
+
+def random_case(n, c, device="cpu", dtype=torch.float64, scale=3.0):
+    logits = (torch.randn(n, c, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+    labels = torch.randint(-1, c + 1, (n,), device=device)
+    return logits, labels
+
+
+def loss_and_grad(fn, logits, labels, **kw):
+    x = logits.detach().clone().requires_grad_(True)
+    loss = fn(x, labels, **kw)
+    (grad,) = torch.autograd.grad(loss, x)
+    return loss.detach(), grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("gamma,alpha", [(2.0, 0.25), (0.0, 0.25), (0.5, 0.75), (3.0, 0.0),
+                                         (1.0, 1.0)])
+def test_matches_torchvision(device, gamma, alpha):
+    logits, labels = random_case(300, 11, device)
+    loss, grad = loss_and_grad(sigmoid_focal_loss, logits, labels, gamma=gamma, alpha=alpha)
+    ref_loss, ref_grad = loss_and_grad(reference_loss, logits, labels, gamma=gamma, alpha=alpha)
+    assert loss.dtype == torch.float64 and loss.dim() == 0
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_matches_torchvision(device):
+    logits, labels = random_case(2000, 80, device, dtype=torch.float32)
+    loss, grad = loss_and_grad(sigmoid_focal_loss, logits, labels)
+    ref_loss, ref_grad = loss_and_grad(reference_loss, logits.double(), labels)
+    assert loss.dtype == torch.float32 and grad.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ignored_rows_contribute_nothing(device):
+    logits, labels = random_case(64, 5, device)
+    labels[::3] = -1
+    loss, grad = loss_and_grad(sigmoid_focal_loss, logits, labels)
+    changed = logits.clone()
+    changed[labels == -1] = 1e3  # would dominate the loss if the rows were counted
+    loss_changed, _ = loss_and_grad(sigmoid_focal_loss, changed, labels)
+    torch.testing.assert_close(loss, loss_changed)
+    assert torch.all(grad[labels == -1] == 0)
+    assert torch.any(grad[labels != -1] != 0)
+
+    all_ignored = torch.full_like(labels, -1)
+    loss, grad = loss_and_grad(sigmoid_focal_loss, logits, all_ignored)
+    assert loss.item() == 0.0 and torch.all(grad == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_all_background(device):
+    logits, _ = random_case(128, 7, device)
+    labels = torch.zeros(128, dtype=torch.long, device=device)
+    loss, grad = loss_and_grad(sigmoid_focal_loss, logits, labels)
+    ref_loss, ref_grad = loss_and_grad(reference_loss, logits, labels)
+    # By hand: every entry is a negative, (1 - alpha) * p^gamma * softplus(x).
+    p = torch.sigmoid(logits)
+    by_hand = (0.75 * p**2 * torch.nn.functional.softplus(logits)).sum()
+    torch.testing.assert_close(loss, by_hand)
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("magnitude", [30.0, 1e4])
+def test_large_logits_are_finite_and_correct(device, magnitude):
+    base = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    # Rows of +-m: positives and negatives that are confidently right and confidently wrong.
+    logits = (torch.stack([base, -base] * 3) * magnitude).to(device)
+    labels = torch.tensor([0, 0, 1, 1, 4, -1], device=device)
+    for dtype in (torch.float64, torch.float32):
+        x = logits.to(dtype)
+        loss, grad = loss_and_grad(sigmoid_focal_loss, x, labels)
+        assert torch.isfinite(loss) and torch.all(torch.isfinite(grad))
+        ref_loss, ref_grad = loss_and_grad(reference_loss, logits, labels)
+        torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-6, atol=1e-6)
+    # Wrong answers at confidence m cost alpha_t * m each; right ones cost ~0.
+    assert loss.item() > magnitude * 0.25
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_accumulates_in_float32(device, dtype):
+    logits, labels = random_case(4000, 80, device, dtype=dtype)
+    loss, grad = loss_and_grad(sigmoid_focal_loss, logits, labels)
+    assert loss.dtype == torch.float32 and grad.dtype == dtype
+    # Reference on the same (rounded) logits in float64: only the output rounding differs.
+    ref_loss, ref_grad = loss_and_grad(reference_loss, logits.double(), labels)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-4)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-3
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=tol, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_inputs(device):
+    logits, labels = random_case(90, 12, device)
+    x = logits.t().contiguous().t()[::2, 1:]  # column-major, then strided rows and columns
+    y = torch.stack([labels.clamp(max=11), labels], 1)[::2, 0]
+    assert not x.is_contiguous() and not y.is_contiguous()
+    loss, grad = loss_and_grad(sigmoid_focal_loss, x, y)
+    ref_loss, ref_grad = loss_and_grad(reference_loss, x.contiguous(), y.contiguous())
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_input(device):
+    logits = torch.zeros(0, 80, device=device, requires_grad=True)
+    labels = torch.zeros(0, dtype=torch.long, device=device)
+    loss = sigmoid_focal_loss(logits, labels)
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad.shape == (0, 80)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_int32_labels(device):
+    logits, labels = random_case(50, 6, device)
+    torch.testing.assert_close(sigmoid_focal_loss(logits, labels.int()),
+                               sigmoid_focal_loss(logits, labels))
+
+
+def test_gradcheck():
+    logits, labels = random_case(20, 5)
+    logits.requires_grad_(True)
+    for gamma, alpha in [(2.0, 0.25), (0.5, 0.6)]:
+        assert torch.autograd.gradcheck(
+            lambda x: sigmoid_focal_loss(x, labels, gamma=gamma, alpha=alpha), (logits,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    logits, labels = random_case(30, 4, device, dtype=torch.float32)
+    torch.library.opcheck(torch.ops.drdet.sigmoid_focal_loss, (logits, labels, 2.0, 0.25))
+    torch.library.opcheck(torch.ops.drdet.sigmoid_focal_loss,
+                          (logits.requires_grad_(True), labels, 2.0, 0.25))
+    grad_loss = torch.tensor(0.5, device=device)
+    torch.library.opcheck(torch.ops.drdet.sigmoid_focal_loss_backward,
+                          (grad_loss, logits.detach(), labels, 2.0, 0.25))
+
+
+def test_torch_compile_traces_the_op():
+    logits, labels = random_case(40, 3, dtype=torch.float32)
+
+    def f(x, y):
+        return sigmoid_focal_loss(x * 2.0, y) / 3.0
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    x1 = logits.clone().requires_grad_(True)
+    x2 = logits.clone().requires_grad_(True)
+    f(x1, labels).backward()
+    compiled(x2, labels).backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_module():
+    logits, labels = random_case(33, 9)
+    module = SigmoidFocalLoss(gamma=1.5, alpha=0.4)
+    torch.testing.assert_close(module(logits, labels),
+                               reference_loss(logits, labels, gamma=1.5, alpha=0.4))
+    assert "gamma=1.5" in repr(module)
+
+
+@pytest.mark.parametrize("make_args,message", [
+    (lambda x, y: (x[0], y), "logits must be"),
+    (lambda x, y: (x, y[:-1]), "labels must be"),
+    (lambda x, y: (x.long(), y), "logits must be float"),
+    (lambda x, y: (x, y.float()), "labels must be int"),
+    (lambda x, y: (x, torch.full_like(y, 6)), r"labels must be in \[-1, C\]"),
+    (lambda x, y: (x, torch.full_like(y, -2)), r"labels must be in \[-1, C\]"),
+])
+def test_bad_inputs_raise(make_args, message):
+    logits, labels = random_case(8, 5)
+    with pytest.raises(RuntimeError, match=message):
+        sigmoid_focal_loss(*make_args(logits, labels))
+
+
+def test_bad_hyperparameters_raise():
+    logits, labels = random_case(8, 5)
+    with pytest.raises(RuntimeError, match="gamma"):
+        sigmoid_focal_loss(logits, labels, gamma=-1.0)
+    with pytest.raises(RuntimeError, match="alpha"):
+        sigmoid_focal_loss(logits, labels, alpha=1.5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_cuda_matches_cpu(dtype):
+    logits, labels = random_case(20000, 80, dtype=dtype)
+    labels[::7] = -1
+    cpu_loss, cpu_grad = loss_and_grad(sigmoid_focal_loss, logits, labels)
+    gpu_loss, gpu_grad = loss_and_grad(sigmoid_focal_loss, logits.cuda(), labels.cuda())
+    assert gpu_loss.dtype == cpu_loss.dtype and gpu_grad.dtype == cpu_grad.dtype
+    rtol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(gpu_loss.cpu(), cpu_loss, rtol=rtol, atol=1e-6)
+    # The same per-entry function runs on both; only libm vs CUDA math rounding may differ.
+    torch.testing.assert_close(gpu_grad.cpu(), cpu_grad)
+    # Deterministic: a fixed grid and a fixed reduction order.
+    again, _ = loss_and_grad(sigmoid_focal_loss, logits.cuda(), labels.cuda())
+    assert torch.equal(again, gpu_loss)
