@@ -103,6 +103,27 @@ def test_train_forward_backward_two_sizes(loss_type):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("loss_type", ["DR", "FOCAL"])
+def test_cuda_matches_cpu(loss_type):
+    cpu = _tiny_detector(loss_type)
+    gpu = _tiny_detector(loss_type)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.cuda()
+    images, targets = _images(), _targets()
+    ref = cpu.train()(images, targets)
+    out = gpu.train()([i.cuda() for i in images], targets)
+    for k in ref:
+        torch.testing.assert_close(out[k].cpu(), ref[k], rtol=1e-3, atol=1e-5)
+    with torch.no_grad():
+        ref = cpu.eval()(images)
+        out = gpu.eval()([i.cuda() for i in images])
+    for r, o in zip(ref, out):
+        assert torch.equal(o["labels"].cpu(), r["labels"])
+        torch.testing.assert_close(o["boxes"].cpu(), r["boxes"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(o["scores"].cpu(), r["scores"], rtol=1e-4, atol=1e-5)
+
+
 def test_train_image_without_boxes():
     model = _tiny_detector().train()
     targets = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2

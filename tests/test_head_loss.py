@@ -7,6 +7,8 @@ import torchvision
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 from torchvision.models.detection._utils import Matcher as TVMatcher
 
+from conftest import DEVICES
+
 from drdet.modeling.box_coder import BoxCoder
 from drdet.modeling.matcher import Matcher
 from drdet.modeling.retinanet.head import RetinaNetHead
@@ -186,20 +188,21 @@ def _reg_reference(deltas, labels, reg_targets):
     )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "loss_type, grouping", [("FOCAL", "image"), ("DR", "image"), ("DR", "batch")]
 )
-def test_losses_against_reference(loss_type, grouping):
+def test_losses_against_reference(loss_type, grouping, device):
     anchors, targets = _anchors(), _targets()
     logits, deltas = _predictions(3, len(anchors))
+    a, lg, d = anchors.to(device), logits.to(device), deltas.to(device)  # targets stay on the CPU
     # split into two "levels" to exercise the concatenation
     cut = 100
     losses = _loss(loss_type, grouping)(
-        [anchors[:cut], anchors[cut:]],
-        [logits[:, :cut], logits[:, cut:]],
-        [deltas[:, :cut], deltas[:, cut:]],
-        targets,
+        [a[:cut], a[cut:]], [lg[:, :cut], lg[:, cut:]], [d[:, :cut], d[:, cut:]], targets
     )
+    assert losses["loss_cls"].device == lg.device
+    losses = {k: v.cpu() for k, v in losses.items()}
     ref_labels, ref_reg = _reference_targets(anchors, targets)
     flat_logits, flat_labels = logits.reshape(-1, NUM_CLASSES), ref_labels.reshape(-1)
     num_pos = max(1, int((ref_labels > 0).sum()))

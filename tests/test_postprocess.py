@@ -3,6 +3,8 @@ import torch
 import torchvision
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 
+from conftest import DEVICES
+
 from drdet.modeling.box_coder import BoxCoder
 from drdet.modeling.retinanet.inference import RetinaNetPostProcessor
 
@@ -96,10 +98,13 @@ def test_candidates_are_clipped_and_nonempty():
     assert (boxes >= 0).all() and (boxes[:, 2:] > boxes[:, :2]).all()
 
 
-def test_against_per_class_loop_reference():
+@pytest.mark.parametrize("device", DEVICES)
+def test_against_per_class_loop_reference(device):
     anchors, logits, deltas = _inputs()
     args = dict(score_thresh=0.2, pre_nms_top_n=60, nms_thresh=0.5, detections_per_img=25)
-    ours = _post(**args)(anchors, logits, deltas, SIZES)
+    on_device = [[t.to(device) for t in ts] for ts in (anchors, logits, deltas)]
+    ours = _post(**args)(*on_device, SIZES)
+    ours = [{k: v.cpu() for k, v in d.items()} for d in ours]
     ref = _reference(anchors, logits, deltas, SIZES, **args)
     for i, ((h, w), det, r) in enumerate(zip(SIZES, ours, ref)):
         assert 0 < len(det["scores"]) <= 25
