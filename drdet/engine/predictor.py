@@ -1,0 +1,88 @@
+"""Predictor: one OpenCV image in, detections in that image's pixels out."""
+
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from drdet.modeling.detector import build_detector
+
+
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> Tuple[int, int]:
+    """(height, width) after scaling the shorter side to ``min_size`` unless that makes the
+    longer side exceed ``max_size`` (then the longer side is ``max_size``); aspect ratio kept."""
+    scale = min_size / min(height, width)
+    if max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Loads a drdet checkpoint (a dict with a "model" state dict) or a plain state dict into
+    ``model`` (strict; a "module." prefix from DistributedDataParallel is removed). Uses
+    torch.load(weights_only=True): no pickled code runs."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = (
+        checkpoint["model"]
+        if isinstance(checkpoint, dict) and "model" in checkpoint
+        else checkpoint
+    )
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"{path}: expected a state dict or a dict with a 'model' state dict, "
+            f"got {type(state).__name__}"
+        )
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+
+
+class Predictor:
+    """Builds the detector of ``cfg`` in eval mode on cfg.MODEL.DEVICE, loads cfg.MODEL.WEIGHT
+    (when set), and runs it on one image at a time (like detectron2's DefaultPredictor).
+
+    The image is resized with INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (bilinear) and given to the
+    network as BGR 0-255 when INPUT.TO_BGR255, else RGB 0-1.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg.clone()
+        self.device = torch.device(cfg.MODEL.DEVICE)
+        self.model = build_detector(self.cfg).to(self.device).eval()
+        if cfg.MODEL.WEIGHT:
+            load_weights(self.model, cfg.MODEL.WEIGHT)
+        self.min_size = cfg.INPUT.MIN_SIZE_TEST
+        self.max_size = cfg.INPUT.MAX_SIZE_TEST
+        self.to_bgr255 = cfg.INPUT.TO_BGR255
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> Dict[str, Tensor]:
+        """Detections for ``image`` (H, W, 3) uint8 BGR (as cv2.imread gives it).
+
+        Returns:
+            "boxes" (K, 4) float x1y1x2y2 in the image's pixels, "scores" (K,) float decreasing,
+            "labels" (K,) int64 in 1..NUM_CLASSES-1; CPU tensors.
+        """
+        if (
+            not isinstance(image, np.ndarray)
+            or image.ndim != 3
+            or image.shape[2] != 3
+            or image.dtype != np.uint8
+        ):
+            desc = (
+                f"{image.dtype} array of shape {image.shape}"
+                if isinstance(image, np.ndarray)
+                else type(image).__name__
+            )
+            raise ValueError(f"Predictor: `image` must be an (H, W, 3) uint8 BGR array, got {desc}")
+        height, width = image.shape[:2]
+        tensor = (
+            torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1).float()
+        )
+        if not self.to_bgr255:
+            tensor = tensor.flip(0) / 255.0
+        size = resized_size(height, width, self.min_size, self.max_size)
+        tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
+        detections = self.model([tensor], original_sizes=[(height, width)])[0]
+        return {k: v.cpu() for k, v in detections.items()}

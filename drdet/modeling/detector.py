@@ -1,0 +1,140 @@
+"""The RetinaNet detector: normalise and batch the images, backbone + FPN, head, then the losses
+(training) or the detections (eval)."""
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from drdet.modeling.anchor_generator import AnchorGenerator, build_anchor_generator
+from drdet.modeling.backbone import build_backbone
+from drdet.modeling.box_coder import BoxCoder
+from drdet.modeling.retinanet import (
+    RetinaNetHead,
+    RetinaNetLossComputation,
+    RetinaNetPostProcessor,
+    build_retinanet_head,
+    build_retinanet_loss,
+    build_retinanet_postprocessor,
+)
+from drdet.structures.image_list import ImageList, to_image_list
+
+
+class RetinaNet(nn.Module):
+    """RetinaNet on a batch of images of different sizes.
+
+    Input images are (3, H_i, W_i) float tensors in the network's input format, not normalised:
+    BGR 0-255 when INPUT.TO_BGR255 (MSRA/Caffe2 weights), else RGB 0-1. The detector subtracts
+    ``pixel_mean``, divides by ``pixel_std`` and pads the batch to a multiple of
+    ``size_divisibility``: this is the one place where images are normalised.
+
+    Args:
+        backbone: module with ``out_channels``; forward((B, 3, H, W)) -> list of FPN maps.
+        head, anchor_generator, loss, postprocessor: the RetinaNet parts.
+        pixel_mean, pixel_std: 3 values each, in the input's channel order and scale.
+        size_divisibility: padded batch height and width are multiples of it.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: RetinaNetHead,
+        anchor_generator: AnchorGenerator,
+        loss: RetinaNetLossComputation,
+        postprocessor: RetinaNetPostProcessor,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int = 32,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.loss = loss
+        self.postprocessor = postprocessor
+        self.size_divisibility = size_divisibility
+        self.register_buffer(
+            "pixel_mean",
+            torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1),
+            persistent=False,
+        )
+        self.register_buffer(
+            "pixel_std",
+            torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1),
+            persistent=False,
+        )
+
+    def preprocess(self, images: Union[Sequence[Tensor], Tensor]) -> ImageList:
+        """Normalises (3, H_i, W_i) images and pads them into one (B, 3, H, W) batch."""
+        if isinstance(images, Tensor) and images.dim() == 4:
+            images = list(images.unbind(0))
+        if isinstance(images, Tensor) or len(images) == 0:
+            raise ValueError(
+                "RetinaNet: `images` must be a non-empty list of (3, H, W) tensors "
+                "or a (B, 3, H, W) tensor"
+            )
+        normalised = []
+        for i, image in enumerate(images):
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(
+                    f"RetinaNet: images[{i}] has shape {tuple(image.shape)}, expected (3, H, W)"
+                )
+            image = image.to(device=self.pixel_mean.device, dtype=torch.float32)
+            normalised.append((image - self.pixel_mean) / self.pixel_std)
+        return to_image_list(normalised, self.size_divisibility)
+
+    def forward(
+        self,
+        images: Union[Sequence[Tensor], Tensor],
+        targets: Optional[Sequence[Dict[str, Tensor]]] = None,
+        original_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+    ) -> Union[Dict[str, Tensor], List[Dict[str, Tensor]]]:
+        """Training: ``targets`` (one dict per image: "boxes" (K, 4) float x1y1x2y2 in pixels of
+        the given tensor, "labels" (K,) int64 in 1..C, optional "image_id") -> {"loss_cls",
+        "loss_reg"}. Degenerate boxes raise ValueError (see RetinaNetLossComputation).
+
+        Eval: -> one dict per image, "boxes" (K, 4), "scores" (K,), "labels" (K,) int64 in 1..C,
+        in pixels of the given tensor, or of ``original_sizes[i]`` (height, width) when given
+        (the size of the image before the data pipeline resized it).
+        """
+        batch = self.preprocess(images)
+        features = self.backbone(batch.tensors)
+        cls_logits, box_deltas = self.head(features)
+        anchors = self.anchor_generator(features)
+        if self.training:
+            if targets is None:
+                raise ValueError("RetinaNet: `targets` are required in training mode")
+            return self.loss(anchors, cls_logits, box_deltas, targets, batch.image_sizes)
+        detections = self.postprocessor(anchors, cls_logits, box_deltas, batch.image_sizes)
+        if original_sizes is not None:
+            if len(original_sizes) != len(detections):
+                raise ValueError(
+                    f"RetinaNet: {len(original_sizes)} original_sizes for {len(detections)} images"
+                )
+            for det, (h, w), (oh, ow) in zip(detections, batch.image_sizes, original_sizes):
+                scale = det["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])
+                det["boxes"] = det["boxes"] * scale
+        return detections
+
+
+def build_detector(cfg) -> RetinaNet:
+    """The detector described by ``cfg`` (MODEL.META_ARCHITECTURE must be "RetinaNet"), on the
+    CPU; move it to cfg.MODEL.DEVICE yourself. Pretrained weights are not loaded here."""
+    if cfg.MODEL.META_ARCHITECTURE != "RetinaNet":
+        raise ValueError(
+            f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} is not supported "
+            "(only 'RetinaNet')"
+        )
+    backbone = build_backbone(cfg)
+    anchor_generator = build_anchor_generator(cfg)
+    box_coder = BoxCoder(cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS)
+    return RetinaNet(
+        backbone,
+        build_retinanet_head(cfg, backbone.out_channels, anchor_generator.num_anchors_per_location),
+        anchor_generator,
+        build_retinanet_loss(cfg, box_coder),
+        build_retinanet_postprocessor(cfg, box_coder),
+        pixel_mean=cfg.INPUT.PIXEL_MEAN,
+        pixel_std=cfg.INPUT.PIXEL_STD,
+        size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
+    )

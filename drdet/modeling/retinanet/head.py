@@ -1,0 +1,106 @@
+"""The RetinaNet head: a classification and a box-regression conv tower shared by all levels."""
+
+import math
+from typing import List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+def _tower(
+    channels: int, num_convs: int, use_gn: bool, gn_groups: int, gn_eps: float
+) -> nn.Sequential:
+    layers: List[nn.Module] = []
+    for _ in range(num_convs):
+        layers.append(nn.Conv2d(channels, channels, kernel_size=3, padding=1))
+        if use_gn:
+            layers.append(nn.GroupNorm(gn_groups, channels, eps=gn_eps))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class RetinaNetHead(nn.Module):
+    """Two towers of ``num_convs`` conv3x3(+GroupNorm)+ReLU, then a conv3x3 predicting, per
+    anchor, ``num_classes`` logits (sigmoid, no background column) and 4 box deltas.
+
+    Convolutions are initialised from normal(0, 0.01) with zero bias, except the class logits'
+    bias, which starts at -log((1 - p) / p) so that every score starts at ``prior_prob``.
+
+    Args:
+        in_channels: channels of the FPN features.
+        num_classes: foreground classes C (maskrcnn-benchmark's NUM_CLASSES - 1).
+        num_anchors: anchors per location A.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        num_anchors: int,
+        num_convs: int = 4,
+        use_gn: bool = False,
+        gn_groups: int = 32,
+        gn_eps: float = 1e-5,
+        prior_prob: float = 0.01,
+    ):
+        super().__init__()
+        if not 0.0 < prior_prob < 1.0:
+            raise ValueError(f"RetinaNetHead: prior_prob must be in (0, 1), got {prior_prob}")
+        self.num_classes = num_classes
+        self.num_anchors = num_anchors
+        self.cls_tower = _tower(in_channels, num_convs, use_gn, gn_groups, gn_eps)
+        self.bbox_tower = _tower(in_channels, num_convs, use_gn, gn_groups, gn_eps)
+        self.cls_logits = nn.Conv2d(
+            in_channels, num_anchors * num_classes, kernel_size=3, padding=1
+        )
+        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=3, padding=1)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, std=0.01)
+                nn.init.zeros_(module.bias)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1.0 - prior_prob) / prior_prob))
+
+    def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        """Predictions for FPN ``features`` (list of (B, in_channels, H_l, W_l)).
+
+        Returns:
+            cls_logits: per level (B, H_l * W_l * A, C) float.
+            box_deltas: per level (B, H_l * W_l * A, 4) float.
+            Rows are ordered (y, x, anchor), the order of AnchorGenerator's anchors.
+        """
+        cls_logits, box_deltas = [], []
+        for feature in features:
+            cls_logits.append(_flatten(self.cls_logits(self.cls_tower(feature)), self.num_classes))
+            box_deltas.append(_flatten(self.bbox_pred(self.bbox_tower(feature)), 4))
+        return cls_logits, box_deltas
+
+
+def _flatten(prediction: Tensor, channels: int) -> Tensor:
+    """(B, A * K, H, W) -> (B, H * W * A, K)."""
+    b, _, h, w = prediction.shape
+    return prediction.view(b, -1, channels, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, channels)
+
+
+def build_retinanet_head(cfg, in_channels: int, num_anchors: int) -> RetinaNetHead:
+    """RetinaNetHead from cfg.MODEL.RETINANET (NUM_CLASSES counts the background) and
+    cfg.MODEL.GROUP_NORM."""
+    rcfg, gn = cfg.MODEL.RETINANET, cfg.MODEL.GROUP_NORM
+    if gn.DIM_PER_GP > 0:
+        if in_channels % gn.DIM_PER_GP:
+            raise ValueError(
+                f"MODEL.GROUP_NORM.DIM_PER_GP {gn.DIM_PER_GP} does not divide "
+                f"{in_channels} channels"
+            )
+        groups = in_channels // gn.DIM_PER_GP
+    else:
+        groups = gn.NUM_GROUPS
+    return RetinaNetHead(
+        in_channels,
+        num_classes=rcfg.NUM_CLASSES - 1,
+        num_anchors=num_anchors,
+        num_convs=rcfg.NUM_CONVS,
+        use_gn=rcfg.USE_GN,
+        gn_groups=groups,
+        gn_eps=gn.EPSILON,
+        prior_prob=rcfg.PRIOR_PROB,
+    )

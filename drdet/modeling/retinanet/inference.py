@@ -1,0 +1,125 @@
+"""RetinaNet post-processing: from per-anchor logits and deltas to detections, vectorised over
+images and classes (the only Python loop is over the FPN levels)."""
+
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from drdet import layers
+from drdet.modeling.box_coder import BoxCoder
+from drdet.structures.boxes import clip_boxes, nonempty_boxes
+
+
+class RetinaNetPostProcessor:
+    """Turns head outputs into at most ``detections_per_img`` detections per image.
+
+    Per level and image: keep the (anchor, class) entries with sigmoid score >
+    ``score_thresh``, at most the ``pre_nms_top_n`` best; decode their boxes, clip them to the
+    image, drop those with width or height <= ``min_size``. Then, per image, class-aware NMS at
+    ``nms_thresh`` over all levels (one batched_nms call for the whole batch: the NMS groups are
+    (image, class) pairs), and the ``detections_per_img`` best by score.
+    """
+
+    def __init__(
+        self,
+        box_coder: BoxCoder,
+        score_thresh: float = 0.05,
+        pre_nms_top_n: int = 1000,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+        min_size: float = 0.0,
+    ):
+        if not 0.0 < score_thresh < 1.0:
+            raise ValueError(f"score_thresh must be in (0, 1), got {score_thresh}")
+        self.box_coder = box_coder
+        self.score_thresh = score_thresh
+        self.logit_thresh = math.log(score_thresh / (1.0 - score_thresh))
+        self.pre_nms_top_n = pre_nms_top_n
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        self.min_size = min_size
+
+    def candidates(
+        self, anchors: Tensor, cls_logits: Tensor, box_deltas: Tensor, image_sizes: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The kept candidates of one level.
+
+        Args:
+            anchors: (A, 4) float; cls_logits: (B, A, C); box_deltas: (B, A, 4);
+            image_sizes: (B, 2) (height, width).
+        Returns:
+            boxes (N, 4) float clipped, scores (N,) float, classes (N,) int64 in 0..C-1,
+            images (N,) int64 index in the batch.
+        """
+        num_images, num_anchors, num_classes = cls_logits.shape
+        flat = cls_logits.reshape(num_images, -1)
+        k = min(self.pre_nms_top_n, flat.shape[1])
+        top_logits, top_idx = flat.topk(k, dim=1)  # logits: sigmoid is monotonic and saturates
+        anchor_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
+        deltas = torch.gather(box_deltas, 1, anchor_idx[..., None].expand(-1, -1, 4))
+        boxes = self.box_coder.decode(deltas.float(), anchors[anchor_idx].float())
+        boxes = clip_boxes(boxes, image_sizes[:, None, :])
+        keep = (top_logits > self.logit_thresh) & nonempty_boxes(boxes, self.min_size)
+        images = torch.arange(num_images, device=flat.device)[:, None].expand(-1, k)
+        return (
+            boxes[keep],
+            top_logits[keep].float().sigmoid(),
+            (top_idx % num_classes)[keep],
+            images[keep],
+        )
+
+    def __call__(
+        self,
+        anchors: List[Tensor],
+        cls_logits: List[Tensor],
+        box_deltas: List[Tensor],
+        image_sizes: Sequence[Tuple[int, int]],
+    ) -> List[Dict[str, Tensor]]:
+        """Detections of a batch.
+
+        Args:
+            anchors: per level (A_l, 4); cls_logits: per level (B, A_l, C);
+            box_deltas: per level (B, A_l, 4); image_sizes: B (height, width) before padding.
+        Returns:
+            B dicts: "boxes" (K, 4) float x1y1x2y2 pixels of the (resized) image, "scores" (K,)
+            float in decreasing order, "labels" (K,) int64 in 1..C; K <= detections_per_img.
+        """
+        num_images, _, num_classes = cls_logits[0].shape
+        sizes = torch.tensor(image_sizes, dtype=torch.float32, device=cls_logits[0].device).reshape(
+            num_images, 2
+        )
+        parts = [
+            self.candidates(a, c, d, sizes) for a, c, d in zip(anchors, cls_logits, box_deltas)
+        ]
+        boxes, scores, classes, images = (torch.cat(p) for p in zip(*parts))
+        if boxes.shape[0] > 0:
+            keep = layers.batched_nms(
+                boxes, scores, images * num_classes + classes, self.nms_thresh
+            )
+            # keep is in decreasing score; a stable sort by image keeps that order per image.
+            keep = keep[torch.sort(images[keep], stable=True).indices]
+            counts = torch.bincount(images[keep], minlength=num_images)
+            starts = torch.cumsum(counts, 0) - counts
+            rank = torch.arange(keep.shape[0], device=keep.device) - starts[images[keep]]
+            keep = keep[rank < self.detections_per_img]
+            boxes, scores, classes, images = boxes[keep], scores[keep], classes[keep], images[keep]
+        counts = torch.bincount(images, minlength=num_images).tolist()
+        return [
+            {"boxes": b, "scores": s, "labels": c + 1}
+            for b, s, c in zip(boxes.split(counts), scores.split(counts), classes.split(counts))
+        ]
+
+
+def build_retinanet_postprocessor(cfg, box_coder: BoxCoder) -> RetinaNetPostProcessor:
+    """Post-processor from cfg.MODEL.RETINANET (INFERENCE_TH, PRE_NMS_TOP_N, NMS_TH) and
+    cfg.TEST.DETECTIONS_PER_IMG."""
+    rcfg = cfg.MODEL.RETINANET
+    return RetinaNetPostProcessor(
+        box_coder,
+        score_thresh=rcfg.INFERENCE_TH,
+        pre_nms_top_n=rcfg.PRE_NMS_TOP_N,
+        nms_thresh=rcfg.NMS_TH,
+        detections_per_img=cfg.TEST.DETECTIONS_PER_IMG,
+    )

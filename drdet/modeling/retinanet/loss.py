@@ -1,0 +1,265 @@
+"""RetinaNet training losses for a whole batch at once: DR or focal loss for the classes,
+smooth-L1 for the boxes.
+
+Per anchor label: 0 background, 1..C the matched box's class, -1 ignored (IoU between the
+matcher's thresholds, or optionally straddling the image border).
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from drdet import layers
+from drdet.config import dr_loss_lambdas
+from drdet.modeling.box_coder import BoxCoder
+from drdet.modeling.matcher import Matcher
+from drdet.structures.boxes import pairwise_iou
+
+LOSS_TYPES = ("FOCAL", "DR")
+GROUPINGS = ("image", "batch")
+
+
+def _pad_targets(
+    targets: Sequence[Dict[str, Tensor]], num_classes: int, device: torch.device
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Stacks per-image targets into (B, M, 4) boxes, (B, M) labels and a (B, M) validity mask,
+    M the largest number of boxes, after checking them. Raises ValueError naming the image for
+    a degenerate (width or height <= 0) or non-finite box, or a label outside 1..num_classes."""
+    counts = [int(t["boxes"].shape[0]) for t in targets]
+    num_max = max(counts, default=0)
+    boxes = torch.zeros(len(targets), num_max, 4, device=device)
+    labels = torch.zeros(len(targets), num_max, dtype=torch.int64, device=device)
+    for i, (t, n) in enumerate(zip(targets, counts)):
+        if t["boxes"].dim() != 2 or t["boxes"].shape[-1] != 4 or t["labels"].shape != (n,):
+            raise ValueError(
+                f"targets[{i}]: expected boxes (K, 4) and labels (K,), "
+                f"got {tuple(t['boxes'].shape)} "
+                f"and {tuple(t['labels'].shape)}"
+            )
+        boxes[i, :n] = t["boxes"].to(device=device, dtype=torch.float32)
+        labels[i, :n] = t["labels"].to(device=device, dtype=torch.int64)
+    valid = (
+        torch.arange(num_max, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]
+    )
+    bad_box = (
+        (boxes[..., 2] <= boxes[..., 0])
+        | (boxes[..., 3] <= boxes[..., 1])
+        | ~boxes.isfinite().all(-1)
+    ) & valid
+    bad_label = ((labels < 1) | (labels > num_classes)) & valid
+    bad = bad_box | bad_label
+    if bad.any():  # one host sync per batch
+        i, j = [int(v) for v in bad.nonzero()[0]]
+        name = f"image {i} of the batch" + (
+            f" (image_id {targets[i]['image_id']})" if "image_id" in targets[i] else ""
+        )
+        if bad_box[i, j]:
+            raise ValueError(
+                f"{name}: box {j} {boxes[i, j].tolist()} is degenerate "
+                "(x2 <= x1, y2 <= y1 or not finite)"
+            )
+        raise ValueError(
+            f"{name}: box {j} has label {int(labels[i, j])}, expected 1..{num_classes}"
+        )
+    return boxes, labels, valid
+
+
+class RetinaNetLossComputation:
+    """Matches anchors to targets and computes ``{"loss_cls", "loss_reg"}``.
+
+    Args:
+        matcher, box_coder: see drdet.modeling.matcher / box_coder.
+        num_classes: foreground classes C.
+        loss_type: "DR" (drdet.layers.dr_loss, the mean over groups of tau * loss_g; groups are
+            images with grouping "image", the whole batch with "batch") or "FOCAL"
+            (drdet.layers.sigmoid_focal_loss summed, divided by max(1, number of positives)).
+        dr_params: keyword arguments of dr_loss (pos_lambda, neg_lambda, L, margin, tau,
+            smoothing, rho, pairing) when loss_type is "DR".
+        reg_beta: smooth-L1 beta; the regression loss is summed over positive anchors and
+            divided by max(1, number of positives in the batch).
+        straddle_thresh: None (maskrcnn-benchmark's RetinaNet, which never discards
+            anchors for crossing the border) or t >= 0: ignore anchors that extend more than
+            t pixels beyond their image.
+    """
+
+    def __init__(
+        self,
+        matcher: Matcher,
+        box_coder: BoxCoder,
+        num_classes: int,
+        loss_type: str = "FOCAL",
+        focal_gamma: float = 2.0,
+        focal_alpha: float = 0.25,
+        dr_params: Optional[Dict] = None,
+        dr_grouping: str = "image",
+        reg_beta: float = 0.11,
+        straddle_thresh: Optional[float] = None,
+    ):
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        if dr_grouping not in GROUPINGS:
+            raise ValueError(f"dr_grouping must be one of {GROUPINGS}, got {dr_grouping!r}")
+        if loss_type == "DR" and dr_params is None:
+            raise ValueError("loss_type 'DR' needs dr_params")
+        self.matcher = matcher
+        self.box_coder = box_coder
+        self.num_classes = num_classes
+        self.loss_type = loss_type
+        self.focal_gamma = focal_gamma
+        self.focal_alpha = focal_alpha
+        self.dr_params = dict(dr_params or {})
+        self.dr_grouping = dr_grouping
+        self.reg_beta = reg_beta
+        self.straddle_thresh = straddle_thresh
+
+    def prepare_targets(
+        self,
+        anchors: Tensor,
+        targets: Sequence[Dict[str, Tensor]],
+        image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Labels and box-regression targets of every anchor of every image.
+
+        Args:
+            anchors: (A, 4) float, all levels concatenated, shared by the images.
+            targets: B dicts with "boxes" (K_i, 4) float x1y1x2y2 pixels and "labels" (K_i,)
+                int64 in 1..C.
+            image_sizes: B (height, width), needed only with straddle_thresh.
+        Returns:
+            labels: (B, A) int64 in {-1, 0, 1..C}.
+            positives: (P, 2) int64 (image, anchor) index of the anchors with label > 0.
+            regression_targets: (P, 4) float encoded deltas of those anchors' boxes.
+        """
+        gt_boxes, gt_labels, gt_valid = _pad_targets(targets, self.num_classes, anchors.device)
+        num_images = len(targets)
+        if gt_boxes.shape[1] == 0:
+            labels = torch.zeros(
+                num_images, anchors.shape[0], dtype=torch.int64, device=anchors.device
+            )
+            matches = torch.full_like(labels, Matcher.BELOW_LOW_THRESHOLD)
+        else:
+            matches = self.matcher(pairwise_iou(gt_boxes, anchors), gt_valid)
+            labels = torch.gather(gt_labels, 1, matches.clamp(min=0))
+            labels = labels.masked_fill(matches == Matcher.BELOW_LOW_THRESHOLD, 0)
+            labels = labels.masked_fill(matches == Matcher.BETWEEN_THRESHOLDS, -1)
+        if self.straddle_thresh is not None and self.straddle_thresh >= 0:
+            if image_sizes is None:
+                raise ValueError("straddle_thresh needs image_sizes")
+            t = self.straddle_thresh
+            hw = torch.tensor(image_sizes, dtype=anchors.dtype, device=anchors.device)
+            inside = (
+                (anchors[None, :, 0] >= -t)
+                & (anchors[None, :, 1] >= -t)
+                & (anchors[None, :, 2] < hw[:, 1:2] + t)
+                & (anchors[None, :, 3] < hw[:, 0:1] + t)
+            )
+            labels = labels.masked_fill(~inside, -1)
+        positives = (labels > 0).nonzero()
+        image_idx, anchor_idx = positives[:, 0], positives[:, 1]
+        matched_boxes = gt_boxes[image_idx, matches[image_idx, anchor_idx]]
+        regression_targets = self.box_coder.encode(matched_boxes, anchors[anchor_idx])
+        return labels, positives, regression_targets
+
+    def __call__(
+        self,
+        anchors: List[Tensor],
+        cls_logits: List[Tensor],
+        box_deltas: List[Tensor],
+        targets: Sequence[Dict[str, Tensor]],
+        image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+    ) -> Dict[str, Tensor]:
+        """Losses of a batch.
+
+        Args:
+            anchors: per level (A_l, 4) float.
+            cls_logits: per level (B, A_l, C) float.
+            box_deltas: per level (B, A_l, 4) float.
+            targets: B target dicts (see prepare_targets).
+            image_sizes: B (height, width) of the images before padding.
+        Returns:
+            {"loss_cls": scalar, "loss_reg": scalar}.
+        """
+        anchors_all = torch.cat(anchors)
+        logits = torch.cat(cls_logits, dim=1)
+        deltas = torch.cat(box_deltas, dim=1)
+        num_images, num_anchors, num_classes = logits.shape
+        if len(targets) != num_images:
+            raise ValueError(f"got {len(targets)} target dicts for {num_images} images")
+        if num_anchors != anchors_all.shape[0] or num_classes != self.num_classes:
+            raise ValueError(
+                f"predictions (B, {num_anchors}, {num_classes}) do not match "
+                f"{anchors_all.shape[0]} anchors "
+                f"and {self.num_classes} classes"
+            )
+        labels, positives, regression_targets = self.prepare_targets(
+            anchors_all, targets, image_sizes
+        )
+        num_pos = logits.new_tensor(positives.shape[0]).clamp(min=1.0)
+
+        flat_logits = logits.reshape(-1, num_classes)
+        flat_labels = labels.reshape(-1)
+        if self.loss_type == "FOCAL":
+            loss_cls = layers.sigmoid_focal_loss(
+                flat_logits, flat_labels, gamma=self.focal_gamma, alpha=self.focal_alpha
+            )
+            loss_cls = loss_cls / num_pos
+        elif self.dr_grouping == "image":
+            group_ids = torch.arange(num_images, device=logits.device).repeat_interleave(
+                num_anchors
+            )
+            loss_cls = layers.dr_loss(
+                flat_logits, flat_labels, group_ids, num_groups=num_images, **self.dr_params
+            )
+        else:
+            loss_cls = layers.dr_loss(flat_logits, flat_labels, **self.dr_params)
+
+        predicted = deltas[positives[:, 0], positives[:, 1]]
+        loss_reg = (
+            F.smooth_l1_loss(
+                predicted.float(), regression_targets.float(), beta=self.reg_beta, reduction="sum"
+            )
+            / num_pos
+        )
+        return {"loss_cls": loss_cls, "loss_reg": loss_reg}
+
+
+def dr_loss_params(cfg) -> Dict:
+    """dr_loss keyword arguments from cfg.MODEL.DR_LOSS; lambda+ and lambda- come from
+    drdet.config.dr_loss_lambdas (H_POS / H_NEG > 0: the paper's lambda+ = 1 / ln h+,
+    lambda- = 0.1 / ln h-; otherwise POS_LAMBDA / NEG_LAMBDA)."""
+    d = cfg.MODEL.DR_LOSS
+    pos_lambda, neg_lambda = dr_loss_lambdas(cfg)
+    return dict(
+        pos_lambda=pos_lambda,
+        neg_lambda=neg_lambda,
+        L=d.L,
+        margin=d.MARGIN,
+        tau=d.TAU,
+        smoothing=d.SMOOTHING,
+        rho=d.RHO,
+        pairing=d.PAIRING,
+    )
+
+
+def build_retinanet_loss(cfg, box_coder: BoxCoder) -> RetinaNetLossComputation:
+    """The loss computation from cfg.MODEL.RETINANET and cfg.MODEL.DR_LOSS.
+
+    MODEL.RETINANET.STRADDLE_THRESH is not applied, as in maskrcnn-benchmark, whose RetinaNet
+    loss discards only 'between_thresholds' anchors and never the ones crossing the border.
+    """
+    rcfg = cfg.MODEL.RETINANET
+    matcher = Matcher(rcfg.FG_IOU_THRESHOLD, rcfg.BG_IOU_THRESHOLD, rcfg.ALLOW_LOW_QUALITY_MATCHES)
+    loss_type = rcfg.LOSS_TYPE.upper()
+    return RetinaNetLossComputation(
+        matcher,
+        box_coder,
+        num_classes=rcfg.NUM_CLASSES - 1,
+        loss_type=loss_type,
+        focal_gamma=rcfg.LOSS_GAMMA,
+        focal_alpha=rcfg.LOSS_ALPHA,
+        dr_params=dr_loss_params(cfg) if loss_type == "DR" else None,
+        dr_grouping=cfg.MODEL.DR_LOSS.GROUPING if loss_type == "DR" else "image",
+        reg_beta=rcfg.BBOX_REG_BETA,
+    )
