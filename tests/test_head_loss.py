@@ -182,9 +182,10 @@ def _predictions(num_images, num_anchors):
 
 
 def _reg_reference(deltas, labels, reg_targets):
+    # maskrcnn-benchmark: summed smooth-L1 / max(1, positives * BBOX_REG_WEIGHT (4))
     pos = labels > 0
     return F.smooth_l1_loss(deltas[pos], reg_targets, beta=0.11, reduction="sum") / max(
-        1, int(pos.sum())
+        1, 4 * int(pos.sum())
     )
 
 
@@ -205,7 +206,7 @@ def test_losses_against_reference(loss_type, grouping, device):
     losses = {k: v.cpu() for k, v in losses.items()}
     ref_labels, ref_reg = _reference_targets(anchors, targets)
     flat_logits, flat_labels = logits.reshape(-1, NUM_CLASSES), ref_labels.reshape(-1)
-    num_pos = max(1, int((ref_labels > 0).sum()))
+    num_pos = int((ref_labels > 0).sum())
     if loss_type == "FOCAL":
         keep = flat_labels >= 0
         onehot = (flat_labels[keep, None] == torch.arange(1, NUM_CLASSES + 1)).float()
@@ -213,7 +214,7 @@ def test_losses_against_reference(loss_type, grouping, device):
             torchvision.ops.sigmoid_focal_loss(
                 flat_logits[keep], onehot, 0.25, 2.0, reduction="sum"
             )
-            / num_pos
+            / (num_pos + 3)  # maskrcnn-benchmark: positives + images
         )
     elif grouping == "image":
         groups = torch.arange(3).repeat_interleave(len(anchors))

@@ -68,7 +68,8 @@ _C.MODEL.RETINANET.ANCHOR_STRIDES = (8, 16, 32, 64, 128)
 _C.MODEL.RETINANET.ASPECT_RATIOS = (0.5, 1.0, 2.0)
 _C.MODEL.RETINANET.OCTAVE = 2.0
 _C.MODEL.RETINANET.SCALES_PER_OCTAVE = 3
-# Anchors crossing the image border by more than this many pixels are ignored; < 0 keeps all.
+# Kept for maskrcnn-benchmark config compatibility; its RetinaNet (and drdet) never ignores
+# anchors for crossing the image border.
 _C.MODEL.RETINANET.STRADDLE_THRESH = 0
 # True: P6 from C5; False: P6 from P5.
 _C.MODEL.RETINANET.USE_C5 = True
@@ -77,6 +78,8 @@ _C.MODEL.RETINANET.NUM_CONVS = 4
 _C.MODEL.RETINANET.USE_GN = False
 _C.MODEL.RETINANET.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 _C.MODEL.RETINANET.BBOX_REG_BETA = 0.11
+# Divisor of the regression loss per positive anchor (maskrcnn-benchmark: 4, one per coordinate).
+_C.MODEL.RETINANET.BBOX_REG_WEIGHT = 4.0
 _C.MODEL.RETINANET.PRE_NMS_TOP_N = 1000
 _C.MODEL.RETINANET.NMS_TH = 0.5
 # IoU >= FG_IOU_THRESHOLD: foreground; < BG_IOU_THRESHOLD: background; between: ignored.

@@ -74,11 +74,15 @@ class RetinaNetLossComputation:
         num_classes: foreground classes C.
         loss_type: "DR" (drdet.layers.dr_loss, the mean over groups of tau * loss_g; groups are
             images with grouping "image", the whole batch with "batch") or "FOCAL"
-            (drdet.layers.sigmoid_focal_loss summed, divided by max(1, number of positives)).
+            (drdet.layers.sigmoid_focal_loss summed, divided by the number of positives plus the
+            number of images, as maskrcnn-benchmark does, which also keeps it finite without
+            positives).
         dr_params: keyword arguments of dr_loss (pos_lambda, neg_lambda, L, margin, tau,
             smoothing, rho, pairing) when loss_type is "DR".
         reg_beta: smooth-L1 beta; the regression loss is summed over positive anchors and
-            divided by max(1, number of positives in the batch).
+            divided by max(1, number of positives in the batch * reg_norm).
+        reg_norm: maskrcnn-benchmark's MODEL.RETINANET.BBOX_REG_WEIGHT (4.0: the sum over the four
+            coordinates becomes their mean).
         straddle_thresh: None (maskrcnn-benchmark's RetinaNet, which never discards
             anchors for crossing the border) or t >= 0: ignore anchors that extend more than
             t pixels beyond their image.
@@ -95,6 +99,7 @@ class RetinaNetLossComputation:
         dr_params: Optional[Dict] = None,
         dr_grouping: str = "image",
         reg_beta: float = 0.11,
+        reg_norm: float = 4.0,
         straddle_thresh: Optional[float] = None,
     ):
         if loss_type not in LOSS_TYPES:
@@ -112,6 +117,7 @@ class RetinaNetLossComputation:
         self.dr_params = dict(dr_params or {})
         self.dr_grouping = dr_grouping
         self.reg_beta = reg_beta
+        self.reg_norm = reg_norm
         self.straddle_thresh = straddle_thresh
 
     def prepare_targets(
@@ -196,7 +202,7 @@ class RetinaNetLossComputation:
         labels, positives, regression_targets = self.prepare_targets(
             anchors_all, targets, image_sizes
         )
-        num_pos = logits.new_tensor(positives.shape[0]).clamp(min=1.0)
+        num_pos = positives.shape[0]
 
         flat_logits = logits.reshape(-1, num_classes)
         flat_labels = labels.reshape(-1)
@@ -204,7 +210,7 @@ class RetinaNetLossComputation:
             loss_cls = layers.sigmoid_focal_loss(
                 flat_logits, flat_labels, gamma=self.focal_gamma, alpha=self.focal_alpha
             )
-            loss_cls = loss_cls / num_pos
+            loss_cls = loss_cls / (num_pos + num_images)
         elif self.dr_grouping == "image":
             group_ids = torch.arange(num_images, device=logits.device).repeat_interleave(
                 num_anchors
@@ -220,7 +226,7 @@ class RetinaNetLossComputation:
             F.smooth_l1_loss(
                 predicted.float(), regression_targets.float(), beta=self.reg_beta, reduction="sum"
             )
-            / num_pos
+            / max(1.0, num_pos * self.reg_norm)
         )
         return {"loss_cls": loss_cls, "loss_reg": loss_reg}
 
@@ -262,4 +268,5 @@ def build_retinanet_loss(cfg, box_coder: BoxCoder) -> RetinaNetLossComputation:
         dr_params=dr_loss_params(cfg) if loss_type == "DR" else None,
         dr_grouping=cfg.MODEL.DR_LOSS.GROUPING if loss_type == "DR" else "image",
         reg_beta=rcfg.BBOX_REG_BETA,
+        reg_norm=rcfg.BBOX_REG_WEIGHT,
     )
