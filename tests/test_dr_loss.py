@@ -257,6 +257,23 @@ def test_tiny_lambda_is_exact(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("inv_lambda", [2.0, 64.0, 65.0])
+@pytest.mark.parametrize("c", [1, 8, 21, 80])
+def test_fixed_and_row_max_shift_paths(device, inv_lambda, c):
+    # the CPU kernel uses the fixed softmax shift (one vectorised pass, masked tail) when
+    # 1 / lambda <= 64 and the per-row maximum otherwise; both must match the reference for
+    # every column count (full 8-wide blocks, tails, the positive column in either)
+    logits, labels, gids = random_inputs(n=400, c=c, groups=3, device=device, scale=3.0)
+    kw = dict(neg_lambda=1.0 / inv_lambda, pos_lambda=1.0 / inv_lambda)
+    for pairing in PAIRINGS:
+        loss, grad = loss_and_grad(dr_loss, logits, labels, gids, pairing=pairing, **kw)
+        ref_loss, ref_grad = loss_and_grad(reference, logits.double(), labels, gids,
+                                           pairing=pairing, **kw)
+        torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs(device, dtype):
     logits, labels, gids = random_inputs(n=500, c=8, groups=2, device=device, dtype=dtype)

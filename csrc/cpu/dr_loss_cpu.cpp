@@ -23,6 +23,12 @@ using at::vec::Vectorized;
 
 constexpr int64_t kMinChunkRows = 512;
 constexpr int64_t kMaxPartials = int64_t(1) << 20;  // chunks x groups partial statistics
+// Softmax shift. Scores lie in [0, 1] (p for negatives, -p in [-1, 0] for positives), so when
+// 1 / lambda <= kMaxFixedShiftInv the fixed shift 1 (negatives) or 0 (positives) keeps every
+// weight exp((s - shift) / lambda) in [exp(-64), 1]: no overflow, no underflow in float, and the
+// statistics of all rows and chunks share one shift, so they add up without per-row maxima or
+// rescaling exps. A smaller lambda takes the per-row maximum as the shift (online softmax).
+constexpr double kMaxFixedShiftInv = 64.0;
 
 // ---- AVX2 + FMA path for float, chosen at run time -------------------------------------------
 // torch's extension build does not compile for AVX2, so at::vec::Vectorized<float> falls back to
@@ -103,6 +109,59 @@ DRDET_AVX2 int64_t range_sums_avx2(const float* p, int64_t n, float m, float inv
   sum_w += hsum_avx2(vw);
   sum_wp += hsum_avx2(vwp);
   return c;
+}
+
+// Lanes c0 + i < n of a block of 8 columns (all ones where in range).
+DRDET_AVX2 inline __m256i tail_mask_avx2(int64_t c0, int64_t n) {
+  const __m256i idx = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                       _mm256_set1_epi32(int(c0)));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), idx);
+}
+
+// Adds w = exp((p - 1) * inv) and w * p, p = sigmoid(x), of the lanes of keep (all lanes when
+// kMasked is false) to the per-row vector sums.
+template <bool kMasked>
+DRDET_AVX2 inline void negative_block_avx2(__m256 x, __m256 keep, __m256 vinv, __m256& vw,
+                                           __m256& vwp) {
+  const __m256 p = sigmoid_avx2(x);
+  __m256 w = exp_avx2(_mm256_mul_ps(_mm256_sub_ps(p, _mm256_set1_ps(1.0f)), vinv));
+  if constexpr (kMasked) w = _mm256_and_ps(w, keep);
+  vw = _mm256_add_ps(vw, w);
+  vwp = _mm256_fmadd_ps(w, p, vwp);
+}
+
+// The fused forward of one row with the fixed softmax shift 1 (see kMaxFixedShiftInv): adds,
+// over the columns c != skip (skip = -1: none), w = exp((p - 1) * inv) and w * p with
+// p = sigmoid(x[c]) into sum_w and sum_wp. One pass over the row, the tail included (masked
+// load); the sums are float vectors reduced once per row.
+DRDET_AVX2 void negative_row_sums_avx2(const float* x, int64_t n, int64_t skip, float inv,
+                                       float& sum_w, float& sum_wp) {
+  const __m256 vinv = _mm256_set1_ps(inv);
+  __m256 vw = _mm256_setzero_ps(), vwp = _mm256_setzero_ps();
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i vskip = _mm256_set1_epi32(int(skip));
+  int64_t c = 0;
+  if (skip < 0) {
+    for (; c + 8 <= n; c += 8) {
+      negative_block_avx2<false>(_mm256_loadu_ps(x + c), _mm256_setzero_ps(), vinv, vw, vwp);
+    }
+  } else {
+    for (; c + 8 <= n; c += 8) {
+      const __m256i idx = _mm256_add_epi32(lanes, _mm256_set1_epi32(int(c)));
+      const __m256 keep = _mm256_castsi256_ps(
+          _mm256_xor_si256(_mm256_cmpeq_epi32(idx, vskip), _mm256_set1_epi32(-1)));
+      negative_block_avx2<true>(_mm256_loadu_ps(x + c), keep, vinv, vw, vwp);
+    }
+  }
+  if (c < n) {
+    const __m256i idx = _mm256_add_epi32(lanes, _mm256_set1_epi32(int(c)));
+    const __m256i in_row = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), idx);
+    const __m256 keep = _mm256_castsi256_ps(
+        _mm256_andnot_si256(_mm256_cmpeq_epi32(idx, vskip), in_row));
+    negative_block_avx2<true>(_mm256_maskload_ps(x + c, in_row), keep, vinv, vw, vwp);
+  }
+  sum_w = hsum_avx2(vw);
+  sum_wp = hsum_avx2(vwp);
 }
 
 // out[c] = d loss / d x[c] treating every column as a negative; returns the columns done.
@@ -221,6 +280,14 @@ SoftmaxStat<acc_t> row_negative_stat(const acc_t* p, int64_t n, int64_t pos_col,
   return {m, sum_w, sum_wp};
 }
 
+// The row as float: x itself for float input, else converted into buf.
+inline const float* float_row(const float* x, int64_t, float*) { return x; }
+template <typename scalar_t>
+const float* float_row(const scalar_t* x, int64_t n, float* buf) {
+  for (int64_t c = 0; c < n; ++c) buf[c] = static_cast<float>(x[c]);
+  return buf;
+}
+
 template <typename T>
 SoftmaxStat<double> to_double(const SoftmaxStat<T>& s) {
   return {double(s.max), double(s.sum_w), double(s.sum_wv)};
@@ -324,18 +391,52 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x_p = x.data_ptr<scalar_t>();
     const double inv_neg = 1.0 / prm.neg_lambda, inv_pos = 1.0 / prm.pos_lambda;
+    // The fused float path: one vectorised pass per row with the fixed shift (the negatives'
+    // statistic has max = 1 for every row, so rows add up); otherwise the scores of a row go to
+    // scratch and are reduced with the row's maximum as shift, then merged.
+    bool fused = false;
+#if DRDET_HAVE_AVX2_PATH
+    fused = std::is_same<acc_t, float>::value && cpu_has_avx2() && inv_neg <= kMaxFixedShiftInv;
+#endif
+    const bool fixed_pos = inv_pos <= kMaxFixedShiftInv;
     // scratch holds one row of scores in acc_t (sized in doubles, which are at least as wide)
     const auto accum_row = [&](int64_t r, GroupAccum<double>& acc, double* scratch) {
       const int64_t y = lab_p[r];
       if (y < 0) return;
-      acc_t* p = reinterpret_cast<acc_t*>(scratch);
-      sigmoid_row(x_p + r * C, C, p);
+      const scalar_t* xr = x_p + r * C;
       acc.num_valid += 1;
-      acc.neg = merge(acc.neg, to_double(row_negative_stat(p, C, y - 1, acc_t(inv_neg))), inv_neg);
+      double py = 0.0;
+      if (fused) {
+#if DRDET_HAVE_AVX2_PATH
+        {
+          const float* xf = float_row(xr, C, reinterpret_cast<float*>(scratch));
+          float sum_w = 0.f, sum_wp = 0.f;
+          negative_row_sums_avx2(xf, C, y - 1, float(inv_neg), sum_w, sum_wp);
+          if (sum_w != 0.f) {  // 0: no negative column (NaN propagates)
+            acc.neg.max = 1.0;
+            acc.neg.sum_w += sum_w;
+            acc.neg.sum_wv += sum_wp;
+          }
+          if (y > 0) py = sigmoid(xf[y - 1]);
+        }
+#endif
+      } else {
+        acc_t* p = reinterpret_cast<acc_t*>(scratch);
+        sigmoid_row(xr, C, p);
+        acc.neg = merge(acc.neg, to_double(row_negative_stat(p, C, y - 1, acc_t(inv_neg))),
+                        inv_neg);
+        if (y > 0) py = p[y - 1];
+      }
       if (y > 0) {
-        const double py = p[y - 1];
         acc.num_pos += 1;
-        acc.pos = merge(acc.pos, SoftmaxStat<double>{-py, 1.0, py}, inv_pos);
+        if (fixed_pos) {  // shift 0: weight exp(-p / lambda+)
+          const double w = math_exp(-py * inv_pos);
+          acc.pos.max = 0.0;
+          acc.pos.sum_w += w;
+          acc.pos.sum_wv += w * py;
+        } else {
+          acc.pos = merge(acc.pos, SoftmaxStat<double>{-py, 1.0, py}, inv_pos);
+        }
       }
     };
     const auto merge_accum = [&](const GroupAccum<double>& a, const GroupAccum<double>& b) {
@@ -401,6 +502,10 @@ at::Tensor dr_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& l
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x_p = x.data_ptr<scalar_t>();
     scalar_t* g_p = grad.data_ptr<scalar_t>();
+    std::vector<GroupGrad<acc_t>> group_grad(num_groups);
+    for (int64_t g = 0; g < num_groups; ++g) {
+      group_grad[g] = load_group_grad(st_p + g * kNumStats, acc_t(grad_out));
+    }
     at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> buf(C);
       for (int64_t r = begin; r < end; ++r) {
@@ -410,9 +515,8 @@ at::Tensor dr_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& l
           std::fill(out, out + C, scalar_t(0));
           continue;
         }
-        const GroupGrad<acc_t> gg =
-            load_group_grad(st_p + (gid_p ? gid_p[r] : 0) * kNumStats, acc_t(grad_out));
-        backward_row(x_p + r * C, C, y - 1, gg, prm, buf.data(), out);
+        backward_row(x_p + r * C, C, y - 1, group_grad[gid_p ? gid_p[r] : 0], prm, buf.data(),
+                     out);
       }
     });
   });
