@@ -273,6 +273,26 @@ def test_fixed_and_row_max_shift_paths(device, inv_lambda, c):
         torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-7)
 
 
+def test_avx2_loops_on_avx512_hosts():
+    # the CPU kernel prefers its AVX-512 loops; DRDET_NO_AVX512=1 selects the AVX2 ones, which
+    # must give the same results (up to summation order) for the fixed-shift cases above
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import torch, test_dr_loss as t\n"
+        "for c in (1, 8, 21, 80):\n"
+        "    t.test_fixed_and_row_max_shift_paths('cpu', 2.0, c)\n"
+        "    t.test_fixed_and_row_max_shift_paths('cpu', 64.0, c)\n"
+        "t.test_matches_reference('cpu', 'logistic', 'dr', 'unsorted')\n"
+        "t.test_low_precision_inputs('cpu', torch.float16)\n"
+    )
+    env = dict(os.environ, DRDET_NO_AVX512="1")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here), env.get("PYTHONPATH", "")])
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=here, check=True, timeout=300)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs(device, dtype):

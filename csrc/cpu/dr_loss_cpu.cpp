@@ -10,7 +10,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -185,6 +187,90 @@ DRDET_AVX2 int64_t negative_grad_row_avx2(const float* x, int64_t n, float neg_m
   }
   return c;
 }
+
+// ---- AVX-512 variants of the two fused loops (same math and exp as above, 16 lanes, masked
+// tails), chosen at run time where the CPU has AVX-512F ---------------------------------------
+#define DRDET_AVX512 __attribute__((target("avx512f")))
+
+// DRDET_NO_AVX512=1 (read once) keeps the AVX2 loops, so they can be tested on AVX-512 hosts.
+bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && !std::getenv("DRDET_NO_AVX512");
+  return has;
+}
+
+DRDET_AVX512 inline __m512 exp_avx512(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.0f), hi = _mm512_set1_ps(88.3762626647949f);
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+  x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i e = _mm512_slli_epi32(
+      _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_maskz_mul_ps(keep, y, _mm512_castsi512_ps(e));
+}
+
+DRDET_AVX512 inline __m512 sigmoid_avx512(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+DRDET_AVX512 inline float hsum_avx512(__m512 v) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  float s = 0.f;
+  for (int i = 0; i < 16; i += 4) s += (lanes[i] + lanes[i + 1]) + (lanes[i + 2] + lanes[i + 3]);
+  return s;
+}
+
+inline __mmask16 block_mask16(int64_t c, int64_t n) {
+  return n - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - c)) - 1u);
+}
+
+// negative_row_sums_avx2 with 16 lanes.
+DRDET_AVX512 void negative_row_sums_avx512(const float* x, int64_t n, int64_t skip, float inv,
+                                           float& sum_w, float& sum_wp) {
+  const __m512 one = _mm512_set1_ps(1.0f), vinv = _mm512_set1_ps(inv);
+  __m512 vw = _mm512_setzero_ps(), vwp = _mm512_setzero_ps();
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 in_row = block_mask16(c, n);
+    __mmask16 keep = in_row;
+    if (skip >= c && skip < c + 16) keep &= __mmask16(~(1u << (skip - c)));
+    const __m512 p = sigmoid_avx512(_mm512_maskz_loadu_ps(in_row, x + c));
+    const __m512 w = exp_avx512(_mm512_mul_ps(_mm512_sub_ps(p, one), vinv));
+    vw = _mm512_mask_add_ps(vw, keep, vw, w);
+    vwp = _mm512_mask3_fmadd_ps(w, p, vwp, keep);
+  }
+  sum_w = hsum_avx512(vw);
+  sum_wp = hsum_avx512(vwp);
+}
+
+// negative_grad_row_avx2 with 16 lanes; does every column (returns n).
+DRDET_AVX512 int64_t negative_grad_row_avx512(const float* x, int64_t n, float neg_max,
+                                              float inv, float neg_mean, float scale,
+                                              float* out) {
+  const __m512 one = _mm512_set1_ps(1.0f), vmax = _mm512_set1_ps(neg_max);
+  const __m512 vinv = _mm512_set1_ps(inv), vmean = _mm512_set1_ps(neg_mean);
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 in_row = block_mask16(c, n);
+    const __m512 p = sigmoid_avx512(_mm512_maskz_loadu_ps(in_row, x + c));
+    const __m512 q = exp_avx512(_mm512_mul_ps(_mm512_sub_ps(p, vmax), vinv));
+    const __m512 lin = _mm512_fmadd_ps(_mm512_sub_ps(p, vmean), vinv, one);
+    const __m512 dp = _mm512_mul_ps(_mm512_mul_ps(vscale, q), lin);
+    _mm512_mask_storeu_ps(out + c, in_row,
+                          _mm512_mul_ps(dp, _mm512_mul_ps(p, _mm512_sub_ps(one, p))));
+  }
+  return n;
+}
 #else
 #define DRDET_HAVE_AVX2_PATH 0
 #endif
@@ -299,12 +385,13 @@ SoftmaxStat<double> to_double(const SoftmaxStat<T>& s) {
 }
 
 // Reduces rows into one Accum per group: row_fn(row, accum_of_its_group, scratch) for every
-// row, chunk by chunk in parallel, then merge(a, b) over the chunks in order.
+// row, chunk by chunk in parallel, then merge(a, b) over the chunks in order. A row whose
+// group id is outside [0, num_groups) is skipped and sets bad_group.
 template <typename Accum, typename RowFn, typename MergeFn>
 std::vector<Accum> reduce_rows_by_group(int64_t num_rows, int64_t num_groups,
                                         const int64_t* group_ids, int64_t scratch_size,
                                         const Accum& init, const RowFn& row_fn,
-                                        const MergeFn& merge_fn) {
+                                        const MergeFn& merge_fn, std::atomic<bool>& bad_group) {
   const int64_t max_chunks = std::max<int64_t>(1, kMaxPartials / num_groups);
   const int64_t chunk_rows =
       std::max(kMinChunkRows, (num_rows + max_chunks - 1) / max_chunks);
@@ -316,7 +403,12 @@ std::vector<Accum> reduce_rows_by_group(int64_t num_rows, int64_t num_groups,
       Accum* acc = partial.data() + chunk * num_groups;
       const int64_t row_end = std::min(num_rows, (chunk + 1) * chunk_rows);
       for (int64_t r = chunk * chunk_rows; r < row_end; ++r) {
-        row_fn(r, acc[group_ids ? group_ids[r] : 0], scratch.data());
+        const int64_t g = group_ids ? group_ids[r] : 0;
+        if (g < 0 || g >= num_groups) {
+          bad_group.store(true, std::memory_order_relaxed);
+          continue;
+        }
+        row_fn(r, acc[g], scratch.data());
       }
     }
   });
@@ -348,7 +440,10 @@ void backward_row(const scalar_t* x, int64_t n, int64_t pos_col, const GroupGrad
   int64_t c = 0;
 #if DRDET_HAVE_AVX2_PATH
   if constexpr (std::is_same<acc_t, float>::value) {
-    if (cpu_has_avx2()) {
+    if (cpu_has_avx512()) {
+      c = negative_grad_row_avx512(src, n, gg.neg_max, inv, gg.neg_mean,
+                                   gg.coef_neg * gg.inv_neg_sum_w, dst);
+    } else if (cpu_has_avx2()) {
       c = negative_grad_row_avx2(src, n, gg.neg_max, inv, gg.neg_mean,
                                  gg.coef_neg * gg.inv_neg_sum_w, dst);
     }
@@ -401,7 +496,9 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
   const Params prm = check_inputs(logits, labels, group_ids, num_groups, pos_lambda, neg_lambda,
                                   L, margin, tau, smoothing, rho, pairing);
   const int64_t N = logits.size(0), C = logits.size(1);
-  check_values(labels, group_ids, C, num_groups);
+  // The value checks (labels in [-1, C], group ids in [0, num_groups)) are made in the row loop
+  // rather than by extra passes over the (N,) tensors; check_values reports a failure.
+  std::atomic<bool> bad_value{false};
   const at::Tensor x = logits.contiguous();
   const at::Tensor lab = labels.to(at::kLong).contiguous();
   const at::Tensor gid =
@@ -423,12 +520,16 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
     bool fused = false;
 #if DRDET_HAVE_AVX2_PATH
     fused = std::is_same<acc_t, float>::value && cpu_has_avx2() && inv_neg <= kMaxFixedShiftInv;
+    const bool use_avx512 = cpu_has_avx512();
 #endif
     const bool fixed_pos = inv_pos <= kMaxFixedShiftInv;
     // scratch holds one row of scores in acc_t (sized in doubles, which are at least as wide)
     const auto accum_row = [&](int64_t r, GroupAccum<double>& acc, double* scratch) {
       const int64_t y = lab_p[r];
-      if (y < 0) return;
+      if (y < 0 || y > C) {
+        if (y != -1) bad_value.store(true, std::memory_order_relaxed);
+        return;
+      }
       const scalar_t* xr = x_p + r * C;
       acc.num_valid += 1;
       double py = 0.0;
@@ -437,7 +538,11 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
         {
           const float* xf = float_row(xr, C, reinterpret_cast<float*>(scratch));
           float sum_w = 0.f, sum_wp = 0.f;
-          negative_row_sums_avx2(xf, C, y - 1, float(inv_neg), sum_w, sum_wp);
+          if (use_avx512) {
+            negative_row_sums_avx512(xf, C, y - 1, float(inv_neg), sum_w, sum_wp);
+          } else {
+            negative_row_sums_avx2(xf, C, y - 1, float(inv_neg), sum_w, sum_wp);
+          }
           if (sum_w != 0.f) {  // 0: no negative column (NaN propagates)
             acc.neg.max = 1.0;
             acc.neg.sum_w += sum_w;
@@ -469,7 +574,11 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
       return merge(a, b, inv_neg, inv_pos);
     };
     const std::vector<GroupAccum<double>> accums = reduce_rows_by_group(
-        N, num_groups, gid_p, C, empty_accum<double>(), accum_row, merge_accum);
+        N, num_groups, gid_p, C, empty_accum<double>(), accum_row, merge_accum, bad_value);
+    if (bad_value.load()) {
+      check_values(labels, group_ids, C, num_groups);  // throws with the offending range
+      TORCH_CHECK(false, "dr_loss: labels or group_ids out of range");
+    }
 
     std::vector<PosSums> pos_sums(num_groups, PosSums{0.0, 0.0});
     if (prm.pairing == Pairing::kNegOnly) {
@@ -487,7 +596,7 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
         return PosSums{a.sum_l + b.sum_l, a.sum_dl + b.sum_dl};
       };
       pos_sums = reduce_rows_by_group(N, num_groups, gid_p, 0, PosSums{0.0, 0.0}, positive_row,
-                                      add);
+                                      add, bad_value);
     }
     for (int64_t g = 0; g < num_groups; ++g) {
       finalize_group(accums[g], pos_sums[g].sum_l, pos_sums[g].sum_dl, prm,
