@@ -257,6 +257,43 @@ def test_tiny_lambda_is_exact(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("inv_lambda", [2.0, 64.0, 65.0])
+@pytest.mark.parametrize("c", [1, 8, 21, 80])
+def test_fixed_and_row_max_shift_paths(device, inv_lambda, c):
+    # the CPU kernel uses the fixed softmax shift (one vectorised pass, masked tail) when
+    # 1 / lambda <= 64 and the per-row maximum otherwise; both must match the reference for
+    # every column count (full 8-wide blocks, tails, the positive column in either)
+    logits, labels, gids = random_inputs(n=400, c=c, groups=3, device=device, scale=3.0)
+    kw = dict(neg_lambda=1.0 / inv_lambda, pos_lambda=1.0 / inv_lambda)
+    for pairing in PAIRINGS:
+        loss, grad = loss_and_grad(dr_loss, logits, labels, gids, pairing=pairing, **kw)
+        ref_loss, ref_grad = loss_and_grad(reference, logits.double(), labels, gids,
+                                           pairing=pairing, **kw)
+        torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_avx2_loops_on_avx512_hosts():
+    # the CPU kernel prefers its AVX-512 loops; DRDET_NO_AVX512=1 selects the AVX2 ones, which
+    # must give the same results (up to summation order) for the fixed-shift cases above
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import torch, test_dr_loss as t\n"
+        "for c in (1, 8, 21, 80):\n"
+        "    t.test_fixed_and_row_max_shift_paths('cpu', 2.0, c)\n"
+        "    t.test_fixed_and_row_max_shift_paths('cpu', 64.0, c)\n"
+        "t.test_matches_reference('cpu', 'logistic', 'dr', 'unsorted')\n"
+        "t.test_low_precision_inputs('cpu', torch.float16)\n"
+    )
+    env = dict(os.environ, DRDET_NO_AVX512="1")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here), env.get("PYTHONPATH", "")])
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=here, check=True, timeout=300)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs(device, dtype):
     logits, labels, gids = random_inputs(n=500, c=8, groups=2, device=device, dtype=dtype)

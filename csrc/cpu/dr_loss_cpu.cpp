@@ -10,8 +10,15 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "dr_loss.h"
 
@@ -23,6 +30,12 @@ using at::vec::Vectorized;
 
 constexpr int64_t kMinChunkRows = 512;
 constexpr int64_t kMaxPartials = int64_t(1) << 20;  // chunks x groups partial statistics
+// Softmax shift. Scores lie in [0, 1] (p for negatives, -p in [-1, 0] for positives), so when
+// 1 / lambda <= kMaxFixedShiftInv the fixed shift 1 (negatives) or 0 (positives) keeps every
+// weight exp((s - shift) / lambda) in [exp(-64), 1]: no overflow, no underflow in float, and the
+// statistics of all rows and chunks share one shift, so they add up without per-row maxima or
+// rescaling exps. A smaller lambda takes the per-row maximum as the shift (online softmax).
+constexpr double kMaxFixedShiftInv = 64.0;
 
 // ---- AVX2 + FMA path for float, chosen at run time -------------------------------------------
 // torch's extension build does not compile for AVX2, so at::vec::Vectorized<float> falls back to
@@ -105,6 +118,59 @@ DRDET_AVX2 int64_t range_sums_avx2(const float* p, int64_t n, float m, float inv
   return c;
 }
 
+// Lanes c0 + i < n of a block of 8 columns (all ones where in range).
+DRDET_AVX2 inline __m256i tail_mask_avx2(int64_t c0, int64_t n) {
+  const __m256i idx = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                       _mm256_set1_epi32(int(c0)));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), idx);
+}
+
+// Adds w = exp((p - 1) * inv) and w * p, p = sigmoid(x), of the lanes of keep (all lanes when
+// kMasked is false) to the per-row vector sums.
+template <bool kMasked>
+DRDET_AVX2 inline void negative_block_avx2(__m256 x, __m256 keep, __m256 vinv, __m256& vw,
+                                           __m256& vwp) {
+  const __m256 p = sigmoid_avx2(x);
+  __m256 w = exp_avx2(_mm256_mul_ps(_mm256_sub_ps(p, _mm256_set1_ps(1.0f)), vinv));
+  if constexpr (kMasked) w = _mm256_and_ps(w, keep);
+  vw = _mm256_add_ps(vw, w);
+  vwp = _mm256_fmadd_ps(w, p, vwp);
+}
+
+// The fused forward of one row with the fixed softmax shift 1 (see kMaxFixedShiftInv): adds,
+// over the columns c != skip (skip = -1: none), w = exp((p - 1) * inv) and w * p with
+// p = sigmoid(x[c]) into sum_w and sum_wp. One pass over the row, the tail included (masked
+// load); the sums are float vectors reduced once per row.
+DRDET_AVX2 void negative_row_sums_avx2(const float* x, int64_t n, int64_t skip, float inv,
+                                       float& sum_w, float& sum_wp) {
+  const __m256 vinv = _mm256_set1_ps(inv);
+  __m256 vw = _mm256_setzero_ps(), vwp = _mm256_setzero_ps();
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i vskip = _mm256_set1_epi32(int(skip));
+  int64_t c = 0;
+  if (skip < 0) {
+    for (; c + 8 <= n; c += 8) {
+      negative_block_avx2<false>(_mm256_loadu_ps(x + c), _mm256_setzero_ps(), vinv, vw, vwp);
+    }
+  } else {
+    for (; c + 8 <= n; c += 8) {
+      const __m256i idx = _mm256_add_epi32(lanes, _mm256_set1_epi32(int(c)));
+      const __m256 keep = _mm256_castsi256_ps(
+          _mm256_xor_si256(_mm256_cmpeq_epi32(idx, vskip), _mm256_set1_epi32(-1)));
+      negative_block_avx2<true>(_mm256_loadu_ps(x + c), keep, vinv, vw, vwp);
+    }
+  }
+  if (c < n) {
+    const __m256i idx = _mm256_add_epi32(lanes, _mm256_set1_epi32(int(c)));
+    const __m256i in_row = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), idx);
+    const __m256 keep = _mm256_castsi256_ps(
+        _mm256_andnot_si256(_mm256_cmpeq_epi32(idx, vskip), in_row));
+    negative_block_avx2<true>(_mm256_maskload_ps(x + c, in_row), keep, vinv, vw, vwp);
+  }
+  sum_w = hsum_avx2(vw);
+  sum_wp = hsum_avx2(vwp);
+}
+
 // out[c] = d loss / d x[c] treating every column as a negative; returns the columns done.
 DRDET_AVX2 int64_t negative_grad_row_avx2(const float* x, int64_t n, float neg_max, float inv,
                                           float neg_mean, float scale, float* out) {
@@ -120,6 +186,90 @@ DRDET_AVX2 int64_t negative_grad_row_avx2(const float* x, int64_t n, float neg_m
     _mm256_storeu_ps(out + c, _mm256_mul_ps(dp, _mm256_mul_ps(p, _mm256_sub_ps(one, p))));
   }
   return c;
+}
+
+// ---- AVX-512 variants of the two fused loops (same math and exp as above, 16 lanes, masked
+// tails), chosen at run time where the CPU has AVX-512F ---------------------------------------
+#define DRDET_AVX512 __attribute__((target("avx512f")))
+
+// DRDET_NO_AVX512=1 (read once) keeps the AVX2 loops, so they can be tested on AVX-512 hosts.
+bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && !std::getenv("DRDET_NO_AVX512");
+  return has;
+}
+
+DRDET_AVX512 inline __m512 exp_avx512(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.0f), hi = _mm512_set1_ps(88.3762626647949f);
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+  x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i e = _mm512_slli_epi32(
+      _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_maskz_mul_ps(keep, y, _mm512_castsi512_ps(e));
+}
+
+DRDET_AVX512 inline __m512 sigmoid_avx512(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+DRDET_AVX512 inline float hsum_avx512(__m512 v) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  float s = 0.f;
+  for (int i = 0; i < 16; i += 4) s += (lanes[i] + lanes[i + 1]) + (lanes[i + 2] + lanes[i + 3]);
+  return s;
+}
+
+inline __mmask16 block_mask16(int64_t c, int64_t n) {
+  return n - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - c)) - 1u);
+}
+
+// negative_row_sums_avx2 with 16 lanes.
+DRDET_AVX512 void negative_row_sums_avx512(const float* x, int64_t n, int64_t skip, float inv,
+                                           float& sum_w, float& sum_wp) {
+  const __m512 one = _mm512_set1_ps(1.0f), vinv = _mm512_set1_ps(inv);
+  __m512 vw = _mm512_setzero_ps(), vwp = _mm512_setzero_ps();
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 in_row = block_mask16(c, n);
+    __mmask16 keep = in_row;
+    if (skip >= c && skip < c + 16) keep &= __mmask16(~(1u << (skip - c)));
+    const __m512 p = sigmoid_avx512(_mm512_maskz_loadu_ps(in_row, x + c));
+    const __m512 w = exp_avx512(_mm512_mul_ps(_mm512_sub_ps(p, one), vinv));
+    vw = _mm512_mask_add_ps(vw, keep, vw, w);
+    vwp = _mm512_mask3_fmadd_ps(w, p, vwp, keep);
+  }
+  sum_w = hsum_avx512(vw);
+  sum_wp = hsum_avx512(vwp);
+}
+
+// negative_grad_row_avx2 with 16 lanes; does every column (returns n).
+DRDET_AVX512 int64_t negative_grad_row_avx512(const float* x, int64_t n, float neg_max,
+                                              float inv, float neg_mean, float scale,
+                                              float* out) {
+  const __m512 one = _mm512_set1_ps(1.0f), vmax = _mm512_set1_ps(neg_max);
+  const __m512 vinv = _mm512_set1_ps(inv), vmean = _mm512_set1_ps(neg_mean);
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 in_row = block_mask16(c, n);
+    const __m512 p = sigmoid_avx512(_mm512_maskz_loadu_ps(in_row, x + c));
+    const __m512 q = exp_avx512(_mm512_mul_ps(_mm512_sub_ps(p, vmax), vinv));
+    const __m512 lin = _mm512_fmadd_ps(_mm512_sub_ps(p, vmean), vinv, one);
+    const __m512 dp = _mm512_mul_ps(_mm512_mul_ps(vscale, q), lin);
+    _mm512_mask_storeu_ps(out + c, in_row,
+                          _mm512_mul_ps(dp, _mm512_mul_ps(p, _mm512_sub_ps(one, p))));
+  }
+  return n;
 }
 #else
 #define DRDET_HAVE_AVX2_PATH 0
@@ -221,18 +371,27 @@ SoftmaxStat<acc_t> row_negative_stat(const acc_t* p, int64_t n, int64_t pos_col,
   return {m, sum_w, sum_wp};
 }
 
+// The row as float: x itself for float input, else converted into buf.
+inline const float* float_row(const float* x, int64_t, float*) { return x; }
+template <typename scalar_t>
+const float* float_row(const scalar_t* x, int64_t n, float* buf) {
+  for (int64_t c = 0; c < n; ++c) buf[c] = static_cast<float>(x[c]);
+  return buf;
+}
+
 template <typename T>
 SoftmaxStat<double> to_double(const SoftmaxStat<T>& s) {
   return {double(s.max), double(s.sum_w), double(s.sum_wv)};
 }
 
 // Reduces rows into one Accum per group: row_fn(row, accum_of_its_group, scratch) for every
-// row, chunk by chunk in parallel, then merge(a, b) over the chunks in order.
+// row, chunk by chunk in parallel, then merge(a, b) over the chunks in order. A row whose
+// group id is outside [0, num_groups) is skipped and sets bad_group.
 template <typename Accum, typename RowFn, typename MergeFn>
 std::vector<Accum> reduce_rows_by_group(int64_t num_rows, int64_t num_groups,
                                         const int64_t* group_ids, int64_t scratch_size,
                                         const Accum& init, const RowFn& row_fn,
-                                        const MergeFn& merge_fn) {
+                                        const MergeFn& merge_fn, std::atomic<bool>& bad_group) {
   const int64_t max_chunks = std::max<int64_t>(1, kMaxPartials / num_groups);
   const int64_t chunk_rows =
       std::max(kMinChunkRows, (num_rows + max_chunks - 1) / max_chunks);
@@ -244,7 +403,12 @@ std::vector<Accum> reduce_rows_by_group(int64_t num_rows, int64_t num_groups,
       Accum* acc = partial.data() + chunk * num_groups;
       const int64_t row_end = std::min(num_rows, (chunk + 1) * chunk_rows);
       for (int64_t r = chunk * chunk_rows; r < row_end; ++r) {
-        row_fn(r, acc[group_ids ? group_ids[r] : 0], scratch.data());
+        const int64_t g = group_ids ? group_ids[r] : 0;
+        if (g < 0 || g >= num_groups) {
+          bad_group.store(true, std::memory_order_relaxed);
+          continue;
+        }
+        row_fn(r, acc[g], scratch.data());
       }
     }
   });
@@ -276,7 +440,10 @@ void backward_row(const scalar_t* x, int64_t n, int64_t pos_col, const GroupGrad
   int64_t c = 0;
 #if DRDET_HAVE_AVX2_PATH
   if constexpr (std::is_same<acc_t, float>::value) {
-    if (cpu_has_avx2()) {
+    if (cpu_has_avx512()) {
+      c = negative_grad_row_avx512(src, n, gg.neg_max, inv, gg.neg_mean,
+                                   gg.coef_neg * gg.inv_neg_sum_w, dst);
+    } else if (cpu_has_avx2()) {
       c = negative_grad_row_avx2(src, n, gg.neg_max, inv, gg.neg_mean,
                                  gg.coef_neg * gg.inv_neg_sum_w, dst);
     }
@@ -296,6 +463,27 @@ void backward_row(const scalar_t* x, int64_t n, int64_t pos_col, const GroupGrad
   }
 }
 
+// The gradient is a fresh N x C buffer on every call, and with 4 KiB pages first touching it
+// costs about as much as computing it (a page fault per 4 KiB; measured on the 2-core dev VM:
+// writing a fresh 64 MiB tensor 29 ms, an already mapped one 3 ms). For large buffers ask the
+// kernel for transparent huge pages (one fault per 2 MiB), as c10's THP_MEM_ALLOC_ENABLE option
+// does for every allocation: only the 2 MiB-aligned interior of the buffer is advised, the
+// advice changes no data, and it is a no-op where THP is off ("never") or unsupported.
+constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kMinHugePageAdviceBytes = size_t(16) << 20;
+
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (bytes < kMinHugePageAdviceBytes) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHugePage - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 struct PosSums {
   double sum_l;   // sum over positives of l(P- - p_j + margin)
   double sum_dl;  // sum over positives of l'(P- - p_j + margin)
@@ -308,7 +496,9 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
   const Params prm = check_inputs(logits, labels, group_ids, num_groups, pos_lambda, neg_lambda,
                                   L, margin, tau, smoothing, rho, pairing);
   const int64_t N = logits.size(0), C = logits.size(1);
-  check_values(labels, group_ids, C, num_groups);
+  // The value checks (labels in [-1, C], group ids in [0, num_groups)) are made in the row loop
+  // rather than by extra passes over the (N,) tensors; check_values reports a failure.
+  std::atomic<bool> bad_value{false};
   const at::Tensor x = logits.contiguous();
   const at::Tensor lab = labels.to(at::kLong).contiguous();
   const at::Tensor gid =
@@ -324,25 +514,71 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x_p = x.data_ptr<scalar_t>();
     const double inv_neg = 1.0 / prm.neg_lambda, inv_pos = 1.0 / prm.pos_lambda;
+    // The fused float path: one vectorised pass per row with the fixed shift (the negatives'
+    // statistic has max = 1 for every row, so rows add up); otherwise the scores of a row go to
+    // scratch and are reduced with the row's maximum as shift, then merged.
+    bool fused = false;
+#if DRDET_HAVE_AVX2_PATH
+    fused = std::is_same<acc_t, float>::value && cpu_has_avx2() && inv_neg <= kMaxFixedShiftInv;
+    const bool use_avx512 = cpu_has_avx512();
+#endif
+    const bool fixed_pos = inv_pos <= kMaxFixedShiftInv;
     // scratch holds one row of scores in acc_t (sized in doubles, which are at least as wide)
     const auto accum_row = [&](int64_t r, GroupAccum<double>& acc, double* scratch) {
       const int64_t y = lab_p[r];
-      if (y < 0) return;
-      acc_t* p = reinterpret_cast<acc_t*>(scratch);
-      sigmoid_row(x_p + r * C, C, p);
+      if (y < 0 || y > C) {
+        if (y != -1) bad_value.store(true, std::memory_order_relaxed);
+        return;
+      }
+      const scalar_t* xr = x_p + r * C;
       acc.num_valid += 1;
-      acc.neg = merge(acc.neg, to_double(row_negative_stat(p, C, y - 1, acc_t(inv_neg))), inv_neg);
+      double py = 0.0;
+      if (fused) {
+#if DRDET_HAVE_AVX2_PATH
+        {
+          const float* xf = float_row(xr, C, reinterpret_cast<float*>(scratch));
+          float sum_w = 0.f, sum_wp = 0.f;
+          if (use_avx512) {
+            negative_row_sums_avx512(xf, C, y - 1, float(inv_neg), sum_w, sum_wp);
+          } else {
+            negative_row_sums_avx2(xf, C, y - 1, float(inv_neg), sum_w, sum_wp);
+          }
+          if (sum_w != 0.f) {  // 0: no negative column (NaN propagates)
+            acc.neg.max = 1.0;
+            acc.neg.sum_w += sum_w;
+            acc.neg.sum_wv += sum_wp;
+          }
+          if (y > 0) py = sigmoid(xf[y - 1]);
+        }
+#endif
+      } else {
+        acc_t* p = reinterpret_cast<acc_t*>(scratch);
+        sigmoid_row(xr, C, p);
+        acc.neg = merge(acc.neg, to_double(row_negative_stat(p, C, y - 1, acc_t(inv_neg))),
+                        inv_neg);
+        if (y > 0) py = p[y - 1];
+      }
       if (y > 0) {
-        const double py = p[y - 1];
         acc.num_pos += 1;
-        acc.pos = merge(acc.pos, SoftmaxStat<double>{-py, 1.0, py}, inv_pos);
+        if (fixed_pos) {  // shift 0: weight exp(-p / lambda+)
+          const double w = math_exp(-py * inv_pos);
+          acc.pos.max = 0.0;
+          acc.pos.sum_w += w;
+          acc.pos.sum_wv += w * py;
+        } else {
+          acc.pos = merge(acc.pos, SoftmaxStat<double>{-py, 1.0, py}, inv_pos);
+        }
       }
     };
     const auto merge_accum = [&](const GroupAccum<double>& a, const GroupAccum<double>& b) {
       return merge(a, b, inv_neg, inv_pos);
     };
     const std::vector<GroupAccum<double>> accums = reduce_rows_by_group(
-        N, num_groups, gid_p, C, empty_accum<double>(), accum_row, merge_accum);
+        N, num_groups, gid_p, C, empty_accum<double>(), accum_row, merge_accum, bad_value);
+    if (bad_value.load()) {
+      check_values(labels, group_ids, C, num_groups);  // throws with the offending range
+      TORCH_CHECK(false, "dr_loss: labels or group_ids out of range");
+    }
 
     std::vector<PosSums> pos_sums(num_groups, PosSums{0.0, 0.0});
     if (prm.pairing == Pairing::kNegOnly) {
@@ -360,7 +596,7 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
         return PosSums{a.sum_l + b.sum_l, a.sum_dl + b.sum_dl};
       };
       pos_sums = reduce_rows_by_group(N, num_groups, gid_p, 0, PosSums{0.0, 0.0}, positive_row,
-                                      add);
+                                      add, bad_value);
     }
     for (int64_t g = 0; g < num_groups; ++g) {
       finalize_group(accums[g], pos_sums[g].sum_l, pos_sums[g].sum_dl, prm,
@@ -395,12 +631,17 @@ at::Tensor dr_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& l
   const double* st_p = st.data_ptr<double>();
   const double grad_out = grad_loss.item<double>();
   at::Tensor grad = at::empty_like(x);
+  advise_huge_pages(grad.data_ptr(), size_t(grad.numel()) * grad.element_size());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "dr_loss_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x_p = x.data_ptr<scalar_t>();
     scalar_t* g_p = grad.data_ptr<scalar_t>();
+    std::vector<GroupGrad<acc_t>> group_grad(num_groups);
+    for (int64_t g = 0; g < num_groups; ++g) {
+      group_grad[g] = load_group_grad(st_p + g * kNumStats, acc_t(grad_out));
+    }
     at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> buf(C);
       for (int64_t r = begin; r < end; ++r) {
@@ -410,9 +651,8 @@ at::Tensor dr_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& l
           std::fill(out, out + C, scalar_t(0));
           continue;
         }
-        const GroupGrad<acc_t> gg =
-            load_group_grad(st_p + (gid_p ? gid_p[r] : 0) * kNumStats, acc_t(grad_out));
-        backward_row(x_p + r * C, C, y - 1, gg, prm, buf.data(), out);
+        backward_row(x_p + r * C, C, y - 1, group_grad[gid_p ? gid_p[r] : 0], prm, buf.data(),
+                     out);
       }
     });
   });
