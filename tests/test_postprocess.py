@@ -150,4 +150,4 @@ def test_nothing_above_threshold_gives_empty_results():
 
 def test_bad_threshold():
     with pytest.raises(ValueError, match="score_thresh"):
-        _post(score_thresh=0.0)
+        _post(score_thresh=1.0)

@@ -43,12 +43,23 @@ def parse_args(argv=None):
 
 
 class StopRequest:
-    """SIGINT/SIGTERM handler: the loop finishes its iteration, saves a checkpoint and returns."""
+    """SIGINT/SIGTERM handler, as a context manager: the loop finishes its iteration, saves a
+    checkpoint and returns; a second signal stops at once. The previous handlers come back on
+    exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self._previous = {}
+
+    def __enter__(self):
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         if self.requested:  # a second signal: stop now
@@ -57,6 +68,18 @@ class StopRequest:
 
     def __call__(self) -> bool:
         return self.requested
+
+
+def check_num_classes(cfg, dataset) -> None:
+    """MODEL.RETINANET.NUM_CLASSES counts the background (maskrcnn-benchmark): it must be the
+    number of categories of the training set + 1."""
+    parts = getattr(dataset, "datasets", [dataset])
+    counts = {getattr(d, "name", "?"): d.num_classes for d in parts}
+    expected = max(counts.values()) + 1
+    if cfg.MODEL.RETINANET.NUM_CLASSES != expected:
+        raise ValueError(
+            f"MODEL.RETINANET.NUM_CLASSES is {cfg.MODEL.RETINANET.NUM_CLASSES}, but the training "
+            f"set has {counts} categories: set it to {expected} (categories + background)")
 
 
 def main(argv=None):
@@ -88,12 +111,17 @@ def main(argv=None):
             broadcast_buffers=False)
 
     data_loader = build_data_loader(cfg, is_train=True, start_iter=start_iter)
+    check_num_classes(cfg, data_loader.dataset)
 
     def evaluate(iteration):
         return evaluate_datasets(cfg, model, device, tag=f"iter_{iteration:07d}")
 
-    last = do_train(cfg, train_model, data_loader, optimizer, scheduler, checkpointer, device,
-                    start_iter=start_iter, evaluate=evaluate, should_stop=StopRequest())
+    with StopRequest() as stop:
+        last = do_train(cfg, train_model, data_loader, optimizer, scheduler, checkpointer, device,
+                        start_iter=start_iter, evaluate=evaluate, should_stop=stop)
+    comm.check_replicas_identical(model)
+    if comm.get_world_size() > 1:
+        log.info("Parameters identical on all %d ranks", comm.get_world_size())
     if last < cfg.SOLVER.MAX_ITER:
         log.info("Stopped at iteration %d of %d; continue with --resume", last, cfg.SOLVER.MAX_ITER)
         return None

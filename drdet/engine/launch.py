@@ -3,6 +3,7 @@ seeding, and evaluation of every dataset of DATASETS.TEST."""
 import logging
 import os
 import random
+import re
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -65,6 +66,13 @@ def default_setup(config_file: str, opts: Sequence[str] = (), resume: bool = Fal
     return cfg, device, log
 
 
+def safe_folder_name(name: str) -> str:
+    """A single path component for `name` (a dataset name may be a path such as
+    "coco:/data/ann.json:/data/images"): outputs stay inside OUTPUT_DIR whatever the name."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "dataset"
+    return cleaned[:100]
+
+
 def evaluate_datasets(cfg, model: torch.nn.Module, device: torch.device, tag: str = "final"
                       ) -> Optional[Dict[str, Dict[str, float]]]:
     """Runs inference and evaluation on every dataset of DATASETS.TEST; results go to
@@ -79,7 +87,7 @@ def evaluate_datasets(cfg, model: torch.nn.Module, device: torch.device, tag: st
     bbox_aug = build_bbox_aug(cfg) if cfg.TEST.BBOX_AUG.ENABLED else None
     for name in cfg.DATASETS.TEST:
         loader = build_data_loader(cfg, is_train=False, dataset_names=[name])
-        folder = os.path.join(cfg.OUTPUT_DIR, "inference", name)
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference", safe_folder_name(name))
         if comm.is_main_process():
             os.makedirs(folder, exist_ok=True)
         log.info("Evaluating %s on %s (%d images)", tag, name, len(loader.dataset))

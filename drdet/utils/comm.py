@@ -115,3 +115,18 @@ def reduce_dict(values: Dict[str, torch.Tensor], average: bool = True) -> Dict[s
         if average:
             stacked /= world_size
     return {k: v for k, v in zip(keys, stacked)}
+
+
+def check_replicas_identical(module: torch.nn.Module) -> None:
+    """Raises RuntimeError when the parameters of `module` differ between ranks (they must not
+    under DistributedDataParallel). Compares a float64 checksum per parameter; a no-op for one
+    process."""
+    if get_world_size() == 1:
+        return
+    sums = torch.stack([p.detach().double().sum() for p in module.parameters()]).cpu()
+    gathered = all_gather(sums)
+    for rank, other in enumerate(gathered):
+        if not torch.equal(other, gathered[0]):
+            names = [n for (n, _), a, b in zip(module.named_parameters(), gathered[0], other)
+                     if a != b]
+            raise RuntimeError(f"Rank {rank}'s parameters differ from rank 0's: {names[:5]}")

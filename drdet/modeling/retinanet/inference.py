@@ -31,11 +31,13 @@ class RetinaNetPostProcessor:
         detections_per_img: int = 100,
         min_size: float = 0.0,
     ):
-        if not 0.0 < score_thresh < 1.0:
-            raise ValueError(f"score_thresh must be in (0, 1), got {score_thresh}")
+        if not 0.0 <= score_thresh < 1.0:
+            raise ValueError(f"score_thresh must be in [0, 1), got {score_thresh}")
         self.box_coder = box_coder
         self.score_thresh = score_thresh
-        self.logit_thresh = math.log(score_thresh / (1.0 - score_thresh))
+        # sigmoid(x) > t  <=>  x > logit(t); t = 0 keeps every finite logit.
+        self.logit_thresh = (math.log(score_thresh / (1.0 - score_thresh)) if score_thresh > 0
+                             else -math.inf)
         self.pre_nms_top_n = pre_nms_top_n
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img

@@ -76,7 +76,8 @@ class RetinaNetLossComputation:
             images with grouping "image", the whole batch with "batch") or "FOCAL"
             (drdet.layers.sigmoid_focal_loss summed, divided by the number of positives plus the
             number of images, as maskrcnn-benchmark does, which also keeps it finite without
-            positives).
+            positives). Under torch.distributed the counts are averaged over the ranks (see
+            per_rank_average).
         dr_params: keyword arguments of dr_loss (pos_lambda, neg_lambda, L, margin, tau,
             smoothing, rho, pairing) when loss_type is "DR".
         reg_beta: smooth-L1 beta; the regression loss is summed over positive anchors and
@@ -168,6 +169,21 @@ class RetinaNetLossComputation:
         regression_targets = self.box_coder.encode(matched_boxes, anchors[anchor_idx])
         return labels, positives, regression_targets
 
+    @staticmethod
+    def per_rank_average(count: int, like: Tensor) -> Tensor:
+        """`count` averaged over the ranks of the process group (the count itself in a single
+        process), as a float tensor on `like`'s device. Dividing each rank's loss sum by it makes
+        DistributedDataParallel's gradient average equal to that of one process holding the whole
+        batch, so results do not depend on the number of GPUs (maskrcnn-benchmark normalises by
+        the rank's own count instead)."""
+        value = torch.tensor(float(count), device=like.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            if world > 1:
+                torch.distributed.all_reduce(value)
+                value = value / world
+        return value
+
     def __call__(
         self,
         anchors: List[Tensor],
@@ -202,7 +218,8 @@ class RetinaNetLossComputation:
         labels, positives, regression_targets = self.prepare_targets(
             anchors_all, targets, image_sizes
         )
-        num_pos = positives.shape[0]
+        num_pos = self.per_rank_average(positives.shape[0], logits)
+        num_norm = self.per_rank_average(num_images, logits)
 
         flat_logits = logits.reshape(-1, num_classes)
         flat_labels = labels.reshape(-1)
@@ -210,7 +227,7 @@ class RetinaNetLossComputation:
             loss_cls = layers.sigmoid_focal_loss(
                 flat_logits, flat_labels, gamma=self.focal_gamma, alpha=self.focal_alpha
             )
-            loss_cls = loss_cls / (num_pos + num_images)
+            loss_cls = loss_cls / (num_pos + num_norm)
         elif self.dr_grouping == "image":
             group_ids = torch.arange(num_images, device=logits.device).repeat_interleave(
                 num_anchors
@@ -226,7 +243,7 @@ class RetinaNetLossComputation:
             F.smooth_l1_loss(
                 predicted.float(), regression_targets.float(), beta=self.reg_beta, reduction="sum"
             )
-            / max(1.0, num_pos * self.reg_norm)
+            / (num_pos * self.reg_norm).clamp(min=1.0)
         )
         return {"loss_cls": loss_cls, "loss_reg": loss_reg}
 
