@@ -13,7 +13,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
+import test_net  # noqa: E402
 import train_net  # noqa: E402
+
+from drdet.engine.launch import load_config, seed_everything  # noqa: E402
+from drdet.modeling import build_detector  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 TRAIN_SET, TEST_SET = "synthetic:16:0:128", "synthetic:5:1:128"
@@ -113,3 +117,26 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     assert max(per_image.values()) <= 100  # none evaluated twice (DETECTIONS_PER_IMG = 100)
     metrics = json.load(open(tmp_path / "ddp" / "inference" / "synthetic_5_1_128" / "metrics.json"))
     assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+
+
+@pytest.mark.slow
+def test_short_training_learns(tmp_path):
+    """300 iterations on 200 synthetic 128-px images lift AP50 on 30 held-out images far above the
+    untrained model's. Measured on the 2-core CPU: AP50 0.282 after training (53 s); the margin
+    asserted leaves room for run-to-run variation."""
+    common = ["--config-file", CONFIG, "MODEL.DEVICE", "cpu",
+              "DATASETS.TRAIN", "('synthetic:200:0:128',)", "DATASETS.TEST", "('synthetic:30:1:128',)",
+              "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+              "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+              "DATALOADER.NUM_WORKERS", "0", "SOLVER.STEPS", "(250,)", "SOLVER.WARMUP_ITERS", "50",
+              "SOLVER.LOG_PERIOD", "50", "SOLVER.CHECKPOINT_PERIOD", "1000"]
+    cfg = load_config(CONFIG, common[2:])
+    seed_everything(cfg.DATALOADER.SEED)  # the initialisation train_net starts from
+    torch.save({"model": build_detector(cfg).state_dict()}, tmp_path / "init.pth")
+    untrained = test_net.main(common + ["MODEL.WEIGHT", str(tmp_path / "init.pth"),
+                                        "OUTPUT_DIR", str(tmp_path / "a")])
+    trained = train_net.main(common + ["SOLVER.MAX_ITER", "300", "OUTPUT_DIR", str(tmp_path / "b")])
+    before = untrained["synthetic:30:1:128"]["AP50"]
+    after = trained["synthetic:30:1:128"]["AP50"]
+    assert before < 0.05, before
+    assert after > 0.15 and after > before + 0.12, (before, after)

@@ -127,7 +127,11 @@ def main(argv=None):
         return None
     if args.skip_test:
         return None
-    return evaluate_datasets(cfg, model, device, tag="final")
+    results = evaluate_datasets(cfg, model, device, tag="final")
+    if results:
+        for name, metrics in results.items():
+            print(f"{name}: " + "  ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()))
+    return results
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ def do_train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     clip_gradients = make_gradient_clipper(cfg)
     meters = MetricLogger()
-    metrics_file = JSONLinesWriter(f"{cfg.OUTPUT_DIR}/metrics.jsonl") if comm.is_main_process() else None
+    metrics_file = (JSONLinesWriter(f"{cfg.OUTPUT_DIR}/metrics.jsonl", append=start_iter > 0)
+                    if comm.is_main_process() else None)
     tensorboard = TensorboardWriter(cfg.OUTPUT_DIR) if comm.is_main_process() else None
 
     def save(name: str, iteration: int) -> None:

@@ -109,12 +109,13 @@ def max_memory_mb() -> Optional[float]:
 class JSONLinesWriter:
     """Appends one JSON object per line to a file (e.g. OUTPUT_DIR/metrics.jsonl), flushed after
     every write so that a crash loses nothing already logged. Non-finite floats are written as
-    null (JSON has no NaN)."""
+    null (JSON has no NaN). `append=False` starts a new file (a fresh run), True continues one
+    (a resumed run)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, append: bool = True):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
-        self._file = open(path, "a")
+        self._file = open(path, "a" if append else "w")
 
     def write(self, record: Dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
