@@ -3,6 +3,7 @@ synthetic set (CPU): resume equals an uninterrupted run, two gloo processes unde
 one process on the same global batch, distributed evaluation sees every image exactly once."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -140,3 +141,35 @@ def test_short_training_learns(tmp_path):
     after = trained["synthetic:30:1:128"]["AP50"]
     assert before < 0.05, before
     assert after > 0.15 and after > before + 0.12, (before, after)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_matches(tmp_path):
+    """SIGTERM during training: the iteration finishes, a checkpoint is written, the process exits
+    0; --resume from it ends with the weights of an uninterrupted run."""
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", CONFIG,
+           "--skip-test"] + TINY + ["SOLVER.MAX_ITER", "10000", "OUTPUT_DIR", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if " iter: 2 " in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    log = "".join(lines) + rest
+    assert proc.returncode == 0, log[-3000:]
+    assert "Stopping at iteration" in log
+    checkpoint = (out / "last_checkpoint").read_text().strip()
+    stopped_at = torch.load(out / checkpoint, weights_only=True)["iteration"]
+    assert 2 <= stopped_at < 10000
+
+    end = str(stopped_at + 2)
+    _train(out, "SOLVER.MAX_ITER", end, resume=True)
+    _train(tmp_path / "uninterrupted", "SOLVER.MAX_ITER", end)
+    resumed = _weights(out / "model_final.pth")
+    full = _weights(tmp_path / "uninterrupted" / "model_final.pth")
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=1e-6, msg=key)
