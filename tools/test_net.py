@@ -40,7 +40,8 @@ def main(argv=None):
     if not weights:
         raise SystemExit("No weights: pass MODEL.WEIGHT path/to/model.pth (or an OUTPUT_DIR "
                          "with a last_checkpoint)")
-    checkpointer.load(weights, allow_pickle=args.allow_pickle, load_training_state=False)
+    checkpointer.load(weights, allow_pickle=args.allow_pickle, load_training_state=False,
+                      strict=True)
     return evaluate_datasets(cfg, model, device, tag=os.path.basename(weights))
 
 

@@ -1,41 +1,15 @@
 """Predictor: one OpenCV image in, detections in that image's pixels out."""
 
-from typing import Dict, Tuple
+from typing import Dict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from drdet.data.transforms import resized_hw
 from drdet.modeling.detector import build_detector
-
-
-def resized_size(height: int, width: int, min_size: int, max_size: int) -> Tuple[int, int]:
-    """(height, width) after scaling the shorter side to ``min_size`` unless that makes the
-    longer side exceed ``max_size`` (then the longer side is ``max_size``); aspect ratio kept."""
-    scale = min_size / min(height, width)
-    if max(height, width) * scale > max_size:
-        scale = max_size / max(height, width)
-    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
-
-
-def load_weights(model: nn.Module, path: str) -> None:
-    """Loads a drdet checkpoint (a dict with a "model" state dict) or a plain state dict into
-    ``model`` (strict; a "module." prefix from DistributedDataParallel is removed). Uses
-    torch.load(weights_only=True): no pickled code runs."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = (
-        checkpoint["model"]
-        if isinstance(checkpoint, dict) and "model" in checkpoint
-        else checkpoint
-    )
-    if not isinstance(state, dict):
-        raise ValueError(
-            f"{path}: expected a state dict or a dict with a 'model' state dict, "
-            f"got {type(state).__name__}"
-        )
-    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
+from drdet.utils.checkpoint import load_checkpoint_file, load_model_state
 
 
 class Predictor:
@@ -51,7 +25,8 @@ class Predictor:
         self.device = torch.device(cfg.MODEL.DEVICE)
         self.model = build_detector(self.cfg).to(self.device).eval()
         if cfg.MODEL.WEIGHT:
-            load_weights(self.model, cfg.MODEL.WEIGHT)
+            state = load_checkpoint_file(cfg.MODEL.WEIGHT)["model"]
+            load_model_state(self.model, state, strict=True)
         self.min_size = cfg.INPUT.MIN_SIZE_TEST
         self.max_size = cfg.INPUT.MAX_SIZE_TEST
         self.to_bgr255 = cfg.INPUT.TO_BGR255
@@ -82,7 +57,7 @@ class Predictor:
         )
         if not self.to_bgr255:
             tensor = tensor.flip(0) / 255.0
-        size = resized_size(height, width, self.min_size, self.max_size)
+        size = resized_hw(height, width, self.min_size, self.max_size)
         tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
         detections = self.model([tensor], original_sizes=[(height, width)])[0]
         return {k: v.cpu() for k, v in detections.items()}

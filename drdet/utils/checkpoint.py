@@ -137,12 +137,14 @@ def _strip_prefix(state: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
 
 
 def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor],
-                     log: Optional[logging.Logger] = None) -> Dict[str, list]:
+                     log: Optional[logging.Logger] = None, strict: bool = False
+                     ) -> Dict[str, list]:
     """Copy `state` into `model` (a DDP wrapper is unwrapped; a "module." prefix on every key of
     `state` is dropped). Keys are matched by name; a matched key whose shape differs is an error
     naming the key and both shapes. Missing keys (in the model, not in `state`) and unexpected
     ones (in `state`, not in the model) are logged and returned, not errors, so that a backbone
-    checkpoint can initialise a detector. Returns {"loaded", "missing", "unexpected"} key lists.
+    checkpoint can initialise a detector; with `strict` (inference: every weight must come from
+    the file) they are an error naming them. Returns {"loaded", "missing", "unexpected"} key lists.
     """
     log = log or logger
     model = unwrap_model(model)
@@ -162,6 +164,10 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor],
     if mismatched:
         raise RuntimeError("shape mismatch while loading the model state:\n  "
                            + "\n  ".join(mismatched))
+    if strict and (set(own) != set(loaded)):
+        raise RuntimeError(
+            f"the checkpoint does not match the model: missing {sorted(set(own) - set(loaded))[:10]}, "
+            f"unexpected {sorted(set(state) - set(own))[:10]}")
     model.load_state_dict({k: state[k] for k in loaded}, strict=False)
     missing = sorted(set(own) - set(loaded))
     unexpected = sorted(set(state) - set(own))
@@ -236,12 +242,13 @@ class Checkpointer:
         return name if os.path.isabs(name) else os.path.join(self.save_dir, name)
 
     def load(self, path: str, allow_pickle: bool = False,
-             load_training_state: bool = True) -> Dict[str, Any]:
+             load_training_state: bool = True, strict: bool = False) -> Dict[str, Any]:
         """Load `path` into the model, and into the optimizer and scheduler when
-        `load_training_state`; return the rest of the checkpoint (iteration, extra state)."""
+        `load_training_state`; return the rest of the checkpoint (iteration, extra state).
+        `strict`: every model tensor must come from the file (see load_model_state)."""
         data = load_checkpoint_file(path, allow_pickle=allow_pickle)
         self.logger.info("Loading checkpoint from %s", path)
-        load_model_state(self.model, data.pop("model"), self.logger)
+        load_model_state(self.model, data.pop("model"), self.logger, strict=strict)
         optimizer_state = data.pop("optimizer", None)
         scheduler_state = data.pop("scheduler", None)
         if load_training_state:
