@@ -49,7 +49,8 @@ def check_finite(iteration: int, reduced: Dict[str, float], local: Dict[str, Ten
     bad = [k for k, v in reduced.items() if not math.isfinite(v)]
     if not bad:
         return
-    local_bad = {k: float(v) for k, v in local.items() if not math.isfinite(float(v))}
+    local_bad = {k: float(v.detach()) for k, v in local.items()
+                 if not math.isfinite(float(v.detach()))}
     raise NonFiniteLossError(
         f"Non-finite loss at iteration {iteration}: "
         + ", ".join(f"{k} = {reduced[k]}" for k in bad)

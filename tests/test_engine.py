@@ -1,0 +1,105 @@
+"""The training loop's guards and the multi-scale / flip test, on small stand-ins."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from drdet.config import get_cfg
+from drdet.engine.test_time_augmentation import BBoxAug, merge_detections
+from drdet.engine.trainer import NonFiniteLossError, do_train
+from drdet.solver import make_lr_scheduler, make_optimizer
+from drdet.utils.checkpoint import Checkpointer
+
+
+class _ToyDetector(nn.Module):
+    """Loss dict from one parameter; loss_reg turns NaN at iteration `nan_at` (1-based)."""
+
+    def __init__(self, nan_at):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+        self.calls = 0
+        self.nan_at = nan_at
+
+    def forward(self, images, targets):
+        self.calls += 1
+        reg = self.w * 0.5
+        if self.calls == self.nan_at:
+            reg = reg * math.nan
+        return {"loss_cls": self.w * 2.0, "loss_reg": reg}
+
+
+def _batches():
+    while True:
+        yield [torch.zeros(3, 8, 8)] * 2, [{"image_id": 7}, {"image_id": 9}], [0, 1]
+
+
+def _setup(tmp_path, nan_at):
+    cfg = get_cfg()
+    cfg.merge_from_list(["SOLVER.MAX_ITER", 5, "SOLVER.WARMUP_ITERS", 0, "SOLVER.LOG_PERIOD", 1,
+                         "OUTPUT_DIR", str(tmp_path)])
+    model = _ToyDetector(nan_at)
+    opt = make_optimizer(cfg, model)
+    sched = make_lr_scheduler(cfg, opt)
+    return cfg, model, opt, sched, Checkpointer(model, opt, sched, save_dir=str(tmp_path))
+
+
+def test_nan_loss_stops_naming_iteration_term_and_images(tmp_path):
+    cfg, model, opt, sched, ckpt = _setup(tmp_path, nan_at=3)
+    with pytest.raises(NonFiniteLossError) as err:
+        do_train(cfg, model, _batches(), opt, sched, ckpt, torch.device("cpu"))
+    message = str(err.value)
+    assert "iteration 3" in message and "loss_reg" in message and "[7, 9]" in message
+    assert "loss_cls" not in message.split("(")[0]  # only the bad term is named as the cause
+    assert torch.isfinite(model.w).all()  # the NaN step was not applied
+    assert not (tmp_path / "model_final.pth").exists()
+
+
+def test_finite_run_writes_final_checkpoint_and_metrics(tmp_path):
+    cfg, model, opt, sched, ckpt = _setup(tmp_path, nan_at=-1)
+    assert do_train(cfg, model, _batches(), opt, sched, ckpt, torch.device("cpu")) == 5
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert saved["iteration"] == 5
+    # SGD with momentum 0.9, lr 0.01 (bias factor does not apply to "w"), weight decay 1e-4:
+    w, v = 1.0, 0.0
+    for _ in range(5):
+        g = 2.5 + 1e-4 * w
+        v = 0.9 * v + g
+        w -= 0.01 * v
+    assert saved["model"]["w"].item() == pytest.approx(w, rel=1e-6)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 5
+
+
+def test_merge_detections_keeps_best_per_class():
+    a = {"boxes": torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]]),
+         "scores": torch.tensor([0.9, 0.3]), "labels": torch.tensor([1, 2])}
+    b = {"boxes": torch.tensor([[1.0, 0, 10, 10], [0, 0, 10, 10]]),
+         "scores": torch.tensor([0.8, 0.7]), "labels": torch.tensor([1, 2])}
+    merged = merge_detections([a, b], nms_thresh=0.5, max_detections=10)
+    # class 1: 0.8 box overlaps the 0.9 box (IoU 0.9) -> suppressed; class 2 boxes are disjoint
+    assert merged["scores"].tolist() == pytest.approx([0.9, 0.7, 0.3])
+    assert merged["labels"].tolist() == [1, 2, 2]
+    assert len(merge_detections([a, b], 0.5, max_detections=2)["scores"]) == 2
+
+
+class _FixedDetector(nn.Module):
+    """Detects one box at the left quarter of whatever image it gets, in original pixels."""
+
+    def forward(self, images, original_sizes):
+        out = []
+        for img, (h, w) in zip(images, original_sizes):
+            sh, sw = h / img.shape[1], w / img.shape[2]
+            box = torch.tensor([[0.0, 0.0, img.shape[2] / 4, img.shape[1] / 2]])
+            out.append({"boxes": box * torch.tensor([sw, sh, sw, sh]),
+                        "scores": torch.tensor([0.5]), "labels": torch.tensor([1])})
+        return out
+
+
+def test_bbox_aug_maps_flipped_detections_back():
+    aug = BBoxAug(scales=(40, 80), max_size=1000, h_flip=True, nms_thresh=0.99, max_detections=10)
+    image = torch.zeros(3, 60, 120)  # what the test loader produced for a 30 x 60 original
+    out = aug(_FixedDetector(), [image], [{"orig_size": (30, 60)}])[0]
+    boxes = {tuple(round(v, 3) for v in b) for b in out["boxes"].tolist()}
+    # unflipped: left quarter [0, 15]; flipped back: right quarter [45, 60]; same at both scales
+    assert boxes == {(0.0, 0.0, 15.0, 15.0), (45.0, 0.0, 60.0, 15.0)}
