@@ -79,6 +79,19 @@ void check_values(const at::Tensor& labels, const std::optional<at::Tensor>& gro
   }
 }
 
+Params check_backward_inputs(const at::Tensor& logits, const at::Tensor& labels,
+                             const std::optional<at::Tensor>& group_ids, const at::Tensor& stats,
+                             double pos_lambda, double neg_lambda, double L, double margin,
+                             double tau, c10::string_view smoothing, double rho,
+                             c10::string_view pairing) {
+  TORCH_CHECK(stats.dim() == 2 && stats.size(1) == kNumStats &&
+                  stats.scalar_type() == at::kDouble,
+              "dr_loss_backward: stats must be the (G, ", int(kNumStats),
+              ") float64 tensor of the forward, got ", stats.sizes(), " ", stats.scalar_type());
+  return check_inputs(logits, labels, group_ids, stats.size(0), pos_lambda, neg_lambda, L,
+                      margin, tau, smoothing, rho, pairing);
+}
+
 }  // namespace dr_loss
 }  // namespace drdet
 

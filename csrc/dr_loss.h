@@ -300,5 +300,13 @@ Params check_inputs(const at::Tensor& logits, const at::Tensor& labels,
 void check_values(const at::Tensor& labels, const std::optional<at::Tensor>& group_ids,
                   int64_t num_classes, int64_t num_groups);
 
+// Checks the arguments of the backward (the forward's (G, kNumStats) float64 statistics
+// included) and returns the parsed parameters.
+Params check_backward_inputs(const at::Tensor& logits, const at::Tensor& labels,
+                             const std::optional<at::Tensor>& group_ids, const at::Tensor& stats,
+                             double pos_lambda, double neg_lambda, double L, double margin,
+                             double tau, c10::string_view smoothing, double rho,
+                             c10::string_view pairing);
+
 }  // namespace dr_loss
 }  // namespace drdet

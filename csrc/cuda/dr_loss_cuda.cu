@@ -218,13 +218,8 @@ at::Tensor dr_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& 
                                  const at::Tensor& stats, double pos_lambda, double neg_lambda,
                                  double L, double margin, double tau, c10::string_view smoothing,
                                  double rho, c10::string_view pairing) {
-  const int64_t num_groups = stats.size(0);
-  const Params prm = check_inputs(logits, labels, group_ids, num_groups, pos_lambda, neg_lambda,
-                                  L, margin, tau, smoothing, rho, pairing);
-  TORCH_CHECK(stats.dim() == 2 && stats.size(1) == kNumStats &&
-                  stats.scalar_type() == at::kDouble,
-              "dr_loss_backward: stats must be the (G, ", int(kNumStats),
-              ") float64 tensor of the forward, got ", stats.sizes(), " ", stats.scalar_type());
+  const Params prm = check_backward_inputs(logits, labels, group_ids, stats, pos_lambda,
+                                           neg_lambda, L, margin, tau, smoothing, rho, pairing);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t N = logits.size(0), C = logits.size(1);
   const at::Tensor x = logits.contiguous();
