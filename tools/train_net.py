@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from drdet.engine.launch import default_setup, evaluate_datasets  # noqa: E402
+from drdet.engine.launch import default_setup, evaluate_datasets, format_metric  # noqa: E402
 from drdet.engine.trainer import do_train  # noqa: E402
 from drdet.data import build_data_loader  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
@@ -130,7 +130,7 @@ def main(argv=None):
     results = evaluate_datasets(cfg, model, device, tag="final")
     if results:
         for name, metrics in results.items():
-            print(f"{name}: " + "  ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()))
+            print(f"{name}: " + "  ".join(format_metric(k, v) for k, v in metrics.items()))
     return results
 
 

@@ -66,6 +66,11 @@ def default_setup(config_file: str, opts: Sequence[str] = (), resume: bool = Fal
     return cfg, device, log
 
 
+def format_metric(name: str, value: float) -> str:
+    """'AP 39.0' (percent); pycocotools' -1 (no ground truth in that size range) as 'n/a'."""
+    return f"{name} {100 * value:.1f}" if value >= 0 else f"{name} n/a"
+
+
 def safe_folder_name(name: str) -> str:
     """A single path component for `name` (a dataset name may be a path such as
     "coco:/data/ann.json:/data/images"): outputs stay inside OUTPUT_DIR whatever the name."""
@@ -95,6 +100,6 @@ def evaluate_datasets(cfg, model: torch.nn.Module, device: torch.device, tag: st
                             per_category=cfg.TEST.PER_CATEGORY_AP, bbox_aug=bbox_aug)
         if metrics is not None:
             log.info("%s %s: %s", tag, name,
-                     ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items()))
+                     ", ".join(format_metric(k, v) for k, v in metrics.items()))
             results[name] = metrics
     return results if comm.is_main_process() else None
