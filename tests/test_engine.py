@@ -103,3 +103,21 @@ def test_bbox_aug_maps_flipped_detections_back():
     boxes = {tuple(round(v, 3) for v in b) for b in out["boxes"].tolist()}
     # unflipped: left quarter [0, 15]; flipped back: right quarter [45, 60]; same at both scales
     assert boxes == {(0.0, 0.0, 15.0, 15.0), (45.0, 0.0, 60.0, 15.0)}
+
+
+def test_periodic_evaluation_is_recorded(tmp_path):
+    cfg, model, opt, sched, ckpt = _setup(tmp_path, nan_at=-1)
+    cfg.merge_from_list(["TEST.EVAL_PERIOD", 2])
+    calls = []
+
+    def evaluate(iteration):
+        calls.append(iteration)
+        return {"toy_val": {"AP": 0.25, "AP50": 0.5}}
+
+    do_train(cfg, model, _batches(), opt, sched, ckpt, torch.device("cpu"), evaluate=evaluate)
+    assert calls == [2, 4]  # not at the final iteration 5: the caller evaluates the final model
+    import json
+
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval/toy_val/AP" in r]
+    assert [(r["iteration"], r["eval/toy_val/AP50"]) for r in evals] == [(2, 0.5), (4, 0.5)]

@@ -69,14 +69,16 @@ def do_train(
     checkpointer: Checkpointer,
     device: torch.device,
     start_iter: int = 0,
-    evaluate: Optional[Callable[[int], Optional[Dict[str, float]]]] = None,
+    evaluate: Optional[Callable[[int], Optional[Dict[str, Dict[str, float]]]]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
 ) -> int:
     """Trains from `start_iter` (iterations done so far) to SOLVER.MAX_ITER.
 
     `data_loader` yields (images, targets, indices) batches, one per iteration, starting at
     `start_iter` (the sampler is resumable). `evaluate(iteration)` is called every
-    TEST.EVAL_PERIOD iterations (not at the end: the caller evaluates the final model).
+    TEST.EVAL_PERIOD iterations (not at the end: the caller evaluates the final model) and
+    returns {dataset: {metric: value}} (rank 0) or None; the values go to metrics.jsonl as
+    "eval/<dataset>/<metric>".
     `should_stop()`, checked after every iteration, lets a signal handler end the run early: a
     checkpoint of the current iteration is then written and the iteration returned.
     Returns the last iteration run.
@@ -141,8 +143,10 @@ def do_train(
                     and iteration < max_iter:
                 results = evaluate(iteration)
                 if results and metrics_file is not None:
-                    metrics_file.write({"iteration": iteration, **{f"eval/{k}": v for k, v in results.items()}})
-                    tensorboard.write({f"eval/{k}": v for k, v in results.items()}, iteration)
+                    flat = {f"eval/{name}/{k}": v for name, metrics in results.items()
+                            for k, v in metrics.items()}
+                    metrics_file.write({"iteration": iteration, **flat})
+                    tensorboard.write(flat, iteration)
                 model.train()
             if should_stop is not None and should_stop() and iteration < max_iter:
                 logger.warning("Stopping at iteration %d on request; resume with --resume", iteration)
