@@ -121,3 +121,26 @@ def test_periodic_evaluation_is_recorded(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval/toy_val/AP" in r]
     assert [(r["iteration"], r["eval/toy_val/AP50"]) for r in evals] == [(2, 0.5), (4, 0.5)]
+
+
+class _NanGradDetector(_ToyDetector):
+    """Finite losses whose gradient is NaN at iteration `nan_at` (sqrt at 0)."""
+
+    def forward(self, images, targets):
+        self.calls += 1
+        cls = self.w * 1.0
+        if self.calls == self.nan_at:  # d/dw sqrt(w - w) * 0 = inf * 0 = NaN, value 0
+            cls = cls + torch.sqrt(self.w - self.w.detach()) * 0
+        return {"loss_cls": cls, "loss_reg": self.w * 0.5}
+
+
+def test_nan_gradient_stops_with_clipping_enabled(tmp_path):
+    cfg, _, _, _, _ = _setup(tmp_path, nan_at=-1)
+    cfg.merge_from_list(["SOLVER.CLIP_GRADIENTS.ENABLED", True])
+    model = _NanGradDetector(nan_at=2)
+    opt = make_optimizer(cfg, model)
+    sched = make_lr_scheduler(cfg, opt)
+    ckpt = Checkpointer(model, opt, sched, save_dir=str(tmp_path))
+    with pytest.raises(NonFiniteLossError, match="gradient norm .* iteration 2"):
+        do_train(cfg, model, _batches(), opt, sched, ckpt, torch.device("cpu"))
+    assert torch.isfinite(model.w).all()

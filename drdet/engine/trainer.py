@@ -1,7 +1,8 @@
 """The iteration-based training loop.
 
 One iteration: a batch from the loader -> the detector's loss dict -> a finite check -> backward
-(AMP on CUDA when SOLVER.AMP) -> optional gradient clipping -> SGD step -> LR schedule step.
+(AMP on CUDA when SOLVER.AMP) -> optional gradient clipping (which also stops the run on a
+non-finite gradient norm) -> SGD step -> LR schedule step.
 Every SOLVER.LOG_PERIOD iterations the smoothed losses, lr, time, data time, ETA and peak memory are
 logged and appended to OUTPUT_DIR/metrics.jsonl; every SOLVER.CHECKPOINT_PERIOD iterations (and at
 the end) a checkpoint is written atomically; every TEST.EVAL_PERIOD iterations `evaluate` runs.
@@ -122,7 +123,14 @@ def do_train(
             values = dict(reduced, loss=sum(reduced.values()))
             if clip_gradients is not None:
                 scaler.unscale_(optimizer)
-                values["grad_norm"] = clip_gradients(model)
+                grad_norm = clip_gradients(model)
+                if not use_amp and not torch.isfinite(grad_norm):
+                    # (under AMP the scaler skips such steps and lowers its scale itself)
+                    raise NonFiniteLossError(
+                        f"Non-finite gradient norm ({float(grad_norm)}) at iteration {iteration} "
+                        f"with finite losses {reduced}; rank {comm.get_rank()} images "
+                        f"{_image_ids(targets)}. The step was not applied.")
+                values["grad_norm"] = grad_norm
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
