@@ -91,6 +91,9 @@ def plot_runs(runs: Sequence[str], labels: Optional[Sequence[str]], output: str,
             its = sorted(evals[name])
             ax_ap.plot(its, [100 * evals[name][i] for i in its], marker=marker, color=colour,
                        label=f"{label} {name}")
+    if not any(evals for _, evals in data):
+        ax_ap.text(0.5, 0.5, "no evaluation records\n(set TEST.EVAL_PERIOD > 0 when training)",
+                   ha="center", va="center", transform=ax_ap.transAxes)
     ax_loss.set(xlabel="iteration", ylabel="loss", title="training losses")
     ax_ap.set(xlabel="iteration", ylabel=f"{metric} (%)", title=f"evaluation {metric}")
     for ax in (ax_loss, ax_ap):
