@@ -12,7 +12,6 @@ A resumed run's records are read in order; a repeated iteration keeps its last v
 import argparse
 import json
 import os
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
@@ -118,4 +117,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()
