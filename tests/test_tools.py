@@ -50,9 +50,17 @@ def datasets_root(tmp_path_factory):
         os.environ["DRDET_DATASETS"] = old
 
 
-def _checkpoint(path, seed):
+def _checkpoint(path, seed, config=CONFIG):
     torch.manual_seed(seed)
-    torch.save({"model": build_detector(load_config(CONFIG, TINY)).state_dict()}, path)
+    torch.save({"model": build_detector(load_config(config, TINY)).state_dict()}, path)
+    return str(path)
+
+
+def _focal_config(folder):
+    """The synthetic config with RetinaNet's focal loss, prior 0.01 and matcher 0.5 / 0.4."""
+    path = folder / "focal.yaml"
+    path.write_text(f'_BASE_: "{CONFIG}"\nMODEL:\n  RETINANET:\n    LOSS_TYPE: "FOCAL"\n'
+                    "    PRIOR_PROB: 0.01\n    BG_IOU_THRESHOLD: 0.4\n")
     return str(path)
 
 
@@ -166,18 +174,20 @@ def _reference_anchor_scores(model, cfg, image, target):
 
 
 def test_score_distribution_matches_independent_matching(tmp_path):
-    cfg = load_config(CONFIG, TINY)
-    w1, w2 = _checkpoint(tmp_path / "a.pth", 1), _checkpoint(tmp_path / "b.pth", 2)
+    focal = _focal_config(tmp_path)
+    cfgs = [load_config(CONFIG, TINY), load_config(focal, TINY)]
+    assert cfgs[1].MODEL.RETINANET.BG_IOU_THRESHOLD == 0.4  # each model has its own matcher
+    w1, w2 = _checkpoint(tmp_path / "a.pth", 1), _checkpoint(tmp_path / "b.pth", 2, focal)
     out = tmp_path / "scores.png"
     results = plot_score_distribution.main(
-        ["--config-file", CONFIG, "--weights", w1, "--label", "A",
-         "--config-file", CONFIG, "--weights", w2, "--label", "B",
+        ["--config-file", CONFIG, "--weights", w1, "--label", "DR",
+         "--config-file", focal, "--weights", w2, "--label", "focal",
          "--num-images", "2", "--num-background", "10000000", "--output", str(out),
          "--opts"] + TINY)
     _png_ok(out)
-    assert [r[0] for r in results] == ["A", "B"]
-    dataset = get_dataset(TEST_SET, build_transforms(cfg, is_train=False), is_train=False)
-    for (_, fg, bg), w in zip(results, (w1, w2)):
+    assert [r[0] for r in results] == ["DR", "focal"]
+    dataset = get_dataset(TEST_SET, build_transforms(cfgs[0], is_train=False), is_train=False)
+    for (_, fg, bg), w, cfg in zip(results, (w1, w2), cfgs):
         model = build_detector(cfg).eval()
         model.load_state_dict(torch.load(w, weights_only=True)["model"])
         ref_fg, ref_bg = [], []
@@ -187,9 +197,10 @@ def test_score_distribution_matches_independent_matching(tmp_path):
             ref_fg.append(f)
             ref_bg.append(b.flatten())
         ref_fg, ref_bg = torch.cat(ref_fg).numpy(), torch.cat(ref_bg).numpy()
-        assert fg.size > 0 and fg.size == ref_fg.size
+        assert fg.size > 0 and fg.size == ref_fg.size and bg.size == ref_bg.size
         np.testing.assert_allclose(np.sort(fg), np.sort(ref_fg), rtol=1e-5)
         np.testing.assert_allclose(np.sort(bg), np.sort(ref_bg), rtol=1e-5)
+    assert results[0][1].mean() > 0.3 > results[1][1].mean()  # prior 0.5 vs 0.01
     # Subsampling keeps exactly the requested number of background scores.
     few = plot_score_distribution.main(["--config-file", CONFIG, "--weights", w1,
                                         "--num-images", "2", "--num-background", "100",
