@@ -263,3 +263,16 @@ def test_analyze_model_counts():
         _hand_conv_flops(model.backbone.body, image), rel=1e-9)
     parts = sum(report[p]["gflops"] for p in ("backbone", "fpn", "head"))
     assert report["total"]["gflops"] == pytest.approx(parts, rel=1e-9)
+
+
+def test_class_names_fall_back_to_class_k(tmp_path):
+    from drdet.utils.visualize import class_names_from_cfg, label_name
+
+    cfg = load_config(CONFIG, TINY)
+    names = class_names_from_cfg(cfg)
+    assert names == get_dataset(TRAIN_SET, None, is_train=False).class_names and len(names) == 5
+    missing = f"coco:{tmp_path / 'none.json'}:{tmp_path}"
+    cfg = load_config(CONFIG, TINY + ["DATASETS.TRAIN", f"('{missing}',)"])
+    assert class_names_from_cfg(cfg) is None
+    assert label_name(3, None) == "class 3" and label_name(7, names) == "class 7"
+    assert label_name(2, names) == names[1]
