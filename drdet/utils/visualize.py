@@ -1,0 +1,59 @@
+"""Drawing and naming helpers shared by the tools (tools/demo.py and the plotting tools)."""
+from typing import List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+
+def class_names_from_cfg(cfg) -> Optional[List[str]]:
+    """Names of labels 1..C from the first dataset of DATASETS.TRAIN (through the catalog), or
+    None when there is no training set or it cannot be opened (e.g. absent on this machine).
+    Index k-1 of the returned list names label k."""
+    from drdet.data.catalog import get_dataset
+
+    if not cfg.DATASETS.TRAIN:
+        return None
+    try:
+        dataset = get_dataset(cfg.DATASETS.TRAIN[0], transforms=None, is_train=False)
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+    names = getattr(dataset, "class_names", None)
+    return list(names) if names else None
+
+
+def label_name(label: int, class_names: Optional[Sequence[str]]) -> str:
+    """The name of contiguous label ``label`` (1..C), or "class <label>" when unknown."""
+    if class_names is not None and 1 <= label <= len(class_names):
+        return str(class_names[label - 1])
+    return f"class {label}"
+
+
+def _colour(label: int) -> tuple:
+    """A fixed, well separated BGR colour per label (golden-ratio hue steps)."""
+    hue = int((label * 0.618033988749895 % 1.0) * 179)
+    hsv = np.uint8([[[hue, 220, 255]]])
+    return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+
+
+def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                    labels: np.ndarray, class_names: Optional[Sequence[str]] = None) -> np.ndarray:
+    """A copy of ``image`` (H, W, 3) uint8 BGR with each detection drawn: its box, and
+    "<class name> <score>" above it.
+
+    Args:
+        boxes: (K, 4) float x1y1x2y2 in the image's pixels; scores: (K,); labels: (K,) in 1..C.
+    """
+    out = image.copy()
+    thickness = max(1, round(min(image.shape[:2]) / 300))
+    font_scale = max(0.35, min(image.shape[:2]) / 900)
+    for box, score, label in zip(np.asarray(boxes), np.asarray(scores), np.asarray(labels)):
+        colour = _colour(int(label))
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
+        text = f"{label_name(int(label), class_names)} {float(score):.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        top = y1 - th - base if y1 - th - base >= 0 else y1
+        cv2.rectangle(out, (x1, top), (x1 + tw, top + th + base), colour, -1)
+        cv2.putText(out, text, (x1, top + th), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0),
+                    1, cv2.LINE_AA)
+    return out

@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Run a trained detector on images, a folder of images, a video file or a webcam; write each
+image (or video frame) with its detections drawn, and detections.json.
+
+    python tools/demo.py --config-file configs/dr_retina/dr_R-50-FPN_1x.yaml \
+        --input photos/ street.jpg --output demo_out --confidence-threshold 0.3 \
+        MODEL.WEIGHT output/model_final.pth
+    python tools/demo.py --config-file ... --video clip.mp4 --output demo_out MODEL.WEIGHT ...
+    python tools/demo.py --config-file ... --webcam 0 --max-frames 100 --output demo_out ...
+
+detections.json is a list with one record per image or frame:
+    {"file": input path (video frames: "<video>#<frame index>"), "output": drawn image path,
+     "height": H, "width": W, "boxes": [[x1, y1, x2, y2], ...] in the input's pixels,
+     "scores": [...], "labels": [1..C], "class_names": [...]}
+Class names come from the first dataset of DATASETS.TRAIN when it can be opened, else
+"class <k>".
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from drdet.engine.launch import load_config  # noqa: E402
+from drdet.engine.predictor import Predictor  # noqa: E402
+from drdet.utils.visualize import class_names_from_cfg, draw_detections, label_name  # noqa: E402
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="yaml config")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", metavar="PATH",
+                        help="image files and/or folders (their images, sorted, not recursive)")
+    source.add_argument("--video", metavar="FILE", help="a video file (read with OpenCV)")
+    source.add_argument("--webcam", type=int, metavar="INDEX", help="a camera index for OpenCV")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="folder for the drawn images and detections.json")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5,
+                        help="keep detections with score >= this (default 0.5)")
+    parser.add_argument("--max-frames", type=int, default=0,
+                        help="stop a video or webcam after this many frames (0: no limit; "
+                             "a webcam needs a limit)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+    if args.webcam is not None and args.max_frames <= 0:
+        parser.error("--webcam needs --max-frames N > 0")
+    return args
+
+
+def list_images(paths: Sequence[str]) -> List[str]:
+    """Image files of ``paths``: files as given, folders expanded to their image files."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, f) for f in os.listdir(path)
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise FileNotFoundError(f"folder {path!r} has no image files ({IMAGE_EXTENSIONS})")
+            files.extend(found)
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"input {path!r} does not exist")
+    return files
+
+
+def read_images(files: Sequence[str]) -> Iterator[Tuple[str, str, np.ndarray]]:
+    """(source name, output file name, BGR image) per file; unreadable files raise."""
+    used = set()
+    for path in files:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"cannot read image {path!r} (not an image OpenCV can decode)")
+        stem, ext = os.path.splitext(os.path.basename(path))
+        name, k = f"{stem}{ext.lower()}", 1
+        while name in used:  # same file name in two folders
+            name, k = f"{stem}_{k}{ext.lower()}", k + 1
+        used.add(name)
+        yield path, name, image
+
+
+def read_frames(source, max_frames: int) -> Iterator[Tuple[str, str, np.ndarray]]:
+    """(source name "<video>#<i>", output name "frame_<i>.png", BGR frame) per frame."""
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise ValueError(f"cannot open video source {source!r} with OpenCV")
+    try:
+        index = 0
+        while max_frames <= 0 or index < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            yield f"{source}#{index}", f"frame_{index:06d}.png", frame
+            index += 1
+    finally:
+        capture.release()
+
+
+def detections_record(source: str, output: str, image: np.ndarray, detections: Dict,
+                      threshold: float, class_names: Optional[Sequence[str]]) -> Dict:
+    """The json record of one image: detections with score >= threshold, as lists."""
+    keep = detections["scores"] >= threshold
+    boxes = detections["boxes"][keep].tolist()
+    scores = detections["scores"][keep].tolist()
+    labels = [int(v) for v in detections["labels"][keep].tolist()]
+    return {"file": source, "output": output, "height": int(image.shape[0]),
+            "width": int(image.shape[1]), "boxes": boxes, "scores": scores, "labels": labels,
+            "class_names": [label_name(v, class_names) for v in labels]}
+
+
+def main(argv=None) -> List[Dict]:
+    args = parse_args(argv)
+    cfg = load_config(args.config_file, args.opts)
+    predictor = Predictor(cfg)
+    class_names = class_names_from_cfg(cfg)
+    if args.input:
+        frames = read_images(list_images(args.input))
+    else:
+        source = args.video if args.video is not None else args.webcam
+        if args.video is not None and not os.path.isfile(args.video):
+            raise FileNotFoundError(f"video {args.video!r} does not exist")
+        frames = read_frames(source, args.max_frames)
+    os.makedirs(args.output, exist_ok=True)
+    records = []
+    for source, name, image in frames:
+        record = detections_record(source, os.path.join(args.output, name), image,
+                                   predictor(image), args.confidence_threshold, class_names)
+        drawn = draw_detections(image, np.array(record["boxes"]).reshape(-1, 4),
+                                record["scores"], record["labels"], class_names)
+        if not cv2.imwrite(record["output"], drawn):
+            raise OSError(f"cannot write {record['output']!r}")
+        records.append(record)
+        print(f"{source}: {len(record['labels'])} detections -> {record['output']}")
+    if not records:
+        raise SystemExit("no image or frame was read")
+    with open(os.path.join(args.output, "detections.json"), "w") as f:
+        json.dump(records, f, indent=1)
+    return records
+
+
+if __name__ == "__main__":
+    main()
