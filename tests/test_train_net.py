@@ -118,6 +118,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     assert max(per_image.values()) <= 100  # none evaluated twice (DETECTIONS_PER_IMG = 100)
     metrics = json.load(open(tmp_path / "ddp" / "inference" / "synthetic_5_1_128" / "metrics.json"))
     assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    last = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["iteration"] == 2 and last[f"eval/{TEST_SET}/AP"] == metrics["AP"]
 
 
 @pytest.mark.slow

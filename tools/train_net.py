@@ -25,6 +25,7 @@ from drdet.modeling import build_detector  # noqa: E402
 from drdet.solver import make_lr_scheduler, make_optimizer  # noqa: E402
 from drdet.utils import comm  # noqa: E402
 from drdet.utils.checkpoint import Checkpointer, set_rng_state  # noqa: E402
+from drdet.utils.metric_logger import JSONLinesWriter  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -129,6 +130,9 @@ def main(argv=None):
         return None
     results = evaluate_datasets(cfg, model, device, tag="final")
     if results:
+        with JSONLinesWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.jsonl")) as metrics_file:
+            metrics_file.write({"iteration": last, **{f"eval/{name}/{k}": v for name, m
+                                                      in results.items() for k, v in m.items()}})
         for name, metrics in results.items():
             print(f"{name}: " + "  ".join(format_metric(k, v) for k, v in metrics.items()))
     return results
