@@ -79,7 +79,7 @@ def _images():
     return [torch.rand(3, H, W, generator=g), torch.rand(3, H, W, generator=g)]
 
 
-# ----------------------------------------------------------------------------- torchvision RetinaNet
+# ------------------------------------------------------------------------- torchvision RetinaNet
 @pytest.fixture(scope="module")
 def tv_converted(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("tv")

@@ -5,7 +5,8 @@ Sources (detected from the keys, or named with --source):
   torchvision         a retinanet_resnet50_fpn (v1) state dict, e.g.
                       torch.save(torchvision.models.detection.retinanet_resnet50_fpn(
                           weights="COCO_V1").state_dict(), "tv.pth")
-                      Load the result with configs/torchvision/retinanet_resnet50_fpn_torchvision.yaml.
+                      Load the result with
+                      configs/torchvision/retinanet_resnet50_fpn_torchvision.yaml.
                       Labels: drdet label = torchvision label + 1 (NUM_CLASSES = K + 1), or, with
                       --coco-category-ids, drdet's contiguous COCO labels 1..80 (NUM_CLASSES 81).
   maskrcnn-benchmark  a RetinaNet checkpoint of maskrcnn-benchmark (the released Dr. Retina models):

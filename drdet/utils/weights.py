@@ -32,7 +32,7 @@ pairs are loaded as FrozenBN weight/bias with running_mean 0 and running_var 1; 
 import logging
 import re
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
@@ -53,6 +53,16 @@ COCO_CATEGORY_IDS = (
 
 _MSRA_BLOCK = re.compile(r"^res(\d)_(\d+)_branch(1|2a|2b|2c)_(w|bn_s|bn_b)$")
 _MSRA_IGNORED = re.compile(r"(^fc1000_[wb]$)|(_momentum$)")
+
+
+_INPUT_CONVENTIONS = {
+    "torchvision_resnet": "RGB 0-1 input normalised with ImageNet's mean/std and the stride in the "
+                          "3x3 conv (INPUT.TO_BGR255 False, INPUT.PIXEL_MEAN [0.485, 0.456, "
+                          "0.406], INPUT.PIXEL_STD [0.229, 0.224, 0.225], "
+                          "MODEL.RESNETS.STRIDE_IN_1X1 False)",
+    "msra": "BGR 0-255 input minus the Caffe2 mean and the stride in the 1x1 conv (drdet's "
+            "defaults: INPUT.TO_BGR255 True, MODEL.RESNETS.STRIDE_IN_1X1 True)",
+}
 
 
 def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> StateDict:
@@ -90,12 +100,12 @@ def convert_torchvision_backbone(state: Mapping[str, torch.Tensor],
     return OrderedDict((prefix + k, v) for k, v in body.items())
 
 
-def _msra_name(name: str) -> Optional[List[str]]:
-    """drdet body name(s) for one MSRA blob: a list of one name, or None when unknown."""
+def _msra_name(name: str) -> Optional[str]:
+    """drdet body name (without prefix) of one MSRA blob, or None when unknown."""
     if name == "conv1_w":
-        return ["stem.conv1.weight"]
+        return "stem.conv1.weight"
     if name in ("res_conv1_bn_s", "res_conv1_bn_b"):
-        return ["stem.bn1." + ("weight" if name.endswith("_s") else "bias")]
+        return "stem.bn1." + ("weight" if name.endswith("_s") else "bias")
     m = _MSRA_BLOCK.match(name)
     if m is None:
         return None
@@ -108,7 +118,7 @@ def _msra_name(name: str) -> Optional[List[str]]:
     else:
         idx = "abc".index(branch[1]) + 1
         conv, norm = base + f"conv{idx}", base + f"bn{idx}"
-    return [{"w": conv + ".weight", "bn_s": norm + ".weight", "bn_b": norm + ".bias"}[kind]]
+    return {"w": conv + ".weight", "bn_s": norm + ".weight", "bn_b": norm + ".bias"}[kind]
 
 
 def convert_msra_backbone(blobs: Mapping[str, torch.Tensor],
@@ -121,14 +131,14 @@ def convert_msra_backbone(blobs: Mapping[str, torch.Tensor],
     for name, value in blobs.items():
         if _MSRA_IGNORED.search(name):
             continue
-        value = torch.as_tensor(value)
         target = _msra_name(name)
         if target is None:
             out[name] = value
             continue
-        out[prefix + target[0]] = value
+        value = torch.as_tensor(value)
+        out[prefix + target] = value
         if name.endswith("_bn_s"):
-            norm = prefix + target[0][:-len(".weight")]
+            norm = prefix + target[:-len(".weight")]
             out[norm + ".running_mean"] = torch.zeros_like(value)
             out[norm + ".running_var"] = torch.ones_like(value)
     return out
@@ -147,7 +157,8 @@ def to_drdet_state(state: Mapping[str, torch.Tensor], source: str = "checkpoint"
         raise ValueError(
             f"{source} is a {fmt} detector checkpoint: convert it once with "
             f"`python tools/convert_checkpoint.py {source} OUT.pth` and load OUT.pth with the "
-            "config that matches its conventions (see configs/torchvision/)")
+            "config that matches its conventions (torchvision: configs/torchvision/; "
+            "maskrcnn-benchmark: configs/dr_retina/, configs/retinanet/)")
     plain = strip_module_prefix(state)
     if fmt == "torchvision_resnet":
         converted = convert_torchvision_backbone(plain)
@@ -155,11 +166,12 @@ def to_drdet_state(state: Mapping[str, torch.Tensor], source: str = "checkpoint"
                    for k in plain}
     else:
         converted = convert_msra_backbone(plain)
-        mapping = {k: "backbone.body." + _msra_name(k)[0] for k in plain if _msra_name(k)}
+        mapping = {k: "backbone.body." + _msra_name(k) for k in plain if _msra_name(k)}
     mapped = {k: v for k, v in mapping.items() if v in converted}
     dropped = sorted(set(plain) - set(mapped) - set(converted))
     log.info("%s: %s ImageNet weights, %d tensors renamed:\n  %s", source, fmt, len(mapped),
              "\n  ".join(f"{k} -> {v}" for k, v in mapped.items()))
+    log.info("%s: these weights expect %s", source, _INPUT_CONVENTIONS[fmt])
     if dropped:
         log.info("%s: dropped (not part of the detector): %s", source, ", ".join(dropped))
     return converted
