@@ -12,9 +12,15 @@ Sources (detected from the keys, or named with --source):
   maskrcnn-benchmark  a RetinaNet checkpoint of maskrcnn-benchmark (the released Dr. Retina models):
                       load the result with the configs in configs/dr_retina/ or configs/retinanet/,
                       which follow maskrcnn-benchmark's conventions (BGR 0-255, stride in 1x1,
-                      box-coder weights 10, 10, 5, 5, P6 from C5). Its anchors are centred on
-                      s*j + (s-1)/2 with Detectron's rounded sizes; drdet's on s*j with exact
-                      sizes: boxes can move by up to about (s-1)/2 pixels.
+                      box-coder weights 10, 10, 5, 5, P6 from C5). The weights map exactly
+                      (same head outputs), but two box conventions differ and are NOT
+                      compensated: maskrcnn-benchmark centres the anchors of cell (i, j) on
+                      (s*j + (s-1)/2, s*i + (s-1)/2) with Detectron's rounded sizes and decodes
+                      with "+1" widths (x2 = ctr + w/2 - 1); drdet centres them on (s*j, s*i)
+                      with exact sizes and no "+1". E.g. P3's 32-px square anchor at cell (0, 0):
+                      maskrcnn-benchmark [-12, -12, 19, 19], drdet [-16, -16, 16, 16]. Boxes
+                      of a converted model are therefore shifted by about (s-1)/2 px:
+                      3.5, 7.5, 15.5, 31.5, 63.5 px on P3..P7 (AP at high IoU drops).
 ImageNet backbones (torchvision ResNet .pth, MSRA R-50.pkl) need no conversion: set MODEL.WEIGHT.
 
   python tools/convert_checkpoint.py IN.pth OUT.pth [--source ...] [--coco-category-ids]

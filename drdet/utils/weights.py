@@ -252,6 +252,7 @@ def convert_maskrcnn_benchmark_retinanet(state: Mapping[str, torch.Tensor]) -> S
     backbone.fpn.top_blocks.p6, ...); ``rpn.head.*`` becomes ``head.*``; the cached anchors
     ``rpn.anchor_generator.*`` are dropped (drdet computes them from the config). Both use
     NUM_CLASSES - 1 classification columns for labels 1..NUM_CLASSES - 1. Other keys raise KeyError.
+    Anchor centring and "+1" box widths differ (see tools/convert_checkpoint.py): not compensated.
     """
     state = strip_module_prefix(state)
     out: StateDict = OrderedDict()
