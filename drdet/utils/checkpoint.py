@@ -18,6 +18,7 @@ from torch import nn
 
 from .comm import is_main_process
 from .io import atomic_open, atomic_write_text
+from .weights import to_drdet_state
 
 LAST_CHECKPOINT = "last_checkpoint"
 _SAFE_LEAVES = (torch.Tensor, int, float, str, bool, type(None), torch.Size)
@@ -245,10 +246,13 @@ class Checkpointer:
              load_training_state: bool = True, strict: bool = False) -> Dict[str, Any]:
         """Load `path` into the model, and into the optimizer and scheduler when
         `load_training_state`; return the rest of the checkpoint (iteration, extra state).
-        `strict`: every model tensor must come from the file (see load_model_state)."""
+        `strict`: every model tensor must come from the file (see load_model_state). ImageNet
+        backbones of torchvision and MSRA/Detectron are converted (drdet.utils.weights)."""
         data = load_checkpoint_file(path, allow_pickle=allow_pickle)
         self.logger.info("Loading checkpoint from %s", path)
-        load_model_state(self.model, data.pop("model"), self.logger, strict=strict)
+        # ImageNet backbones (torchvision .pth, MSRA .pkl) are renamed to drdet's names here.
+        state = to_drdet_state(data.pop("model"), source=path, log=self.logger)
+        load_model_state(self.model, state, self.logger, strict=strict)
         optimizer_state = data.pop("optimizer", None)
         scheduler_state = data.pop("scheduler", None)
         if load_training_state:

@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Convert a foreign RetinaNet checkpoint into a drdet checkpoint ({"model": state dict}).
+
+Sources (detected from the keys, or named with --source):
+  torchvision         a retinanet_resnet50_fpn (v1) state dict, e.g.
+                      torch.save(torchvision.models.detection.retinanet_resnet50_fpn(
+                          weights="COCO_V1").state_dict(), "tv.pth")
+                      Load the result with
+                      configs/torchvision/retinanet_resnet50_fpn_torchvision.yaml.
+                      Labels: drdet label = torchvision label + 1 (NUM_CLASSES = K + 1), or, with
+                      --coco-category-ids, drdet's contiguous COCO labels 1..80 (NUM_CLASSES 81).
+  maskrcnn-benchmark  a RetinaNet checkpoint of maskrcnn-benchmark (the released Dr. Retina models):
+                      load the result with the configs in configs/dr_retina/ or configs/retinanet/,
+                      which follow maskrcnn-benchmark's conventions (BGR 0-255, stride in 1x1,
+                      box-coder weights 10, 10, 5, 5, P6 from C5). The weights map exactly
+                      (same head outputs), but two box conventions differ and are NOT
+                      compensated: maskrcnn-benchmark centres the anchors of cell (i, j) on
+                      (s*j + (s-1)/2, s*i + (s-1)/2) with Detectron's rounded sizes and decodes
+                      with "+1" widths (x2 = ctr + w/2 - 1); drdet centres them on (s*j, s*i)
+                      with exact sizes and no "+1". E.g. P3's 32-px square anchor at cell (0, 0):
+                      maskrcnn-benchmark [-12, -12, 19, 19], drdet [-16, -16, 16, 16]. Boxes
+                      of a converted model are therefore shifted by about (s-1)/2 px:
+                      3.5, 7.5, 15.5, 31.5, 63.5 px on P3..P7 (AP at high IoU drops).
+ImageNet backbones (torchvision ResNet .pth, MSRA R-50.pkl) need no conversion: set MODEL.WEIGHT.
+
+  python tools/convert_checkpoint.py IN.pth OUT.pth [--source ...] [--coco-category-ids]
+      [--allow-pickle]
+
+--allow-pickle unpickles the input fully (old checkpoints holding Python objects): only for
+files you trust. The output holds tensors only and loads with torch.load(weights_only=True).
+"""
+import argparse
+import logging
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from drdet.utils.checkpoint import check_weights_only_safe, load_checkpoint_file  # noqa: E402
+from drdet.utils.io import atomic_open  # noqa: E402
+from drdet.utils.weights import (COCO_CATEGORY_IDS, convert_maskrcnn_benchmark_retinanet,  # noqa
+                                 convert_torchvision_retinanet, detect_format)
+
+SOURCES = {"torchvision": "torchvision_retinanet", "maskrcnn-benchmark": "maskrcnn_benchmark"}
+
+logger = logging.getLogger("drdet.convert_checkpoint")
+
+
+def convert_file(src: str, dst: str, source: str = "auto", coco_category_ids: bool = False,
+                 allow_pickle: bool = False) -> dict:
+    """Convert `src` to a drdet checkpoint at `dst`; return the converted state dict."""
+    state = load_checkpoint_file(src, allow_pickle=allow_pickle)["model"]
+    fmt = detect_format(state)
+    if source != "auto" and SOURCES[source] != fmt:
+        raise ValueError(f"{src}: --source {source}, but its keys look like {fmt}")
+    if fmt == "torchvision_retinanet":
+        columns = COCO_CATEGORY_IDS if coco_category_ids else None
+        converted = convert_torchvision_retinanet(state, class_columns=columns)
+    elif fmt == "maskrcnn_benchmark":
+        if coco_category_ids:
+            raise ValueError("--coco-category-ids applies to torchvision checkpoints only")
+        converted = convert_maskrcnn_benchmark_retinanet(state)
+    else:
+        raise ValueError(f"{src}: keys look like {fmt}, not a torchvision or maskrcnn-benchmark "
+                         "RetinaNet (ImageNet backbones load directly as MODEL.WEIGHT)")
+    data = {"model": dict(converted)}
+    check_weights_only_safe(data)
+    with atomic_open(dst, "wb") as f:
+        torch.save(data, f)
+    num_classes = converted["head.cls_logits.bias"].numel() // (
+        converted["head.bbox_pred.bias"].numel() // 4)
+    logger.info("%s (%s) -> %s: %d tensors, %d classes (MODEL.RETINANET.NUM_CLASSES %d)",
+                src, fmt, dst, len(converted), num_classes, num_classes + 1)
+    return converted
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="checkpoint to convert")
+    parser.add_argument("output", help="drdet checkpoint to write")
+    parser.add_argument("--source", choices=["auto", *SOURCES], default="auto")
+    parser.add_argument("--coco-category-ids", action="store_true",
+                        help="torchvision COCO model (91 columns): keep the 80 COCO categories as "
+                             "drdet's labels 1..80")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="fully unpickle the input (trusted files only)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    convert_file(args.input, args.output, args.source, args.coco_category_ids, args.allow_pickle)
+
+
+if __name__ == "__main__":
+    main()
