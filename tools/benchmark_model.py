@@ -14,14 +14,13 @@ drdet / torchvision (< 1: drdet is faster).
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmark_ops import measure  # noqa: E402  (tools/ is on sys.path when run as a script)
 from drdet.engine.launch import load_config  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 
@@ -60,18 +59,8 @@ def batch(device, n, size, num_boxes=10, seed=0):
 
 
 def timed(fn, device, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of fn() over `reps` calls after `warmup` calls (CUDA synchronised)."""
+    return measure(fn, device, reps, warmup) / 1e3
 
 
 def train_step_fn(model, images, targets, device, amp, scale_images=1.0):
