@@ -25,3 +25,17 @@ DEVICES = [
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_drdet_logger():
+    """tools/train_net.py's setup_logger stops "drdet" records from reaching the root logger (so
+    they are not printed twice); undo that between tests so caplog sees them in every test."""
+    import logging
+
+    logger = logging.getLogger("drdet")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True
+    yield
