@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -39,3 +41,17 @@ def _fresh_drdet_logger():
         handler.close()
     logger.propagate = True
     yield
+
+
+@pytest.fixture(scope="module")
+def synthetic_datasets_root(tmp_path_factory):
+    """DRDET_DATASETS pointed at a fresh folder for a test module, so that the synthetic sets the
+    tests generate land there and not in the repository; restored afterwards."""
+    root = str(tmp_path_factory.mktemp("datasets"))
+    old = os.environ.get("DRDET_DATASETS")
+    os.environ["DRDET_DATASETS"] = root
+    yield root
+    if old is None:
+        del os.environ["DRDET_DATASETS"]
+    else:
+        os.environ["DRDET_DATASETS"] = old

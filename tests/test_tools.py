@@ -26,6 +26,8 @@ from drdet.engine.launch import load_config  # noqa: E402
 from drdet.engine.predictor import Predictor  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")
+
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 TRAIN_SET, TEST_SET = "synthetic:4:0:128", "synthetic:3:1:128"
 TINY = [
@@ -36,18 +38,6 @@ TINY = [
     "DATASETS.TEST", f"('{TEST_SET}',)",
     "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def datasets_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("datasets"))
-    old = os.environ.get("DRDET_DATASETS")
-    os.environ["DRDET_DATASETS"] = root
-    yield root
-    if old is None:
-        del os.environ["DRDET_DATASETS"]
-    else:
-        os.environ["DRDET_DATASETS"] = old
 
 
 def _checkpoint(path, seed, config=CONFIG):

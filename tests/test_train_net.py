@@ -20,6 +20,8 @@ import train_net  # noqa: E402
 from drdet.engine.launch import load_config, seed_everything  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")
+
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 TRAIN_SET, TEST_SET = "synthetic:16:0:128", "synthetic:5:1:128"
 TINY = [
@@ -37,18 +39,6 @@ TINY = [
     "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
     "TEST.IMS_PER_BATCH", "2",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def datasets_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("datasets"))
-    old = os.environ.get("DRDET_DATASETS")
-    os.environ["DRDET_DATASETS"] = root
-    yield root
-    if old is None:
-        del os.environ["DRDET_DATASETS"]
-    else:
-        os.environ["DRDET_DATASETS"] = old
 
 
 def _weights(path):
