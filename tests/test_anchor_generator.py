@@ -1,11 +1,17 @@
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
 from torchvision.models.detection.image_list import ImageList as TVImageList
 
-from drdet.modeling.anchor_generator import AnchorGenerator, cell_anchors
+from torchvision.models.detection.retinanet import _default_anchorgen
+
+from drdet.config import get_cfg
+from drdet.modeling.anchor_generator import (AnchorGenerator, build_anchor_generator, cell_anchors,
+                                             maskrcnn_benchmark_cell_anchors)
 
 
 def _features(*sizes):
@@ -80,3 +86,83 @@ def test_bad_arguments():
         AnchorGenerator([[0.0]], [1.0], strides=[8])
     with pytest.raises(ValueError, match="feature maps"):
         AnchorGenerator([[32]], [1.0], strides=[8])(_features((2, 2), (1, 1)))
+    with pytest.raises(ValueError, match="convention"):
+        AnchorGenerator([[32]], [1.0], strides=[8], convention="detectron")
+    with pytest.raises(ValueError, match="image_size"):
+        AnchorGenerator([[32]], [1.0], strides=[8], convention="torchvision")(_features((2, 2)))
+
+
+def _retinanet_cfg(convention):
+    cfg = get_cfg()
+    cfg.MODEL.RETINANET.ANCHOR_CONVENTION = convention
+    return cfg
+
+
+# The feature sizes of a padded 800 x 1216 batch (an 800 x 1199 COCO image): ceil(800 / s) rows.
+PADDED_800 = (800, 1216)
+FEATURES_800 = ((100, 152), (50, 76), (25, 38), (13, 19), (7, 10))
+
+
+def test_torchvision_convention_equals_torchvision_retinanet_anchors():
+    """Every anchor of torchvision's retinanet_resnet50_fpn, bit for bit, including its strides
+    image // feature (114 and 121 on P7 here, not 128) and its integer sizes and corners."""
+    ours = build_anchor_generator(_retinanet_cfg("torchvision"))
+    feats = _features(*FEATURES_800)
+    theirs = _default_anchorgen()(TVImageList(torch.zeros(1, 3, *PADDED_800), [PADDED_800]), feats)
+    a = torch.cat(ours(feats, PADDED_800))
+    assert a.shape == theirs[0].shape and a.dtype == theirs[0].dtype
+    assert torch.equal(a, theirs[0])
+    # the exact convention differs, by up to one stride step on the coarse levels
+    exact = torch.cat(build_anchor_generator(_retinanet_cfg("exact"))(feats, PADDED_800))
+    assert (exact - theirs[0]).abs().max() > 10
+
+
+def _maskrcnn_benchmark_inclusive(stride, sizes, ratios):
+    """Detectron's anchor enumeration written out for the test, in its own inclusive corners:
+    a (stride x stride) reference box at (0, 0, stride - 1, stride - 1); per ratio, a box of the
+    same area with width round(sqrt(area / ratio)) and height round(width * ratio); each scaled
+    by size / stride about the reference centre."""
+    centre = (stride - 1) / 2.0
+    rows = []
+    for r in ratios:
+        w0 = np.round(np.sqrt(stride * stride / r))
+        h0 = np.round(w0 * r)
+        for size in sizes:
+            w, h = w0 * size / stride, h0 * size / stride
+            rows.append([centre - (w - 1) / 2, centre - (h - 1) / 2,
+                         centre + (w - 1) / 2, centre + (h - 1) / 2])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_maskrcnn_benchmark_cell_anchors_hand_values():
+    # Faster R-CNN's anchors for stride 16, sizes 128, 256, 512 (ratio 0.5, first row): in
+    # inclusive corners [-84, -40, 99, 55]; drdet writes x2, y2 one more (exclusive corners).
+    ours = maskrcnn_benchmark_cell_anchors([128, 256, 512], [0.5, 1.0, 2.0], stride=16)
+    torch.testing.assert_close(ours[0], torch.tensor([-84.0, -40.0, 100.0, 56.0], dtype=torch.float64))
+    torch.testing.assert_close(ours[3], torch.tensor([-56.0, -56.0, 72.0, 72.0], dtype=torch.float64))
+    # P3's 32-px square anchor of cell (0, 0): inclusive [-12, -12, 19, 19].
+    p3 = maskrcnn_benchmark_cell_anchors([32.0], [1.0], stride=8)
+    torch.testing.assert_close(p3[0], torch.tensor([-12.0, -12.0, 20.0, 20.0], dtype=torch.float64))
+    # Rounding at the stride: ratio 0.5 at stride 32 is 45 x 22 (22.5 rounds to even).
+    wide = maskrcnn_benchmark_cell_anchors([32.0], [0.5], stride=32)[0]
+    assert (wide[2] - wide[0], wide[3] - wide[1]) == (45.0, 22.0)
+
+
+def test_maskrcnn_benchmark_convention_every_level():
+    cfg = _retinanet_cfg("maskrcnn_benchmark")
+    ours = build_anchor_generator(cfg)
+    feats = _features(*FEATURES_800)
+    levels = ours(feats, PADDED_800)
+    scales = [2 ** (k / 3) for k in range(3)]
+    for level, (stride, size, (h, w)) in enumerate(zip(cfg.MODEL.RETINANET.ANCHOR_STRIDES,
+                                                       cfg.MODEL.RETINANET.ANCHOR_SIZES,
+                                                       FEATURES_800)):
+        cell = _maskrcnn_benchmark_inclusive(stride, [size * s for s in scales], (0.5, 1.0, 2.0))
+        ys, xs = torch.meshgrid(torch.arange(h) * stride, torch.arange(w) * stride, indexing="ij")
+        shifts = torch.stack([xs, ys, xs, ys], -1).reshape(-1, 1, 4).double()
+        expected = (shifts + cell[None]).reshape(-1, 4) + torch.tensor([0.0, 0.0, 1.0, 1.0],
+                                                                        dtype=torch.float64)
+        torch.testing.assert_close(levels[level], expected.float(), rtol=0, atol=1e-4)
+        # centred on (s*j + s/2, s*i + s/2) in drdet's corners
+        centres = (levels[level][:, :2] + levels[level][:, 2:]) / 2
+        torch.testing.assert_close(centres[:9], torch.full((9, 2), stride / 2.0))

@@ -128,6 +128,44 @@ def test_demo_on_video(weights, tmp_path):
     _check_against_predictor(saved, frames[:2], weights, 0.4)
 
 
+class _FakeCamera:
+    """Stands in for cv2.VideoCapture(index) of a camera: endless frames, or none when absent."""
+    opened = []
+
+    def __init__(self, source):
+        self.source, self.released = source, False
+        self.frames = np.random.default_rng(1).integers(0, 255, (4, 72, 96, 3), dtype=np.uint8)
+        self.count = 0
+        _FakeCamera.opened.append(self)
+
+    def isOpened(self):  # noqa: N802 (OpenCV's name)
+        return self.source == 0
+
+    def read(self):
+        self.count += 1
+        return True, self.frames[(self.count - 1) % 4].copy()
+
+    def release(self):
+        self.released = True
+
+
+def test_demo_on_webcam(weights, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo.cv2, "VideoCapture", _FakeCamera)
+    out = tmp_path / "out"
+    demo.main(["--config-file", CONFIG, "--webcam", "0", "--max-frames", "3", "--output",
+               str(out), "--confidence-threshold", "0.4"] + TINY + ["MODEL.WEIGHT", weights])
+    camera = _FakeCamera.opened[-1]
+    assert camera.source == 0 and camera.count == 3 and camera.released  # stops at the limit
+    saved = json.loads((out / "detections.json").read_text())
+    assert [r["file"] for r in saved] == ["0#0", "0#1", "0#2"]
+    _check_against_predictor(saved, [camera.frames[i] for i in range(3)], weights, 0.4)
+    with pytest.raises(ValueError, match="cannot open video source 1"):
+        demo.main(["--config-file", CONFIG, "--webcam", "1", "--max-frames", "3", "--output",
+                   str(out)] + TINY + ["MODEL.WEIGHT", weights])
+    with pytest.raises(SystemExit):  # a camera never ends: a frame limit is required
+        demo.main(["--config-file", CONFIG, "--webcam", "0", "--output", str(out)])
+
+
 def test_demo_bad_input(weights, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
         demo.main(["--config-file", CONFIG, "--input", str(tmp_path / "nope.jpg"), "--output",
@@ -145,7 +183,7 @@ def _reference_anchor_scores(model, cfg, image, target):
         batch = model.preprocess([image])
         features = model.backbone(batch.tensors)
         logits, _ = model.head(features)
-        anchors = torch.cat(model.anchor_generator(features))
+        anchors = torch.cat(model.anchor_generator(features, batch.tensors.shape[-2:]))
     scores = torch.cat(logits, 1)[0].sigmoid()
     rc = cfg.MODEL.RETINANET
     if target["boxes"].numel() == 0:

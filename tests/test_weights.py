@@ -3,6 +3,7 @@ tools/convert_checkpoint.py, torchvision and MSRA ImageNet backbones through MOD
 References: torchvision's own models run on the same tensors, and the source tensors by name."""
 import importlib.util
 import logging
+import math
 import os
 import pickle
 
@@ -14,7 +15,7 @@ import torchvision
 from torch import nn
 
 from drdet.config import get_cfg
-from drdet.modeling.anchor_generator import build_anchor_generator
+from drdet.engine.predictor import Predictor
 from drdet.modeling.detector import build_detector
 from drdet.utils.checkpoint import Checkpointer, load_checkpoint_file, load_model_state
 from drdet.utils.weights import COCO_CATEGORY_IDS, detect_format, to_drdet_state
@@ -114,39 +115,46 @@ def test_torchvision_head_outputs_match_before_nms(tv_converted):
     assert cls_logits.std() > 0.5  # the heads really compute something
 
 
-def _drdet_cell_anchors(cfg):
-    return [a.float() for a in build_anchor_generator(cfg)._cell_anchors]
+def _bgr_uint8_images():
+    """Two (H, W, 3) uint8 BGR images (what drdet.Predictor takes) and the same pixels as
+    torchvision's input, RGB 0-1 tensors."""
+    g = torch.Generator().manual_seed(5)
+    bgr = [torch.randint(0, 256, (H, W, 3), generator=g, dtype=torch.uint8).numpy()
+           for _ in range(2)]
+    rgb = [torch.from_numpy(b[..., ::-1].copy()).permute(2, 0, 1).float() / 255 for b in bgr]
+    return bgr, rgb
 
 
-def test_torchvision_anchor_difference_is_only_its_rounding(tv_converted):
-    """torchvision truncates the octave sizes to integers and rounds the corners of each cell
-    anchor; drdet does neither. Same ordering, same centres (s*j, s*i), at most 1 px apart."""
-    tv, cfg, _, _ = tv_converted
-    for ours, theirs, sizes in zip(_drdet_cell_anchors(cfg), tv.anchor_generator.cell_anchors,
-                                   tv.anchor_generator.sizes):
-        assert ours.shape == theirs.shape == (9, 4)
-        diff = (ours - theirs).abs().max().item()
-        assert 0 < diff <= 1.0, (sizes, diff)
-        torch.testing.assert_close(theirs, ours.round(), rtol=0, atol=1.0)
-    # torchvision's own rounding rule applied to drdet's unrounded torchvision sizes: exact.
-    tv_sizes = [(x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512)]
-    for theirs, sizes in zip(tv.anchor_generator.cell_anchors, tv_sizes):
-        s = torch.tensor(sizes, dtype=torch.float32)
-        r = torch.tensor([0.5, 1.0, 2.0]).sqrt()
-        ws, hs = (s[None] / r[:, None]).reshape(-1), (s[None] * r[:, None]).reshape(-1)
-        torch.testing.assert_close(theirs, (torch.stack([-ws, -hs, ws, hs], 1) / 2).round())
-
-
-def test_torchvision_detections_match_after_nms(tv_converted):
+def test_torchvision_anchors_are_torchvisions(tv_converted):
+    """ANCHOR_CONVENTION "torchvision": the converted model's anchors are torchvision's own for
+    this batch (including its P7 x-stride of 192 // 2 = 96)."""
     tv, cfg, model, _ = tv_converted
-    # Give torchvision drdet's unrounded anchors (the one documented difference, see above).
-    tv.anchor_generator.cell_anchors = _drdet_cell_anchors(cfg)
-    images = _images()
+    assert cfg.MODEL.RETINANET.ANCHOR_CONVENTION == "torchvision"
+    x = torch.zeros(1, 3, H, W)
     with torch.no_grad():
-        theirs = tv(images)
-        ours = model(images)
+        feats = list(tv.backbone(x).values())
+    theirs = tv.anchor_generator(torchvision.models.detection.image_list.ImageList(
+        x, [(H, W)]), feats)[0]
+    ours = torch.cat(model.anchor_generator(feats, (H, W)))
+    assert torch.equal(ours, theirs)
+
+
+def test_torchvision_detections_match_after_nms(tv_converted, tmp_path):
+    """The converted file through drdet.Predictor (its resize, normalisation, anchors and
+    post-processing) against torchvision's model on the same pixels."""
+    tv, cfg, _, path = tv_converted
+    out = str(tmp_path / "drdet.pth")
+    _converter().convert_file(path, out)
+    cfg = cfg.clone()
+    cfg.merge_from_list(["MODEL.WEIGHT", out, "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", H,
+                         "INPUT.MAX_SIZE_TEST", 256])
+    predictor = Predictor(cfg)
+    bgr, rgb = _bgr_uint8_images()
+    with torch.no_grad():
+        theirs = tv(rgb)
     assert cfg.TEST.DETECTIONS_PER_IMG == tv.detections_per_img == 300
-    for o, t in zip(ours, theirs):
+    for image, t in zip(bgr, theirs):
+        o = predictor(image)
         assert len(t["boxes"]) > 20  # enough detections to compare
         # torchvision keeps boxes that clipping made empty; drdet drops them (min_size 0). Not
         # the case here, so the outputs must agree exactly.
@@ -156,6 +164,22 @@ def test_torchvision_detections_match_after_nms(tv_converted):
         torch.testing.assert_close(o["boxes"], t["boxes"], rtol=0, atol=1e-3)
         torch.testing.assert_close(o["scores"], t["scores"], rtol=0, atol=1e-3)
         assert torch.equal(o["labels"], t["labels"] + 1)  # torchvision 0..79 -> drdet 1..80
+
+
+def test_converted_model_with_other_anchors_warns(tv_converted, tmp_path, caplog):
+    _, cfg, _, path = tv_converted
+    out = str(tmp_path / "drdet.pth")
+    _converter().convert_file(path, out)
+    assert torch.load(out, weights_only=True)["anchor_convention"] == "torchvision"
+    cfg = cfg.clone()
+    cfg.merge_from_list(["MODEL.RETINANET.ANCHOR_CONVENTION", "exact"])
+    with caplog.at_level(logging.WARNING):
+        Checkpointer(build_detector(cfg)).load(out)
+    assert "ANCHOR_CONVENTION torchvision" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        Checkpointer(_drdet_from_torchvision_config(81)[1]).load(out)
+    assert "ANCHOR_CONVENTION" not in caplog.text
 
 
 def test_torchvision_coco_columns_become_contiguous_labels(tmp_path):
@@ -223,7 +247,7 @@ def _mrcnn_retinanet_state(model: nn.Module, num_convs: int):
 
 
 def test_maskrcnn_benchmark_checkpoint_every_tensor_from_its_key(tmp_path):
-    cfg = get_cfg()  # maskrcnn-benchmark's conventions are drdet's defaults
+    cfg = get_cfg()  # maskrcnn-benchmark's network conventions are drdet's defaults
     cfg.merge_from_list(["MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 64,
                          "MODEL.RETINANET.NUM_CONVS", 1])
     model = build_detector(cfg)
@@ -234,12 +258,146 @@ def test_maskrcnn_benchmark_checkpoint_every_tensor_from_its_key(tmp_path):
     out = str(tmp_path / "converted.pth")
     _converter().main([src, out])
     data = torch.load(out, weights_only=True)
-    assert set(data) == {"model"}
+    assert set(data) == {"model", "anchor_convention"}  # no optimizer, no iteration
+    assert data["anchor_convention"] == "maskrcnn_benchmark"
     load_model_state(model, data["model"], strict=True)  # every drdet tensor is provided
     own = model.state_dict()
     assert set(names.values()) == set(own)
     for src_key, dst_key in names.items():
         assert torch.equal(own[dst_key], state[src_key]), (src_key, dst_key)
+
+
+def _randomize_drdet(model: nn.Module, cls_bias: float) -> None:
+    """Like _randomize, for a drdet detector (FrozenBN buffers, drdet's head names)."""
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith(("bn1.weight", "bn2.weight", "bn3.weight", "downsample.1.weight")):
+                t.uniform_(0.5, 1.0, generator=g)
+            elif name.endswith(("bn1.bias", "bn2.bias", "bn3.bias", "downsample.1.bias",
+                                "running_mean")):
+                t.normal_(0.0, 0.1, generator=g)
+            elif name.endswith("running_var"):
+                t.uniform_(0.5, 2.0, generator=g)
+            elif name.startswith(("head.", "backbone.fpn.")):
+                t.normal_(0.0, 0.03 if t.dim() > 1 else 0.1, generator=g)
+        model.head.cls_logits.weight.mul_(0.4)  # scores spread over (0, 1), none rounds to 1
+        model.head.cls_logits.bias.add_(cls_bias)
+        model.head.bbox_pred.weight.mul_(0.1)
+
+
+def _maskrcnn_benchmark_detections(cls_logits, box_deltas, cfg, image_hw):
+    """maskrcnn-benchmark's RetinaNet inference for one image, written out for the test in its
+    own box conventions: Detectron anchors in inclusive corners centred on s*j + (s-1)/2, "+1"
+    widths in decoding, clipping to [0, W-1], NMS with "+1" areas, per class over all levels.
+    Inputs: per level (A_l, C) logits and (A_l, 4) deltas of drdet's head (same layout)."""
+    rc = cfg.MODEL.RETINANET
+    height, width = image_hw
+    wx, wy, ww, wh = rc.BBOX_REG_WEIGHTS
+    clamp = math.log(1000.0 / 16)
+    scales = [rc.OCTAVE ** (k / rc.SCALES_PER_OCTAVE) for k in range(rc.SCALES_PER_OCTAVE)]
+    boxes, scores, labels = [], [], []
+    for logits, deltas, stride, size in zip(cls_logits, box_deltas, rc.ANCHOR_STRIDES,
+                                            rc.ANCHOR_SIZES):
+        cell = []
+        centre = (stride - 1) / 2.0
+        for r in rc.ASPECT_RATIOS:
+            w0 = np.round(np.sqrt(stride * stride / r))
+            h0 = np.round(w0 * r)
+            for k in scales:
+                w, h = w0 * size * k / stride, h0 * size * k / stride
+                cell.append([centre - (w - 1) / 2, centre - (h - 1) / 2,
+                             centre + (w - 1) / 2, centre + (h - 1) / 2])
+        cell = torch.tensor(cell, dtype=torch.float64)
+        cells_w = width // stride + (width % stride > 0)
+        cells_h = height // stride + (height % stride > 0)
+        ys, xs = torch.meshgrid(torch.arange(cells_h) * stride, torch.arange(cells_w) * stride,
+                                indexing="ij")
+        shifts = torch.stack([xs, ys, xs, ys], -1).reshape(-1, 1, 4).double()
+        anchors = (shifts + cell[None]).reshape(-1, 4)
+        assert anchors.shape[0] == logits.shape[0]
+        prob = logits.double().sigmoid()
+        candidates = prob > rc.INFERENCE_TH
+        top = min(int(candidates.sum()), rc.PRE_NMS_TOP_N)
+        score, index = prob[candidates].topk(top)
+        anchor_index, cls = candidates.nonzero()[index].unbind(1)
+        a, d = anchors[anchor_index], deltas[anchor_index].double()
+        aw, ah = a[:, 2] - a[:, 0] + 1, a[:, 3] - a[:, 1] + 1
+        ax, ay = a[:, 0] + 0.5 * aw, a[:, 1] + 0.5 * ah
+        cx, cy = d[:, 0] / wx * aw + ax, d[:, 1] / wy * ah + ay
+        pw = torch.exp((d[:, 2] / ww).clamp(max=clamp)) * aw
+        ph = torch.exp((d[:, 3] / wh).clamp(max=clamp)) * ah
+        b = torch.stack([cx - 0.5 * pw, cy - 0.5 * ph, cx + 0.5 * pw - 1, cy + 0.5 * ph - 1], 1)
+        b[:, 0::2] = b[:, 0::2].clamp(0, width - 1)
+        b[:, 1::2] = b[:, 1::2].clamp(0, height - 1)
+        boxes.append(b), scores.append(score), labels.append(cls + 1)
+    boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+    keep = []
+    for c in labels.unique():
+        idx = (labels == c).nonzero()[:, 0]
+        idx = idx[scores[idx].argsort(descending=True)]
+        while idx.numel():
+            i, idx = idx[0], idx[1:]
+            keep.append(int(i))
+            b, rest = boxes[i], boxes[idx]
+            iw = (torch.minimum(b[2], rest[:, 2]) - torch.maximum(b[0], rest[:, 0]) + 1).clamp(min=0)
+            ih = (torch.minimum(b[3], rest[:, 3]) - torch.maximum(b[1], rest[:, 1]) + 1).clamp(min=0)
+            area = lambda x: (x[..., 2] - x[..., 0] + 1) * (x[..., 3] - x[..., 1] + 1)  # noqa
+            inter = iw * ih
+            idx = idx[inter / (area(b) + area(rest) - inter) <= rc.NMS_TH]
+    keep = torch.tensor(keep)
+    keep = keep[scores[keep].argsort(descending=True)][: cfg.TEST.DETECTIONS_PER_IMG]
+    return boxes[keep], scores[keep], labels[keep]
+
+
+def test_maskrcnn_benchmark_detections_match_after_nms(tmp_path):
+    """A maskrcnn-benchmark checkpoint (names and shapes as that codebase writes them), converted
+    and run by drdet.Predictor with ANCHOR_CONVENTION maskrcnn_benchmark, gives
+    maskrcnn-benchmark's detections: its boxes with x2, y2 one more (exclusive corners)."""
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "dr_retina", "dr_R-50-FPN_1x.yaml"))
+    cfg.merge_from_list(["MODEL.WEIGHT", "", "MODEL.DEVICE", "cpu",
+                         "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 64,
+                         "MODEL.RETINANET.NUM_CONVS", 1,
+                         "MODEL.RETINANET.ANCHOR_CONVENTION", "maskrcnn_benchmark",
+                         "INPUT.MIN_SIZE_TEST", H, "INPUT.MAX_SIZE_TEST", 256])
+    source = build_detector(cfg).eval()
+    _randomize_drdet(source, cls_bias=-4.0)
+    own = source.state_dict()
+    state, names = _mrcnn_retinanet_state(source, num_convs=1)
+    state = {src: own[dst].clone() for src, dst in names.items()}
+    src = str(tmp_path / "model_final.pth")
+    torch.save({"model": state, "iteration": 90000}, src)
+    out = str(tmp_path / "converted.pth")
+    _converter().main([src, out])
+    cfg.merge_from_list(["MODEL.WEIGHT", out])
+    predictor = Predictor(cfg)
+    bgr, _ = _bgr_uint8_images()
+    for image in bgr:
+        ours = predictor(image)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float()  # BGR 0-255, no resize
+        with torch.no_grad():
+            logits, deltas = source.head(source.backbone(source.preprocess([tensor]).tensors))
+        boxes, scores, labels = _maskrcnn_benchmark_detections(
+            [x[0] for x in logits], [x[0] for x in deltas], cfg, (H, W))
+        assert len(boxes) > 20
+        assert ours["boxes"].shape == boxes.shape
+        torch.testing.assert_close(ours["scores"].double(), scores, rtol=0, atol=1e-3)
+        # Equal scores may come in another order: pair each detection with one of the same
+        # label, box (x2, y2 one more in drdet's corners) and score.
+        theirs = torch.cat([boxes + torch.tensor([0, 0, 1.0, 1.0], dtype=torch.float64),
+                            scores[:, None]], 1)
+        mine = torch.cat([ours["boxes"].double(), ours["scores"].double()[:, None]], 1)
+        diff = (mine[:, None] - theirs[None]).abs().amax(-1)
+        diff[ours["labels"][:, None] != labels[None]] = math.inf
+        for row in diff:
+            j = int(row.argmin())
+            assert row[j] < 1e-3, row[j]
+            diff[:, j] = math.inf  # paired
+    # drdet's own anchors would place them elsewhere (and the file says so when loaded).
+    cfg.merge_from_list(["MODEL.RETINANET.ANCHOR_CONVENTION", "exact"])
+    shifted = Predictor(cfg)(bgr[0])["boxes"]
+    assert shifted.shape != ours["boxes"].shape or (shifted - ours["boxes"]).abs().max() > 1
 
 
 # ----------------------------------------------------------------------------- ImageNet backbones

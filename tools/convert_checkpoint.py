@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Convert a foreign RetinaNet checkpoint into a drdet checkpoint ({"model": state dict}).
+"""Convert a foreign RetinaNet checkpoint into a drdet checkpoint
+({"model": state dict, "anchor_convention": str}).
 
 Sources (detected from the keys, or named with --source):
   torchvision         a retinanet_resnet50_fpn (v1) state dict, e.g.
@@ -12,15 +13,14 @@ Sources (detected from the keys, or named with --source):
   maskrcnn-benchmark  a RetinaNet checkpoint of maskrcnn-benchmark (the released Dr. Retina models):
                       load the result with the configs in configs/dr_retina/ or configs/retinanet/,
                       which follow maskrcnn-benchmark's conventions (BGR 0-255, stride in 1x1,
-                      box-coder weights 10, 10, 5, 5, P6 from C5). The weights map exactly
-                      (same head outputs), but two box conventions differ and are NOT
-                      compensated: maskrcnn-benchmark centres the anchors of cell (i, j) on
-                      (s*j + (s-1)/2, s*i + (s-1)/2) with Detectron's rounded sizes and decodes
-                      with "+1" widths (x2 = ctr + w/2 - 1); drdet centres them on (s*j, s*i)
-                      with exact sizes and no "+1". E.g. P3's 32-px square anchor at cell (0, 0):
-                      maskrcnn-benchmark [-12, -12, 19, 19], drdet [-16, -16, 16, 16]. Boxes
-                      of a converted model are therefore shifted by about (s-1)/2 px:
-                      3.5, 7.5, 15.5, 31.5, 63.5 px on P3..P7 (AP at high IoU drops).
+                      box-coder weights 10, 10, 5, 5, P6 from C5), plus
+                      MODEL.RETINANET.ANCHOR_CONVENTION maskrcnn_benchmark: its anchors are
+                      centred on (s*j + (s-1)/2, ...) with Detectron's rounded sizes, and it
+                      writes boxes with inclusive corners ("+1" widths). drdet then gives the same
+                      boxes with exclusive corners (x2, y2 one more), hence the same COCO json
+                      (boxes rescaled to the original image differ by |1 - scale| px at most).
+                      Without that key, boxes move by about (s-1)/2 px: 3.5 ... 63.5 px on P3..P7.
+The output records the source's anchor convention; loading it into a model with another one warns.
 ImageNet backbones (torchvision ResNet .pth, MSRA R-50.pkl) need no conversion: set MODEL.WEIGHT.
 
   python tools/convert_checkpoint.py IN.pth OUT.pth [--source ...] [--coco-category-ids]
@@ -44,6 +44,9 @@ from drdet.utils.weights import (COCO_CATEGORY_IDS, convert_maskrcnn_benchmark_r
                                  convert_torchvision_retinanet, detect_format)
 
 SOURCES = {"torchvision": "torchvision_retinanet", "maskrcnn-benchmark": "maskrcnn_benchmark"}
+# The MODEL.RETINANET.ANCHOR_CONVENTION of each source, stored in the output so that loading it
+# into a model with other anchors warns.
+CONVENTIONS = {"torchvision_retinanet": "torchvision", "maskrcnn_benchmark": "maskrcnn_benchmark"}
 
 logger = logging.getLogger("drdet.convert_checkpoint")
 
@@ -65,14 +68,15 @@ def convert_file(src: str, dst: str, source: str = "auto", coco_category_ids: bo
     else:
         raise ValueError(f"{src}: keys look like {fmt}, not a torchvision or maskrcnn-benchmark "
                          "RetinaNet (ImageNet backbones load directly as MODEL.WEIGHT)")
-    data = {"model": dict(converted)}
+    data = {"model": dict(converted), "anchor_convention": CONVENTIONS[fmt]}
     check_weights_only_safe(data)
     with atomic_open(dst, "wb") as f:
         torch.save(data, f)
     num_classes = converted["head.cls_logits.bias"].numel() // (
         converted["head.bbox_pred.bias"].numel() // 4)
-    logger.info("%s (%s) -> %s: %d tensors, %d classes (MODEL.RETINANET.NUM_CLASSES %d)",
-                src, fmt, dst, len(converted), num_classes, num_classes + 1)
+    logger.info("%s (%s) -> %s: %d tensors, %d classes; load it with MODEL.RETINANET.NUM_CLASSES "
+                "%d and ANCHOR_CONVENTION %s", src, fmt, dst, len(converted), num_classes,
+                num_classes + 1, CONVENTIONS[fmt])
     return converted
 
 

@@ -73,7 +73,7 @@ def anchor_scores(model, image: Tensor, target: Dict[str, Tensor]) -> Tuple[Tens
     batch = model.preprocess([image.to(device)])
     features = model.backbone(batch.tensors)
     cls_logits, _ = model.head(features)
-    anchors = torch.cat(model.anchor_generator(features))
+    anchors = torch.cat(model.anchor_generator(features, batch.tensors.shape[-2:]))
     target = {"boxes": target["boxes"].to(device), "labels": target["labels"].to(device)}
     labels, _, _ = model.loss.prepare_targets(anchors, [target], batch.image_sizes)
     labels = labels[0]

@@ -21,6 +21,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     ),
     "MODEL.RESNETS.NORM": ("FrozenBN", "BN", "GN", "SyncBN"),
     "MODEL.RETINANET.LOSS_TYPE": ("FOCAL", "DR"),
+    "MODEL.RETINANET.ANCHOR_CONVENTION": ("exact", "torchvision", "maskrcnn_benchmark"),
     "MODEL.DR_LOSS.SMOOTHING": ("logistic", "quadratic", "hinge"),
     "MODEL.DR_LOSS.PAIRING": ("dr", "negonly"),
     "MODEL.DR_LOSS.GROUPING": ("image", "batch"),

@@ -68,6 +68,9 @@ _C.MODEL.RETINANET.ANCHOR_STRIDES = (8, 16, 32, 64, 128)
 _C.MODEL.RETINANET.ASPECT_RATIOS = (0.5, 1.0, 2.0)
 _C.MODEL.RETINANET.OCTAVE = 2.0
 _C.MODEL.RETINANET.SCALES_PER_OCTAVE = 3
+# How anchors are placed and sized (drdet/modeling/anchor_generator.py): "exact" (drdet), or the
+# conventions of models converted from elsewhere, "torchvision" or "maskrcnn_benchmark".
+_C.MODEL.RETINANET.ANCHOR_CONVENTION = "exact"
 # Kept for maskrcnn-benchmark config compatibility; its RetinaNet (and drdet) never ignores
 # anchors for crossing the image border.
 _C.MODEL.RETINANET.STRADDLE_THRESH = 0

@@ -9,8 +9,7 @@ from torch import Tensor
 
 from drdet.data.transforms import resized_hw
 from drdet.modeling.detector import build_detector
-from drdet.utils.checkpoint import load_checkpoint_file, load_model_state
-from drdet.utils.weights import to_drdet_state
+from drdet.utils.checkpoint import Checkpointer
 
 
 class Predictor:
@@ -26,9 +25,7 @@ class Predictor:
         self.device = torch.device(cfg.MODEL.DEVICE)
         self.model = build_detector(self.cfg).to(self.device).eval()
         if cfg.MODEL.WEIGHT:
-            state = load_checkpoint_file(cfg.MODEL.WEIGHT)["model"]
-            state = to_drdet_state(state, source=cfg.MODEL.WEIGHT)
-            load_model_state(self.model, state, strict=True)
+            Checkpointer(self.model).load(cfg.MODEL.WEIGHT, load_training_state=False, strict=True)
         self.min_size = cfg.INPUT.MIN_SIZE_TEST
         self.max_size = cfg.INPUT.MAX_SIZE_TEST
         self.to_bgr255 = cfg.INPUT.TO_BGR255

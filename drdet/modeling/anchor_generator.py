@@ -1,33 +1,75 @@
 """Anchors for every location of every FPN level.
 
-Convention (the same as torchvision's ``AnchorGenerator``, without its rounding): the anchors of
-feature cell (i, j) of a level with stride s are centred on the image point (x, y) = (s*j, s*i);
-an anchor of area size**2 and aspect ratio r = height / width has width size / sqrt(r) and height
-size * sqrt(r). Within a cell the anchors are ordered ratio-major, scale-minor
-(ratio 0 scale 0, ratio 0 scale 1, ...), and the cells row-major, so level l gives
-(H_l * W_l * A, 4) anchors in the order of the head's outputs.
-(maskrcnn-benchmark centres its anchors on s*j + (s-1)/2 with "+1" widths; the difference is a
-constant shift smaller than one stride that training absorbs.)
+Convention ("exact", drdet's default): the anchors of feature cell (i, j) of a level with stride s
+are centred on the image point (x, y) = (s*j, s*i); an anchor of area size**2 and aspect ratio
+r = height / width has width size / sqrt(r) and height size * sqrt(r). Within a cell the anchors
+are ordered ratio-major, scale-minor (ratio 0 scale 0, ratio 0 scale 1, ...), and the cells
+row-major, so level l gives (H_l * W_l * A, 4) anchors in the order of the head's outputs.
+
+Two other conventions reproduce the anchors of models trained elsewhere, exactly (see
+``ANCHOR_CONVENTIONS``); boxes are always x1y1x2y2 with width x2 - x1 (no "+1"):
+
+- "torchvision" (``retinanet_resnet50_fpn``): octave sizes truncated to integers (32, 40, 50),
+  cell anchors computed in float32 with their corners rounded to integers, and the stride of a
+  level taken as (padded image size) // (feature map size) per axis, as torchvision does: 96
+  rather than 128 for a 2-cell-wide P7 of a 192-px-wide batch.
+- "maskrcnn_benchmark" (Detectron's ``generate_anchors``; the authors' released Dr. Retina
+  models): for stride s, ratio r and size z, the width is round(sqrt(s*s / r)) * z / s and the
+  height round(that rounded width * r) * z / s (rounding half to even, at the stride), and the
+  cell anchors are centred on (s*j + s/2, s*i + s/2). maskrcnn-benchmark writes the same boxes
+  with inclusive corners (x2 one less, widths "+1"): its "+1" box coding, clipping and NMS on
+  those equal drdet's exclusive-corner ones on these, so only the anchors need converting.
 """
 
-import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+ANCHOR_CONVENTIONS = ("exact", "torchvision", "maskrcnn_benchmark")
+
 
 def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
     """The (len(ratios) * len(sizes), 4) float64 anchors of one cell, centred on (0, 0)."""
-    sizes_t = torch.as_tensor(sizes, dtype=torch.float64)
-    ratios = torch.as_tensor(aspect_ratios, dtype=torch.float64)
+    sizes_t, ratios = _check_sizes_and_ratios(sizes, aspect_ratios)
+    heights = (ratios.sqrt()[:, None] * sizes_t[None, :]).reshape(-1)
+    widths = ((1.0 / ratios.sqrt())[:, None] * sizes_t[None, :]).reshape(-1)
+    return torch.stack([-widths, -heights, widths, heights], dim=1) / 2
+
+
+def torchvision_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
+    """torchvision's cell anchors: the exact ones computed in float32, corners rounded."""
+    sizes_t, ratios = _check_sizes_and_ratios(sizes, aspect_ratios, torch.float32)
+    heights = (ratios.sqrt()[:, None] * sizes_t[None, :]).reshape(-1)
+    widths = ((1.0 / ratios.sqrt())[:, None] * sizes_t[None, :]).reshape(-1)
+    return (torch.stack([-widths, -heights, widths, heights], dim=1) / 2).round().double()
+
+
+def maskrcnn_benchmark_cell_anchors(
+    sizes: Sequence[float], aspect_ratios: Sequence[float], stride: int
+) -> Tensor:
+    """maskrcnn-benchmark's cell anchors for a level of stride ``stride``, in exclusive corners:
+    sides rounded at the stride then scaled, centred on (stride / 2, stride / 2)."""
+    sizes_t, ratios = _check_sizes_and_ratios(sizes, aspect_ratios)
+    base_widths = torch.round(torch.sqrt(stride * stride / ratios))
+    base_heights = torch.round(base_widths * ratios)
+    scales = sizes_t / stride
+    widths = (base_widths[:, None] * scales[None, :]).reshape(-1)
+    heights = (base_heights[:, None] * scales[None, :]).reshape(-1)
+    centred = torch.stack([-widths, -heights, widths, heights], dim=1) / 2
+    return centred + stride / 2
+
+
+def _check_sizes_and_ratios(
+    sizes: Sequence[float], aspect_ratios: Sequence[float], dtype: torch.dtype = torch.float64
+) -> Tuple[Tensor, Tensor]:
+    sizes_t = torch.as_tensor(sizes, dtype=dtype)
+    ratios = torch.as_tensor(aspect_ratios, dtype=dtype)
     if (sizes_t <= 0).any() or (ratios <= 0).any():
         raise ValueError(
             f"anchor sizes {list(sizes)} and aspect ratios {list(aspect_ratios)} must be > 0"
         )
-    heights = (ratios.sqrt()[:, None] * sizes_t[None, :]).reshape(-1)
-    widths = ((1.0 / ratios.sqrt())[:, None] * sizes_t[None, :]).reshape(-1)
-    return torch.stack([-widths, -heights, widths, heights], dim=1) / 2
+    return sizes_t, ratios
 
 
 class AnchorGenerator(nn.Module):
@@ -37,6 +79,7 @@ class AnchorGenerator(nn.Module):
         sizes: per level, the anchor sizes (sqrt of area, pixels) of that level.
         aspect_ratios: height / width ratios, shared by all levels.
         strides: per level, the stride of the feature map in pixels.
+        convention: one of ``ANCHOR_CONVENTIONS`` (see the module docstring).
     """
 
     def __init__(
@@ -44,14 +87,28 @@ class AnchorGenerator(nn.Module):
         sizes: Sequence[Sequence[float]],
         aspect_ratios: Sequence[float],
         strides: Sequence[int],
+        convention: str = "exact",
     ):
         super().__init__()
         if len(sizes) != len(strides):
             raise ValueError(
                 f"AnchorGenerator: {len(sizes)} levels of sizes but {len(strides)} strides"
             )
+        if convention not in ANCHOR_CONVENTIONS:
+            raise ValueError(
+                f"AnchorGenerator: convention {convention!r} is not one of {ANCHOR_CONVENTIONS}"
+            )
         self.strides = [int(s) for s in strides]
-        self._cell_anchors = [cell_anchors(s, aspect_ratios) for s in sizes]
+        self.convention = convention
+        if convention == "torchvision":
+            self._cell_anchors = [torchvision_cell_anchors(s, aspect_ratios) for s in sizes]
+        elif convention == "maskrcnn_benchmark":
+            self._cell_anchors = [
+                maskrcnn_benchmark_cell_anchors(s, aspect_ratios, stride)
+                for s, stride in zip(sizes, self.strides)
+            ]
+        else:
+            self._cell_anchors = [cell_anchors(s, aspect_ratios) for s in sizes]
         self._cache: Dict[Tuple, Tensor] = {}
 
     @property
@@ -59,15 +116,22 @@ class AnchorGenerator(nn.Module):
         return self._cell_anchors[0].shape[0]
 
     def grid_anchors(
-        self, level: int, height: int, width: int, device: torch.device, dtype: torch.dtype
+        self,
+        level: int,
+        height: int,
+        width: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        stride: Optional[Tuple[int, int]] = None,
     ) -> Tensor:
-        """(height * width * A, 4) anchors of ``level`` for a feature map of height x width."""
-        key = (level, height, width, str(device), dtype)
+        """(height * width * A, 4) anchors of ``level`` for a feature map of height x width,
+        with the level's stride or ``stride`` = (stride_y, stride_x)."""
+        stride_y, stride_x = stride or (self.strides[level],) * 2
+        key = (level, height, width, stride_y, stride_x, str(device), dtype)
         anchors = self._cache.get(key)
         if anchors is None:
-            stride = self.strides[level]
-            ys = torch.arange(height, dtype=torch.float64) * stride
-            xs = torch.arange(width, dtype=torch.float64) * stride
+            ys = torch.arange(height, dtype=torch.float64) * stride_y
+            xs = torch.arange(width, dtype=torch.float64) * stride_x
             ys, xs = torch.meshgrid(ys, xs, indexing="ij")
             shifts = torch.stack([xs, ys, xs, ys], dim=-1).reshape(-1, 1, 4)
             anchors = (
@@ -78,24 +142,39 @@ class AnchorGenerator(nn.Module):
             self._cache[key] = anchors
         return anchors
 
-    def forward(self, features: List[Tensor]) -> List[Tensor]:
+    def forward(
+        self, features: List[Tensor], image_size: Optional[Tuple[int, int]] = None
+    ) -> List[Tensor]:
         """Anchors for feature maps ``features`` (list of (B, C, H_l, W_l)), one (H_l*W_l*A, 4)
-        tensor per level, in the features' device and float32 (the same for every image)."""
+        tensor per level, in the features' device and float32 (the same for every image).
+        ``image_size`` (height, width of the padded batch) is needed by the "torchvision"
+        convention only, whose strides are image_size // feature size."""
         if len(features) != len(self.strides):
             raise ValueError(
                 f"AnchorGenerator: got {len(features)} feature maps, expected {len(self.strides)}"
             )
-        return [
-            self.grid_anchors(level, f.shape[-2], f.shape[-1], f.device, torch.float32)
-            for level, f in enumerate(features)
-        ]
+        if self.convention == "torchvision" and image_size is None:
+            raise ValueError("AnchorGenerator: the 'torchvision' convention needs `image_size`")
+        anchors = []
+        for level, f in enumerate(features):
+            height, width = f.shape[-2], f.shape[-1]
+            stride = None
+            if self.convention == "torchvision":
+                stride = (int(image_size[0]) // height, int(image_size[1]) // width)
+            anchors.append(
+                self.grid_anchors(level, height, width, f.device, torch.float32, stride)
+            )
+        return anchors
 
 
 def build_anchor_generator(cfg) -> AnchorGenerator:
     """AnchorGenerator from cfg.MODEL.RETINANET: level l gets sizes
     ANCHOR_SIZES[l] * OCTAVE**(k / SCALES_PER_OCTAVE)
-    for k = 0 .. SCALES_PER_OCTAVE-1 (32, 40.3, 50.8 for P3 by default)."""
+    for k = 0 .. SCALES_PER_OCTAVE-1 (32, 40.3, 50.8 for P3 by default; truncated to integers,
+    32, 40, 50, with ANCHOR_CONVENTION "torchvision"), in ANCHOR_CONVENTION."""
     rcfg = cfg.MODEL.RETINANET
     scales = [rcfg.OCTAVE ** (k / rcfg.SCALES_PER_OCTAVE) for k in range(rcfg.SCALES_PER_OCTAVE)]
     sizes = [[size * s for s in scales] for size in rcfg.ANCHOR_SIZES]
-    return AnchorGenerator(sizes, rcfg.ASPECT_RATIOS, rcfg.ANCHOR_STRIDES)
+    if rcfg.ANCHOR_CONVENTION == "torchvision":
+        sizes = [[float(int(s)) for s in level] for level in sizes]
+    return AnchorGenerator(sizes, rcfg.ASPECT_RATIOS, rcfg.ANCHOR_STRIDES, rcfg.ANCHOR_CONVENTION)

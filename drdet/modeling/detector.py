@@ -100,7 +100,7 @@ class RetinaNet(nn.Module):
         batch = self.preprocess(images)
         features = self.backbone(batch.tensors)
         cls_logits, box_deltas = self.head(features)
-        anchors = self.anchor_generator(features)
+        anchors = self.anchor_generator(features, batch.tensors.shape[-2:])
         if self.training:
             if targets is None:
                 raise ValueError("RetinaNet: `targets` are required in training mode")

@@ -1,7 +1,7 @@
 """Checkpoints: atomic saves, resume from OUTPUT_DIR/last_checkpoint, safe loading.
 
 A checkpoint is a dict {"model": state dict, "optimizer": ..., "scheduler": ..., "iteration": int,
-plus any extra state} holding only tensors, numbers, strings, None, lists, tuples and dicts, so that
+"anchor_convention": str (MODEL.RETINANET.ANCHOR_CONVENTION of the model), plus any extra state} holding only tensors, numbers, strings, None, lists, tuples and dicts, so that
 it loads with torch.load(weights_only=True): loading never runs code from the file. Files that need
 full unpickling (old maskrcnn-benchmark/Detectron .pth/.pkl files with pickled objects) load only
 when the caller passes allow_pickle=True, after deciding to trust them.
@@ -87,6 +87,26 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- loading files
+def anchor_convention(model: nn.Module) -> Optional[str]:
+    """The anchor convention of a detector (None for a module without an anchor generator)."""
+    generator = getattr(unwrap_model(model), "anchor_generator", None)
+    return getattr(generator, "convention", None)
+
+
+def check_anchor_convention(model: nn.Module, convention: Optional[str], path: str,
+                            log: Optional[logging.Logger] = None) -> None:
+    """Warn when the weights at `path` were made for anchors of another convention than the
+    model's: a converted torchvision or maskrcnn-benchmark model evaluated with drdet's anchors
+    gives shifted boxes. Fine-tuning from such weights is fine, hence a warning."""
+    ours = anchor_convention(model)
+    if convention is None or ours is None or convention == ours:
+        return
+    (log or logger).warning(
+        "%s was made for MODEL.RETINANET.ANCHOR_CONVENTION %r, but the model uses %r: its "
+        "boxes will be misplaced unless you set MODEL.RETINANET.ANCHOR_CONVENTION %s "
+        "(fine-tuning with other anchors is fine)", path, convention, ours, convention)
+
+
 def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Dict[str, Any]:
     """Load a checkpoint file onto the CPU with torch.load(weights_only=True).
 
@@ -215,7 +235,11 @@ class Checkpointer:
         reserved = {"model", "optimizer", "scheduler"} & set(extra)
         if reserved:
             raise ValueError(f"Checkpointer.save: extra keys {sorted(reserved)} are reserved")
-        data: Dict[str, Any] = {"model": unwrap_model(self.model).state_dict()}
+        model = unwrap_model(self.model)
+        data: Dict[str, Any] = {"model": model.state_dict()}
+        convention = anchor_convention(model)
+        if convention is not None:
+            data["anchor_convention"] = convention
         if self.optimizer is not None:
             data["optimizer"] = self.optimizer.state_dict()
         if self.scheduler is not None:
@@ -253,6 +277,7 @@ class Checkpointer:
         # ImageNet backbones (torchvision .pth, MSRA .pkl) are renamed to drdet's names here.
         state = to_drdet_state(data.pop("model"), source=path, log=self.logger)
         load_model_state(self.model, state, self.logger, strict=strict)
+        check_anchor_convention(self.model, data.pop("anchor_convention", None), path, self.logger)
         optimizer_state = data.pop("optimizer", None)
         scheduler_state = data.pop("scheduler", None)
         if load_training_state:
