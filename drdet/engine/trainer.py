@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from drdet.data.bad_images import BadImageLog
+from drdet.data.bad_images import BadImageLog, TooManyBadImagesError
 from drdet.solver import make_gradient_clipper
 from drdet.utils import comm
 from drdet.utils.checkpoint import Checkpointer, get_rng_state
@@ -201,10 +201,16 @@ def do_train(
             raise RuntimeError(f"The data loader ended at iteration {iteration} < {max_iter}")
         save("model_final", iteration)
     except BaseException as err:
-        # Names the rank and iteration in every rank's log (the other ranks' errors, e.g. a
-        # collective timing out, often say only that a peer went away).
-        logger.error("Training stopped by %s at iteration %d on rank %d of %d", type(err).__name__,
-                     iteration, comm.get_rank(), comm.get_world_size())
+        # Names rank and iteration in every rank's log: the errors of the ranks that a failed
+        # one leaves behind (a peer gone, a collective timed out) say little more. The hint is
+        # left out for the errors that stop every rank at once by design.
+        world_size = comm.get_world_size()
+        agreed = isinstance(err, (NonFiniteLossError, TooManyBadImagesError))
+        logger.error("Training stopped by %s at iteration %d on rank %d of %d%s",
+                     type(err).__name__, iteration, comm.get_rank(), world_size,
+                     "; when a peer closed the connection or a collective timed out "
+                     "(SOLVER.DIST_TIMEOUT_MINUTES), another rank failed or hung first: its "
+                     "log names the cause" if world_size > 1 and not agreed else "")
         raise
     finally:
         if metrics_file is not None:
