@@ -265,9 +265,12 @@ def _edit_json(ann, edit):
      r"ann\.json: annotation id 102 names image id 77, which is not in 'images'"),
     (lambda d: d["annotations"][1].update(id=101),
      r"ann\.json: annotation id 101 appears twice"),
+    (lambda d: d["annotations"][1].update(image_id=[2]),
+     r"ann\.json: annotation id 102 has image_id \[2\]; ids are integers"),
     (lambda d: d["images"][1].pop("file_name"), r"ann\.json: image id 2 has no 'file_name'"),
 ], ids=["no-images", "no-categories", "no-bbox", "no-category_id", "no-image_id", "no-id",
-        "short-bbox", "unknown-category", "unknown-image", "duplicate-id", "no-file_name"])
+        "short-bbox", "unknown-category", "unknown-image", "duplicate-id", "list-id",
+        "no-file_name"])
 def test_annotation_file_errors_name_file_and_id(tmp_path, edit, message):
     ann, img_dir = write_set(tmp_path, good_files(3))
     _edit_json(ann, edit)

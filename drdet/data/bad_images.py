@@ -74,7 +74,8 @@ class ReadPolicy:
 
 class GuardedReads:
     """Mixin of the detection datasets: `__getitem__` is `load_item` when `read_policy` is None
-    (errors raised as they are), `read_policy.fetch(load_item, ...)` otherwise."""
+    (errors raised as they are; the default), `read_policy.fetch(load_item, ...)` otherwise,
+    whose items have the 4th element (the datasets of build_data_loader's loaders)."""
 
     read_policy: ReadPolicy | None = None
 

@@ -38,6 +38,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def load_coco_json(path: str) -> dict[str, Any]:
     """Read and check a COCO annotation file; every error is a ValueError naming `path` and the
     image, annotation or category at fault.
@@ -85,6 +89,9 @@ def load_coco_json(path: str) -> dict[str, Any]:
         missing = [k for k in ("id", "image_id", "category_id", "bbox") if k not in ann]
         if missing:
             raise ValueError(f"{path}: {where} has no {', '.join(map(repr, missing))}")
+        for key in ("id", "image_id", "category_id"):
+            if not _is_id(ann[key]):
+                raise ValueError(f"{path}: {where} has {key} {ann[key]!r}; ids are integers")
         if ann["id"] in seen:
             raise ValueError(f"{path}: {where} appears twice (annotation ids must be unique)")
         seen.add(ann["id"])
@@ -112,6 +119,8 @@ def _checked_ids(path: str, entries: list, what: str, keys: tuple[str, ...]) -> 
         missing = [k for k in keys if k not in entry]
         if missing:
             raise ValueError(f"{path}: {where} has no {', '.join(map(repr, missing))}")
+        if not _is_id(entry["id"]):
+            raise ValueError(f"{path}: {where} has id {entry['id']!r}; ids are integers")
         if entry["id"] in ids:
             raise ValueError(f"{path}: {where} appears twice ({what} ids must be unique)")
         ids.add(entry["id"])
