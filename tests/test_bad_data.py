@@ -19,12 +19,18 @@ import torch
 from PIL import Image
 from yacs.config import CfgNode as CN
 
-from drdet.data import build_data_loader
-from drdet.data.bad_images import TooManyBadImagesError
-from drdet.data.datasets.coco import COCODataset
-from drdet.data.image_io import ImageReadError, ImageSizeError, MissingImageError, read_image
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import train_net  # noqa: E402
+
+from drdet.data import build_data_loader  # noqa: E402
+from drdet.data.bad_images import TooManyBadImagesError  # noqa: E402
+from drdet.data.datasets.coco import COCODataset  # noqa: E402
+from drdet.data.image_io import (ImageReadError, ImageSizeError, MissingImageError,  # noqa: E402
+                                 read_image)
+
+CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 W, H = 64, 48  # size of the images the helpers write (w x h)
 
 
@@ -355,12 +361,6 @@ def test_skip_policy_counts_distinct_files_over_workers_and_stops_past_the_limit
 
 
 # ----------------------------------------------------------------------------- end to end
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import train_net  # noqa: E402
-
-CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
-
-
 def shapes_set(root, corrupt):
     """8 images of 64 x 64 with one bright rectangle each (category "box"); image `corrupt` is
     garbage bytes."""
@@ -391,6 +391,7 @@ def _train(out, dataset, max_bad):
     return train_net.main(argv)
 
 
+@pytest.mark.slow
 def test_train_skips_bad_images_up_to_the_limit(tmp_path):
     """tools/train_net.py on 8 images, one corrupt, one DataLoader worker. MAX_BAD_IMAGES 0: the
     run stops naming the file and image id. 2: it trains to the end, warns naming the file and

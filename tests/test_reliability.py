@@ -116,6 +116,7 @@ def _kill(proc):
     assert proc.wait(timeout=30) == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_finishes(tmp_path):
     dataset = shapes_dataset(tmp_path / "data")
     out = tmp_path / "run"
@@ -131,17 +132,21 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_finishes(
 
     # 2. While a checkpoint is being written: as soon as its temporary file appears (after the
     #    first checkpoint is complete). The temporary file is left behind, the one before loads.
-    proc = _start_training(out, dataset, "2.log")
-    _wait(lambda: (out / "last_checkpoint").exists()
-          and any(n.startswith(TMP_PREFIX + "model_") for n in os.listdir(out)),
-          [proc], 120, "a checkpoint being written")
-    _kill(proc)
-    left = [n for n in _temporaries(out) if n.startswith(TMP_PREFIX + "model_")]
+    #    (Tried again, resuming, in the unlikely case that the write ended before the kill.)
+    for attempt in range(3):
+        proc = _start_training(out, dataset, f"2.{attempt}.log")
+        _wait(lambda: (out / "last_checkpoint").exists()
+              and any(n.startswith(TMP_PREFIX + "model_") for n in os.listdir(out)),
+              [proc], 120, "a checkpoint being written")
+        _kill(proc)
+        at_kill = _checkpoint_iteration(out)
+        left = [n for n in _temporaries(out) if n.startswith(TMP_PREFIX + "model_")]
+        if left:
+            break
     assert len(left) == 1, os.listdir(out)   # killed mid-write, not after the rename
     written = int(left[0][len(TMP_PREFIX + "model_"):].split(".")[0])
-    at_kill = _checkpoint_iteration(out)
     assert at_kill == written - 1 and not (out / f"model_{written:07d}.pth").exists()
-    assert "No checkpoint in" in (tmp_path / "2.log").read_text()   # step 1 left none
+    assert "No checkpoint in" in (tmp_path / "2.0.log").read_text()   # step 1 left none
 
     # 3. Between checkpoints: right after one is complete, in the next iteration.
     proc = _start_training(out, dataset, "3.log")
@@ -220,6 +225,7 @@ def _stop(procs):
             proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["raise", "hang"])
 def test_a_failing_rank_makes_the_other_exit_within_the_timeout(tmp_path, mode):
     """Rank 1 raises, or hangs, at iteration 2: rank 0 must exit with an error, naming rank and
@@ -238,17 +244,18 @@ def test_a_failing_rank_makes_the_other_exit_within_the_timeout(tmp_path, mode):
         waited = time.monotonic() - started
         text = log0.read_text()
         assert rc != 0, text[-3000:]
-        assert waited < 3 + 15, waited   # the timeout, and a margin for a loaded machine
+        assert waited < 3 + 30, waited   # the timeout, and a margin for a loaded machine
         assert "Training stopped by" in text and "at iteration 2 on rank 0 of 2" in text, text[-3000:]
         if mode == "hang":
             assert rank1.poll() is None   # rank 0 did not wait for rank 1 to end
-            assert "Timed out" in text
+            assert "Timed out waiting 3000ms" in text   # gloo applied DIST_TIMEOUT_MINUTES 0.05
         else:
             assert "injected failure on rank 1" in (tmp_path / "rank1.log").read_text()
     finally:
         _stop(procs)
 
 
+@pytest.mark.slow
 def test_a_bad_image_on_one_rank_stops_both_at_the_same_iteration(tmp_path):
     """DATALOADER.MAX_BAD_IMAGES 0 and an unreadable image that only rank 1 draws: the count is
     summed over the ranks with the losses, so both ranks stop at once with
