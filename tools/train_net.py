@@ -25,6 +25,7 @@ from drdet.modeling import build_detector  # noqa: E402
 from drdet.solver import make_lr_scheduler, make_optimizer  # noqa: E402
 from drdet.utils import comm  # noqa: E402
 from drdet.utils.checkpoint import Checkpointer, set_rng_state  # noqa: E402
+from drdet.utils.io import TMP_PREFIX  # noqa: E402
 from drdet.utils.metric_logger import JSONLinesWriter  # noqa: E402
 
 
@@ -83,9 +84,27 @@ def check_num_classes(cfg, dataset) -> None:
             f"set has {counts} categories: set it to {expected} (categories + background)")
 
 
+def remove_stale_temporary_files(output_dir: str, log) -> list:
+    """Removes the temporary files (".tmp-<name>.<random>") that a run killed while writing a
+    checkpoint or another file atomically left in `output_dir` (top level only); the files they
+    would have replaced are intact. Call on the main process before the run writes anything."""
+    removed = []
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        if name.startswith(TMP_PREFIX) and os.path.isfile(path) and not os.path.islink(path):
+            os.remove(path)
+            removed.append(name)
+    if removed:
+        log.warning("Removed %d temporary files of an interrupted run from %s: %s", len(removed),
+                    output_dir, ", ".join(removed))
+    return removed
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg, device, log = default_setup(args.config_file, args.opts, resume=args.resume)
+    if comm.is_main_process():
+        remove_stale_temporary_files(cfg.OUTPUT_DIR, log)
 
     model = build_detector(cfg).to(device)
     optimizer = make_optimizer(cfg, model)

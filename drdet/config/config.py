@@ -217,12 +217,16 @@ def validate_cfg(cfg: _YacsCfgNode, freeze: bool = True) -> _YacsCfgNode:
              "must be in [0, 1]")
     _require(cfg.DATALOADER.SIZE_DIVISIBILITY >= 0, "DATALOADER.SIZE_DIVISIBILITY",
              cfg.DATALOADER.SIZE_DIVISIBILITY, "must be >= 0 (0: no padding)")
+    _require(cfg.DATALOADER.MAX_BAD_IMAGES >= 0, "DATALOADER.MAX_BAD_IMAGES",
+             cfg.DATALOADER.MAX_BAD_IMAGES, "must be >= 0 (0: stop at the first unreadable image)")
 
     s = cfg.SOLVER
     _require(s.BASE_LR > 0.0, "SOLVER.BASE_LR", s.BASE_LR, "must be > 0")
     _require(s.IMS_PER_BATCH >= 1, "SOLVER.IMS_PER_BATCH", s.IMS_PER_BATCH, "must be >= 1")
     _require(list(s.STEPS) == sorted(s.STEPS), "SOLVER.STEPS", s.STEPS, "must be increasing")
     _require(s.MAX_ITER >= 1, "SOLVER.MAX_ITER", s.MAX_ITER, "must be >= 1")
+    _require(s.DIST_TIMEOUT_MINUTES > 0, "SOLVER.DIST_TIMEOUT_MINUTES", s.DIST_TIMEOUT_MINUTES,
+             "must be > 0 (minutes, fractions allowed)")
     _require(cfg.TEST.IMS_PER_BATCH >= 1, "TEST.IMS_PER_BATCH", cfg.TEST.IMS_PER_BATCH,
              "must be >= 1")
     if freeze:

@@ -154,6 +154,11 @@ _C.DATALOADER.ASPECT_RATIO_GROUPING = True
 # drdet: seed of the training index stream and of the workers' augmentation; keep it fixed across
 # --resume so the resumed run continues the same sequence.
 _C.DATALOADER.SEED = 0
+# drdet: unreadable images (missing, empty, truncated, corrupt, not of the annotated size) that
+# training skips, each replaced by the next readable image with a warning naming the file; one
+# more (counted as distinct files, summed over the processes) stops the run with an error listing
+# them. 0: the first one stops the run. Evaluation never skips.
+_C.DATALOADER.MAX_BAD_IMAGES = 0
 
 # ---------------------------------------------------------------------------------------------
 # Solver (lr for IMS_PER_BATCH images; scale it linearly with the batch)
@@ -185,8 +190,9 @@ _C.SOLVER.CLIP_GRADIENTS.MAX_NORM = 10.0
 _C.SOLVER.AMP = False
 # drdet: iterations between log lines / metrics.jsonl records.
 _C.SOLVER.LOG_PERIOD = 20
-# drdet: timeout of the process group's collectives, so a failed rank cannot hang the others.
-_C.SOLVER.DIST_TIMEOUT_MINUTES = 30
+# drdet: timeout of the process group's collectives, so a failed rank cannot hang the others
+# (minutes; fractions allowed, e.g. 0.05 = 3 s in tests).
+_C.SOLVER.DIST_TIMEOUT_MINUTES = 30.0
 
 _C.TEST = CN()
 _C.TEST.EXPECTED_RESULTS = []

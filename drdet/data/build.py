@@ -2,7 +2,8 @@
 
 Config keys read (maskrcnn-benchmark names): DATASETS.TRAIN/TEST, INPUT.*, SOLVER.IMS_PER_BATCH,
 SOLVER.MAX_ITER, TEST.IMS_PER_BATCH, DATALOADER.NUM_WORKERS, DATALOADER.ASPECT_RATIO_GROUPING,
-and DATALOADER.SEED (drdet; default 0): the seed of the training index stream.
+and (drdet) DATALOADER.SEED (default 0): the seed of the training index stream,
+DATALOADER.MAX_BAD_IMAGES (default 0): how many unreadable images training skips.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Sequence
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from .bad_images import BadImageLog, ReadPolicy
 from .catalog import get_dataset
-from .collate import collate_detection
+from .collate import collate_with_bad_images
 from .samplers import (GroupedBatchSampler, InferenceSampler, IterationBasedBatchSampler,
                        TrainingSampler)
 from .transforms import build_transforms
@@ -64,6 +66,21 @@ def num_dropped_boxes(dataset: Dataset) -> int:
     return sum(getattr(part, "num_dropped_boxes", 0) for part in _parts(dataset))
 
 
+class DetectionDataLoader(DataLoader):
+    """A DataLoader whose batches are (images, targets, indices) and whose `bad_images` (a
+    drdet.data.bad_images.BadImageLog) collects, in this process, the unreadable images its
+    workers met: warned about, counted, and an error past the limit or in evaluation."""
+
+    def __init__(self, *args, bad_images: BadImageLog, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bad_images = bad_images
+
+    def __iter__(self):
+        for images, targets, indices, records, complete in super().__iter__():
+            self.bad_images.add(records, replaced=complete)
+            yield images, targets, indices
+
+
 def _per_rank_batch(total: int, world_size: int, key: str) -> int:
     if total < 1 or total % world_size:
         raise ValueError(f"{key} ({total}) must be a positive multiple of the number of processes "
@@ -73,11 +90,19 @@ def _per_rank_batch(total: int, world_size: int, key: str) -> int:
 
 def build_data_loader(cfg, is_train: bool, start_iter: int = 0,
                       dataset_names: Sequence[str] | None = None,
-                      rank: int | None = None, world_size: int | None = None) -> DataLoader:
+                      rank: int | None = None, world_size: int | None = None
+                      ) -> DetectionDataLoader:
     """A DataLoader over the concatenated datasets of DATASETS.TRAIN (is_train) or DATASETS.TEST.
 
     Each batch is (images, targets, indices): lists of (3, H_i, W_i) float tensors, target dicts
     and dataset indices (see drdet.data.collate).
+
+    Unreadable images (drdet.data.bad_images): training replaces each by the next readable
+    index, warns naming file and image id, and raises TooManyBadImagesError once more than
+    DATALOADER.MAX_BAD_IMAGES distinct files were met (`loader.bad_images` holds them; the
+    trainer applies the limit to the sum over all ranks instead). Evaluation raises the image's
+    MissingImageError / ImageReadError at the first one. Either way the error is raised in this
+    process, not as a traceback from a worker.
 
     Training: an infinite, seeded stream (DATALOADER.SEED), sharded over the ranks, grouped by
     aspect ratio when DATALOADER.ASPECT_RATIO_GROUPING, SOLVER.IMS_PER_BATCH / world_size images a
@@ -98,6 +123,13 @@ def build_data_loader(cfg, is_train: bool, start_iter: int = 0,
     grouping = cfg.DATALOADER.ASPECT_RATIO_GROUPING
     group_ids = aspect_ratio_group_ids(dataset) if grouping else None
     seed = int(cfg.DATALOADER.get("SEED", 0))
+    max_bad = int(cfg.DATALOADER.get("MAX_BAD_IMAGES", 0))
+    # Training reads up to max_bad + 1 replacements: one more than the limit lets a run that
+    # allows none still finish the iteration on every rank before all of them stop together.
+    policy = ReadPolicy(replacements=max_bad + 1 if is_train else 0)
+    for part in _parts(dataset):
+        part.read_policy = policy
+    bad_images = BadImageLog(max_bad if is_train else None, name=", ".join(names))
 
     if is_train:
         batch = _per_rank_batch(cfg.SOLVER.IMS_PER_BATCH, world_size, "SOLVER.IMS_PER_BATCH")
@@ -115,6 +147,7 @@ def build_data_loader(cfg, is_train: bool, start_iter: int = 0,
     generator.manual_seed(seed * 1000003 + rank)  # seeds the workers' augmentation RNGs
     logger.info("%s loader: %d images, %d per batch on rank %d/%d, %d workers",
                 "train" if is_train else "test", len(dataset), batch, rank, world_size, num_workers)
-    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_detection,
-                      num_workers=num_workers, generator=generator,
-                      pin_memory=str(cfg.MODEL.DEVICE).startswith("cuda") and torch.cuda.is_available())
+    return DetectionDataLoader(
+        dataset, batch_sampler=batch_sampler, collate_fn=collate_with_bad_images,
+        num_workers=num_workers, generator=generator, bad_images=bad_images,
+        pin_memory=str(cfg.MODEL.DEVICE).startswith("cuda") and torch.cuda.is_available())

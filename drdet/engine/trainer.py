@@ -1,11 +1,13 @@
 """The iteration-based training loop.
 
-One iteration: a batch from the loader -> the detector's loss dict -> a finite check -> backward
-(AMP on CUDA when SOLVER.AMP) -> optional gradient clipping (which also stops the run on a
-non-finite gradient norm) -> SGD step -> LR schedule step.
+One iteration: a batch from the loader -> the detector's loss dict -> the losses (and the count of
+unreadable images the loader skipped) summed over the ranks -> the bad-image limit and a finite
+check -> backward (AMP on CUDA when SOLVER.AMP) -> optional gradient clipping (which also stops
+the run on a non-finite gradient norm) -> SGD step -> LR schedule step.
 Every SOLVER.LOG_PERIOD iterations the smoothed losses, lr, time, data time, ETA and peak memory are
-logged and appended to OUTPUT_DIR/metrics.jsonl; every SOLVER.CHECKPOINT_PERIOD iterations (and at
-the end) a checkpoint is written atomically; every TEST.EVAL_PERIOD iterations `evaluate` runs.
+logged and appended to OUTPUT_DIR/metrics.jsonl (with "bad_images" once the loader skipped one);
+every SOLVER.CHECKPOINT_PERIOD iterations (and at the end) a checkpoint is written atomically;
+every TEST.EVAL_PERIOD iterations `evaluate` runs.
 """
 import logging
 import math
@@ -15,6 +17,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from drdet.data.bad_images import BadImageLog, TooManyBadImagesError
 from drdet.solver import make_gradient_clipper
 from drdet.utils import comm
 from drdet.utils.checkpoint import Checkpointer, get_rng_state
@@ -61,6 +64,21 @@ def check_finite(iteration: int, reduced: Dict[str, float], local: Dict[str, Ten
     )
 
 
+# Key of the unreadable-image count in the dict reduced over the ranks with the losses.
+_BAD_IMAGES = "bad_images"
+
+
+def check_bad_images(iteration: int, total: int, bad_images: Optional[BadImageLog]) -> None:
+    """Raises TooManyBadImagesError when `total`, the unreadable images met by the loaders of
+    all ranks, exceeds DATALOADER.MAX_BAD_IMAGES. Every rank sees the same total, so every rank
+    stops at the same iteration; each lists the files its own loader met."""
+    if bad_images is None or not bad_images.over_limit(total):
+        return
+    world_size = comm.get_world_size()
+    note = f" (rank {comm.get_rank()} of {world_size})" if world_size > 1 else ""
+    raise bad_images.limit_error(total, iteration, note)
+
+
 def do_train(
     cfg,
     model: nn.Module,
@@ -82,6 +100,10 @@ def do_train(
     "eval/<dataset>/<metric>".
     `should_stop()`, checked after every iteration, lets a signal handler end the run early: a
     checkpoint of the current iteration is then written and the iteration returned.
+    When `data_loader` has a `bad_images` log (drdet.data.build_data_loader's loaders), the
+    number of unreadable images it skipped is summed over the ranks every iteration, logged and
+    recorded once non-zero, and the run stops (TooManyBadImagesError) on every rank at once when
+    it exceeds DATALOADER.MAX_BAD_IMAGES.
     Returns the last iteration run.
     """
     max_iter = cfg.SOLVER.MAX_ITER
@@ -95,6 +117,11 @@ def do_train(
     metrics_file = (JSONLinesWriter(f"{cfg.OUTPUT_DIR}/metrics.jsonl", append=start_iter > 0)
                     if comm.is_main_process() else None)
     tensorboard = TensorboardWriter(cfg.OUTPUT_DIR) if comm.is_main_process() else None
+
+    bad_images: Optional[BadImageLog] = getattr(data_loader, "bad_images", None)
+    if bad_images is not None:
+        bad_images.raise_over_limit = False  # applied below to the sum over all ranks
+    num_bad = 0
 
     def save(name: str, iteration: int) -> None:
         checkpointer.save(name, iteration=iteration, rng=get_rng_state())
@@ -114,8 +141,14 @@ def do_train(
             with torch.autocast(device.type, enabled=use_amp):
                 loss_dict = model(images, targets)
             losses = sum(loss_dict.values())
-            reduced = comm.reduce_dict({k: v.detach().float() for k, v in loss_dict.items()})
+            to_reduce = {k: v.detach().float() for k, v in loss_dict.items()}
+            if bad_images is not None:
+                to_reduce[_BAD_IMAGES] = torch.tensor(float(bad_images.count), device=losses.device)
+            reduced = comm.reduce_dict(to_reduce)
             reduced = {k: float(v) for k, v in reduced.items()}  # the one host sync of the step
+            if bad_images is not None:  # the mean over the ranks back to their sum
+                num_bad = round(reduced.pop(_BAD_IMAGES) * comm.get_world_size())
+                check_bad_images(iteration, num_bad, bad_images)
             check_finite(iteration, reduced, loss_dict, targets)
 
             optimizer.zero_grad(set_to_none=True)
@@ -140,8 +173,12 @@ def do_train(
             meters.update(time=batch_time, data=data_time, lr=optimizer.param_groups[0]["lr"],
                           **values)
             if iteration % log_period == 0 or iteration == max_iter:
-                logger.info(meters.format(iteration, max_iter, max_memory_mb()))
+                line = meters.format(iteration, max_iter, max_memory_mb())
                 record = {"iteration": iteration, **meters.latest()}
+                if num_bad:
+                    line += f"  bad images: {num_bad}"
+                    record[_BAD_IMAGES] = num_bad
+                logger.info(line)
                 if metrics_file is not None:
                     metrics_file.write(record)
                     tensorboard.write(record, iteration)
@@ -163,10 +200,26 @@ def do_train(
         if iteration < max_iter:
             raise RuntimeError(f"The data loader ended at iteration {iteration} < {max_iter}")
         save("model_final", iteration)
+    except BaseException as err:
+        # Names rank and iteration in every rank's log: the errors of the ranks that a failed
+        # one leaves behind (a peer gone, a collective timed out) say little more. The hint is
+        # left out for the errors that stop every rank at once by design.
+        world_size = comm.get_world_size()
+        agreed = isinstance(err, (NonFiniteLossError, TooManyBadImagesError))
+        logger.error("Training stopped by %s at iteration %d on rank %d of %d%s",
+                     type(err).__name__, iteration, comm.get_rank(), world_size,
+                     "; when a peer closed the connection or a collective timed out "
+                     "(SOLVER.DIST_TIMEOUT_MINUTES), another rank failed or hung first: its "
+                     "log names the cause" if world_size > 1 and not agreed else "")
+        raise
     finally:
         if metrics_file is not None:
             metrics_file.close()
             tensorboard.close()
+    if num_bad:
+        logger.warning("%d unreadable images were skipped (over all ranks; DATALOADER."
+                       "MAX_BAD_IMAGES = %d); this rank's:\n%s", num_bad, bad_images.limit,
+                       bad_images.listing() or "  none")
     total = time.perf_counter() - start
     logger.info("Training: %d iterations in %.1f s (%.4f s / it)", iteration - start_iter, total,
                 total / max(1, iteration - start_iter))

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import math
 import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..bad_images import GuardedReads
 from ..image_io import read_image
 
 logger = logging.getLogger(__name__)
@@ -31,7 +34,100 @@ def clip_xywh_to_xyxy(xywh: np.ndarray, height: float, width: float) -> np.ndarr
     return np.stack([x1, y1, x2, y2], axis=1)
 
 
-class COCODataset(torch.utils.data.Dataset):
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def load_coco_json(path: str) -> dict[str, Any]:
+    """Read and check a COCO annotation file; every error is a ValueError naming `path` and the
+    image, annotation or category at fault.
+
+    Checked: valid JSON (the error gives line and column); an object with the lists "images" and
+    "categories" ("annotations" may be absent: image-info files such as test-dev); images with
+    "id", "file_name" and positive "width"/"height"; categories with "id" and "name"; annotations
+    with "id", "image_id", "category_id" and a "bbox" of 4 finite numbers, naming a known image
+    and category; no duplicate ids. A missing "iscrowd" becomes 0 and a missing "area" the box's
+    area (pycocotools' evaluation reads both).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: "
+                         f"{err.msg}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a COCO annotation file holds a JSON object, not a "
+                         f"{type(data).__name__}")
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{path}: no {key!r} list" if key not in data else
+                             f"{path}: {key!r} must be a list, not a {type(data[key]).__name__}")
+    annotations = data.setdefault("annotations", [])
+    if not isinstance(annotations, list):
+        raise ValueError(f"{path}: 'annotations' must be a list, not a {type(annotations).__name__}")
+
+    cat_ids = _checked_ids(path, data["categories"], "category", ("id", "name"))
+    image_ids = _checked_ids(path, data["images"], "image", ("id", "file_name", "width", "height"))
+    for img in data["images"]:
+        for key in ("width", "height"):
+            if not _is_number(img[key]) or img[key] <= 0:
+                raise ValueError(f"{path}: image id {img['id']} ({img['file_name']!r}) has "
+                                 f"{key} {img[key]!r}; it must be a positive number of pixels")
+    seen: set = set()
+    for position, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            raise ValueError(f"{path}: annotation #{position} is a {type(ann).__name__}, "
+                             "not an object")
+        where = (f"annotation id {ann['id']}" if "id" in ann
+                 else f"annotation #{position} (counting from 0)")
+        missing = [k for k in ("id", "image_id", "category_id", "bbox") if k not in ann]
+        if missing:
+            raise ValueError(f"{path}: {where} has no {', '.join(map(repr, missing))}")
+        for key in ("id", "image_id", "category_id"):
+            if not _is_id(ann[key]):
+                raise ValueError(f"{path}: {where} has {key} {ann[key]!r}; ids are integers")
+        if ann["id"] in seen:
+            raise ValueError(f"{path}: {where} appears twice (annotation ids must be unique)")
+        seen.add(ann["id"])
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+            raise ValueError(f"{path}: {where} has bbox {bbox!r}; expected [x, y, width, "
+                             "height], 4 finite numbers")
+        if ann["image_id"] not in image_ids:
+            raise ValueError(f"{path}: {where} names image id {ann['image_id']!r}, which is not "
+                             "in 'images'")
+        if ann["category_id"] not in cat_ids:
+            raise ValueError(f"{path}: {where} names category id {ann['category_id']!r}, which "
+                             "is not in 'categories'")
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("area", float(max(bbox[2], 0) * max(bbox[3], 0)))
+    return data
+
+
+def _checked_ids(path: str, entries: list, what: str, keys: tuple[str, ...]) -> set:
+    ids: set = set()
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: {what} #{position} is a {type(entry).__name__}, not an object")
+        where = f"{what} id {entry['id']}" if "id" in entry else f"{what} #{position} (counting from 0)"
+        missing = [k for k in keys if k not in entry]
+        if missing:
+            raise ValueError(f"{path}: {where} has no {', '.join(map(repr, missing))}")
+        if not _is_id(entry["id"]):
+            raise ValueError(f"{path}: {where} has id {entry['id']!r}; ids are integers")
+        if entry["id"] in ids:
+            raise ValueError(f"{path}: {where} appears twice ({what} ids must be unique)")
+        ids.add(entry["id"])
+    return ids
+
+
+class COCODataset(GuardedReads, torch.utils.data.Dataset):
     """Detection samples from a COCO json file and the folder of its images.
 
     Each item is (image, target, index) where, after `transforms` (see drdet.data.transforms),
@@ -39,14 +135,23 @@ class COCODataset(torch.utils.data.Dataset):
         "boxes":     (K, 4) float32, x1y1x2y2 in the resized image's pixels;
         "labels":    (K,) int64, contiguous class ids in 1..C (0 is background);
         "image_id":  int, the COCO image id;
-        "orig_size": (h, w) of the image as read (EXIF orientation applied);
+        "orig_size": (h, w) of the image as read (the json's height and width);
         "size":      (h, w) after the transforms.
     Without transforms the image is the PIL RGB image and boxes are in its pixels.
 
-    Crowd annotations never enter the targets. Boxes are clipped to the image and those left
-    with zero width or height are dropped; their number is `num_dropped_boxes` (also logged).
-    With `remove_images_without_annotations` (training) images left with no box are skipped;
-    evaluation keeps every image of the json.
+    The json is checked on loading (load_coco_json: errors name the file and the image,
+    annotation or category id). Images are read by drdet.data.image_io.read_image with the json's
+    size as the expected one: 8-bit RGB whatever the file's mode; EXIF orientation applied unless
+    the json's width/height are those of the stored, un-rotated pixels; an image that is missing,
+    undecodable or of another size raises an ImageReadError naming file and image id (which
+    build_data_loader's read policy turns into a skip or a clear error, see
+    drdet.data.bad_images).
+
+    Crowd annotations never enter the targets. Boxes are clipped to the image (their number is
+    `num_clipped_boxes`) and those left with zero width or height (also boxes of zero or negative
+    size) are dropped; their number is `num_dropped_boxes` (both logged). With
+    `remove_images_without_annotations` (training) images left with no box (none, or crowd
+    only) are skipped; evaluation keeps every image of the json.
 
     Category ids: COCO's (possibly sparse) ids map to contiguous labels 1..C in increasing id
     order: `category_id_to_contiguous_id` and, for writing results, `contiguous_id_to_category_id`.
@@ -60,8 +165,10 @@ class COCODataset(torch.utils.data.Dataset):
             raise FileNotFoundError(f"COCO annotation file {ann_file!r} does not exist")
         if not os.path.isdir(image_root):
             raise FileNotFoundError(f"COCO image folder {image_root!r} does not exist")
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timings
-            self.coco = COCO(ann_file)
+        self.coco = COCO()
+        self.coco.dataset = load_coco_json(ann_file)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            self.coco.createIndex()
         self.name = name or os.path.basename(ann_file)
         self.ann_file = ann_file
         self.image_root = image_root
@@ -74,6 +181,7 @@ class COCODataset(torch.utils.data.Dataset):
         self.class_names: list[str] = [self.coco.cats[c]["name"] for c in cat_ids]
 
         self.num_dropped_boxes = 0
+        self.num_clipped_boxes = 0
         self.num_crowd_boxes = 0
         self._boxes: dict[int, np.ndarray] = {}
         self._labels: dict[int, np.ndarray] = {}
@@ -83,9 +191,10 @@ class COCODataset(torch.utils.data.Dataset):
         if remove_images_without_annotations:
             ids = [i for i in ids if len(self._boxes[i]) > 0]
         self.ids: list[int] = ids
-        if self.num_dropped_boxes:
-            logger.warning("%s: dropped %d boxes that were empty after clipping to the image",
-                           self.name, self.num_dropped_boxes)
+        if self.num_dropped_boxes or self.num_clipped_boxes:
+            logger.warning("%s: %d boxes clipped to their image, %d dropped (empty after "
+                           "clipping, or of zero or negative size)", self.name,
+                           self.num_clipped_boxes, self.num_dropped_boxes)
         logger.info("%s: %d images (%d in the json), %d classes, %d crowd boxes left out",
                     self.name, len(self.ids), len(self.coco.imgs), self.num_classes,
                     self.num_crowd_boxes)
@@ -101,13 +210,13 @@ class COCODataset(torch.utils.data.Dataset):
         crowd = [a for a in anns if a.get("iscrowd", 0)]
         anns = [a for a in anns if not a.get("iscrowd", 0)]
         self.num_crowd_boxes += len(crowd)
-        unknown = {a["category_id"] for a in anns} - set(self.category_id_to_contiguous_id)
-        if unknown:
-            raise ValueError(f"{self.ann_file}: image {img_id} has annotations of category ids "
-                             f"{sorted(unknown)} that are not in 'categories'")
-        boxes = clip_xywh_to_xyxy([a["bbox"] for a in anns], info["height"], info["width"])
+        xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        boxes = clip_xywh_to_xyxy(xywh, info["height"], info["width"])
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        unclipped = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        clipped = keep & (np.abs(boxes - unclipped) > 1e-6).any(axis=1)
         self.num_dropped_boxes += int((~keep).sum())
+        self.num_clipped_boxes += int(clipped.sum())
         labels = np.array([self.category_id_to_contiguous_id[a["category_id"]] for a in anns],
                           dtype=np.int64)
         return boxes[keep].astype(np.float32), labels[keep]
@@ -119,17 +228,15 @@ class COCODataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int):
+    def load_item(self, index: int):
+        """(image, target, index) of entry `index` (see the class docstring); raises an
+        ImageReadError naming file and image id when the image cannot be used."""
         img_id = self.ids[index]
         info = self.coco.imgs[img_id]
-        image = read_image(os.path.join(self.image_root, info["file_name"]), img_id)
-        w, h = image.size
+        image = read_image(os.path.join(self.image_root, info["file_name"]), img_id,
+                           expected_size=(info["height"], info["width"]))
+        w, h = image.size  # == the json's width and height (read_image checks)
         boxes, labels = self._boxes[img_id], self._labels[img_id]
-        if (h, w) != (info["height"], info["width"]):
-            # The json's size disagrees with the decoded (EXIF-rotated) image: clip again.
-            boxes = np.minimum(boxes, np.array([w, h, w, h], dtype=np.float32))
-            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            boxes, labels = boxes[keep], labels[keep]
         target = {
             "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.as_tensor(labels, dtype=torch.int64),

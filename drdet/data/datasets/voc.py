@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..bad_images import GuardedReads
 from ..image_io import read_image
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -51,7 +52,7 @@ def parse_voc_xml(path: str) -> dict[str, Any]:
             "labels": np.asarray(labels, dtype=np.int64), "difficult": np.asarray(difficult, bool)}
 
 
-class VOCDataset(torch.utils.data.Dataset):
+class VOCDataset(GuardedReads, torch.utils.data.Dataset):
     """Pascal VOC samples from `root` (a VOCdevkit/VOC2007-style folder with Annotations/,
     JPEGImages/ and ImageSets/Main/<split>.txt).
 
@@ -104,7 +105,9 @@ class VOCDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int):
+    def load_item(self, index: int):
+        """(image, target, index) of entry `index`; raises an ImageReadError naming file and
+        image id when the image cannot be read."""
         rec = self.records[index]
         image = read_image(os.path.join(self.root, "JPEGImages", f"{rec['stem']}.jpg"),
                            rec["image_id"])
