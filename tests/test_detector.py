@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from test_fusion import assert_same_detections
+
 from drdet.modeling.anchor_generator import AnchorGenerator
 from drdet.modeling.box_coder import BoxCoder
 from drdet.modeling.detector import RetinaNet
@@ -248,10 +250,13 @@ def test_predictor_resizes_loads_weights_and_returns_original_pixels(tmp_path):
     resized = torch.from_numpy(image).permute(2, 0, 1).float()[None]
     resized = F.interpolate(resized, size=(96, 128), mode="bilinear", align_corners=False)[0]
     with torch.no_grad():
-        ref = first.model([resized])[0]
+        ref = first.inference_model([resized])[0]
+        unfolded = first.model([resized])[0]
     torch.testing.assert_close(
         out1["boxes"], ref["boxes"] * torch.tensor([200 / 128, 150 / 96] * 2)
     )
+    # The predictor runs a copy with FrozenBN folded into the convolutions: same detections.
+    assert_same_detections(ref, unfolded)
     assert (out1["boxes"][:, 2] <= 200).all() and (out1["boxes"][:, 3] <= 150).all()
     # a plain state dict is accepted too; wrong keys are an error
     torch.save(first.model.state_dict(), path)
@@ -261,3 +266,4 @@ def test_predictor_resizes_loads_weights_and_returns_original_pixels(tmp_path):
         Predictor(_predictor_cfg(path))
     with pytest.raises(ValueError, match="uint8"):
         first(image.astype(np.float32))
+

@@ -1,11 +1,13 @@
 """The RetinaNet detector: normalise and batch the images, backbone + FPN, head, then the losses
 (training) or the detections (eval)."""
 
+import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from drdet.layers.batch_norm import fuse_frozen_batchnorm
 from drdet.modeling.anchor_generator import AnchorGenerator, build_anchor_generator
 from drdet.modeling.backbone import build_backbone
 from drdet.modeling.box_coder import BoxCoder
@@ -115,6 +117,30 @@ class RetinaNet(nn.Module):
                 scale = det["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])
                 det["boxes"] = det["boxes"] * scale
         return detections
+
+
+def prepare_for_inference(model: nn.Module, channels_last: Optional[bool] = None) -> nn.Module:
+    """A copy of ``model`` (a RetinaNet, or a DistributedDataParallel around one) set up for
+    inference, used by the Predictor and the test loop; ``model`` itself is not modified, so its
+    state dict stays what checkpoints hold.
+
+    The copy is in eval mode, with every FrozenBatchNorm2d that follows a convolution folded
+    into it (same detections, up to float rounding: one convolution with a bias instead of a
+    convolution and a per-channel affine), and its weights in channels_last memory format when
+    ``channels_last`` (default: on the CPU, where oneDNN's convolutions are faster in NHWC and
+    the head's outputs then flatten without a copy). Its parameters do not require gradients.
+    Make a new copy after changing ``model``'s weights.
+    """
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    if channels_last is None:
+        tensor = next(model.parameters(), None)
+        channels_last = tensor is None or tensor.device.type == "cpu"
+    inference_model = copy.deepcopy(model).eval()
+    fuse_frozen_batchnorm(inference_model)
+    inference_model.requires_grad_(False)
+    if channels_last:
+        inference_model.to(memory_format=torch.channels_last)
+    return inference_model
 
 
 def build_detector(cfg) -> RetinaNet:
