@@ -80,7 +80,8 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = F.relu_(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu_(out + identity)
+        out += identity  # in place: out is a fresh norm/conv output that autograd does not keep
+        return F.relu_(out)
 
 
 class Bottleneck(nn.Module):
@@ -110,7 +111,8 @@ class Bottleneck(nn.Module):
         out = F.relu_(self.bn1(self.conv1(x)))
         out = F.relu_(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu_(out + identity)
+        out += identity  # in place: out is a fresh norm/conv output that autograd does not keep
+        return F.relu_(out)
 
 
 class ResNet(nn.Module):
