@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -37,7 +38,10 @@ def test_benchmark_model_inference_rows_and_json(tmp_path, capsys, monkeypatch):
     assert [r[0] for r in rows] == ["inference per image (torchvision)",
                                     "inference per image (drdet)"]
     printed = capsys.readouterr().out
-    assert "ratio" in printed and "detections per image: drdet [100], torchvision [100]" in printed
+    # same weights and images: both models return the same number of detections
+    counts = re.search(r"detections per image: drdet \[(\d+)\], torchvision \[(\d+)\]", printed)
+    assert "ratio" in printed and counts and counts.group(1) == counts.group(2)
+    assert int(counts.group(1)) > 0
     data = json.loads(out.read_text())
     assert data["score_thresh"] == 0.005 and data["size"] == [64, 96]
     tv, ours = data["rows"]

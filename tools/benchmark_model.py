@@ -8,19 +8,23 @@ loss and with DR loss, and inference per image including post-processing.
     python tools/benchmark_model.py --device cuda --amp           # batch 8 at 800 x 1344
 
 Both models: ResNet-50-FPN, FrozenBatchNorm, stem and res2 frozen, stride in the 3x3 conv, P6
-from P5, 4-conv heads, 80 object classes (torchvision: num_classes=81, its convention of an
-unused background index 0), random weights (seeded); torchvision's internal transform is set to
-the benchmark's image size so that it does not resize, and drdet gets the images at that size.
+from P5, 4-conv heads, 80 object classes, and the same random weights (seeded). torchvision's
+model is built the way `retinanet_resnet50_fpn(weights=...)` builds it for users who fine-tune
+pretrained weights (FrozenBatchNorm2d, trainable_layers=3; with weights=None it would switch to
+trainable BatchNorm2d and train every layer), num_classes=81 (its convention: an unused index 0).
+drdet's model uses configs/torchvision/retinanet_resnet50_fpn_torchvision.yaml (torchvision's
+input normalisation, box coding and head layout) and loads torchvision's initial weights through
+drdet's converter (convert_torchvision_retinanet, class columns 1..80), so both compute the same
+features from the same RGB 0-1 images. torchvision's internal transform is set to the
+benchmark's image size so that it does not resize.
 
 Inference runs each model the way its users run it: torchvision's model in eval mode, drdet's
 through `prepare_for_inference` (what the Predictor and tools/test_net.py's test loop do once
 per model: a copy with FrozenBN folded into the convolutions, channels_last on the CPU; its cost
 is printed apart), both under torch.no_grad(), with the same post-processing parameters: score
 threshold --score-thresh, 1000 candidates per level, class-wise NMS at 0.5, 100 detections per
-image. With these random weights (an untrained backbone, FrozenBN at identity) the scores
-spread widely: at the default 0.05 about half of all anchor x class entries pass, every level
-gives its 1000 candidates per image, and both models return 100 detections per image (printed),
-so the post-processing does its full work.
+image. The number of detections per image each model returns is printed: with the same
+weights both see the same scores, so their post-processing does the same work.
 
 Times are medians over --reps runs after --warmup runs; drdet's and torchvision's runs alternate
 so that a change of machine load hits both. The last column is drdet / torchvision (< 1: drdet
@@ -41,38 +45,57 @@ from benchmark_ops import measure  # noqa: E402  (tools/ is on sys.path when run
 from drdet.engine.launch import load_config  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 from drdet.modeling.detector import prepare_for_inference  # noqa: E402
+from drdet.utils.weights import convert_torchvision_retinanet  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "retinanet", "retinanet_R-50-FPN_1x.yaml")
+CONFIG = os.path.join(ROOT, "configs", "torchvision", "retinanet_resnet50_fpn_torchvision.yaml")
 
 
 # Post-processing parameters shared by both models (drdet's config defaults).
 PRE_NMS_TOP_N, NMS_THRESH, DETECTIONS_PER_IMG = 1000, 0.5, 100
 
 
-def drdet_model(device, loss_type, size, score_thresh=0.05):
+def drdet_model(device, loss_type, size, score_thresh=0.05, torchvision_state=None):
+    """drdet's RetinaNet in torchvision's conventions; with `torchvision_state` (a
+    torchvision_model's state dict) holding its weights."""
     cfg = load_config(CONFIG, [
-        "MODEL.DEVICE", device.type, "MODEL.RESNETS.STRIDE_IN_1X1", "False",
-        "MODEL.RETINANET.USE_C5", "False", "MODEL.RETINANET.LOSS_TYPE", loss_type,
+        "MODEL.DEVICE", device.type, "MODEL.RETINANET.LOSS_TYPE", loss_type,
         "MODEL.RETINANET.INFERENCE_TH", str(score_thresh),
         "MODEL.RETINANET.PRE_NMS_TOP_N", str(PRE_NMS_TOP_N),
         "MODEL.RETINANET.NMS_TH", str(NMS_THRESH),
         "TEST.DETECTIONS_PER_IMG", str(DETECTIONS_PER_IMG),
         "INPUT.MIN_SIZE_TEST", str(min(size)), "INPUT.MAX_SIZE_TEST", str(max(size))])
-    return build_detector(cfg).to(device)
+    model = build_detector(cfg)
+    if torchvision_state is not None:
+        state = convert_torchvision_retinanet(torchvision_state, class_columns=range(1, 81))
+        model.load_state_dict(state, strict=True)
+    return model.to(device)
 
 
 def torchvision_model(device, size, score_thresh=0.05):
-    from torchvision.models.detection import retinanet_resnet50_fpn
+    """torchvision's RetinaNet R-50-FPN (v1) as retinanet_resnet50_fpn builds it around
+    pretrained weights: FrozenBatchNorm2d, layer2..layer4 trainable; random weights."""
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+    from torchvision.ops.misc import FrozenBatchNorm2d
 
-    # num_classes counts torchvision's background index 0 (never predicted by a sigmoid head,
-    # but a column of the classifier): 80 object classes -> 81.
-    model = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81,
-                                   min_size=min(size), max_size=max(size),
-                                   score_thresh=score_thresh, nms_thresh=NMS_THRESH,
-                                   detections_per_img=DETECTIONS_PER_IMG,
-                                   topk_candidates=PRE_NMS_TOP_N)
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None,
+                                   norm_layer=FrozenBatchNorm2d, trainable_layers=3,
+                                   returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    # num_classes counts torchvision's unused label 0: 80 object classes -> 81.
+    model = RetinaNet(backbone, num_classes=81, min_size=min(size), max_size=max(size),
+                      score_thresh=score_thresh, nms_thresh=NMS_THRESH,
+                      detections_per_img=DETECTIONS_PER_IMG, topk_candidates=PRE_NMS_TOP_N)
     return model.to(device)
+
+
+def model_pair(device, size, score_thresh, loss_types=("FOCAL",)):
+    """(torchvision model, {loss type: drdet model}) with the same initial weights (seed 0)."""
+    torch.manual_seed(0)
+    tv = torchvision_model(device, size, score_thresh)
+    state = {k: v.cpu() for k, v in tv.state_dict().items()}
+    return tv, {t: drdet_model(device, t, size, score_thresh, state) for t in loss_types}
 
 
 def batch(device, n, size, num_boxes=10, seed=0):
@@ -113,10 +136,9 @@ def timed_alternating(fns, device, warmup, reps):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def train_step_fn(model, images, targets, device, amp, scale_images=1.0):
+def train_step_fn(model, images, targets, device, amp):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-    images = [img * scale_images for img in images]
     model.train()
 
     def step():
@@ -130,9 +152,8 @@ def train_step_fn(model, images, targets, device, amp, scale_images=1.0):
     return step
 
 
-def inference_fn(model, images, device, amp, scale_images=1.0):
+def inference_fn(model, images, device, amp):
     """fn() running `model` (already in its inference form) on `images`, under no_grad."""
-    images = [img * scale_images for img in images]
 
     @torch.no_grad()
     def run():
@@ -180,39 +201,47 @@ def main(argv=None):
     print(f"torch {torch.__version__}; {where}; batch {n} at {size[0]}x{size[1]}; amp {args.amp}; "
           f"score threshold {args.score_thresh}")
 
-    tv = torchvision_model(device, size, args.score_thresh)
-    models = {"focal": drdet_model(device, "FOCAL", size, args.score_thresh)}
-    if "train" in parts:
-        models["DR"] = drdet_model(device, "DR", size, args.score_thresh)
-    if args.channels_last:
-        tv = tv.to(memory_format=torch.channels_last)
-        models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
-    # drdet takes BGR 0-255 images (its default PIXEL_MEAN/STD), torchvision RGB 0-1: same tensor
-    # scaled, so both see inputs of the right range.
+    # Both models take the same RGB 0-1 tensors and normalise them the same way.
     rows = []  # (label, seconds, ratio or None)
     if "train" in parts:
+        tv, models = model_pair(device, size, args.score_thresh, ("FOCAL", "DR"))
+        models = {"focal": models["FOCAL"], "DR": models["DR"]}
+        if args.channels_last:
+            tv = tv.to(memory_format=torch.channels_last)
+            models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
         t_tv = timed(train_step_fn(tv, images, targets, device, args.amp), device, args.warmup,
                      args.reps)
         rows.append(("train step, focal (torchvision)", t_tv, None))
         for name in ("focal", "DR"):
-            t = timed(train_step_fn(models[name], images, targets, device, args.amp, 255.0),
+            t = timed(train_step_fn(models[name], images, targets, device, args.amp),
                       device, args.warmup, args.reps)
             rows.append((f"train step, {name} (drdet)", t, t / t_tv))
     if "inference" in parts:
+        # fresh models (the training steps above changed the weights)
+        tv, ours = model_pair(device, size, args.score_thresh)
+        tv, ours = tv.eval(), ours["FOCAL"]
+        if args.channels_last:
+            tv = tv.to(memory_format=torch.channels_last)
+            ours = ours.to(memory_format=torch.channels_last)
         start = time.perf_counter()
-        drdet_inference = prepare_for_inference(models["focal"])
+        drdet_inference = prepare_for_inference(ours)
         prepare_s = time.perf_counter() - start
-        tv.eval()
-        fns = {"drdet": inference_fn(drdet_inference, images, device, args.amp, 255.0),
+        fns = {"drdet": inference_fn(drdet_inference, images, device, args.amp),
                "torchvision": inference_fn(tv, images, device, args.amp)}
-        counts = {name: [len(d["scores"]) for d in fn()] for name, fn in fns.items()}
+        dets = {name: fn() for name, fn in fns.items()}
+        counts = {name: [len(d["scores"]) for d in out] for name, out in dets.items()}
+        # same weights, same images: the same scores (the boxes move by up to about a pixel,
+        # torchvision's anchors being rounded to integers)
+        score_diff = max((float((a["scores"] - b["scores"]).abs().max()) for a, b in
+                          zip(dets["drdet"], dets["torchvision"])
+                          if len(a["scores"]) == len(b["scores"]) > 0), default=float("nan"))
         t = timed_alternating(fns, device, args.warmup, args.reps)
         rows.append(("inference per image (torchvision)", t["torchvision"] / n, None))
         rows.append(("inference per image (drdet)", t["drdet"] / n,
                      t["drdet"] / t["torchvision"]))
         print(f"  detections per image: drdet {counts['drdet']}, torchvision "
-              f"{counts['torchvision']}; drdet's prepare_for_inference (once per model) "
-              f"{prepare_s * 1e3:.0f} ms")
+              f"{counts['torchvision']} (largest score difference {score_diff:.1e}); drdet's "
+              f"prepare_for_inference (once per model) {prepare_s * 1e3:.0f} ms")
     for label, seconds, ratio in rows:
         print(f"  {label:<36} {seconds * 1e3:9.1f} ms" + (f"   ratio {ratio:.2f}" if ratio else ""))
     peak = None
