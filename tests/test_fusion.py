@@ -9,7 +9,7 @@ from torch import nn
 
 from drdet.layers.batch_norm import FrozenBatchNorm2d, fold_frozen_batchnorm, fuse_frozen_batchnorm
 from drdet.modeling.backbone import ResNet
-from drdet.modeling.detector import build_detector, prepare_for_inference
+from drdet.modeling.detector import PackedConv2d, build_detector, prepare_for_inference
 
 
 def _randomize(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -173,15 +173,20 @@ def test_prepare_for_inference_same_detections_same_state_dict(conv_body):
     # a checkpoint of the model still loads strictly into a fresh one
     fresh = _detector(["MODEL.BACKBONE.CONV_BODY", conv_body])
     fresh.load_state_dict(model.state_dict(), strict=True)
-    # channels_last on the CPU, no gradients
-    assert fast.backbone.body.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    # channels_last and packed convolutions on the CPU, no gradients
+    stem_conv = fast.backbone.body.stem.conv1
+    assert isinstance(stem_conv, PackedConv2d)
+    assert stem_conv.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    # every convolution is packed (each PackedConv2d holds the nn.Conv2d it replaces)
+    assert sum(type(m) is nn.Conv2d for m in fast.modules()) == \
+        sum(isinstance(m, PackedConv2d) for m in fast.modules())
     assert not any(p.requires_grad for p in fast.parameters())
 
     # Head outputs: within 1e-4 of their largest magnitude, and as close to a float64 run of the
     # unfolded model as the float32 unfolded model is (folding costs no accuracy; a deep random
     # network amplifies float32 rounding, folded or not).
     model.eval()
-    plain = prepare_for_inference(model, channels_last=False)
+    plain = prepare_for_inference(model, channels_last=False, prepack=False)
     exact = _head_outputs(model, images, torch.float64)
     ref = _head_outputs(model, images)
     ref_err = float((ref - exact).abs().max())
@@ -218,3 +223,43 @@ def test_run_inference_uses_the_inference_copy(monkeypatch):
         ref = model.eval()(images, original_sizes=[(192, 256)])[0]
     assert len(ref["scores"]) > 0
     assert_same_detections(preds[3], ref)
+
+
+@pytest.mark.parametrize("stride,groups,dilation,bias", [
+    (1, 1, 1, True), (2, 1, 1, False), (1, 4, 1, True), (1, 1, 2, False)])
+def test_packed_conv_equals_conv_for_any_input_shape(stride, groups, dilation, bias):
+    conv = nn.Conv2d(8, 16, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups,
+                     bias=bias).requires_grad_(False)
+    packed = PackedConv2d(conv)
+    with torch.no_grad():
+        # packed at the first shape, then reused for others, NCHW or channels_last inputs
+        for shape in [(1, 8, 20, 30), (2, 8, 7, 5), (2, 8, 33, 16)]:
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                x = torch.randn(shape).contiguous(memory_format=fmt)
+                torch.testing.assert_close(packed(x), conv(x), rtol=1e-5, atol=1e-5)
+    if torch.backends.mkldnn.is_available():
+        assert packed._packed is not None and not packed._failed
+    # copies and pickles drop the opaque packed weight and pack again when used
+    clone = copy.deepcopy(packed)
+    assert clone._packed is None and clone.conv.weight is not conv.weight
+    x = torch.randn(1, 8, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), conv(x), rtol=1e-5, atol=1e-5)
+    # with gradients wanted, the plain convolution runs (the packed op has no backward)
+    x = torch.randn(1, 8, 12, 12, requires_grad=True)
+    packed(x).sum().backward()
+    assert x.grad is not None
+
+
+def test_packed_conv_falls_back_where_the_ops_fail(monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("no oneDNN here")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_convolution_weight", unavailable)
+    conv = nn.Conv2d(3, 4, 3, padding=1).requires_grad_(False)
+    packed = PackedConv2d(conv)
+    x = torch.randn(1, 3, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), conv(x))
+        assert packed._failed and packed._packed is None
+        torch.testing.assert_close(packed(x), conv(x))
