@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from test_fusion import assert_same_detections
+
 from drdet.modeling.anchor_generator import AnchorGenerator
 from drdet.modeling.box_coder import BoxCoder
 from drdet.modeling.detector import RetinaNet
@@ -248,10 +250,13 @@ def test_predictor_resizes_loads_weights_and_returns_original_pixels(tmp_path):
     resized = torch.from_numpy(image).permute(2, 0, 1).float()[None]
     resized = F.interpolate(resized, size=(96, 128), mode="bilinear", align_corners=False)[0]
     with torch.no_grad():
-        ref = first.model([resized])[0]
+        ref = first.inference_model([resized])[0]
+        unfolded = first.model([resized])[0]
     torch.testing.assert_close(
         out1["boxes"], ref["boxes"] * torch.tensor([200 / 128, 150 / 96] * 2)
     )
+    # The predictor runs a copy with FrozenBN folded into the convolutions: same detections.
+    assert_same_detections(ref, unfolded)
     assert (out1["boxes"][:, 2] <= 200).all() and (out1["boxes"][:, 3] <= 150).all()
     # a plain state dict is accepted too; wrong keys are an error
     torch.save(first.model.state_dict(), path)
@@ -261,3 +266,39 @@ def test_predictor_resizes_loads_weights_and_returns_original_pixels(tmp_path):
         Predictor(_predictor_cfg(path))
     with pytest.raises(ValueError, match="uint8"):
         first(image.astype(np.float32))
+
+
+# ---------------------------------------------------------------- post-processing without top-k
+def test_postprocess_without_topk_when_few_pass_the_threshold():
+    """When no image has more than pre_nms_top_n entries above the threshold, the candidates
+    come from one pass over the logits instead of a top-k: same candidates in the same order
+    (by image, decreasing score), same detections as the per-class reference."""
+    from test_postprocess import C as C_POST
+    from test_postprocess import SIZES, _inputs, _post, _reference
+
+    from drdet.modeling.retinanet.inference import RetinaNetPostProcessor
+
+    anchors, logits, deltas = _inputs()
+    big = torch.tensor([[1000.0, 1000.0]] * 2)
+    post = _post(pre_nms_top_n=10**4)
+    assert int((logits[0].sigmoid() > 0.2).flatten(1).sum(1).max()) < 10**4
+    boxes, scores, classes, images = post.candidates(anchors[0], logits[0], deltas[0], big)
+    assert torch.equal(images, images.sort().values)
+    coder = BoxCoder()
+    for i in range(2):
+        s = logits[0][i].sigmoid().flatten()
+        top = s.argsort(descending=True)
+        top = top[s[top] > 0.2]
+        torch.testing.assert_close(scores[images == i], s[top])
+        assert torch.equal(classes[images == i], top % C_POST)
+        expected = coder.decode(deltas[0][i][top // C_POST], anchors[0][top // C_POST]).clamp(min=0)
+        torch.testing.assert_close(boxes[images == i], expected)
+
+    args = dict(score_thresh=0.2, pre_nms_top_n=10**4, nms_thresh=0.5, detections_per_img=25)
+    ours = RetinaNetPostProcessor(BoxCoder(), **args)(anchors, logits, deltas, SIZES)
+    ref = _reference(anchors, logits, deltas, SIZES, **args)
+    for det, r in zip(ours, ref):
+        assert len(det["scores"]) > 0
+        torch.testing.assert_close(det["scores"], r["scores"])
+        torch.testing.assert_close(det["boxes"], r["boxes"])
+        assert torch.equal(det["labels"], r["labels"])

@@ -4,17 +4,38 @@ images, same batch, on one machine: a training step (forward, backward, SGD step
 loss and with DR loss, and inference per image including post-processing.
 
     python tools/benchmark_model.py --device cpu                  # batch 2 at 512 x 512
-    python tools/benchmark_model.py --device cuda --amp           # batch 8 at 800 x 1333
+    python tools/benchmark_model.py --device cpu --parts inference --reps 11
+    python tools/benchmark_model.py --device cuda --amp           # batch 8 at 800 x 1344
 
 Both models: ResNet-50-FPN, FrozenBatchNorm, stem and res2 frozen, stride in the 3x3 conv, P6
-from P5, 4-conv heads, 80 foreground classes, random weights (seeded); torchvision's internal
-transform is set to the benchmark's image size so that it does not resize, and drdet gets the
-images at that size. Times are medians over --reps runs after --warmup runs; the last column is
-drdet / torchvision (< 1: drdet is faster).
+from P5, 4-conv heads, 80 object classes, and the same random weights (seeded). torchvision's
+model is built the way `retinanet_resnet50_fpn(weights=...)` builds it for users who fine-tune
+pretrained weights (FrozenBatchNorm2d, trainable_layers=3; with weights=None it would switch to
+trainable BatchNorm2d and train every layer), num_classes=81 (its convention: an unused index 0).
+drdet's model uses configs/torchvision/retinanet_resnet50_fpn_torchvision.yaml (torchvision's
+input normalisation, box coding and head layout) and loads torchvision's initial weights through
+drdet's converter (convert_torchvision_retinanet, class columns 1..80), so both compute the same
+features from the same RGB 0-1 images. torchvision's internal transform is set to the
+benchmark's image size so that it does not resize.
+
+Inference runs each model the way its users run it: torchvision's model in eval mode, drdet's
+through `prepare_for_inference` (what the Predictor and tools/test_net.py's test loop do once
+per model: a copy with FrozenBN folded into the convolutions, channels_last on the CPU; its cost
+is printed apart), both under torch.no_grad(), with the same post-processing parameters: score
+threshold --score-thresh, 1000 candidates per level, class-wise NMS at 0.5, 100 detections per
+image. The number of detections per image each model returns is printed: with the same
+weights both see the same scores, so their post-processing does the same work.
+
+Times are medians over --reps runs after --warmup runs; drdet's and torchvision's runs alternate
+so that a change of machine load hits both. The last column is drdet / torchvision (< 1: drdet
+is faster). --json writes the figures to a file.
 """
 import argparse
+import json
 import os
+import statistics
 import sys
+import time
 
 import torch
 
@@ -23,25 +44,58 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmark_ops import measure  # noqa: E402  (tools/ is on sys.path when run as a script)
 from drdet.engine.launch import load_config  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
+from drdet.modeling.detector import prepare_for_inference  # noqa: E402
+from drdet.utils.weights import convert_torchvision_retinanet  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "retinanet", "retinanet_R-50-FPN_1x.yaml")
+CONFIG = os.path.join(ROOT, "configs", "torchvision", "retinanet_resnet50_fpn_torchvision.yaml")
 
 
-def drdet_model(device, loss_type, size):
+# Post-processing parameters shared by both models (drdet's config defaults).
+PRE_NMS_TOP_N, NMS_THRESH, DETECTIONS_PER_IMG = 1000, 0.5, 100
+
+
+def drdet_model(device, loss_type, size, score_thresh=0.05, torchvision_state=None):
+    """drdet's RetinaNet in torchvision's conventions; with `torchvision_state` (a
+    torchvision_model's state dict) holding its weights."""
     cfg = load_config(CONFIG, [
-        "MODEL.DEVICE", device.type, "MODEL.RESNETS.STRIDE_IN_1X1", "False",
-        "MODEL.RETINANET.USE_C5", "False", "MODEL.RETINANET.LOSS_TYPE", loss_type,
+        "MODEL.DEVICE", device.type, "MODEL.RETINANET.LOSS_TYPE", loss_type,
+        "MODEL.RETINANET.INFERENCE_TH", str(score_thresh),
+        "MODEL.RETINANET.PRE_NMS_TOP_N", str(PRE_NMS_TOP_N),
+        "MODEL.RETINANET.NMS_TH", str(NMS_THRESH),
+        "TEST.DETECTIONS_PER_IMG", str(DETECTIONS_PER_IMG),
         "INPUT.MIN_SIZE_TEST", str(min(size)), "INPUT.MAX_SIZE_TEST", str(max(size))])
-    return build_detector(cfg).to(device)
-
-
-def torchvision_model(device, size):
-    from torchvision.models.detection import retinanet_resnet50_fpn
-
-    model = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91,
-                                   min_size=min(size), max_size=max(size))
+    model = build_detector(cfg)
+    if torchvision_state is not None:
+        state = convert_torchvision_retinanet(torchvision_state, class_columns=range(1, 81))
+        model.load_state_dict(state, strict=True)
     return model.to(device)
+
+
+def torchvision_model(device, size, score_thresh=0.05):
+    """torchvision's RetinaNet R-50-FPN (v1) as retinanet_resnet50_fpn builds it around
+    pretrained weights: FrozenBatchNorm2d, layer2..layer4 trainable; random weights."""
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None,
+                                   norm_layer=FrozenBatchNorm2d, trainable_layers=3,
+                                   returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    # num_classes counts torchvision's unused label 0: 80 object classes -> 81.
+    model = RetinaNet(backbone, num_classes=81, min_size=min(size), max_size=max(size),
+                      score_thresh=score_thresh, nms_thresh=NMS_THRESH,
+                      detections_per_img=DETECTIONS_PER_IMG, topk_candidates=PRE_NMS_TOP_N)
+    return model.to(device)
+
+
+def model_pair(device, size, score_thresh, loss_types=("FOCAL",)):
+    """(torchvision model, {loss type: drdet model}) with the same initial weights (seed 0)."""
+    torch.manual_seed(0)
+    tv = torchvision_model(device, size, score_thresh)
+    state = {k: v.cpu() for k, v in tv.state_dict().items()}
+    return tv, {t: drdet_model(device, t, size, score_thresh, state) for t in loss_types}
 
 
 def batch(device, n, size, num_boxes=10, seed=0):
@@ -63,10 +117,28 @@ def timed(fn, device, warmup, reps):
     return measure(fn, device, reps, warmup) / 1e3
 
 
-def train_step_fn(model, images, targets, device, amp, scale_images=1.0):
+def timed_alternating(fns, device, warmup, reps):
+    """{name: median seconds} of each of `fns` ({name: fn}), called in turn: warmup rounds,
+    then `reps` timed rounds of one call each."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def train_step_fn(model, images, targets, device, amp):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-    images = [img * scale_images for img in images]
     model.train()
 
     def step():
@@ -80,19 +152,18 @@ def train_step_fn(model, images, targets, device, amp, scale_images=1.0):
     return step
 
 
-def inference_fn(model, images, device, amp, scale_images=1.0):
-    images = [img * scale_images for img in images]
-    model.eval()
+def inference_fn(model, images, device, amp):
+    """fn() running `model` (already in its inference form) on `images`, under no_grad."""
 
     @torch.no_grad()
     def run():
         with torch.autocast(device.type, enabled=amp):
-            model(images)
+            return model(images)
 
     return run
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -100,14 +171,28 @@ def main():
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="default: 512 512 on CPU, 800 1344 on CUDA (a multiple of 32)")
     parser.add_argument("--amp", action="store_true", help="torch.autocast (CUDA)")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last models")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="channels_last for both models' training step and torchvision's "
+                             "inference too (drdet's inference copy is channels_last on the CPU "
+                             "anyway)")
+    parser.add_argument("--parts", default="train,inference",
+                        help="comma-separated subset of train,inference")
+    parser.add_argument("--score-thresh", type=float, default=0.05,
+                        help="inference score threshold of both models (default 0.05)")
+    parser.add_argument("--unprepared", action="store_true",
+                        help="also time drdet's model as built, in eval mode, without "
+                             "prepare_for_inference (the effect of the inference copy)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
-    args = parser.parse_args()
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the figures here")
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is visible")
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"train", "inference"}:
+        raise SystemExit(f"--parts: a subset of train,inference, got {args.parts!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     n = args.batch or (2 if device.type == "cpu" else 8)
@@ -116,31 +201,70 @@ def main():
     images, targets = batch(device, n, size)
     where = torch.cuda.get_device_name() if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}; {where}; batch {n} at {size[0]}x{size[1]}; amp {args.amp}")
+    print(f"torch {torch.__version__}; {where}; batch {n} at {size[0]}x{size[1]}; amp {args.amp}; "
+          f"score threshold {args.score_thresh}")
 
-    tv = torchvision_model(device, size)
-    models = {"focal": drdet_model(device, "FOCAL", size), "DR": drdet_model(device, "DR", size)}
-    if args.channels_last:
-        tv = tv.to(memory_format=torch.channels_last)
-        models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
-    # drdet takes BGR 0-255 images (its default PIXEL_MEAN/STD), torchvision RGB 0-1: same tensor
-    # scaled, so both see inputs of the right range.
-    t_tv = timed(train_step_fn(tv, images, targets, device, args.amp), device, args.warmup,
-                 args.reps)
-    rows = [("train step, focal (torchvision)", t_tv, None)]
-    for name, model in models.items():
-        t = timed(train_step_fn(model, images, targets, device, args.amp, 255.0), device,
-                  args.warmup, args.reps)
-        rows.append((f"train step, {name} (drdet)", t, t / t_tv))
-    t_tv_inf = timed(inference_fn(tv, images, device, args.amp), device, args.warmup, args.reps)
-    rows.append(("inference per image (torchvision)", t_tv_inf / n, None))
-    t_inf = timed(inference_fn(models["focal"], images, device, args.amp, 255.0), device,
-                  args.warmup, args.reps)
-    rows.append(("inference per image (drdet)", t_inf / n, t_inf / t_tv_inf))
+    # Both models take the same RGB 0-1 tensors and normalise them the same way.
+    rows = []  # (label, seconds, ratio or None)
+    if "train" in parts:
+        tv, models = model_pair(device, size, args.score_thresh, ("FOCAL", "DR"))
+        models = {"focal": models["FOCAL"], "DR": models["DR"]}
+        if args.channels_last:
+            tv = tv.to(memory_format=torch.channels_last)
+            models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
+        t_tv = timed(train_step_fn(tv, images, targets, device, args.amp), device, args.warmup,
+                     args.reps)
+        rows.append(("train step, focal (torchvision)", t_tv, None))
+        for name in ("focal", "DR"):
+            t = timed(train_step_fn(models[name], images, targets, device, args.amp),
+                      device, args.warmup, args.reps)
+            rows.append((f"train step, {name} (drdet)", t, t / t_tv))
+    if "inference" in parts:
+        # fresh models (the training steps above changed the weights)
+        tv, ours = model_pair(device, size, args.score_thresh)
+        tv, ours = tv.eval(), ours["FOCAL"]
+        if args.channels_last:
+            tv = tv.to(memory_format=torch.channels_last)
+            ours = ours.to(memory_format=torch.channels_last)
+        start = time.perf_counter()
+        drdet_inference = prepare_for_inference(ours)
+        prepare_s = time.perf_counter() - start
+        fns = {"drdet": inference_fn(drdet_inference, images, device, args.amp),
+               "torchvision": inference_fn(tv, images, device, args.amp)}
+        if args.unprepared:
+            fns["drdet unprepared"] = inference_fn(ours.eval(), images, device, args.amp)
+        dets = {name: fn() for name, fn in fns.items()}
+        counts = {name: [len(d["scores"]) for d in out] for name, out in dets.items()}
+        # same weights, same images: the same scores (the boxes move by up to about a pixel,
+        # torchvision's anchors being rounded to integers)
+        score_diff = max((float((a["scores"] - b["scores"]).abs().max()) for a, b in
+                          zip(dets["drdet"], dets["torchvision"])
+                          if len(a["scores"]) == len(b["scores"]) > 0), default=float("nan"))
+        t = timed_alternating(fns, device, args.warmup, args.reps)
+        rows.append(("inference per image (torchvision)", t["torchvision"] / n, None))
+        rows.append(("inference per image (drdet)", t["drdet"] / n,
+                     t["drdet"] / t["torchvision"]))
+        if args.unprepared:
+            rows.append(("  same, without prepare_for_inference", t["drdet unprepared"] / n,
+                         t["drdet unprepared"] / t["torchvision"]))
+        print(f"  detections per image: drdet {counts['drdet']}, torchvision "
+              f"{counts['torchvision']} (largest score difference {score_diff:.1e}); drdet's "
+              f"prepare_for_inference (once per model) {prepare_s * 1e3:.0f} ms")
     for label, seconds, ratio in rows:
-        print(f"  {label:<36} {seconds * 1e3:9.1f} ms" + (f"   ratio {ratio:.2f}" if ratio else ""))
+        print(f"  {label:<38} {seconds * 1e3:9.1f} ms" + (f"   ratio {ratio:.2f}" if ratio else ""))
+    peak = None
     if device.type == "cuda":
-        print(f"  peak memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB (all runs)")
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        print(f"  peak memory {peak:.0f} MiB (all runs)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"torch": torch.__version__, "device": where, "batch": n, "size": size,
+                       "amp": args.amp, "score_thresh": args.score_thresh,
+                       "warmup": args.warmup, "reps": args.reps,
+                       "rows": [{"what": label, "ms": seconds * 1e3, "ratio": ratio}
+                                for label, seconds, ratio in rows],
+                       "peak_memory_mib": peak}, f, indent=1)
+    return rows
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from drdet.data.datasets import VOCDataset
 from drdet.evaluation import evaluate_coco, evaluate_voc, gather_predictions
+from drdet.modeling.detector import prepare_for_inference
 from drdet.utils import comm
 from drdet.utils.io import atomic_write_json
 
@@ -26,8 +27,11 @@ def run_inference(model: nn.Module, data_loader, device: torch.device,
                   bbox_aug=None) -> Dict[int, Dict[str, torch.Tensor]]:
     """{image_id: {"boxes" (K, 4) in the original image's pixels, "scores" (K,), "labels" (K,)}}
     for the images of this rank's shard, on the CPU. `bbox_aug(model, images, targets)`, when
-    given, replaces the plain forward (multi-scale / flip test)."""
-    model.eval()
+    given, replaces the plain forward (multi-scale / flip test).
+
+    The images go through `prepare_for_inference(model)`, a copy with FrozenBN folded into the
+    convolutions (channels_last on the CPU); `model` itself is not modified."""
+    model = prepare_for_inference(model)
     predictions = {}
     start = time.perf_counter()
     for images, targets, _ in tqdm(data_loader, desc="inference", disable=not comm.is_main_process(),

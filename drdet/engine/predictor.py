@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from drdet.data.transforms import resized_hw
-from drdet.modeling.detector import build_detector
+from drdet.modeling.detector import build_detector, prepare_for_inference
 from drdet.utils.checkpoint import Checkpointer
 
 
@@ -18,6 +18,12 @@ class Predictor:
 
     The image is resized with INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (bilinear) and given to the
     network as BGR 0-255 when INPUT.TO_BGR255, else RGB 0-1.
+
+    ``model`` is the detector with the loaded weights (what ``model.state_dict()`` saves);
+    calls run ``inference_model``, its copy made by
+    :func:`~drdet.modeling.detector.prepare_for_inference` (FrozenBN folded into the
+    convolutions, channels_last on the CPU). After changing ``model``'s weights, call
+    :meth:`refresh` to make a new copy.
     """
 
     def __init__(self, cfg):
@@ -26,9 +32,14 @@ class Predictor:
         self.model = build_detector(self.cfg).to(self.device).eval()
         if cfg.MODEL.WEIGHT:
             Checkpointer(self.model).load(cfg.MODEL.WEIGHT, load_training_state=False, strict=True)
+        self.refresh()
         self.min_size = cfg.INPUT.MIN_SIZE_TEST
         self.max_size = cfg.INPUT.MAX_SIZE_TEST
         self.to_bgr255 = cfg.INPUT.TO_BGR255
+
+    def refresh(self) -> None:
+        """Rebuilds ``inference_model`` from ``model`` (after its weights changed)."""
+        self.inference_model = prepare_for_inference(self.model)
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> Dict[str, Tensor]:
@@ -58,5 +69,5 @@ class Predictor:
             tensor = tensor.flip(0) / 255.0
         size = resized_hw(height, width, self.min_size, self.max_size)
         tensor = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
-        detections = self.model([tensor], original_sizes=[(height, width)])[0]
+        detections = self.inference_model([tensor], original_sizes=[(height, width)])[0]
         return {k: v.cpu() for k, v in detections.items()}

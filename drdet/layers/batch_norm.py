@@ -64,3 +64,63 @@ class FrozenBatchNorm2d(nn.Module):
             if new_child is not child:
                 setattr(module, name, new_child)
         return module
+
+
+def fold_frozen_batchnorm(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
+    """A new Conv2d computing ``bn(conv(x))`` in one convolution (inference only).
+
+    With ``s = weight / sqrt(running_var + eps)``: ``W' = W * s`` (per output channel) and
+    ``b' = (b - running_mean) * s + bias`` (``b = 0`` for a conv without bias). The folded values
+    are computed in float64 and stored in the conv's dtype; the inputs are not modified.
+    Grouped and dilated convolutions fold the same way (the scale is per output channel).
+    """
+    if not isinstance(conv, nn.Conv2d) or not isinstance(bn, FrozenBatchNorm2d):
+        raise TypeError(f"fold_frozen_batchnorm needs (Conv2d, FrozenBatchNorm2d), got "
+                        f"({type(conv).__name__}, {type(bn).__name__})")
+    if conv.out_channels != bn.num_features:
+        raise ValueError(f"conv has {conv.out_channels} output channels, the FrozenBatchNorm2d "
+                         f"{bn.num_features}")
+    with torch.no_grad():
+        scale = bn.weight.double() * torch.rsqrt(bn.running_var.double() + bn.eps)
+        bias = conv.bias.double() if conv.bias is not None else \
+            torch.zeros_like(scale)
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                          stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                          groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
+                          device=conv.weight.device, dtype=conv.weight.dtype)
+        fused.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))
+        fused.bias.copy_((bias - bn.running_mean.double()) * scale + bn.bias.double())
+    fused.weight.requires_grad_(conv.weight.requires_grad)
+    fused.bias.requires_grad_(conv.weight.requires_grad)
+    return fused
+
+
+def fuse_frozen_batchnorm(module: nn.Module) -> int:
+    """Folds, in place, every FrozenBatchNorm2d of ``module`` that directly follows a Conv2d
+    into that conv (:func:`fold_frozen_batchnorm`) and replaces it by ``nn.Identity``.
+    Returns the number of layers folded.
+
+    A pair is a Conv2d and a FrozenBatchNorm2d that are children of one module, either
+    consecutive entries of an ``nn.Sequential``, or named in the module's ``conv_norm_pairs``
+    attribute (a sequence of ``(conv_name, norm_name)``, declared by modules whose forward
+    applies the norm to the conv's output and uses that output nowhere else, such as the ResNet
+    blocks). Other FrozenBatchNorm2d layers stay as they are.
+
+    For inference copies only: the folded module has other state-dict keys (no ``bn*`` buffers,
+    conv biases), so checkpoints must be saved from the unfolded model.
+    """
+    folded = 0
+    for child in module.children():
+        folded += fuse_frozen_batchnorm(child)
+    if isinstance(module, nn.Sequential):
+        keys = list(module._modules)
+        pairs = list(zip(keys[:-1], keys[1:]))
+    else:
+        pairs = list(getattr(module, "conv_norm_pairs", ()))
+    for conv_name, bn_name in pairs:
+        conv, bn = module._modules.get(conv_name), module._modules.get(bn_name)
+        if type(conv) is nn.Conv2d and isinstance(bn, FrozenBatchNorm2d):
+            setattr(module, conv_name, fold_frozen_batchnorm(conv, bn))
+            setattr(module, bn_name, nn.Identity())
+            folded += 1
+    return folded

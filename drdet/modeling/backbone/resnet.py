@@ -41,6 +41,9 @@ def _conv(in_ch: int, out_ch: int, k: int, stride: int = 1, groups: int = 1,
 class Stem(nn.Module):
     """7x7 stride-2 conv, norm, ReLU, 3x3 stride-2 max pool: (N, 3, H, W) -> (N, C, H/4, W/4)."""
 
+    # (conv, norm) applied back to back: what fuse_frozen_batchnorm may fold for inference.
+    conv_norm_pairs = (("conv1", "bn1"),)
+
     def __init__(self, out_channels: int, norm_layer: Callable[[int], nn.Module]) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, out_channels, 7, stride=2, padding=3, bias=False)
@@ -62,6 +65,8 @@ def _downsample(in_ch: int, out_ch: int, stride: int,
 class BasicBlock(nn.Module):
     """Two 3x3 convs with a residual (ResNet-18/34). The stride is in conv1."""
 
+    conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
+
     def __init__(self, in_channels: int, out_channels: int, stride: int,
                  norm_layer: Callable[[int], nn.Module], dilation: int = 1) -> None:
         super().__init__()
@@ -75,7 +80,8 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = F.relu_(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu_(out + identity)
+        out += identity  # in place: out is a fresh norm/conv output that autograd does not keep
+        return F.relu_(out)
 
 
 class Bottleneck(nn.Module):
@@ -83,6 +89,8 @@ class Bottleneck(nn.Module):
 
     ``stride_in_1x1``: the stride sits in conv1 (MSRA/Caffe2 weights) or in conv2 (torchvision).
     """
+
+    conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def __init__(self, in_channels: int, bottleneck_channels: int, out_channels: int,
                  stride: int, norm_layer: Callable[[int], nn.Module], num_groups: int = 1,
@@ -103,7 +111,8 @@ class Bottleneck(nn.Module):
         out = F.relu_(self.bn1(self.conv1(x)))
         out = F.relu_(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu_(out + identity)
+        out += identity  # in place: out is a fresh norm/conv output that autograd does not keep
+        return F.relu_(out)
 
 
 class ResNet(nn.Module):

@@ -53,22 +53,36 @@ class RetinaNetPostProcessor:
             image_sizes: (B, 2) (height, width).
         Returns:
             boxes (N, 4) float clipped, scores (N,) float, classes (N,) int64 in 0..C-1,
-            images (N,) int64 index in the batch.
+            images (N,) int64 index in the batch; ordered by image, then by decreasing score.
         """
         num_images, num_anchors, num_classes = cls_logits.shape
         flat = cls_logits.reshape(num_images, -1)
         k = min(self.pre_nms_top_n, flat.shape[1])
-        top_logits, top_idx = flat.topk(k, dim=1)  # logits: sigmoid is monotonic and saturates
-        anchor_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
-        deltas = torch.gather(box_deltas, 1, anchor_idx[..., None].expand(-1, -1, 4))
-        boxes = self.box_coder.decode(deltas.float(), anchors[anchor_idx].float())
-        boxes = clip_boxes(boxes, image_sizes[:, None, :])
-        keep = (top_logits > self.logit_thresh) & nonempty_boxes(boxes, self.min_size)
-        images = torch.arange(num_images, device=flat.device)[:, None].expand(-1, k)
+        above = flat > self.logit_thresh  # on logits: sigmoid is monotonic and saturates
+        # (bool -> uint8 view, int32 sums: ~10x faster than a bool sum, which widens to int64)
+        if int(above.view(torch.uint8).sum(1, dtype=torch.int32).max()) > k:
+            # some image has more than k entries above the threshold: the k best of each image.
+            logits, idx = flat.topk(k, dim=1)
+            images = torch.arange(num_images, device=flat.device)[:, None].expand(-1, k)
+            keep = logits > self.logit_thresh
+            logits, idx, images = logits[keep], idx[keep], images[keep]
+        else:
+            # every entry above the threshold is kept: one pass over the logits instead of a
+            # top-k, then the same order (by image, decreasing score) from a sort of the few.
+            images, idx = above.nonzero(as_tuple=True)
+            logits = flat[images, idx]
+            order = logits.argsort(descending=True, stable=True)
+            order = order[images[order].argsort(stable=True)]
+            logits, idx, images = logits[order], idx[order], images[order]
+        anchor_idx = torch.div(idx, num_classes, rounding_mode="floor")
+        boxes = self.box_coder.decode(box_deltas[images, anchor_idx].float(),
+                                      anchors[anchor_idx].float())
+        boxes = clip_boxes(boxes, image_sizes[images])
+        keep = nonempty_boxes(boxes, self.min_size)
         return (
             boxes[keep],
-            top_logits[keep].float().sigmoid(),
-            (top_idx % num_classes)[keep],
+            logits[keep].float().sigmoid(),
+            (idx % num_classes)[keep],
             images[keep],
         )
 

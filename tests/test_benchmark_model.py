@@ -1,0 +1,48 @@
+"""tools/benchmark_model.py runs both models' inference the way their users do, on tiny inputs."""
+
+import json
+import os
+import re
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+
+@pytest.mark.slow
+def test_benchmark_model_inference_rows_and_json(tmp_path, capsys, monkeypatch):
+    import benchmark_model
+
+    from drdet.modeling import detector
+
+    prepared = []
+
+    def spy(model, *args, **kwargs):
+        prepared.append(model)
+        return detector.prepare_for_inference(model, *args, **kwargs)
+
+    # drdet's side goes through prepare_for_inference, as the Predictor and the test loop do
+    monkeypatch.setattr(benchmark_model, "prepare_for_inference", spy)
+    out = tmp_path / "model.json"
+    threads = torch.get_num_threads()
+    try:
+        rows = benchmark_model.main(["--parts", "inference", "--batch", "1", "--size", "64", "96",
+                                     "--warmup", "0", "--reps", "1", "--score-thresh", "0.005",
+                                     "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert len(prepared) == 1 and prepared[0].training  # the built model itself is not changed
+    assert [r[0] for r in rows] == ["inference per image (torchvision)",
+                                    "inference per image (drdet)"]
+    printed = capsys.readouterr().out
+    # same weights and images: both models return the same number of detections
+    counts = re.search(r"detections per image: drdet \[(\d+)\], torchvision \[(\d+)\]", printed)
+    assert "ratio" in printed and counts and counts.group(1) == counts.group(2)
+    assert int(counts.group(1)) > 0
+    data = json.loads(out.read_text())
+    assert data["score_thresh"] == 0.005 and data["size"] == [64, 96]
+    tv, ours = data["rows"]
+    assert tv["ratio"] is None and ours["ratio"] == pytest.approx(ours["ms"] / tv["ms"])
