@@ -16,18 +16,19 @@ drdet's model uses configs/torchvision/retinanet_resnet50_fpn_torchvision.yaml (
 input normalisation, box coding and head layout) and loads torchvision's initial weights through
 drdet's converter (convert_torchvision_retinanet, class columns 1..80), so both compute the same
 features from the same RGB 0-1 images. torchvision's internal transform is set to the
-benchmark's image size so that it does not resize.
+benchmark's image size, so that its resize keeps the size (it still interpolates, ~1 ms).
 
 Inference runs each model the way its users run it: torchvision's model in eval mode, drdet's
 through `prepare_for_inference` (what the Predictor and tools/test_net.py's test loop do once
-per model: a copy with FrozenBN folded into the convolutions, channels_last on the CPU; its cost
-is printed apart), both under torch.no_grad(), with the same post-processing parameters: score
-threshold --score-thresh, 1000 candidates per level, class-wise NMS at 0.5, 100 detections per
-image. The number of detections per image each model returns is printed: with the same
-weights both see the same scores, so their post-processing does the same work.
+per model: a copy with FrozenBN folded into the convolutions and, on the CPU, channels_last
+weights packed once into oneDNN's layout; its cost is printed apart), both under
+torch.no_grad(), with the same post-processing parameters: score threshold --score-thresh, 1000
+candidates per level, class-wise NMS at 0.5, 100 detections per image. The number of
+detections per image each model returns is printed: with the same weights both see the same
+scores, so their post-processing does the same work.
 
-Times are medians over --reps runs after --warmup runs; drdet's and torchvision's runs alternate
-so that a change of machine load hits both. The last column is drdet / torchvision (< 1: drdet
+Times are medians over --reps runs after --warmup runs; drdet's and torchvision's inference
+calls alternate so that a change of machine load hits both. The last column is drdet / torchvision (< 1: drdet
 is faster). --json writes the figures to a file.
 """
 import argparse
