@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Parameter count and FLOPs of the detector of a config, for one image of a given size.
+r"""Parameter count and FLOPs of the detector of a config, for one image of a given size.
 
     python tools/analyze_model.py --config-file configs/dr_retina/dr_R-50-FPN_1x.yaml \
         --input-size 800 1216

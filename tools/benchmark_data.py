@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training data-loading throughput on its own: images/s of the training data loader of a config
+r"""Training data-loading throughput on its own: images/s of the training data loader of a config
 (dataset, decoding, the INPUT.* transforms, sampler, collate) for several DATALOADER.NUM_WORKERS,
 with no model.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run a trained detector on images, a folder of images, a video file or a webcam; write each
+r"""Run a trained detector on images, a folder of images, a video file or a webcam; write each
 image (or video frame) with its detections drawn, and detections.json.
 
     python tools/demo.py --config-file configs/dr_retina/dr_R-50-FPN_1x.yaml \

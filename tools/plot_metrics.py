@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Loss curves and evaluation AP over iterations from training runs' metrics.jsonl, as one PNG.
+r"""Loss curves and evaluation AP over iterations from training runs' metrics.jsonl, as one PNG.
 
     python tools/plot_metrics.py output/dr_R-50/metrics.jsonl output/focal_R-50 \
         --labels DR focal --output curves.png

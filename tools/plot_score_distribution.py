@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The paper's Fig. 4/5 for any model and dataset: the empirical density of the confidence
+r"""The paper's Fig. 4/5 for any model and dataset: the empirical density of the confidence
 (sigmoid score) of foreground and background anchors, before NMS, for one or several models.
 
     python tools/plot_score_distribution.py --output scores.png \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate a trained detector on DATASETS.TEST with the official COCO metric (VOC AP for VOC).
+r"""Evaluate a trained detector on DATASETS.TEST with the official COCO metric (VOC AP for VOC).
 
     python tools/test_net.py --config-file configs/dr_retina/dr_R-50-FPN_1x.yaml \
         MODEL.WEIGHT output/model_final.pth
