@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmark_ops import measure  # noqa: E402  (tools/ is on sys.path when run as a script)
+from benchmark_ops import measure, timed_call  # noqa: E402  (tools/ is on sys.path when run as a script)
 from drdet.engine.launch import load_config  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 from drdet.modeling.detector import prepare_for_inference  # noqa: E402
@@ -127,13 +127,7 @@ def timed_alternating(fns, device, warmup, reps):
     times = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed_call(fn, device))
     return {name: statistics.median(t) for name, t in times.items()}
 
 

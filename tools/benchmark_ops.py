@@ -138,20 +138,22 @@ def bench_dr_loss(device, args):
               f"the gradient is one more)")
 
 
+def timed_call(fn, device) -> float:
+    """Wall time of one call of fn() in seconds, synchronising CUDA around it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def measure(fn, device, repeat, warmup=1):
     """Median wall time of fn() in milliseconds, synchronising CUDA around each call."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(timed_call(fn, device) * 1e3 for _ in range(repeat))
 
 
 def report(op, size, ours_ms, ref_ms, ref_name):
