@@ -117,7 +117,7 @@ def _kill(proc):
 
 
 @pytest.mark.slow
-def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_finishes(tmp_path):
+def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_matches(tmp_path):
     dataset = shapes_dataset(tmp_path / "data")
     out = tmp_path / "run"
     out.mkdir()
@@ -166,6 +166,20 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_finishes(
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == end
     assert f"Start training from iteration {at_kill} " in (out / "log.txt").read_text()
     assert _temporaries(out) == []
+
+    # 5. The same weights as a run never interrupted (same data order and RNG streams; the
+    #    killed runs used other threads, hence a float tolerance rather than bit equality).
+    ref = tmp_path / "uninterrupted"
+    train_net.main(["--config-file", CONFIG, "--skip-test"] + tiny(dataset)
+                   + ["SOLVER.MAX_ITER", str(end), "SOLVER.CHECKPOINT_PERIOD", str(end),
+                      "OUTPUT_DIR", str(ref)])
+    resumed = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    uninterrupted = torch.load(ref / "model_final.pth", weights_only=True)["model"]
+    assert resumed.keys() == uninterrupted.keys()
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[key], value, rtol=1e-4, atol=1e-6, msg=key)
+    earlier = torch.load(out / f"model_{at_kill:07d}.pth", weights_only=True)["model"]
+    assert any(not torch.equal(earlier[k], v) for k, v in uninterrupted.items())  # it trained
 
 
 # ----------------------------------------------------------------------------- a rank fails
