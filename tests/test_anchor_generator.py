@@ -1,12 +1,12 @@
 import math
 
-import numpy as np
 
 import pytest
 import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
 from torchvision.models.detection.image_list import ImageList as TVImageList
 
+from conftest import detectron_cell_anchors_inclusive
 from torchvision.models.detection.retinanet import _default_anchorgen
 
 from drdet.config import get_cfg
@@ -117,23 +117,6 @@ def test_torchvision_convention_equals_torchvision_retinanet_anchors():
     assert (exact - theirs[0]).abs().max() > 10
 
 
-def _maskrcnn_benchmark_inclusive(stride, sizes, ratios):
-    """Detectron's anchor enumeration written out for the test, in its own inclusive corners:
-    a (stride x stride) reference box at (0, 0, stride - 1, stride - 1); per ratio, a box of the
-    same area with width round(sqrt(area / ratio)) and height round(width * ratio); each scaled
-    by size / stride about the reference centre."""
-    centre = (stride - 1) / 2.0
-    rows = []
-    for r in ratios:
-        w0 = np.round(np.sqrt(stride * stride / r))
-        h0 = np.round(w0 * r)
-        for size in sizes:
-            w, h = w0 * size / stride, h0 * size / stride
-            rows.append([centre - (w - 1) / 2, centre - (h - 1) / 2,
-                         centre + (w - 1) / 2, centre + (h - 1) / 2])
-    return torch.tensor(rows, dtype=torch.float64)
-
-
 def test_maskrcnn_benchmark_cell_anchors_hand_values():
     # Faster R-CNN's anchors for stride 16, sizes 128, 256, 512 (ratio 0.5, first row): in
     # inclusive corners [-84, -40, 99, 55]; drdet writes x2, y2 one more (exclusive corners).
@@ -157,7 +140,7 @@ def test_maskrcnn_benchmark_convention_every_level():
     for level, (stride, size, (h, w)) in enumerate(zip(cfg.MODEL.RETINANET.ANCHOR_STRIDES,
                                                        cfg.MODEL.RETINANET.ANCHOR_SIZES,
                                                        FEATURES_800)):
-        cell = _maskrcnn_benchmark_inclusive(stride, [size * s for s in scales], (0.5, 1.0, 2.0))
+        cell = detectron_cell_anchors_inclusive(stride, [size * s for s in scales], (0.5, 1.0, 2.0))
         ys, xs = torch.meshgrid(torch.arange(h) * stride, torch.arange(w) * stride, indexing="ij")
         shifts = torch.stack([xs, ys, xs, ys], -1).reshape(-1, 1, 4).double()
         expected = (shifts + cell[None]).reshape(-1, 4) + torch.tensor([0.0, 0.0, 1.0, 1.0],

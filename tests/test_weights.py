@@ -14,8 +14,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from conftest import detectron_cell_anchors_inclusive
 from drdet.config import get_cfg
 from drdet.engine.predictor import Predictor
+from drdet.layers import FrozenBatchNorm2d
 from drdet.modeling.detector import build_detector
 from drdet.utils.checkpoint import Checkpointer, load_checkpoint_file, load_model_state
 from drdet.utils.weights import COCO_CATEGORY_IDS, detect_format, to_drdet_state
@@ -41,14 +43,8 @@ def _converter():
 def _randomize(model: nn.Module, cls_bias: float) -> None:
     """Seeded weights that make every mapping mistake visible: BN statistics and affine values
     away from identity, head weights large enough that scores spread over (0, 1)."""
-    g = torch.Generator().manual_seed(3)
+    g = _randomize_bn(model, seed=3)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.0, generator=g)
-                m.bias.normal_(0.0, 0.1, generator=g)
-                m.running_mean.normal_(0.0, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
         for name, p in model.named_parameters():
             if name.startswith("head.") or name.startswith("backbone.fpn."):
                 p.normal_(0.0, 0.03 if p.dim() > 1 else 0.1, generator=g)
@@ -269,17 +265,10 @@ def test_maskrcnn_benchmark_checkpoint_every_tensor_from_its_key(tmp_path):
 
 def _randomize_drdet(model: nn.Module, cls_bias: float) -> None:
     """Like _randomize, for a drdet detector (FrozenBN buffers, drdet's head names)."""
-    g = torch.Generator().manual_seed(4)
+    g = _randomize_bn(model, seed=4)
     with torch.no_grad():
         for name, t in model.state_dict().items():
-            if name.endswith(("bn1.weight", "bn2.weight", "bn3.weight", "downsample.1.weight")):
-                t.uniform_(0.5, 1.0, generator=g)
-            elif name.endswith(("bn1.bias", "bn2.bias", "bn3.bias", "downsample.1.bias",
-                                "running_mean")):
-                t.normal_(0.0, 0.1, generator=g)
-            elif name.endswith("running_var"):
-                t.uniform_(0.5, 2.0, generator=g)
-            elif name.startswith(("head.", "backbone.fpn.")):
+            if name.startswith(("head.", "backbone.fpn.")):
                 t.normal_(0.0, 0.03 if t.dim() > 1 else 0.1, generator=g)
         model.head.cls_logits.weight.mul_(0.4)  # scores spread over (0, 1), none rounds to 1
         model.head.cls_logits.bias.add_(cls_bias)
@@ -299,16 +288,8 @@ def _maskrcnn_benchmark_detections(cls_logits, box_deltas, cfg, image_hw):
     boxes, scores, labels = [], [], []
     for logits, deltas, stride, size in zip(cls_logits, box_deltas, rc.ANCHOR_STRIDES,
                                             rc.ANCHOR_SIZES):
-        cell = []
-        centre = (stride - 1) / 2.0
-        for r in rc.ASPECT_RATIOS:
-            w0 = np.round(np.sqrt(stride * stride / r))
-            h0 = np.round(w0 * r)
-            for k in scales:
-                w, h = w0 * size * k / stride, h0 * size * k / stride
-                cell.append([centre - (w - 1) / 2, centre - (h - 1) / 2,
-                             centre + (w - 1) / 2, centre + (h - 1) / 2])
-        cell = torch.tensor(cell, dtype=torch.float64)
+        cell = detectron_cell_anchors_inclusive(stride, [size * k for k in scales],
+                                                rc.ASPECT_RATIOS)
         cells_w = width // stride + (width % stride > 0)
         cells_h = height // stride + (height % stride > 0)
         ys, xs = torch.meshgrid(torch.arange(cells_h) * stride, torch.arange(cells_w) * stride,
@@ -435,15 +416,18 @@ def test_torchvision_resnet50_fills_the_body_only(tmp_path, caplog):
     torch.testing.assert_close(c5, reference, rtol=1e-4, atol=1e-4)
 
 
-def _randomize_bn(model):
-    g = torch.Generator().manual_seed(2)
+def _randomize_bn(model: nn.Module, seed: int = 2) -> torch.Generator:
+    """BN and FrozenBN statistics and affine values away from identity, from a generator seeded
+    with `seed`; returns the generator for more draws."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)):
                 m.weight.uniform_(0.5, 1.0, generator=g)
                 m.bias.normal_(0.0, 0.1, generator=g)
                 m.running_mean.normal_(0.0, 0.1, generator=g)
                 m.running_var.uniform_(0.5, 2.0, generator=g)
+    return g
 
 
 def _msra_blobs(model):

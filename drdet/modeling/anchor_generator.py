@@ -29,9 +29,11 @@ from torch import Tensor, nn
 ANCHOR_CONVENTIONS = ("exact", "torchvision", "maskrcnn_benchmark")
 
 
-def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
-    """The (len(ratios) * len(sizes), 4) float64 anchors of one cell, centred on (0, 0)."""
-    sizes_t, ratios = _check_sizes_and_ratios(sizes, aspect_ratios)
+def cell_anchors(
+    sizes: Sequence[float], aspect_ratios: Sequence[float], dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """The (len(ratios) * len(sizes), 4) anchors of one cell, centred on (0, 0), in ``dtype``."""
+    sizes_t, ratios = _check_sizes_and_ratios(sizes, aspect_ratios, dtype)
     heights = (ratios.sqrt()[:, None] * sizes_t[None, :]).reshape(-1)
     widths = ((1.0 / ratios.sqrt())[:, None] * sizes_t[None, :]).reshape(-1)
     return torch.stack([-widths, -heights, widths, heights], dim=1) / 2
@@ -39,10 +41,7 @@ def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tens
 
 def torchvision_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
     """torchvision's cell anchors: the exact ones computed in float32, corners rounded."""
-    sizes_t, ratios = _check_sizes_and_ratios(sizes, aspect_ratios, torch.float32)
-    heights = (ratios.sqrt()[:, None] * sizes_t[None, :]).reshape(-1)
-    widths = ((1.0 / ratios.sqrt())[:, None] * sizes_t[None, :]).reshape(-1)
-    return (torch.stack([-widths, -heights, widths, heights], dim=1) / 2).round().double()
+    return cell_anchors(sizes, aspect_ratios, torch.float32).round().double()
 
 
 def maskrcnn_benchmark_cell_anchors(
