@@ -46,3 +46,26 @@ def test_benchmark_model_inference_rows_and_json(tmp_path, capsys, monkeypatch):
     assert data["score_thresh"] == 0.005 and data["size"] == [64, 96]
     tv, ours = data["rows"]
     assert tv["ratio"] is None and ours["ratio"] == pytest.approx(ours["ms"] / tv["ms"])
+
+
+@pytest.mark.slow
+def test_benchmark_model_training_rows_memory_and_json(tmp_path):
+    import benchmark_model
+
+    out = tmp_path / "train.json"
+    threads = torch.get_num_threads()
+    try:
+        rows = benchmark_model.main(["--parts", "train", "--batch", "1", "--size", "64", "96",
+                                     "--warmup", "0", "--reps", "1", "--direct-conv",
+                                     "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r[0] for r in rows] == ["train step, focal (torchvision)",
+                                    "train step, focal (drdet)", "train step, DR (drdet)",
+                                    "train step, DR, direct convolutions (drdet)"]
+    data = json.loads(out.read_text())
+    for row, written in zip(rows, data["rows"]):
+        # a training step keeps at least the activations of a ResNet-50 on a 64 x 96 image
+        assert written["peak_mib"] == pytest.approx(row[3]) and row[3] > 10
+        assert written["ratio"] is None or written["ratio"] == pytest.approx(
+            written["ms"] / data["rows"][0]["ms"])

@@ -178,7 +178,7 @@ def test_prepare_for_inference_same_detections_same_state_dict(conv_body):
     assert isinstance(stem_conv, PackedConv2d)
     assert stem_conv.conv.weight.is_contiguous(memory_format=torch.channels_last)
     # every convolution is packed (each PackedConv2d holds the nn.Conv2d it replaces)
-    assert sum(type(m) is nn.Conv2d for m in fast.modules()) == \
+    assert sum(isinstance(m, nn.Conv2d) for m in fast.modules()) == \
         sum(isinstance(m, PackedConv2d) for m in fast.modules())
     assert not any(p.requires_grad for p in fast.parameters())
 

@@ -18,6 +18,11 @@ drdet's converter (convert_torchvision_retinanet, class columns 1..80), so both 
 features from the same RGB 0-1 images. torchvision's internal transform is set to the
 benchmark's image size, so that its resize keeps the size (it still interpolates, ~1 ms).
 
+The training step runs each model as its users train it: torchvision's model as built,
+drdet's as its config builds it, which on the CPU includes MODEL.CPU_WINOGRAD (3x3 stride-1
+convolutions with enough tiles by Winograd F(4x4, 3x3), drdet/layers/winograd.py; --direct-conv
+also times drdet without it).
+
 Inference runs each model the way its users run it: torchvision's model in eval mode, drdet's
 through `prepare_for_inference` (what the Predictor and tools/test_net.py's test loop do once
 per model: a copy with FrozenBN folded into the convolutions and, on the CPU, channels_last
@@ -27,9 +32,13 @@ candidates per level, class-wise NMS at 0.5, 100 detections per image. The numbe
 detections per image each model returns is printed: with the same weights both see the same
 scores, so their post-processing does the same work.
 
-Times are medians over --reps runs after --warmup runs; drdet's and torchvision's inference
-calls alternate so that a change of machine load hits both. The last column is drdet / torchvision (< 1: drdet
-is faster). --json writes the figures to a file.
+Peak memory: what one training step (one inference call of the whole batch) allocates above
+what was allocated before it, its activations, gradients and temporaries: on CUDA from the
+allocator's statistics, on the CPU from the profiler's record of allocations and frees.
+
+Times are medians over --reps runs after --warmup runs; drdet's and torchvision's training steps,
+and their inference calls, alternate so that a change of machine load hits both. The last
+column is drdet / torchvision (< 1: drdet is faster). --json writes the figures to a file.
 """
 import argparse
 import json
@@ -42,7 +51,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmark_ops import measure, timed_call  # noqa: E402  (tools/ is on sys.path when run as a script)
+from benchmark_ops import _cpu_peak_start, _cpu_peak_stop, timed_call  # noqa: E402  (tools/ is on sys.path when run as a script)
 from drdet.engine.launch import load_config  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 from drdet.modeling.detector import prepare_for_inference  # noqa: E402
@@ -56,10 +65,12 @@ CONFIG = os.path.join(ROOT, "configs", "torchvision", "retinanet_resnet50_fpn_to
 PRE_NMS_TOP_N, NMS_THRESH, DETECTIONS_PER_IMG = 1000, 0.5, 100
 
 
-def drdet_model(device, loss_type, size, score_thresh=0.05, torchvision_state=None):
+def drdet_model(device, loss_type, size, score_thresh=0.05, torchvision_state=None,
+                winograd=True):
     """drdet's RetinaNet in torchvision's conventions; with `torchvision_state` (a
-    torchvision_model's state dict) holding its weights."""
+    torchvision_model's state dict) holding its weights; `winograd`: MODEL.CPU_WINOGRAD."""
     cfg = load_config(CONFIG, [
+        "MODEL.CPU_WINOGRAD", str(winograd),
         "MODEL.DEVICE", device.type, "MODEL.RETINANET.LOSS_TYPE", loss_type,
         "MODEL.RETINANET.INFERENCE_TH", str(score_thresh),
         "MODEL.RETINANET.PRE_NMS_TOP_N", str(PRE_NMS_TOP_N),
@@ -91,12 +102,13 @@ def torchvision_model(device, size, score_thresh=0.05):
     return model.to(device)
 
 
-def model_pair(device, size, score_thresh, loss_types=("FOCAL",)):
+def model_pair(device, size, score_thresh, loss_types=("FOCAL",), winograd=True):
     """(torchvision model, {loss type: drdet model}) with the same initial weights (seed 0)."""
     torch.manual_seed(0)
     tv = torchvision_model(device, size, score_thresh)
     state = {k: v.cpu() for k, v in tv.state_dict().items()}
-    return tv, {t: drdet_model(device, t, size, score_thresh, state) for t in loss_types}
+    return tv, {t: drdet_model(device, t, size, score_thresh, state, winograd)
+                for t in loss_types}
 
 
 def batch(device, n, size, num_boxes=10, seed=0):
@@ -113,11 +125,6 @@ def batch(device, n, size, num_boxes=10, seed=0):
     return images, targets
 
 
-def timed(fn, device, warmup, reps):
-    """Median seconds of fn() over `reps` calls after `warmup` calls (CUDA synchronised)."""
-    return measure(fn, device, reps, warmup) / 1e3
-
-
 def timed_alternating(fns, device, warmup, reps):
     """{name: median seconds} of each of `fns` ({name: fn}), called in turn: warmup rounds,
     then `reps` timed rounds of one call each."""
@@ -129,6 +136,22 @@ def timed_alternating(fns, device, warmup, reps):
         for name, fn in fns.items():
             times[name].append(timed_call(fn, device))
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_memory_mib(fn, device):
+    """MiB that one call of fn allocates above what was allocated before it (its activations,
+    gradients and temporaries): CUDA from the allocator's statistics, CPU from the profiler's
+    record of allocations and frees (torch's CPU allocator keeps no statistics)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    _cpu_peak_start()
+    fn()
+    return _cpu_peak_stop() / 2**20
 
 
 def train_step_fn(model, images, targets, device, amp):
@@ -177,6 +200,9 @@ def main(argv=None):
     parser.add_argument("--unprepared", action="store_true",
                         help="also time drdet's model as built, in eval mode, without "
                              "prepare_for_inference (the effect of the inference copy)")
+    parser.add_argument("--direct-conv", action="store_true",
+                        help="also time drdet's DR training step with MODEL.CPU_WINOGRAD False "
+                             "(oneDNN's direct convolutions: the effect of the Winograd ones)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
@@ -204,16 +230,23 @@ def main(argv=None):
     if "train" in parts:
         tv, models = model_pair(device, size, args.score_thresh, ("FOCAL", "DR"))
         models = {"focal": models["FOCAL"], "DR": models["DR"]}
+        if args.direct_conv:
+            models["DR, direct convolutions"] = model_pair(
+                device, size, args.score_thresh, ("DR",), winograd=False)[1]["DR"]
         if args.channels_last:
             tv = tv.to(memory_format=torch.channels_last)
             models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
-        t_tv = timed(train_step_fn(tv, images, targets, device, args.amp), device, args.warmup,
-                     args.reps)
-        rows.append(("train step, focal (torchvision)", t_tv, None))
-        for name in ("focal", "DR"):
-            t = timed(train_step_fn(models[name], images, targets, device, args.amp),
-                      device, args.warmup, args.reps)
-            rows.append((f"train step, {name} (drdet)", t, t / t_tv))
+        # The steps alternate, like the inference calls below.
+        steps = {"torchvision": train_step_fn(tv, images, targets, device, args.amp)}
+        steps.update({name: train_step_fn(m, images, targets, device, args.amp)
+                      for name, m in models.items()})
+        t = timed_alternating(steps, device, args.warmup, args.reps)
+        mem = {name: peak_memory_mib(fn, device) for name, fn in steps.items()}
+        rows.append(("train step, focal (torchvision)", t["torchvision"], None,
+                     mem["torchvision"]))
+        for name in models:
+            rows.append((f"train step, {name} (drdet)", t[name], t[name] / t["torchvision"],
+                         mem[name]))
     if "inference" in parts:
         # fresh models (the training steps above changed the weights)
         tv, ours = model_pair(device, size, args.score_thresh)
@@ -236,17 +269,21 @@ def main(argv=None):
                           zip(dets["drdet"], dets["torchvision"])
                           if len(a["scores"]) == len(b["scores"]) > 0), default=float("nan"))
         t = timed_alternating(fns, device, args.warmup, args.reps)
-        rows.append(("inference per image (torchvision)", t["torchvision"] / n, None))
+        mem = {name: peak_memory_mib(fn, device) for name, fn in fns.items()}  # per batch
+        rows.append(("inference per image (torchvision)", t["torchvision"] / n, None,
+                     mem["torchvision"]))
         rows.append(("inference per image (drdet)", t["drdet"] / n,
-                     t["drdet"] / t["torchvision"]))
+                     t["drdet"] / t["torchvision"], mem["drdet"]))
         if args.unprepared:
             rows.append(("  same, without prepare_for_inference", t["drdet unprepared"] / n,
-                         t["drdet unprepared"] / t["torchvision"]))
+                         t["drdet unprepared"] / t["torchvision"], mem["drdet unprepared"]))
         print(f"  detections per image: drdet {counts['drdet']}, torchvision "
               f"{counts['torchvision']} (largest score difference {score_diff:.1e}); drdet's "
               f"prepare_for_inference (once per model) {prepare_s * 1e3:.0f} ms")
-    for label, seconds, ratio in rows:
-        print(f"  {label:<38} {seconds * 1e3:9.1f} ms" + (f"   ratio {ratio:.2f}" if ratio else ""))
+    print(f"  {'':<44} {'time':>12} {'peak memory':>15}   ratio drdet / torchvision (time)")
+    for label, seconds, ratio, mib in rows:
+        print(f"  {label:<44} {seconds * 1e3:9.1f} ms {mib:11.0f} MiB"
+              + (f"   {ratio:.2f}" if ratio else ""))
     peak = None
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
@@ -256,8 +293,8 @@ def main(argv=None):
             json.dump({"torch": torch.__version__, "device": where, "batch": n, "size": size,
                        "amp": args.amp, "score_thresh": args.score_thresh,
                        "warmup": args.warmup, "reps": args.reps,
-                       "rows": [{"what": label, "ms": seconds * 1e3, "ratio": ratio}
-                                for label, seconds, ratio in rows],
+                       "rows": [{"what": label, "ms": seconds * 1e3, "ratio": ratio,
+                                 "peak_mib": mib} for label, seconds, ratio, mib in rows],
                        "peak_memory_mib": peak}, f, indent=1)
     return rows
 

@@ -11,6 +11,11 @@
   (< 1 means drdet is faster).
 - Sigmoid focal loss forward + backward on 2 images x 100k anchors x 80 classes vs torchvision's
   Python sigmoid_focal_loss.
+- 3x3 convolution forward + backward on the CPU (`--ops winograd`, not in the default set):
+  drdet's Winograd F(4x4, 3x3) (drdet/layers/winograd.py, what MODEL.CPU_WINOGRAD uses in
+  training) vs torch's direct convolution (oneDNN) on the shapes of a RetinaNet R-50-FPN
+  training step at 512 x 512, batch 2: the head's layers on P3 (64 x 64), on all five levels
+  in one call, the class predictor, a ResNet res3 layer.
 """
 import argparse
 import math
@@ -25,6 +30,7 @@ import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from drdet.layers import batched_nms, dr_loss, nms, sigmoid_focal_loss  # noqa: E402
+from drdet.layers.winograd import conv3x3_levels  # noqa: E402
 
 NEG_LAMBDA = 0.1 / math.log(3.5)
 
@@ -85,7 +91,10 @@ def _time_fwd_bwd(fn, logits, labels, gids, groups, device, reps):
 
 
 # CPU peak memory: torch's CPU allocator keeps no statistics, so we replay the profiler's
-# record of tensor allocations and frees.
+# record of tensor allocations and frees. Each op's own allocations (those not made by a nested
+# op) count from its start and its own frees from its end: an op that frees its temporaries
+# before returning (often inside a nested op's caller) is then charged with all of them at once,
+# which is what it holds at its busiest moment.
 _cpu_prof = None
 
 
@@ -98,10 +107,13 @@ def _cpu_peak_start():
 
 def _cpu_peak_stop():
     _cpu_prof.__exit__(None, None, None)
-    events = sorted((e.time_range.start, e.cpu_memory_usage) for e in _cpu_prof.events()
-                    if e.cpu_memory_usage != 0 and not e.cpu_children)
+    events = []
+    for e in _cpu_prof.events():
+        delta = e.self_cpu_memory_usage
+        if delta:
+            events.append((e.time_range.start if delta > 0 else e.time_range.end, delta))
     cur = peak = 0
-    for _, delta in events:
+    for _, delta in sorted(events):
         cur += delta
         peak = max(peak, cur)
     return peak
@@ -157,7 +169,7 @@ def measure(fn, device, repeat, warmup=1):
 
 
 def report(op, size, ours_ms, ref_ms, ref_name):
-    print(f"  {op:<14} {size:<18} drdet {ours_ms:9.3f} ms   {ref_name} {ref_ms:9.3f} ms   "
+    print(f"  {op:<14} {size:<34} drdet {ours_ms:9.3f} ms   {ref_name} {ref_ms:9.3f} ms   "
           f"ratio {ours_ms / ref_ms:5.2f}")
 
 
@@ -217,6 +229,36 @@ def bench_focal(device, args):
            measure(reference, device, repeat), "torchvision")
 
 
+def bench_winograd(device, args):
+    """3x3 convolutions (stride 1, padding 1) forward + backward: Winograd vs direct."""
+    if device.type != "cpu":
+        print("  (CPU only: on CUDA drdet uses cuDNN's convolutions)")
+        return
+    p3 = [(64, 64)]
+    levels = [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4)]
+    cases = [("head layer, P3", 256, 256, p3), ("head layer, P3-P7", 256, 256, levels),
+             ("class predictor, P3-P7", 256, 720, levels), ("res3 layer", 128, 128, p3)]
+    if args.quick:
+        cases = cases[:1]
+    torch.manual_seed(0)
+    for label, c_in, c_out, sizes in cases:
+        # channels_last maps and gradients for both (the layout the Winograd path leaves in the
+        # model; oneDNN's direct convolution takes it without a copy too)
+        cl = torch.channels_last
+        xs = [torch.randn(2, c_in, h, w).to(memory_format=cl).requires_grad_() for h, w in sizes]
+        weight = (torch.randn(c_out, c_in, 3, 3) * 0.02).requires_grad_()
+        grads = [torch.randn(2, c_out, h, w).to(memory_format=cl) for h, w in sizes]
+
+        def run(fn):
+            outs = fn()
+            torch.autograd.backward(outs, grads)
+
+        ours = measure(lambda: run(lambda: conv3x3_levels(xs, weight)), device, args.reps + 2)
+        ref = measure(lambda: run(lambda: [F.conv2d(x, weight, padding=1) for x in xs]), device,
+                      args.reps + 2)
+        report("conv3x3 f+b", f"{label} {c_in}->{c_out}", ours, ref, "direct")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,7 +269,8 @@ def main():
     parser.add_argument("--reps", type=int, default=3, help="timed DR-loss repetitions (median)")
     parser.add_argument("--repeat", type=int, default=10, help="timed NMS calls (median)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
-    parser.add_argument("--ops", default="dr,nms,focal", help="comma-separated subset to run")
+    parser.add_argument("--ops", default="dr,nms,focal",
+                        help="comma-separated subset of dr,nms,focal,winograd to run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ops = set(args.ops.split(","))
@@ -249,6 +292,9 @@ def main():
         if "focal" in ops:
             print(f"\nSigmoid focal loss on {name}")
             bench_focal(torch.device(name), args)
+        if "winograd" in ops:
+            print(f"\n3x3 convolution, forward + backward, batch 2, on {name}")
+            bench_winograd(torch.device(name), args)
 
 
 if __name__ == "__main__":

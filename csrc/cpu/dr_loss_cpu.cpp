@@ -16,11 +16,9 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "dr_loss.h"
+#include "huge_pages.h"
 
 namespace drdet {
 namespace dr_loss {
@@ -463,26 +461,7 @@ void backward_row(const scalar_t* x, int64_t n, int64_t pos_col, const GroupGrad
   }
 }
 
-// The gradient is a fresh N x C buffer on every call, and with 4 KiB pages first touching it
-// costs about as much as computing it (a page fault per 4 KiB; measured on the 2-core dev VM:
-// writing a fresh 64 MiB tensor 29 ms, an already mapped one 3 ms). For large buffers ask the
-// kernel for transparent huge pages (one fault per 2 MiB), as c10's THP_MEM_ALLOC_ENABLE option
-// does for every allocation: only the 2 MiB-aligned interior of the buffer is advised, the
-// advice changes no data, and it is a no-op where THP is off ("never") or unsupported.
-constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kMinHugePageAdviceBytes = size_t(16) << 20;
-
-void advise_huge_pages(void* data, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (bytes < kMinHugePageAdviceBytes) return;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHugePage - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)data;
-  (void)bytes;
-#endif
-}
+// The gradient is a fresh N x C buffer on every call: empty_huge_pages (cpu/huge_pages.h).
 
 struct PosSums {
   double sum_l;   // sum over positives of l(P- - p_j + margin)
@@ -626,8 +605,7 @@ at::Tensor dr_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& l
   const int64_t* gid_p = gid.defined() ? gid.data_ptr<int64_t>() : nullptr;
   const double* st_p = st.data_ptr<double>();
   const double grad_out = grad_loss.item<double>();
-  at::Tensor grad = at::empty_like(x);
-  advise_huge_pages(grad.data_ptr(), size_t(grad.numel()) * grad.element_size());
+  at::Tensor grad = empty_huge_pages(x.sizes(), x.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "dr_loss_backward_cpu", [&] {

@@ -119,7 +119,7 @@ def fuse_frozen_batchnorm(module: nn.Module) -> int:
         pairs = list(getattr(module, "conv_norm_pairs", ()))
     for conv_name, bn_name in pairs:
         conv, bn = module._modules.get(conv_name), module._modules.get(bn_name)
-        if type(conv) is nn.Conv2d and isinstance(bn, FrozenBatchNorm2d):
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, FrozenBatchNorm2d):
             setattr(module, conv_name, fold_frozen_batchnorm(conv, bn))
             setattr(module, bn_name, nn.Identity())
             folded += 1

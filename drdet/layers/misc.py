@@ -4,6 +4,7 @@ from typing import Callable
 from torch import nn
 
 from drdet.layers.batch_norm import FrozenBatchNorm2d
+from drdet.layers.winograd import WinogradConv2d
 
 NORMS = ("FrozenBN", "BN", "GN", "SyncBN")
 
@@ -48,7 +49,8 @@ def conv_kaiming_uniform(in_channels: int, out_channels: int, kernel_size: int, 
                          bias: bool = True) -> nn.Conv2d:
     """Conv2d with padding ``kernel_size // 2``, weight Kaiming-uniform(a=1), bias 0 (the FPN
     initialisation of maskrcnn-benchmark / Detectron)."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+    conv_type = WinogradConv2d if kernel_size == 3 else nn.Conv2d  # Winograd where it qualifies
+    conv = conv_type(in_channels, out_channels, kernel_size, stride=stride,
                      padding=kernel_size // 2, bias=bias)
     nn.init.kaiming_uniform_(conv.weight, a=1)
     if bias:

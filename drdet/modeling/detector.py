@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from drdet.layers.batch_norm import fuse_frozen_batchnorm
+from drdet.layers.winograd import WinogradConv2d, set_winograd
 from drdet.modeling.anchor_generator import AnchorGenerator, build_anchor_generator
 from drdet.modeling.backbone import build_backbone
 from drdet.modeling.box_coder import BoxCoder
@@ -176,7 +177,7 @@ def pack_convolutions(module: nn.Module) -> int:
     around it; returns how many. For inference copies on the CPU only."""
     count = 0
     for name, child in list(module.named_children()):
-        if type(child) is nn.Conv2d and isinstance(child.padding, tuple) \
+        if type(child) in (nn.Conv2d, WinogradConv2d) and isinstance(child.padding, tuple) \
                 and child.padding_mode == "zeros":
             setattr(module, name, PackedConv2d(child))
             count += 1
@@ -228,7 +229,7 @@ def build_detector(cfg) -> RetinaNet:
     backbone = build_backbone(cfg)
     anchor_generator = build_anchor_generator(cfg)
     box_coder = BoxCoder(cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS)
-    return RetinaNet(
+    model = RetinaNet(
         backbone,
         build_retinanet_head(cfg, backbone.out_channels, anchor_generator.num_anchors_per_location),
         anchor_generator,
@@ -238,3 +239,5 @@ def build_detector(cfg) -> RetinaNet:
         pixel_std=cfg.INPUT.PIXEL_STD,
         size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
     )
+    set_winograd(model, cfg.MODEL.CPU_WINOGRAD)
+    return model

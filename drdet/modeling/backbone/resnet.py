@@ -19,6 +19,7 @@ from torch import nn
 
 from drdet.layers.batch_norm import FrozenBatchNorm2d
 from drdet.layers.misc import make_norm_factory
+from drdet.layers.winograd import WinogradConv2d
 
 NormArg = Union[str, Callable[[int], nn.Module]]
 
@@ -34,7 +35,8 @@ RESNET_SPECS: Dict[int, Tuple[str, Tuple[int, int, int, int]]] = {
 
 def _conv(in_ch: int, out_ch: int, k: int, stride: int = 1, groups: int = 1,
           dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, k, stride=stride, padding=dilation * (k // 2),
+    conv_type = WinogradConv2d if k == 3 else nn.Conv2d  # Winograd where it qualifies
+    return conv_type(in_ch, out_ch, k, stride=stride, padding=dilation * (k // 2),
                      dilation=dilation, groups=groups, bias=False)
 
 

@@ -6,13 +6,15 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
+from drdet.layers.winograd import WinogradConv2d, apply_levels
+
 
 def _tower(
     channels: int, num_convs: int, use_gn: bool, gn_groups: int, gn_eps: float
 ) -> nn.Sequential:
     layers: List[nn.Module] = []
     for _ in range(num_convs):
-        layers.append(nn.Conv2d(channels, channels, kernel_size=3, padding=1))
+        layers.append(WinogradConv2d(channels, channels, kernel_size=3, padding=1))
         if use_gn:
             layers.append(nn.GroupNorm(gn_groups, channels, eps=gn_eps))
         layers.append(nn.ReLU(inplace=True))
@@ -50,10 +52,10 @@ class RetinaNetHead(nn.Module):
         self.num_anchors = num_anchors
         self.cls_tower = _tower(in_channels, num_convs, use_gn, gn_groups, gn_eps)
         self.bbox_tower = _tower(in_channels, num_convs, use_gn, gn_groups, gn_eps)
-        self.cls_logits = nn.Conv2d(
+        self.cls_logits = WinogradConv2d(
             in_channels, num_anchors * num_classes, kernel_size=3, padding=1
         )
-        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, kernel_size=3, padding=1)
+        self.bbox_pred = WinogradConv2d(in_channels, num_anchors * 4, kernel_size=3, padding=1)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=0.01)
@@ -68,11 +70,12 @@ class RetinaNetHead(nn.Module):
             box_deltas: per level (B, H_l * W_l * A, 4) float.
             Rows are ordered (y, x, anchor), the order of AnchorGenerator's anchors.
         """
-        cls_logits, box_deltas = [], []
-        for feature in features:
-            cls_logits.append(_flatten(self.cls_logits(self.cls_tower(feature)), self.num_classes))
-            box_deltas.append(_flatten(self.bbox_pred(self.bbox_tower(feature)), 4))
-        return cls_logits, box_deltas
+        # Layer by layer over all levels: the convolutions are shared, and on the CPU in training
+        # one Winograd call then convolves every level (drdet/layers/winograd.py).
+        cls_maps = apply_levels(self.cls_logits, apply_levels(self.cls_tower, features))
+        box_maps = apply_levels(self.bbox_pred, apply_levels(self.bbox_tower, features))
+        return ([_flatten(m, self.num_classes) for m in cls_maps],
+                [_flatten(m, 4) for m in box_maps])
 
 
 def _flatten(prediction: Tensor, channels: int) -> Tensor:
