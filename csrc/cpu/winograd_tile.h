@@ -3,6 +3,16 @@
 // each time inside its own namespace and `#pragma GCC target` region, and picks one of the
 // copies at run time. Each 2D transform is a 1D transform of the tile's rows into a local
 // buffer, then of that buffer's columns; every loop runs over a block of contiguous channels.
+//
+// F(4x4, 3x3) with the interpolation points 0, 1, -1, 2, -2 and infinity (G, the filter
+// transform, is in drdet/layers/winograd.py):
+//         | 4  0 -5  0  1  0 |              | 1  1  1  1  1  0 |
+//         | 0 -4 -4  1  1  0 |       A^T =  | 0  1 -1  2 -2  0 |
+//   B^T = | 0  4 -4 -1  1  0 |              | 0  1  1  4  4  0 |
+//         | 0 -2 -1  2  1  0 |              | 0  1 -1  8 -8  1 |
+//         | 0  2 -1 -2  1  0 |
+//         | 0  4  0 -5  0  1 |
+// The 1D functions below apply B^T, B, A^T and A with the zero terms left out.
 
 constexpr int64_t kBlock = 64;  // channels per block: a tile's intermediate rows stay in L1
 
