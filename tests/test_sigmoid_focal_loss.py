@@ -1,8 +1,14 @@
 """drdet.layers.sigmoid_focal_loss against torchvision's Python focal loss.
 
 The reference builds the one-hot targets and the ignore mask from the labels and sums
-torchvision.ops.sigmoid_focal_loss(reduction="none") over the non-ignored rows.
+torchvision.ops.sigmoid_focal_loss(reduction="none") over the non-ignored rows. The float32 CPU
+kernels (AVX-512 / AVX2 loops with polynomial exp and log1p) are also checked entry by entry
+against a float64 reference with an error bound, on every instruction-set path.
 """
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss as tv_focal_loss
@@ -225,3 +231,148 @@ def test_cuda_matches_cpu(dtype):
     # Deterministic: a fixed grid and a fixed reduction order.
     again, _ = loss_and_grad(sigmoid_focal_loss, logits.cuda(), labels.cuda())
     assert torch.equal(again, gpu_loss)
+
+
+# --- the float32 CPU kernels (vector loops) against float64, entry by entry ---------------------
+
+EPS32 = 2.0 ** -24  # float32 rounding unit
+TINY32 = torch.finfo(torch.float32).tiny  # results below the smallest normal float may be 0
+
+
+def entry_reference(logits, labels, gamma, alpha):
+    """float64 per-entry loss, d loss / d logits and softplus(-z) (z the signed logit: x for a
+    negative, -x for a positive), computed stably for any logit; 0 in ignored rows."""
+    x = logits.double()
+    num_classes = x.shape[1]
+    pos = (labels[:, None] - 1) == torch.arange(num_classes)[None, :]
+    z = torch.where(pos, -x, x)
+    softplus_z = torch.logaddexp(torch.zeros_like(z), z)
+    softplus_neg_z = torch.logaddexp(torch.zeros_like(z), -z)
+    q = torch.sigmoid(z)
+    mod = torch.exp(-gamma * softplus_neg_z)  # q ** gamma, 1 for gamma = 0
+    w = torch.where(pos, alpha, 1.0 - alpha).double()
+    loss = w * mod * softplus_z
+    dz = mod * (gamma * (1.0 - q) * softplus_z + q)
+    grad = w * torch.where(pos, -dz, dz)
+    valid = (labels >= 0)[:, None]
+    return loss * valid, grad * valid, softplus_neg_z
+
+
+def assert_within_float_rounding(logits, labels, gamma, alpha):
+    """The float32 kernels against entry_reference on the same (float32) logits. Bound per entry:
+    16 roundings, times 1 + gamma * softplus(-z), the amplification of a rounding of softplus(-z)
+    by exp(-gamma * softplus(-z)) inherent to float32 (the scalar path needs it too), plus twice
+    the smallest normal float (results below it may be flushed to 0); the summed loss may add C
+    roundings per row."""
+    num_classes = logits.shape[1]
+    loss, grad = loss_and_grad(sigmoid_focal_loss, logits, labels, gamma=gamma, alpha=alpha)
+    assert loss.dtype == torch.float32 and grad.dtype == torch.float32
+    ref_loss, ref_grad, softplus_neg_z = entry_reference(logits, labels, gamma, alpha)
+    rel = 16 * EPS32 * (1.0 + gamma * softplus_neg_z)
+    err = (grad.double() - ref_grad).abs()
+    bound = rel * ref_grad.abs() + 2 * TINY32
+    worst = (err / bound).max().item() if err.numel() else 0.0
+    assert worst <= 1.0, f"gradient error {worst:.2f} x the bound (gamma={gamma}, alpha={alpha})"
+    ignored = labels < 0
+    assert torch.all(grad[ignored] == 0)
+    loss_bound = ((rel + num_classes * EPS32) * ref_loss + 2 * TINY32).sum().item()
+    assert abs(loss.item() - ref_loss.sum().item()) <= loss_bound, (loss.item(), ref_loss.sum())
+
+
+EXTREME_LOGITS = [0.0, -0.0, 1e-30, -1e-30, 1e-6, -1e-6, 15.0, -15.0, 20.5, -20.5, 87.0, -87.0,
+                  87.4, -87.4, 88.8, -88.8, 100.0, -100.0, 104.0, -104.0, 1e4, -1e4, 1e30, -1e30]
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.5, 2.0])
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 1.0])
+def test_float32_kernels_within_float_rounding(gamma, alpha):
+    """Random sizes, column counts around the 8 and 16 lanes, ignored rows, int32 and int64
+    labels, moderate and extreme logits, at every label (background, each class, ignored)."""
+    gen = torch.Generator().manual_seed(int(gamma * 10 + alpha * 100))
+    for num_classes in (1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 80, 91):
+        num_rows = int(torch.randint(1, 200, (1,), generator=gen))
+        logits = torch.randn(num_rows, num_classes, generator=gen, dtype=torch.float64) * 6.0
+        labels = torch.randint(-1, num_classes + 1, (num_rows,), generator=gen)
+        extreme = torch.rand(num_rows, num_classes, generator=gen) < 0.2
+        picks = torch.randint(0, len(EXTREME_LOGITS), (num_rows, num_classes), generator=gen)
+        logits = torch.where(extreme, torch.tensor(EXTREME_LOGITS, dtype=torch.float64)[picks],
+                             logits).float()
+        if num_classes % 2:
+            labels = labels.int()
+        assert_within_float_rounding(logits, labels, gamma, alpha)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+def test_float32_kernels_over_the_logit_range(gamma):
+    """Every 1/1000 of a unit in [-110, 110], logarithmically spaced small logits and the
+    extremes, each as a negative and as a positive; the sum over 320k x 2 entries takes several
+    threads (the forward reduces in double across rows)."""
+    xs = torch.cat([torch.linspace(-110, 110, 220001, dtype=torch.float64),
+                    torch.logspace(-30, 2, 20001, dtype=torch.float64),
+                    -torch.logspace(-30, 2, 20001, dtype=torch.float64),
+                    torch.tensor(EXTREME_LOGITS, dtype=torch.float64)]).float()
+    xs = xs[: xs.numel() // 4 * 4]
+    for label in (0, 4, 2, -1):  # columns 0-3: negatives, a positive at 3 or 1, ignored
+        logits = xs.reshape(-1, 4)
+        labels = torch.full((logits.shape[0],), label)
+        assert_within_float_rounding(logits, labels, gamma, 0.25)
+    # The loss of single entries (the sums above dilute the error of one entry).
+    sample = xs[::100]
+    for label in (0, 1):
+        labels = torch.full((1,), label)
+        losses = torch.stack([sigmoid_focal_loss(v.view(1, 1), labels, gamma, 0.25)
+                              for v in sample])
+        ref, _, softplus_neg_z = entry_reference(sample[:, None], labels.expand(len(sample)),
+                                                 gamma, 0.25)
+        bound = 16 * EPS32 * (1.0 + gamma * softplus_neg_z[:, 0]) * ref[:, 0] + 2 * TINY32
+        worst = ((losses.double() - ref[:, 0]).abs() / bound).max().item()
+        assert worst <= 1.0, f"loss error {worst:.2f} x the bound (gamma={gamma}, label={label})"
+
+
+def test_float32_kernels_limits_and_nan():
+    x = torch.tensor([[100.0, -100.0, 1e4, -1e4, 3e38]])
+    wrong_negatives = 0.75 * (100.0 + 1e4 + 3e38)
+    # Confidently right entries cost 0 with gradient 0; confidently wrong ones cost alpha_t * |x|
+    # with gradient 1 - alpha for a negative, -alpha for a positive (column 1 at -100).
+    for label, expected, expected_grad in [(0, wrong_negatives, [0.75, 0.0, 0.75, 0.0, 0.75]),
+                                           (2, wrong_negatives + 25.0, [0.75, -0.25, 0.75, 0.0,
+                                                                        0.75])]:
+        loss, grad = loss_and_grad(sigmoid_focal_loss, x, torch.tensor([label]))
+        torch.testing.assert_close(loss.double(), torch.tensor(expected, dtype=torch.float64))
+        torch.testing.assert_close(grad, torch.tensor([expected_grad]))
+    x = torch.tensor([[-100.0, 100.0, -1e4, -3e38]])  # column 1 positive at +100: all right
+    loss, grad = loss_and_grad(sigmoid_focal_loss, x, torch.tensor([2]))
+    assert loss.item() == 0.0 and torch.all(grad == 0)
+    # A NaN logit makes the loss and its entry's gradient NaN, unless its row is ignored.
+    x = torch.zeros(3, 20)
+    x[1, 17] = float("nan")
+    x[2, 5] = float("nan")
+    loss, grad = loss_and_grad(sigmoid_focal_loss, x, torch.tensor([0, 0, -1]))
+    assert torch.isnan(loss) and torch.isnan(grad[1, 17]) and torch.isfinite(grad[0]).all()
+    assert torch.all(grad[2] == 0)
+    loss, _ = loss_and_grad(sigmoid_focal_loss, x, torch.tensor([0, -1, -1]))
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("env", ["DRDET_NO_AVX512", "DRDET_NO_AVX2"])
+def test_every_instruction_set_path(env):
+    """The CPU kernels prefer their AVX-512 loops; DRDET_NO_AVX512=1 selects the AVX2 loops and
+    DRDET_NO_AVX2=1 the scalar per-entry math (read once per process), which must meet the same
+    bounds."""
+    code = (
+        "import torch, test_sigmoid_focal_loss as t\n"
+        "for gamma in (0.0, 1.5, 2.0):\n"
+        "    for alpha in (0.0, 0.25, 1.0):\n"
+        "        t.test_float32_kernels_within_float_rounding(gamma, alpha)\n"
+        "    t.test_float32_kernels_over_the_logit_range(gamma)\n"
+        "t.test_float32_kernels_limits_and_nan()\n"
+        "t.test_float32_matches_torchvision('cpu')\n"
+        "t.test_ignored_rows_contribute_nothing('cpu')\n"
+        "for dtype in (torch.float16, torch.bfloat16):\n"
+        "    t.test_half_precision_accumulates_in_float32('cpu', dtype)\n"
+    )
+    env_vars = dict(os.environ, **{env: "1"})
+    here = os.path.dirname(os.path.abspath(__file__))
+    env_vars["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here),
+                                              env_vars.get("PYTHONPATH", "")])
+    subprocess.run([sys.executable, "-c", code], env=env_vars, cwd=here, check=True, timeout=300)
