@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drdet.layers.winograd import PLAIN_CONVS
+
 
 class FrozenBatchNorm2d(nn.Module):
     """Per-channel ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias``.
@@ -100,11 +102,11 @@ def fuse_frozen_batchnorm(module: nn.Module) -> int:
     into that conv (:func:`fold_frozen_batchnorm`) and replaces it by ``nn.Identity``.
     Returns the number of layers folded.
 
-    A pair is a Conv2d and a FrozenBatchNorm2d that are children of one module, either
-    consecutive entries of an ``nn.Sequential``, or named in the module's ``conv_norm_pairs``
-    attribute (a sequence of ``(conv_name, norm_name)``, declared by modules whose forward
-    applies the norm to the conv's output and uses that output nowhere else, such as the ResNet
-    blocks). Other FrozenBatchNorm2d layers stay as they are.
+    A pair is a plain convolution (one of ``PLAIN_CONVS``) and a FrozenBatchNorm2d that are
+    children of one module, either consecutive entries of an ``nn.Sequential``, or named in the
+    module's ``conv_norm_pairs`` attribute (a sequence of ``(conv_name, norm_name)``, declared by
+    modules whose forward applies the norm to the conv's output and uses that output nowhere
+    else, such as the ResNet blocks). Other FrozenBatchNorm2d layers stay as they are.
 
     For inference copies only: the folded module has other state-dict keys (no ``bn*`` buffers,
     conv biases), so checkpoints must be saved from the unfolded model.
@@ -119,7 +121,7 @@ def fuse_frozen_batchnorm(module: nn.Module) -> int:
         pairs = list(getattr(module, "conv_norm_pairs", ()))
     for conv_name, bn_name in pairs:
         conv, bn = module._modules.get(conv_name), module._modules.get(bn_name)
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, FrozenBatchNorm2d):
+        if type(conv) in PLAIN_CONVS and isinstance(bn, FrozenBatchNorm2d):
             setattr(module, conv_name, fold_frozen_batchnorm(conv, bn))
             setattr(module, bn_name, nn.Identity())
             folded += 1

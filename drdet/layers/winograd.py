@@ -108,6 +108,13 @@ def winograd_supported(x: Tensor, weight: Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
+def _inputs_qualify(xs: Sequence[Tensor], weight: Tensor, bias: Optional[Tensor]) -> bool:
+    """Every map :func:`winograd_supported`, and the bias (if any) a CPU tensor of the filter's
+    dtype."""
+    return all(winograd_supported(x, weight) for x in xs) and (
+        bias is None or (bias.dtype == weight.dtype and bias.device.type == "cpu"))
+
+
 def conv3x3_levels(xs: Sequence[Tensor], weight: Tensor, bias: Optional[Tensor] = None
                    ) -> List[Tensor]:
     """``[F.conv2d(x, weight, bias, padding=1) for x in xs]``, by Winograd F(4x4, 3x3) in one
@@ -122,8 +129,7 @@ def conv3x3_levels(xs: Sequence[Tensor], weight: Tensor, bias: Optional[Tensor] 
     xs = list(xs)
     if not xs:
         return []
-    if not all(winograd_supported(x, weight) for x in xs) or (
-            bias is not None and (bias.dtype != weight.dtype or bias.device.type != "cpu")):
+    if not _inputs_qualify(xs, weight, bias):
         return [F.conv2d(x, weight, bias, padding=1) for x in xs]
     return list(_WinogradConv3x3.apply(weight, bias, *xs))
 
@@ -136,8 +142,8 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -
 # Where the Winograd path pays (forward + backward on the 2-core dev VM, against oneDNN's direct
 # convolution): with fewer tiles (a 16 x 16 map at batch 2 has 32) the transforms' and the filter
 # transform's fixed costs outweigh the smaller products; with 64 channels in or fewer than 64
-# out (the box predictor's 36) both take the same time, and the channels_last output it leaves
-# makes a following GroupNorm slower (~2x), so such layers keep the direct convolution.
+# out (the box predictor's 36) it is no faster, and the channels_last output it leaves would slow
+# a following GroupNorm, so such layers keep the direct convolution (docs/BENCHMARKS.md).
 MIN_TILES = 128
 MIN_IN_CHANNELS = 128
 MIN_OUT_CHANNELS = 64
@@ -167,13 +173,10 @@ class WinogradConv2d(nn.Conv2d):
                 and self.dilation == (1, 1) and self.groups == 1
                 and self.padding_mode == "zeros" and self.in_channels >= MIN_IN_CHANNELS
                 and self.out_channels >= MIN_OUT_CHANNELS and num_tiles(xs) >= MIN_TILES
-                and all(winograd_supported(x, self.weight) for x in xs)
-                and (self.bias is None or self.bias.dtype == self.weight.dtype))
+                and _inputs_qualify(xs, self.weight, self.bias))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.uses_winograd([x]):
-            return list(_WinogradConv3x3.apply(self.weight, self.bias, x))[0]
-        return super().forward(x)
+        return self.forward_levels([x])[0]
 
     def forward_levels(self, xs: Sequence[Tensor]) -> List[Tensor]:
         """``[self(x) for x in xs]``, with one Winograd call for all of them."""
@@ -194,6 +197,13 @@ def apply_levels(module: nn.Module, xs: Sequence[Tensor]) -> List[Tensor]:
         else:
             xs = [layer(x) for x in xs]
     return xs
+
+
+# Convolutions that compute ``F.conv2d`` (WinogradConv2d by another algorithm in training, the
+# same function): a following FrozenBatchNorm2d may be folded into them and they may be packed
+# for inference (drdet/layers/batch_norm.py, drdet/modeling/detector.py). Other subclasses of
+# nn.Conv2d may compute something else and are left alone.
+PLAIN_CONVS = (nn.Conv2d, WinogradConv2d)
 
 
 def set_winograd(module: nn.Module, enabled: bool) -> int:

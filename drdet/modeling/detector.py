@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from drdet.layers.batch_norm import fuse_frozen_batchnorm
-from drdet.layers.winograd import WinogradConv2d, set_winograd
+from drdet.layers.winograd import PLAIN_CONVS, set_winograd
 from drdet.modeling.anchor_generator import AnchorGenerator, build_anchor_generator
 from drdet.modeling.backbone import build_backbone
 from drdet.modeling.box_coder import BoxCoder
@@ -173,11 +173,11 @@ class PackedConv2d(nn.Module):
 
 
 def pack_convolutions(module: nn.Module) -> int:
-    """Replaces, in place, every ``nn.Conv2d`` inside ``module`` by a :class:`PackedConv2d`
-    around it; returns how many. For inference copies on the CPU only."""
+    """Replaces, in place, every plain convolution (``PLAIN_CONVS``) inside ``module`` by a
+    :class:`PackedConv2d` around it; returns how many. For inference copies on the CPU only."""
     count = 0
     for name, child in list(module.named_children()):
-        if type(child) in (nn.Conv2d, WinogradConv2d) and isinstance(child.padding, tuple) \
+        if type(child) in PLAIN_CONVS and isinstance(child.padding, tuple) \
                 and child.padding_mode == "zeros":
             setattr(module, name, PackedConv2d(child))
             count += 1
