@@ -49,7 +49,7 @@ def test_benchmark_model_inference_rows_and_json(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_benchmark_model_training_rows_memory_and_json(tmp_path):
+def test_benchmark_model_training_rows_memory_and_json(tmp_path, capsys):
     import benchmark_model
 
     out = tmp_path / "train.json"
@@ -57,12 +57,15 @@ def test_benchmark_model_training_rows_memory_and_json(tmp_path):
     try:
         rows = benchmark_model.main(["--parts", "train", "--batch", "1", "--size", "64", "96",
                                      "--warmup", "0", "--reps", "1", "--direct-conv",
-                                     "--json", str(out)])
+                                     "--profile", "--json", str(out)])
     finally:
         torch.set_num_threads(threads)
     assert [r[0] for r in rows] == ["train step, focal (torchvision)",
                                     "train step, focal (drdet)", "train step, DR (drdet)",
                                     "train step, DR, direct convolutions (drdet)"]
+    printed = capsys.readouterr().out
+    # --profile: one operator table per model; the convolutions are among the top operators
+    assert printed.count("Self CPU time total") == 4 and "convolution" in printed
     data = json.loads(out.read_text())
     for row, written in zip(rows, data["rows"]):
         # a training step keeps at least the activations of a ResNet-50 on a 64 x 96 image

@@ -154,6 +154,18 @@ def peak_memory_mib(fn, device):
     return _cpu_peak_stop() / 2**20
 
 
+def print_profile(title, fn, device, rows=12):
+    """torch.profiler's table of the operators with the most self time in one call of fn."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\n{title}:")
+    print(prof.key_averages().table(sort_by=key, row_limit=rows))
+
+
 def train_step_fn(model, images, targets, device, amp):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
@@ -203,6 +215,9 @@ def main(argv=None):
     parser.add_argument("--direct-conv", action="store_true",
                         help="also time drdet's DR training step with MODEL.CPU_WINOGRAD False "
                              "(oneDNN's direct convolutions: the effect of the Winograd ones)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timing, print torch.profiler's top operators (self CPU "
+                             "time) of one training step of each model")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
@@ -242,6 +257,9 @@ def main(argv=None):
                       for name, m in models.items()})
         t = timed_alternating(steps, device, args.warmup, args.reps)
         mem = {name: peak_memory_mib(fn, device) for name, fn in steps.items()}
+        if args.profile:
+            for name, fn in steps.items():
+                print_profile(f"training step, {name}", fn, device)
         rows.append(("train step, focal (torchvision)", t["torchvision"], None,
                      mem["torchvision"]))
         for name in models:

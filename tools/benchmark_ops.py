@@ -15,7 +15,8 @@
   drdet's Winograd F(4x4, 3x3) (drdet/layers/winograd.py, what MODEL.CPU_WINOGRAD uses in
   training) vs torch's direct convolution (oneDNN) on the shapes of a RetinaNet R-50-FPN
   training step at 512 x 512, batch 2: the head's layers on P3 (64 x 64), on all five levels
-  in one call, the class predictor, a ResNet res3 layer.
+  in one call, the class predictor, a ResNet res3 layer; then layers that WinogradConv2d's
+  limits leave to the direct convolution (few tiles, few channels), timed on both paths.
 """
 import argparse
 import math
@@ -169,7 +170,7 @@ def measure(fn, device, repeat, warmup=1):
 
 
 def report(op, size, ours_ms, ref_ms, ref_name):
-    print(f"  {op:<14} {size:<34} drdet {ours_ms:9.3f} ms   {ref_name} {ref_ms:9.3f} ms   "
+    print(f"  {op:<14} {size:<42} drdet {ours_ms:9.3f} ms   {ref_name} {ref_ms:9.3f} ms   "
           f"ratio {ours_ms / ref_ms:5.2f}")
 
 
@@ -236,18 +237,24 @@ def bench_winograd(device, args):
         return
     p3 = [(64, 64)]
     levels = [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4)]
-    cases = [("head layer, P3", 256, 256, p3), ("head layer, P3-P7", 256, 256, levels),
-             ("class predictor, P3-P7", 256, 720, levels), ("res3 layer", 128, 128, p3)]
-    if args.quick:
-        cases = cases[:1]
+    # (label, batch, input channels, output channels, map sizes)
+    cases = [("head layer, P3", 2, 256, 256, p3), ("head layer, P3-P7", 2, 256, 256, levels),
+             ("class predictor, P3-P7", 2, 256, 720, levels), ("res3 layer", 2, 128, 128, p3)]
+    # Layers that WinogradConv2d's limits (MIN_TILES, MIN_IN_CHANNELS, MIN_OUT_CHANNELS in
+    # drdet/layers/winograd.py) leave to the direct convolution, timed on both paths anyway.
+    below_limits = [("P5 alone: 32 tiles", 2, 256, 256, [(16, 16)]),
+                    ("64 channels, batch 4", 4, 64, 64, [(64, 64)]),
+                    ("box predictor, P3", 2, 256, 36, p3),
+                    ("res5 layer: 32 tiles", 2, 512, 512, [(16, 16)])]
+    cases = cases[:1] if args.quick else cases + below_limits
     torch.manual_seed(0)
-    for label, c_in, c_out, sizes in cases:
+    for label, n, c_in, c_out, sizes in cases:
         # channels_last maps and gradients for both (the layout the Winograd path leaves in the
         # model; oneDNN's direct convolution takes it without a copy too)
         cl = torch.channels_last
-        xs = [torch.randn(2, c_in, h, w).to(memory_format=cl).requires_grad_() for h, w in sizes]
+        xs = [torch.randn(n, c_in, h, w).to(memory_format=cl).requires_grad_() for h, w in sizes]
         weight = (torch.randn(c_out, c_in, 3, 3) * 0.02).requires_grad_()
-        grads = [torch.randn(2, c_out, h, w).to(memory_format=cl) for h, w in sizes]
+        grads = [torch.randn(n, c_out, h, w).to(memory_format=cl) for h, w in sizes]
 
         def run(fn):
             outs = fn()
@@ -293,7 +300,7 @@ def main():
             print(f"\nSigmoid focal loss on {name}")
             bench_focal(torch.device(name), args)
         if "winograd" in ops:
-            print(f"\n3x3 convolution, forward + backward, batch 2, on {name}")
+            print(f"\n3x3 convolution, forward + backward, on {name}")
             bench_winograd(torch.device(name), args)
 
 

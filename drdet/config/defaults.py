@@ -19,10 +19,10 @@ _C.MODEL.META_ARCHITECTURE = "RetinaNet"
 _C.MODEL.WEIGHT = ""
 _C.MODEL.RETINANET_ON = True
 # Training on the CPU: run the 3x3 stride-1 convolutions of the ResNet, the FPN and the head that
-# have enough output tiles (>= 128 4x4 tiles, e.g. a 32 x 32 map at batch 2) by Winograd
-# F(4x4, 3x3) (drdet/layers/winograd.py): about 0.55x the time of oneDNN's direct convolution
-# for the head's convolutions, with outputs within ~1e-5 of their magnitude. No effect on CUDA,
-# under autocast, or in eval mode.
+# have enough channels and output tiles (>= 128 in, >= 64 out, >= 128 4x4 tiles, e.g. a 32 x 32
+# map at batch 2) by Winograd F(4x4, 3x3) (drdet/layers/winograd.py): 0.44-0.67x the time of
+# oneDNN's direct convolution for the head's convolutions (docs/BENCHMARKS.md), with outputs
+# within ~1e-5 of their magnitude. No effect on CUDA, under autocast, or in eval mode.
 _C.MODEL.CPU_WINOGRAD = True
 
 # ---------------------------------------------------------------------------------------------
