@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from drdet.config import dr_loss_lambdas, get_cfg, validate_cfg
+from drdet.config import get_cfg, validate_cfg
+from drdet.modeling.losses.dr import dr_loss_lambdas
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))

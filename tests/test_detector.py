@@ -14,6 +14,8 @@ from test_fusion import assert_same_detections
 
 from drdet.modeling.anchor_generator import AnchorGenerator
 from drdet.modeling.box_coder import BoxCoder
+from drdet.modeling.losses.dr import DRClassificationLoss
+from drdet.modeling.losses.focal import FocalLoss
 from drdet.modeling.detector import RetinaNet
 from drdet.modeling.matcher import Matcher
 from drdet.modeling.retinanet import RetinaNetHead, RetinaNetLossComputation, RetinaNetPostProcessor
@@ -58,7 +60,8 @@ def _tiny_detector(loss_type="DR"):
         rho=0.5,
         pairing="dr",
     )
-    loss = RetinaNetLossComputation(Matcher(0.5, 0.4), coder, C, loss_type, dr_params=dr)
+    cls_loss = DRClassificationLoss(dr) if loss_type == "DR" else FocalLoss()
+    loss = RetinaNetLossComputation(Matcher(0.5, 0.4), coder, C, cls_loss)
     post = RetinaNetPostProcessor(coder, score_thresh=0.05, detections_per_img=20)
     head = RetinaNetHead(8, C, 9, num_convs=1, prior_prob=0.1)
     return RetinaNet(

@@ -10,6 +10,8 @@ from torchvision.models.detection._utils import Matcher as TVMatcher
 from conftest import DEVICES
 
 from drdet.modeling.box_coder import BoxCoder
+from drdet.modeling.losses.dr import DRClassificationLoss
+from drdet.modeling.losses.focal import FocalLoss
 from drdet.modeling.matcher import Matcher
 from drdet.modeling.retinanet.head import RetinaNetHead
 from drdet.modeling.retinanet.loss import RetinaNetLossComputation
@@ -78,14 +80,9 @@ def _anchors():
 
 
 def _loss(loss_type="FOCAL", grouping="image", **kw):
+    cls_loss = DRClassificationLoss(DR_PARAMS, grouping) if loss_type == "DR" else FocalLoss()
     return RetinaNetLossComputation(
-        Matcher(0.5, 0.4, True),
-        BoxCoder(),
-        NUM_CLASSES,
-        loss_type=loss_type,
-        dr_params=DR_PARAMS if loss_type == "DR" else None,
-        dr_grouping=grouping,
-        **kw,
+        Matcher(0.5, 0.4, True), BoxCoder(), NUM_CLASSES, cls_loss=cls_loss, **kw
     )
 
 
@@ -156,8 +153,10 @@ def test_bad_label_is_an_error():
     targets = [{"boxes": _random_boxes(1), "labels": torch.tensor([NUM_CLASSES + 1])}]
     with pytest.raises(ValueError, match="label 4, expected 1..3"):
         _loss().prepare_targets(_anchors(), targets)
-    with pytest.raises(ValueError, match="loss_type"):
-        _loss(loss_type="CE")
+    with pytest.raises(ValueError, match="grouping"):
+        _loss(loss_type="DR", grouping="gpu")
+    with pytest.raises(TypeError, match="cls_loss"):
+        RetinaNetLossComputation(Matcher(0.5, 0.4), BoxCoder(), NUM_CLASSES, cls_loss="DR")
 
 
 # ---------------------------------------------------------------- losses (need drdet.layers ops)
@@ -269,10 +268,12 @@ def test_builders_read_the_config():
         ]
     )
     loss = build_retinanet_loss(cfg, BoxCoder())
-    assert loss.loss_type == "DR" and loss.dr_grouping == "batch" and loss.num_classes == 20
-    assert loss.dr_params["pos_lambda"] == pytest.approx(1 / math.log(20.0))
-    assert loss.dr_params["neg_lambda"] == pytest.approx(0.1 / math.log(5.5))
-    assert loss.dr_params["tau"] == 3.0 and loss.matcher.high_threshold == 0.6
+    cls_loss = loss.cls_loss
+    assert isinstance(cls_loss, DRClassificationLoss) and loss.num_classes == 20
+    assert cls_loss.grouping == "batch"
+    assert cls_loss.params["pos_lambda"] == pytest.approx(1 / math.log(20.0))
+    assert cls_loss.params["neg_lambda"] == pytest.approx(0.1 / math.log(5.5))
+    assert cls_loss.params["tau"] == 3.0 and loss.matcher.high_threshold == 0.6
     head = build_retinanet_head(cfg, 256, 9)
     assert head.cls_logits.out_channels == 9 * 20
     assert sum(isinstance(m, torch.nn.GroupNorm) for m in head.modules()) == 8

@@ -7,7 +7,7 @@ Typical use::
     cfg.merge_from_list(["SOLVER.BASE_LR", "0.005"])
     validate_cfg(cfg)                                               # checks and freezes
 """
-from .config import CfgNode, dr_loss_lambdas, validate_cfg
+from .config import CfgNode, validate_cfg
 from .defaults import _C
 
 
@@ -16,4 +16,4 @@ def get_cfg() -> CfgNode:
     return _C.clone()
 
 
-__all__ = ["CfgNode", "get_cfg", "validate_cfg", "dr_loss_lambdas"]
+__all__ = ["CfgNode", "get_cfg", "validate_cfg"]

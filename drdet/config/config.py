@@ -1,6 +1,5 @@
 """The config node of drdet: yacs' CfgNode with `_BASE_` inheritance, strict typed merging whose
 errors name the key, and a validation step for the enumerated and ranged values."""
-import math
 import os
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -11,16 +10,7 @@ BASE_KEY = "_BASE_"
 
 # Allowed values of the enumerated keys, by full key name.
 CHOICES: Dict[str, Tuple[str, ...]] = {
-    "MODEL.META_ARCHITECTURE": ("RetinaNet",),
-    "MODEL.BACKBONE.CONV_BODY": (
-        "R-18-FPN-RETINANET",
-        "R-34-FPN-RETINANET",
-        "R-50-FPN-RETINANET",
-        "R-101-FPN-RETINANET",
-        "R-152-FPN-RETINANET",
-    ),
     "MODEL.RESNETS.NORM": ("FrozenBN", "BN", "GN", "SyncBN"),
-    "MODEL.RETINANET.LOSS_TYPE": ("FOCAL", "DR"),
     "MODEL.RETINANET.ANCHOR_CONVENTION": ("exact", "torchvision", "maskrcnn_benchmark"),
     "MODEL.DR_LOSS.SMOOTHING": ("logistic", "quadratic", "hinge"),
     "MODEL.DR_LOSS.PAIRING": ("dr", "negonly"),
@@ -150,6 +140,18 @@ def _require(ok: bool, full_key: str, value: Any, what: str) -> None:
         raise ValueError(f"config key {full_key} = {value!r} is invalid: {what}")
 
 
+def _check_registered_names(cfg: _YacsCfgNode) -> None:
+    """Keys whose value names a registered component (drdet.utils.registry) must name one."""
+    import drdet.modeling  # noqa: F401  (registers the built-in components)
+    from drdet.utils.registry import registries
+
+    for registry in registries():
+        for full_key in registry.config_keys:
+            value = _get(cfg, full_key)
+            _require(value in registry, full_key, value,
+                     f"must be a registered {registry.name}: one of {registry.names()}")
+
+
 def validate_cfg(cfg: _YacsCfgNode, freeze: bool = True) -> _YacsCfgNode:
     """Check enumerated and ranged values of ``cfg``; raise ValueError naming the key.
 
@@ -158,6 +160,7 @@ def validate_cfg(cfg: _YacsCfgNode, freeze: bool = True) -> _YacsCfgNode:
     for full_key, choices in CHOICES.items():
         value = _get(cfg, full_key)
         _require(value in choices, full_key, value, f"must be one of {list(choices)}")
+    _check_registered_names(cfg)
 
     m = cfg.MODEL
     _require(0 <= m.BACKBONE.FREEZE_CONV_BODY_AT <= 5, "MODEL.BACKBONE.FREEZE_CONV_BODY_AT",
@@ -232,17 +235,3 @@ def validate_cfg(cfg: _YacsCfgNode, freeze: bool = True) -> _YacsCfgNode:
     if freeze:
         cfg.freeze()
     return cfg
-
-
-def dr_loss_lambdas(cfg: _YacsCfgNode) -> Tuple[float, float]:
-    """(lambda+, lambda-) of the DR loss from ``cfg.MODEL.DR_LOSS``.
-
-    The paper (Sec. 4.2, Table 1) tunes lambda+ = 1 / ln(h+) and lambda- = 0.1 / ln(h-), i.e. the
-    KL regulariser in base h with lambda+ = 1, lambda- = 0.1; the released code's defaults are
-    h+ = e (lambda+ = 1) and h- = 3.5 (lambda- = 0.1 / ln 3.5 = 0.0798). ``H_POS`` / ``H_NEG``
-    > 0 take precedence over ``POS_LAMBDA`` / ``NEG_LAMBDA``; 0 leaves those in force.
-    """
-    d = cfg.MODEL.DR_LOSS
-    pos = 1.0 / math.log(d.H_POS) if d.H_POS > 0 else d.POS_LAMBDA
-    neg = 0.1 / math.log(d.H_NEG) if d.H_NEG > 0 else d.NEG_LAMBDA
-    return float(pos), float(neg)

@@ -1,4 +1,13 @@
 """Model components: backbone, anchors, box coding, matching, the RetinaNet head and the detector."""
 from .detector import RetinaNet, build_detector  # noqa: E402
+from .losses import build_classification_loss  # noqa: E402
+from .registry import BACKBONES, CLASSIFICATION_LOSSES, META_ARCHITECTURES  # noqa: E402
 
-__all__ = ["RetinaNet", "build_detector"]
+__all__ = [
+    "BACKBONES",
+    "CLASSIFICATION_LOSSES",
+    "META_ARCHITECTURES",
+    "RetinaNet",
+    "build_classification_loss",
+    "build_detector",
+]

@@ -12,6 +12,7 @@ from drdet.layers.winograd import PLAIN_CONVS, set_winograd
 from drdet.modeling.anchor_generator import AnchorGenerator, build_anchor_generator
 from drdet.modeling.backbone import build_backbone
 from drdet.modeling.box_coder import BoxCoder
+from drdet.modeling.registry import META_ARCHITECTURES
 from drdet.modeling.retinanet import (
     RetinaNetHead,
     RetinaNetLossComputation,
@@ -218,18 +219,13 @@ def prepare_for_inference(model: nn.Module, channels_last: Optional[bool] = None
     return inference_model
 
 
-def build_detector(cfg) -> RetinaNet:
-    """The detector described by ``cfg`` (MODEL.META_ARCHITECTURE must be "RetinaNet"), on the
-    CPU; move it to cfg.MODEL.DEVICE yourself. Pretrained weights are not loaded here."""
-    if cfg.MODEL.META_ARCHITECTURE != "RetinaNet":
-        raise ValueError(
-            f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} is not supported "
-            "(only 'RetinaNet')"
-        )
+@META_ARCHITECTURES.register("RetinaNet")
+def build_retinanet(cfg) -> RetinaNet:
+    """RetinaNet (with any registered backbone and classification loss) from ``cfg``."""
     backbone = build_backbone(cfg)
     anchor_generator = build_anchor_generator(cfg)
     box_coder = BoxCoder(cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS)
-    model = RetinaNet(
+    return RetinaNet(
         backbone,
         build_retinanet_head(cfg, backbone.out_channels, anchor_generator.num_anchors_per_location),
         anchor_generator,
@@ -239,5 +235,11 @@ def build_detector(cfg) -> RetinaNet:
         pixel_std=cfg.INPUT.PIXEL_STD,
         size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
     )
+
+
+def build_detector(cfg) -> nn.Module:
+    """The detector registered as ``cfg.MODEL.META_ARCHITECTURE`` (drdet.modeling.registry),
+    on the CPU; move it to cfg.MODEL.DEVICE yourself. Pretrained weights are not loaded here."""
+    model = META_ARCHITECTURES.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
     set_winograd(model, cfg.MODEL.CPU_WINOGRAD)
     return model

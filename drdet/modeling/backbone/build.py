@@ -1,4 +1,6 @@
-"""build_backbone(cfg): the ResNet/ResNeXt-FPN of RetinaNet from MODEL.BACKBONE / RESNETS / FPN."""
+"""build_backbone(cfg): the backbone registered as MODEL.BACKBONE.CONV_BODY; here the
+ResNet/ResNeXt-FPN bodies of RetinaNet (from MODEL.BACKBONE / RESNETS / FPN)."""
+import functools
 from typing import List
 
 import torch
@@ -7,15 +9,7 @@ from torch import nn
 from drdet.layers.misc import make_norm_factory
 from drdet.modeling.backbone.fpn import FPN, LastLevelP6P7
 from drdet.modeling.backbone.resnet import ResNet
-
-# MODEL.BACKBONE.CONV_BODY -> ResNet depth
-CONV_BODIES = {
-    "R-18-FPN-RETINANET": 18,
-    "R-34-FPN-RETINANET": 34,
-    "R-50-FPN-RETINANET": 50,
-    "R-101-FPN-RETINANET": 101,
-    "R-152-FPN-RETINANET": 152,
-}
+from drdet.modeling.registry import BACKBONES
 
 
 class ResNetFPN(nn.Module):
@@ -41,12 +35,14 @@ class ResNetFPN(nn.Module):
         return self.fpn(self.body(images))
 
 
-def build_backbone(cfg) -> ResNetFPN:
-    """The backbone named by ``cfg.MODEL.BACKBONE.CONV_BODY`` (an ``*-FPN-RETINANET`` body)."""
+def build_backbone(cfg) -> nn.Module:
+    """The backbone registered as ``cfg.MODEL.BACKBONE.CONV_BODY`` (drdet.modeling.registry)."""
+    return BACKBONES.get(cfg.MODEL.BACKBONE.CONV_BODY)(cfg)
+
+
+def build_resnet_fpn(cfg, depth: int) -> ResNetFPN:
+    """ResNet/ResNeXt-``depth`` + FPN with P6/P7 (an ``R-<depth>-FPN-RETINANET`` body)."""
     name = cfg.MODEL.BACKBONE.CONV_BODY
-    if name not in CONV_BODIES:
-        raise ValueError(f"MODEL.BACKBONE.CONV_BODY must be one of {list(CONV_BODIES)}, "
-                         f"got {name!r}")
     r, gn = cfg.MODEL.RESNETS, cfg.MODEL.GROUP_NORM
     if r.RES5_DILATION != 1:
         raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 for {name} (P3-P7 need a "
@@ -54,7 +50,7 @@ def build_backbone(cfg) -> ResNetFPN:
     gn_factory = make_norm_factory("GN", gn.DIM_PER_GP, gn.NUM_GROUPS, gn.EPSILON)
     norm = gn_factory if r.NORM == "GN" else make_norm_factory(r.NORM)
     body = ResNet(
-        depth=CONV_BODIES[name],
+        depth=depth,
         num_groups=r.NUM_GROUPS,
         width_per_group=r.WIDTH_PER_GROUP,
         stem_out_channels=r.STEM_OUT_CHANNELS,
@@ -73,3 +69,7 @@ def build_backbone(cfg) -> ResNetFPN:
               norm_layer=gn_factory if cfg.MODEL.FPN.USE_GN else None,
               use_relu=cfg.MODEL.FPN.USE_RELU)
     return ResNetFPN(body, fpn)
+
+
+for _depth in (18, 34, 50, 101, 152):
+    BACKBONES.register(f"R-{_depth}-FPN-RETINANET", functools.partial(build_resnet_fpn, depth=_depth))

@@ -1,5 +1,5 @@
-"""RetinaNet training losses for a whole batch at once: DR or focal loss for the classes,
-smooth-L1 for the boxes.
+"""RetinaNet training losses for a whole batch at once: the configured classification loss
+(drdet.modeling.losses: DR, focal or any registered one) for the classes, smooth-L1 for the boxes.
 
 Per anchor label: 0 background, 1..C the matched box's class, -1 ignored (IoU between the
 matcher's thresholds, or optionally straddling the image border).
@@ -11,14 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from drdet import layers
-from drdet.config import dr_loss_lambdas
 from drdet.modeling.box_coder import BoxCoder
+from drdet.modeling.losses import ClassificationLoss, build_classification_loss
 from drdet.modeling.matcher import Matcher
 from drdet.structures.boxes import pairwise_iou
-
-LOSS_TYPES = ("FOCAL", "DR")
-GROUPINGS = ("image", "batch")
 
 
 def _pad_targets(
@@ -72,14 +68,11 @@ class RetinaNetLossComputation:
     Args:
         matcher, box_coder: see drdet.modeling.matcher / box_coder.
         num_classes: foreground classes C.
-        loss_type: "DR" (drdet.layers.dr_loss, the mean over groups of tau * loss_g; groups are
-            images with grouping "image", the whole batch with "batch") or "FOCAL"
-            (drdet.layers.sigmoid_focal_loss summed, divided by the number of positives plus the
-            number of images, as maskrcnn-benchmark does, which also keeps it finite without
-            positives). Under torch.distributed the counts are averaged over the ranks (see
-            per_rank_average).
-        dr_params: keyword arguments of dr_loss (pos_lambda, neg_lambda, L, margin, tau,
-            smoothing, rho, pairing) when loss_type is "DR".
+        cls_loss: the classification loss, ``cls_loss(logits (B, A, C), labels (B, A),
+            normalizer)`` (drdet.modeling.losses: "DR", "FOCAL" or any registered one). Its
+            normalizer is the number of positives plus the number of images, as
+            maskrcnn-benchmark's focal loss takes it (finite without positives); under
+            torch.distributed both counts are averaged over the ranks (see per_rank_average).
         reg_beta: smooth-L1 beta; the regression loss is summed over positive anchors and
             divided by max(1, number of positives in the batch * reg_norm).
         reg_norm: maskrcnn-benchmark's MODEL.RETINANET.BBOX_REG_WEIGHT (4.0: the sum over the four
@@ -94,29 +87,17 @@ class RetinaNetLossComputation:
         matcher: Matcher,
         box_coder: BoxCoder,
         num_classes: int,
-        loss_type: str = "FOCAL",
-        focal_gamma: float = 2.0,
-        focal_alpha: float = 0.25,
-        dr_params: Optional[Dict] = None,
-        dr_grouping: str = "image",
+        cls_loss: ClassificationLoss,
         reg_beta: float = 0.11,
         reg_norm: float = 4.0,
         straddle_thresh: Optional[float] = None,
     ):
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-        if dr_grouping not in GROUPINGS:
-            raise ValueError(f"dr_grouping must be one of {GROUPINGS}, got {dr_grouping!r}")
-        if loss_type == "DR" and dr_params is None:
-            raise ValueError("loss_type 'DR' needs dr_params")
+        if not callable(cls_loss):
+            raise TypeError(f"cls_loss must be callable, got {type(cls_loss).__name__}")
         self.matcher = matcher
         self.box_coder = box_coder
         self.num_classes = num_classes
-        self.loss_type = loss_type
-        self.focal_gamma = focal_gamma
-        self.focal_alpha = focal_alpha
-        self.dr_params = dict(dr_params or {})
-        self.dr_grouping = dr_grouping
+        self.cls_loss = cls_loss
         self.reg_beta = reg_beta
         self.reg_norm = reg_norm
         self.straddle_thresh = straddle_thresh
@@ -221,22 +202,7 @@ class RetinaNetLossComputation:
         num_pos = self.per_rank_average(positives.shape[0], logits)
         num_norm = self.per_rank_average(num_images, logits)
 
-        flat_logits = logits.reshape(-1, num_classes)
-        flat_labels = labels.reshape(-1)
-        if self.loss_type == "FOCAL":
-            loss_cls = layers.sigmoid_focal_loss(
-                flat_logits, flat_labels, gamma=self.focal_gamma, alpha=self.focal_alpha
-            )
-            loss_cls = loss_cls / (num_pos + num_norm)
-        elif self.dr_grouping == "image":
-            group_ids = torch.arange(num_images, device=logits.device).repeat_interleave(
-                num_anchors
-            )
-            loss_cls = layers.dr_loss(
-                flat_logits, flat_labels, group_ids, num_groups=num_images, **self.dr_params
-            )
-        else:
-            loss_cls = layers.dr_loss(flat_logits, flat_labels, **self.dr_params)
+        loss_cls = self.cls_loss(logits, labels, num_pos + num_norm)
 
         predicted = deltas[positives[:, 0], positives[:, 1]]
         loss_reg = (
@@ -248,24 +214,6 @@ class RetinaNetLossComputation:
         return {"loss_cls": loss_cls, "loss_reg": loss_reg}
 
 
-def dr_loss_params(cfg) -> Dict:
-    """dr_loss keyword arguments from cfg.MODEL.DR_LOSS; lambda+ and lambda- come from
-    drdet.config.dr_loss_lambdas (H_POS / H_NEG > 0: the paper's lambda+ = 1 / ln h+,
-    lambda- = 0.1 / ln h-; otherwise POS_LAMBDA / NEG_LAMBDA)."""
-    d = cfg.MODEL.DR_LOSS
-    pos_lambda, neg_lambda = dr_loss_lambdas(cfg)
-    return dict(
-        pos_lambda=pos_lambda,
-        neg_lambda=neg_lambda,
-        L=d.L,
-        margin=d.MARGIN,
-        tau=d.TAU,
-        smoothing=d.SMOOTHING,
-        rho=d.RHO,
-        pairing=d.PAIRING,
-    )
-
-
 def build_retinanet_loss(cfg, box_coder: BoxCoder) -> RetinaNetLossComputation:
     """The loss computation from cfg.MODEL.RETINANET and cfg.MODEL.DR_LOSS.
 
@@ -274,16 +222,11 @@ def build_retinanet_loss(cfg, box_coder: BoxCoder) -> RetinaNetLossComputation:
     """
     rcfg = cfg.MODEL.RETINANET
     matcher = Matcher(rcfg.FG_IOU_THRESHOLD, rcfg.BG_IOU_THRESHOLD, rcfg.ALLOW_LOW_QUALITY_MATCHES)
-    loss_type = rcfg.LOSS_TYPE.upper()
     return RetinaNetLossComputation(
         matcher,
         box_coder,
         num_classes=rcfg.NUM_CLASSES - 1,
-        loss_type=loss_type,
-        focal_gamma=rcfg.LOSS_GAMMA,
-        focal_alpha=rcfg.LOSS_ALPHA,
-        dr_params=dr_loss_params(cfg) if loss_type == "DR" else None,
-        dr_grouping=cfg.MODEL.DR_LOSS.GROUPING if loss_type == "DR" else "image",
+        cls_loss=build_classification_loss(cfg),
         reg_beta=rcfg.BBOX_REG_BETA,
         reg_norm=rcfg.BBOX_REG_WEIGHT,
     )

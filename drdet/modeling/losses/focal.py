@@ -1,0 +1,31 @@
+"""The sigmoid focal loss of RetinaNet (Lin et al., 2017) as a classification loss."""
+
+from torch import Tensor
+
+from drdet.layers import sigmoid_focal_loss
+from drdet.modeling.registry import CLASSIFICATION_LOSSES
+
+
+class FocalLoss:
+    """Sigmoid focal loss summed over the non-ignored entries, divided by the normalizer
+    (maskrcnn-benchmark's RetinaNet: positives + images, which keeps it finite without
+    positives)."""
+
+    def __init__(self, gamma: float = 2.0, alpha: float = 0.25) -> None:
+        self.gamma = gamma
+        self.alpha = alpha
+
+    def __call__(self, logits: Tensor, labels: Tensor, normalizer: Tensor) -> Tensor:
+        """logits (B, A, C), labels (B, A) in {-1, 0, 1..C}, normalizer a float scalar."""
+        flat = logits.reshape(-1, logits.shape[-1])
+        loss = sigmoid_focal_loss(flat, labels.reshape(-1), gamma=self.gamma, alpha=self.alpha)
+        return loss / normalizer
+
+    def __repr__(self) -> str:
+        return f"FocalLoss(gamma={self.gamma}, alpha={self.alpha})"
+
+
+@CLASSIFICATION_LOSSES.register("FOCAL")
+def build_focal_loss(cfg) -> FocalLoss:
+    """From MODEL.RETINANET.LOSS_GAMMA and LOSS_ALPHA."""
+    return FocalLoss(gamma=cfg.MODEL.RETINANET.LOSS_GAMMA, alpha=cfg.MODEL.RETINANET.LOSS_ALPHA)
