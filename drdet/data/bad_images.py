@@ -85,7 +85,7 @@ class GuardedReads:
     def __getitem__(self, index: int) -> tuple:
         if self.read_policy is None:
             return self.load_item(index)
-        return self.read_policy.fetch(self.load_item, index, len(self))
+        return self.read_policy.fetch(self.load_item, index, len(self))  # type: ignore[arg-type]
 
 
 class TooManyBadImagesError(RuntimeError):

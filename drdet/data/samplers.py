@@ -105,7 +105,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         if self.group_ids is not None and not self.drop_uneven:
             raise TypeError("the length of a grouped batch sampler is only known after iterating")
-        n = len(self.sampler)  # raises TypeError for infinite samplers
+        n = len(self.sampler)  # type: ignore[arg-type]  # TypeError for infinite samplers
         return n // self.batch_size if self.drop_uneven else -(-n // self.batch_size)
 
 

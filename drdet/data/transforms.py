@@ -8,7 +8,7 @@ SIZE_DIVISIBILITY are the detector's job).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, List, Sequence
 
 import numpy as np
 import torch
@@ -81,12 +81,12 @@ class Resize:
         if len(self.min_sizes) == 1:
             size = self.min_sizes[0]
         else:
-            pick = torch.randint(len(self.min_sizes), (1,), generator=self.generator).item()
+            pick = int(torch.randint(len(self.min_sizes), (1,), generator=self.generator))
             size = self.min_sizes[pick]
         w, h = image.size
         oh, ow = resized_hw(h, w, size, self.max_size)
         if (oh, ow) != (h, w):
-            image = image.resize((ow, oh), Image.BILINEAR)
+            image = image.resize((ow, oh), Image.Resampling.BILINEAR)
         target = dict(target)
         scale = torch.tensor([ow / w, oh / h, ow / w, oh / h], dtype=torch.float32)
         boxes = target["boxes"] * scale
@@ -120,7 +120,7 @@ class RandomHorizontalFlip:
 
     def __call__(self, image: Image.Image, target: Target):
         if self.prob > 0 and torch.rand((), generator=self.generator).item() < self.prob:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             target = dict(target)
             target["boxes"] = hflip_boxes(target["boxes"], image.size[0])
         return image, target
@@ -163,7 +163,7 @@ def build_transforms(cfg, is_train: bool) -> Compose:
     inp = cfg.INPUT
     if is_train:
         resize = Resize(tuple(inp.MIN_SIZE_TRAIN), inp.MAX_SIZE_TRAIN)
-        steps = [resize, RandomHorizontalFlip(inp.get("HORIZONTAL_FLIP_PROB_TRAIN", 0.5))]
+        steps: List[Callable] = [resize, RandomHorizontalFlip(inp.get("HORIZONTAL_FLIP_PROB_TRAIN", 0.5))]
     else:
         min_test = inp.MIN_SIZE_TEST
         steps = [Resize(min_test if isinstance(min_test, int) else tuple(min_test), inp.MAX_SIZE_TEST)]

@@ -21,6 +21,11 @@ class FrozenBatchNorm2d(nn.Module):
     Shapes: x (N, C, H, W) of any floating dtype -> same shape and dtype.
     """
 
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         if num_features < 1:
@@ -57,7 +62,7 @@ class FrozenBatchNorm2d(nn.Module):
                 if module.affine:
                     frozen.weight.copy_(module.weight)
                     frozen.bias.copy_(module.bias)
-                if module.track_running_stats:
+                if module.running_mean is not None and module.running_var is not None:
                     frozen.running_mean.copy_(module.running_mean)
                     frozen.running_var.copy_(module.running_var)
             return frozen
@@ -86,14 +91,19 @@ def fold_frozen_batchnorm(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
         scale = bn.weight.double() * torch.rsqrt(bn.running_var.double() + bn.eps)
         bias = conv.bias.double() if conv.bias is not None else \
             torch.zeros_like(scale)
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
-                          stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels,
+                          conv.kernel_size,  # type: ignore[arg-type]  # (int, int) for Conv2d
+                          stride=conv.stride,  # type: ignore[arg-type]
+                          padding=conv.padding,  # type: ignore[arg-type]
+                          dilation=conv.dilation,  # type: ignore[arg-type]
                           groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
                           device=conv.weight.device, dtype=conv.weight.dtype)
+        fused_bias = fused.bias
+        assert fused_bias is not None
         fused.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))
-        fused.bias.copy_((bias - bn.running_mean.double()) * scale + bn.bias.double())
+        fused_bias.copy_((bias - bn.running_mean.double()) * scale + bn.bias.double())
     fused.weight.requires_grad_(conv.weight.requires_grad)
-    fused.bias.requires_grad_(conv.weight.requires_grad)
+    fused_bias.requires_grad_(conv.weight.requires_grad)
     return fused
 
 
@@ -122,6 +132,7 @@ def fuse_frozen_batchnorm(module: nn.Module) -> int:
     for conv_name, bn_name in pairs:
         conv, bn = module._modules.get(conv_name), module._modules.get(bn_name)
         if type(conv) in PLAIN_CONVS and isinstance(bn, FrozenBatchNorm2d):
+            assert isinstance(conv, nn.Conv2d)
             setattr(module, conv_name, fold_frozen_batchnorm(conv, bn))
             setattr(module, bn_name, nn.Identity())
             folded += 1

@@ -158,7 +158,7 @@ class AnchorGenerator(nn.Module):
         for level, f in enumerate(features):
             height, width = f.shape[-2], f.shape[-1]
             stride = None
-            if self.convention == "torchvision":
+            if image_size is not None and self.convention == "torchvision":
                 stride = (int(image_size[0]) // height, int(image_size[1]) // width)
             anchors.append(
                 self.grid_anchors(level, height, width, f.device, torch.float32, stride)

@@ -49,11 +49,11 @@ class _WarmupLR(LRScheduler):
     def _decay(self, iteration: int) -> float:
         raise NotImplementedError
 
-    def get_lr(self) -> List[float]:
+    def get_lr(self) -> List[float]:  # type: ignore[override]  # (floats, never tensors)
         t = self.last_epoch
         factor = warmup_multiplier(self.warmup_method, t, self.warmup_iters, self.warmup_factor)
         factor *= self._decay(t)
-        return [base_lr * factor for base_lr in self.base_lrs]
+        return [float(base_lr) * factor for base_lr in self.base_lrs]
 
     # The closed form is exact at every iteration, so chainable and closed form are the same.
     _get_closed_form_lr = get_lr

@@ -49,9 +49,9 @@ def clip_boxes(boxes: Tensor, image_size: Union[Tuple[int, int], Tensor]) -> Ten
         x = torch.minimum(boxes[..., 0::2].clamp(min=0), w)
         y = torch.minimum(boxes[..., 1::2].clamp(min=0), h)
     else:
-        h, w = image_size
-        x = boxes[..., 0::2].clamp(min=0, max=w)
-        y = boxes[..., 1::2].clamp(min=0, max=h)
+        height, width = image_size
+        x = boxes[..., 0::2].clamp(min=0, max=width)
+        y = boxes[..., 1::2].clamp(min=0, max=height)
     return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
 
 

@@ -14,7 +14,7 @@ def _fpn_conv(in_ch: int, out_ch: int, k: int,
     conv = conv_kaiming_uniform(in_ch, out_ch, k, bias=norm_layer is None)
     if norm_layer is None and not use_relu:
         return conv
-    layers = [conv]
+    layers: List[nn.Module] = [conv]
     if norm_layer is not None:
         layers.append(norm_layer(out_ch))
     if use_relu:

@@ -165,7 +165,7 @@ class ResNet(nn.Module):
         for idx, n in enumerate(blocks, start=1):
             dilation = res5_dilation if idx == 4 else 1
             first_stride = 1 if idx == 1 or dilation > 1 else 2
-            layers = []
+            layers: List[nn.Module] = []
             for b in range(n):
                 stride = first_stride if b == 0 else 1
                 if kind == "basic":
@@ -197,7 +197,7 @@ class ResNet(nn.Module):
 
     def stages(self) -> List[nn.Module]:
         """[stem, layer1, layer2, layer3, layer4]: the units FREEZE_CONV_BODY_AT counts."""
-        return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
+        return [self.get_submodule(name) for name in ("stem", "layer1", "layer2", "layer3", "layer4")]
 
     def freeze(self, freeze_at: int) -> None:
         """Freeze the first ``freeze_at`` of :meth:`stages` (0 none, 1 stem, 2 stem+layer1, ...)."""

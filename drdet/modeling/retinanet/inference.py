@@ -121,10 +121,10 @@ class RetinaNetPostProcessor:
             rank = torch.arange(keep.shape[0], device=keep.device) - starts[images[keep]]
             keep = keep[rank < self.detections_per_img]
             boxes, scores, classes, images = boxes[keep], scores[keep], classes[keep], images[keep]
-        counts = torch.bincount(images, minlength=num_images).tolist()
+        per_image = torch.bincount(images, minlength=num_images).tolist()
         return [
             {"boxes": b, "scores": s, "labels": c + 1}
-            for b, s, c in zip(boxes.split(counts), scores.split(counts), classes.split(counts))
+            for b, s, c in zip(boxes.split(per_image), scores.split(per_image), classes.split(per_image))
         ]
 
 
