@@ -126,7 +126,11 @@ setup(
     version="0.1.0",
     description="RetinaNet with the Distributional Ranking (DR) loss (Qian et al., CVPR 2020)",
     packages=find_packages(exclude=("tests", "tools", "configs", "datasets")),
-    python_requires=">=3.9",
+    python_requires=">=3.11",
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+    ],
     install_requires=["yacs>=0.1.8", "pyyaml", "numpy", "pycocotools>=2.0", "opencv-python-headless",
                       "pillow", "tqdm", "matplotlib"],
     ext_modules=get_extensions(),
