@@ -4,10 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import DEVICES
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 from torchvision.models.detection._utils import Matcher as TVMatcher
-
-from conftest import DEVICES
 
 from drdet.modeling.box_coder import BoxCoder
 from drdet.modeling.losses.dr import DRClassificationLoss

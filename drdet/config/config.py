@@ -66,7 +66,7 @@ class CfgNode(_YacsCfgNode):
     def merge_from_file(self, cfg_filename: str) -> None:
         _merge_dict(_load_yaml_with_base(cfg_filename), self, [])
 
-    def merge_from_other_cfg(self, cfg_other: "_YacsCfgNode") -> None:
+    def merge_from_other_cfg(self, cfg_other: _YacsCfgNode) -> None:
         _merge_dict(cfg_other, self, [])
 
     def merge_from_list(self, cfg_list: Sequence[Any]) -> None:
@@ -92,7 +92,7 @@ class CfgNode(_YacsCfgNode):
                 value = _YacsCfgNode._decode_cfg_value(raw)
             _set_checked(node, parts[-1], value, full_key)
 
-    def validate(self, freeze: bool = True) -> "CfgNode":
+    def validate(self, freeze: bool = True) -> CfgNode:
         validate_cfg(self, freeze=freeze)
         return self
 

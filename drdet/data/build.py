@@ -18,8 +18,12 @@ from drdet.utils import comm
 from .bad_images import BadImageLog, ReadPolicy
 from .catalog import get_dataset
 from .collate import collate_with_bad_images
-from .samplers import (GroupedBatchSampler, InferenceSampler, IterationBasedBatchSampler,
-                       TrainingSampler)
+from .samplers import (
+    GroupedBatchSampler,
+    InferenceSampler,
+    IterationBasedBatchSampler,
+    TrainingSampler,
+)
 from .transforms import build_transforms
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .registry import (DATASET_TYPES, DEFAULT_ROOT, ENV_ROOT, DatasetType, MalformedDatasetName,
-                       datasets_root)
+from .registry import (
+    DATASET_TYPES,
+    DEFAULT_ROOT,
+    ENV_ROOT,
+    DatasetType,
+    MalformedDatasetName,
+    datasets_root,
+)
 
 __all__ = ["DATASET_TYPES", "DEFAULT_ROOT", "ENV_ROOT", "UnknownDatasetError", "datasets_root",
            "get_dataset", "known_names"]

@@ -8,7 +8,7 @@ count in the number of positives. Boxes are continuous x1y1x2y2 (width = x2 - x1
 convention; the devkit adds 1 pixel to widths, which changes IoUs slightly for small boxes).
 """
 import logging
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, cast
 
 import numpy as np
 import torch
@@ -133,5 +133,6 @@ def voc07_evaluator(dataset, predictions: Mapping[int, Mapping[str, object]],
     "difficult") and ``dataset.num_classes`` foreground classes. Writes no file."""
     ground_truth = {rec["image_id"]: rec for rec in dataset.records}
     voc = evaluate_voc(predictions, ground_truth, num_classes=dataset.num_classes + 1)
-    logger.info("VOC07 mAP@0.5 (11-point, difficult ignored): %.4f", voc["mAP"])
-    return {"VOC07_mAP50": float(voc["mAP"])}
+    mean_ap = float(cast(float, voc["mAP"]))
+    logger.info("VOC07 mAP@0.5 (11-point, difficult ignored): %.4f", mean_ap)
+    return {"VOC07_mAP50": mean_ap}

@@ -78,7 +78,7 @@ class DRLossParams:
                    f"must be one of {choices}")
 
     @classmethod
-    def from_cfg(cls, cfg: Any) -> "DRLossParams":
+    def from_cfg(cls, cfg: Any) -> DRLossParams:
         """From ``cfg.MODEL.DR_LOSS``. The paper (Sec. 4.2, Table 1) tunes lambda+ = 1 / ln(h+)
         and lambda- = 0.1 / ln(h-), i.e. the KL regulariser in base h with lambda+ = 1,
         lambda- = 0.1; the released code's defaults are h+ = e (lambda+ = 1) and h- = 3.5
@@ -86,7 +86,7 @@ class DRLossParams:
         ``POS_LAMBDA`` / ``NEG_LAMBDA``; 0 leaves those in force."""
         d = cfg.MODEL.DR_LOSS
         params = cls(**{f.name: d[f.name.upper()] for f in dataclasses.fields(cls)})
-        lambdas = {}
+        lambdas: dict[str, Any] = {}
         for h_name, field, scale in (("h_pos", "pos_lambda", 1.0), ("h_neg", "neg_lambda", 0.1)):
             h = d[h_name.upper()]
             _check(h_name, h, lambda v: v == 0.0 or v > 1.0,

@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -328,13 +328,13 @@ def main(argv: list[str] | None = None) -> None:
 # ---- the "synthetic" dataset type (drdet/data/registry.py) ----
 
 # name -> SyntheticSpec arguments (generated on first use under <root>/synthetic/<folder_name>)
-SYNTHETIC_DATASETS: dict[str, dict[str, int]] = {
+SYNTHETIC_DATASETS: dict[str, dict[str, Any]] = {
     "synthetic_train": {"num_images": 600, "seed": 0},
     "synthetic_val": {"num_images": 100, "seed": 1},
 }
 
 
-def _synthetic_from_entry(name: str, spec_args: dict[str, int], root: str,
+def _synthetic_from_entry(name: str, spec_args: dict[str, Any], root: str,
                           transforms: Callable | None, is_train: bool) -> COCODataset:
     spec = SyntheticSpec(**spec_args)
     folder = ensure_dataset(spec, os.path.join(root, "synthetic", spec.folder_name))

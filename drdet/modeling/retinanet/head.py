@@ -3,7 +3,6 @@
 import math
 from typing import List, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from drdet.layers.misc import group_norm_groups
