@@ -350,9 +350,11 @@ def _synthetic_from_parts(name: str, parts: list[str], transforms: Callable | No
     return _synthetic_from_entry(name, sizes, datasets_root(), transforms, is_train)
 
 
-if __name__ == "__main__":
-    main()
-else:  # run as a script this is a second copy of the module: the package's copy registers
+if __name__ != "__main__":  # run as a script, this file is a second copy of the module:
+    # the package's copy (drdet.data.datasets.synthetic) is the one that registers the type
     DATASET_TYPES.register("synthetic", DatasetType(
         form="synthetic:<num images>:<seed>[:<size px>]", from_parts=_synthetic_from_parts,
         max_parts=3, names=SYNTHETIC_DATASETS, from_entry=_synthetic_from_entry))
+
+if __name__ == "__main__":
+    main()
