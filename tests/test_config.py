@@ -110,6 +110,15 @@ def test_base_inheritance_is_recursive_and_relative(tmp_path):
     ("MODEL.BACKBONE.FREEZE_CONV_BODY_AT", "6"),
     ("MODEL.DR_LOSS.H_NEG", "0.5"),
     ("MODEL.DR_LOSS.NEG_LAMBDA", "0.0"),
+    ("MODEL.DR_LOSS.POS_LAMBDA", "-1.0"),
+    ("MODEL.DR_LOSS.L", "0.0"),
+    ("MODEL.DR_LOSS.TAU", "0.0"),
+    ("MODEL.DR_LOSS.RHO", "0.0"),
+    ("MODEL.DR_LOSS.MARGIN", "-0.1"),
+    ("MODEL.DR_LOSS.H_POS", "1.0"),
+    ("MODEL.RETINANET.ANCHOR_CONVENTION", "detectron"),
+    ("SOLVER.WARMUP_METHOD", "exp"),
+    ("SOLVER.LR_SCHEDULER", "poly"),
     ("MODEL.RETINANET.PRIOR_PROB", "1.0"),
     ("MODEL.RETINANET.BG_IOU_THRESHOLD", "0.6"),
     ("MODEL.RESNETS.RES5_DILATION", "2"),
@@ -128,6 +137,56 @@ def test_basic_block_bodies_reject_groups():
                          "MODEL.RESNETS.NUM_GROUPS", "32"])
     with pytest.raises(ValueError, match=r"MODEL\.RESNETS\.NUM_GROUPS"):
         validate_cfg(cfg)
+
+
+def test_dr_loss_config_errors_come_from_the_params_object():
+    # validate_cfg reports DRLossParams' own check under the config key: same rule, one place.
+    from drdet.layers import DRLossParams
+
+    with pytest.raises(ValueError, match="tau must be a finite number > 0"):
+        DRLossParams(tau=0.0)
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.DR_LOSS.TAU", "0.0"])
+    with pytest.raises(ValueError, match=r"MODEL\.DR_LOSS\.TAU = 0\.0 is invalid: must be"):
+        validate_cfg(cfg)
+
+
+def test_enumerations_come_from_the_implementing_modules():
+    from drdet.config.config import choices
+    from drdet.layers.misc import NORMS
+    from drdet.solver.lr_scheduler import WARMUP_METHODS
+
+    table = choices()
+    assert table["MODEL.RESNETS.NORM"] is NORMS
+    assert table["SOLVER.WARMUP_METHOD"] is WARMUP_METHODS
+
+
+@pytest.mark.parametrize("key,value", [
+    ("MODEL.RETINANET_ON", "True"),
+    ("MODEL.RETINANET.STRADDLE_THRESH", "-1"),
+    ("TEST.EXPECTED_RESULTS", "[]"),
+])
+def test_removed_keys_load_with_a_warning(tmp_path, caplog, key, value):
+    cfg = get_cfg()
+    with caplog.at_level("WARNING", logger="drdet.config.config"):
+        cfg.merge_from_list([key, value, "SOLVER.BASE_LR", "0.02"])
+    assert cfg.SOLVER.BASE_LR == 0.02
+    assert f"{key} is no longer used and is ignored" in caplog.text
+    parts = key.split(".")
+    node = cfg
+    for part in parts[:-1]:
+        node = node[part]
+    assert parts[-1] not in node  # the key is gone from the defaults
+    caplog.clear()
+    text = "".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(parts[:-1]))
+    text += f"{'  ' * (len(parts) - 1)}{parts[-1]}: {value}\nSOLVER:\n  MAX_ITER: 7\n"
+    cfg = get_cfg()
+    with caplog.at_level("WARNING", logger="drdet.config.config"):
+        cfg.merge_from_file(_write(tmp_path, "old.yaml", text))
+    assert cfg.SOLVER.MAX_ITER == 7
+    assert f"{key} is no longer used and is ignored" in caplog.text
+    with pytest.raises(KeyError, match="MODEL.RETINANET.STRADDLE"):
+        get_cfg().merge_from_list(["MODEL.RETINANET.STRADDLE", "0"])
 
 
 def test_dr_loss_lambdas_follow_the_papers_h_mapping():

@@ -109,10 +109,11 @@ def test_catalog_generates_synthetic_on_first_use(tmp_path, monkeypatch):
     assert os.path.isfile(tmp_path / "synthetic" / "8x256px_seed2" / "annotations.json")
     image, target, _ = ds[0]
     assert image.size == (256, 256) and len(target["boxes"]) > 0
-    assert catalog.SYNTHETIC_DATASETS["synthetic_train"]["num_images"] == 600
-    assert catalog.SYNTHETIC_DATASETS["synthetic_val"]["num_images"] == 100
-    assert catalog.SYNTHETIC_DATASETS["synthetic_val"]["seed"] != \
-        catalog.SYNTHETIC_DATASETS["synthetic_train"]["seed"]
+    assert synthetic.SYNTHETIC_DATASETS["synthetic_train"]["num_images"] == 600
+    assert synthetic.SYNTHETIC_DATASETS["synthetic_val"]["num_images"] == 100
+    assert synthetic.SYNTHETIC_DATASETS["synthetic_val"]["seed"] != \
+        synthetic.SYNTHETIC_DATASETS["synthetic_train"]["seed"]
+    assert catalog.DATASET_TYPES.get("synthetic").names is synthetic.SYNTHETIC_DATASETS
 
 
 def test_bad_spec_raises():

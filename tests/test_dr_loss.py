@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import DEVICES
-from drdet.layers import DRLoss, dr_loss
+
+from drdet.layers import DRLoss, DRLossParams, dr_loss
 from drdet.layers._ext import ops
 
 NEG_LAMBDA = 0.1 / math.log(3.5)
@@ -362,6 +362,55 @@ def test_module_matches_function():
                        pairing="negonly")
     torch.testing.assert_close(module(logits, labels, gids), expected)
     assert "negonly" in repr(module)
+
+
+def test_params_object_and_keywords_are_the_same_loss():
+    logits, labels, gids = random_inputs(groups=3)
+    params = DRLossParams(pos_lambda=0.7, neg_lambda=0.05, L=4.0, margin=0.3, tau=2.0,
+                          smoothing="quadratic", rho=0.6, pairing="negonly")
+    expected = reference(logits, labels, gids, 3, pos_lambda=0.7, neg_lambda=0.05, L=4.0,
+                         margin=0.3, tau=2.0, smoothing="quadratic", rho=0.6, pairing="negonly")
+    torch.testing.assert_close(dr_loss(logits, labels, gids, params=params).double(), expected)
+    torch.testing.assert_close(DRLoss(params)(logits, labels, gids).double(), expected)
+    # keywords replace fields of params; the rest keeps params' values
+    hinge = reference(logits, labels, gids, 3, pos_lambda=0.7, neg_lambda=0.05, L=4.0,
+                      margin=0.3, tau=2.0, smoothing="hinge", rho=0.6, pairing="negonly")
+    torch.testing.assert_close(
+        dr_loss(logits, labels, gids, params=params, smoothing="hinge").double(), hinge)
+    assert params.smoothing == "quadratic"  # frozen, not modified by the override
+
+
+def test_params_defaults_and_op_argument_order():
+    params = DRLossParams()
+    assert params.as_op_args() == (1.0, 0.1 / math.log(3.5), 6.0, 0.5, 4.0, "logistic", 0.5,
+                                   "dr")
+    # the op's schema lists the parameters in the dataclass' field order
+    schema = ops.dr_loss_forward.default._schema
+    names = [a.name for a in schema.arguments][4:]
+    assert names == ["pos_lambda", "neg_lambda", "L", "margin", "tau", "smoothing", "rho",
+                     "pairing"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(tau=0.0), "tau must be"),
+    (dict(margin=-0.5), "margin must be"),
+    (dict(L=float("inf")), "L must be"),
+    (dict(rho=-1.0), "rho must be"),
+])
+def test_params_validate_once_naming_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match) as err:
+        DRLossParams(**kwargs)
+    assert err.value.field == next(iter(kwargs))
+    assert err.value.config_key == f"MODEL.DR_LOSS.{next(iter(kwargs)).upper()}"
+    logits, labels, _ = random_inputs(n=10, c=3)
+    with pytest.raises(ValueError, match=match):
+        dr_loss(logits, labels, **kwargs)
+
+
+def test_unknown_keyword_is_a_type_error():
+    logits, labels, _ = random_inputs(n=10, c=3)
+    with pytest.raises(TypeError, match="lambda_pos"):
+        dr_loss(logits, labels, lambda_pos=1.0)
 
 
 # ---------------------------------------------------------------- invalid input

@@ -1,11 +1,13 @@
-"""The registries: a new classification loss plugs into the detector through the registry alone,
-and config validation and the builders follow what is registered."""
+"""The registries: a new classification loss, dataset type and evaluator plug in through their
+registries alone, and config validation and the builders follow what is registered."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from drdet.config import get_cfg, validate_cfg
+from drdet.data.registry import DATASET_TYPES, DatasetType, MalformedDatasetName
+from drdet.evaluation import EVALUATORS
 from drdet.modeling import build_detector
 from drdet.modeling.registry import BACKBONES, CLASSIFICATION_LOSSES, META_ARCHITECTURES
 from drdet.utils.registry import Registry
@@ -120,3 +122,100 @@ def test_registry_rejects_a_second_registration_and_names_the_registered():
     with pytest.raises(KeyError, match=r"unknown widget 'B' \(MODEL\.WIDGET\); registered: A"):
         reg.get("B")
     assert reg.unregister("A") is build_a and len(reg) == 0
+
+
+# ---------------------------------------------------------------- a test-local dataset type
+# and evaluator: they plug in through DATASET_TYPES and EVALUATORS alone (CONTRIBUTING.md).
+class ToyDataset:
+    """``num_images`` images of 64 x 48 pixels, image i holding i + 1 boxes of 10 x 10 pixels
+    at x = 20 * k (k = 0..i); evaluated by the test-local "toy_recall"."""
+
+    evaluators = ("toy_recall", "toy_count")
+    class_names = ["thing"]
+
+    def __init__(self, name, num_images):
+        self.name = name
+        self.boxes = {i + 1: torch.tensor([[20.0 * k, 5.0, 20.0 * k + 10, 15.0]
+                                           for k in range(i + 1)]) for i in range(num_images)}
+
+    def __len__(self):
+        return len(self.boxes)
+
+    def get_img_info(self, index):
+        return {"id": index + 1, "height": 48, "width": 64}
+
+
+def toy_from_parts(name, parts, transforms, is_train):
+    if len(parts) != 1 or not parts[0].isdigit():
+        raise MalformedDatasetName(name)
+    return ToyDataset(name, int(parts[0]))
+
+
+def toy_from_entry(name, entry, root, transforms, is_train):
+    return ToyDataset(name, entry["num_images"])
+
+
+def toy_recall(dataset, predictions, output_folder=None, per_category=False):
+    """Fraction of the ground-truth boxes with a predicted box of IoU >= 0.5."""
+    from torchvision.ops import box_iou
+
+    found = total = 0
+    for image_id, gt in dataset.boxes.items():
+        pred = predictions.get(image_id, {"boxes": torch.zeros(0, 4)})["boxes"]
+        total += len(gt)
+        if len(pred):
+            found += int((box_iou(gt, pred).max(dim=1).values >= 0.5).sum())
+    return {"toy_recall": found / total}
+
+
+@pytest.fixture
+def toy_registered():
+    DATASET_TYPES.register("toy", DatasetType(
+        form="toy:<num images>", from_parts=toy_from_parts, max_parts=1,
+        names={"toy_three": {"num_images": 3}}, from_entry=toy_from_entry))
+    EVALUATORS.register("toy_recall", toy_recall)
+    EVALUATORS.register("toy_count", lambda dataset, predictions, **_: {"images": len(predictions)})
+    yield
+    DATASET_TYPES.unregister("toy")
+    EVALUATORS.unregister("toy_recall")
+    EVALUATORS.unregister("toy_count")
+
+
+def test_a_registered_dataset_type_builds_from_both_name_forms(toy_registered):
+    from drdet.data import build_dataset, get_dataset, known_names
+
+    by_form = get_dataset("toy:2", None, is_train=False)
+    assert isinstance(by_form, ToyDataset) and len(by_form) == 2 and by_form.name == "toy:2"
+    by_name = build_dataset(["toy_three"], None, is_train=True)
+    assert isinstance(by_name, ToyDataset) and len(by_name) == 3
+    assert "toy_three" in known_names() and "coco_2017_val" in known_names()
+    with pytest.raises(ValueError, match=r"malformed dataset name 'toy:x'.*toy:<num images>"):
+        get_dataset("toy:x", None, is_train=False)
+    with pytest.raises(KeyError, match=r"unknown dataset 'toy_four'.*toy_three.*toy:<num images>"):
+        get_dataset("toy_four", None, is_train=False)
+
+
+def test_unregistered_type_is_unknown():
+    from drdet.data import get_dataset
+
+    with pytest.raises(KeyError, match=r"unknown dataset 'toy:2'.*coco:<json>"):
+        get_dataset("toy:2", None, is_train=False)
+
+
+def test_a_registered_evaluator_scores_the_datasets_that_name_it(toy_registered, tmp_path):
+    from drdet.data import get_dataset
+    from drdet.engine.inference import evaluate_predictions
+
+    dataset = get_dataset("toy:2", None, is_train=False)  # image 1: 1 box, image 2: 2 boxes
+    predictions = {
+        1: {"boxes": torch.tensor([[1.0, 5.0, 11.0, 15.0]]),  # IoU 9/11 with the box: found
+            "scores": torch.tensor([0.9]), "labels": torch.tensor([1])},
+        2: {"boxes": torch.tensor([[26.0, 5.0, 36.0, 15.0]]),  # IoU 4/16 with box 2: missed
+            "scores": torch.tensor([0.8]), "labels": torch.tensor([1])},
+    }
+    metrics = evaluate_predictions(dataset, predictions, output_folder=str(tmp_path))
+    assert list(metrics) == ["toy_recall", "images"]  # in the dataset's order
+    assert metrics["toy_recall"] == pytest.approx(1 / 3) and metrics["images"] == 2
+    dataset.evaluators = ("toy_recall", "toy_missing")
+    with pytest.raises(KeyError, match=r"unknown evaluator 'toy_missing'.*coco.*toy_recall"):
+        evaluate_predictions(dataset, predictions)

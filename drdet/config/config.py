@@ -1,5 +1,16 @@
 """The config node of drdet: yacs' CfgNode with `_BASE_` inheritance, strict typed merging whose
-errors name the key, and a validation step for the enumerated and ranged values."""
+errors name the key, and a validation step for the enumerated and ranged values.
+
+Where each fact lives: the allowed values of an enumerated key are defined once, by the module
+that implements them (``drdet.layers.misc.NORMS``, ``drdet.solver.lr_scheduler.WARMUP_METHODS``,
+...), and the DR loss's hyperparameters are validated once, by ``drdet.layers.DRLossParams``.
+This module does not import them at import time (config sits below the model in the import
+order: the model's modules import config, never the other way round); :func:`validate_cfg`
+imports them when it runs, as it does the registries (:func:`choices`).
+"""
+from __future__ import annotations
+
+import logging
 import os
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -8,16 +19,36 @@ from yacs.config import CfgNode as _YacsCfgNode
 
 BASE_KEY = "_BASE_"
 
-# Allowed values of the enumerated keys, by full key name.
-CHOICES: Dict[str, Tuple[str, ...]] = {
-    "MODEL.RESNETS.NORM": ("FrozenBN", "BN", "GN", "SyncBN"),
-    "MODEL.RETINANET.ANCHOR_CONVENTION": ("exact", "torchvision", "maskrcnn_benchmark"),
-    "MODEL.DR_LOSS.SMOOTHING": ("logistic", "quadratic", "hinge"),
-    "MODEL.DR_LOSS.PAIRING": ("dr", "negonly"),
-    "MODEL.DR_LOSS.GROUPING": ("image", "batch"),
-    "SOLVER.WARMUP_METHOD": ("constant", "linear"),
-    "SOLVER.LR_SCHEDULER": ("multistep", "cosine"),
+logger = logging.getLogger(__name__)
+
+# Keys drdet no longer reads, and why. A yaml file or override that sets one still loads: the
+# value is ignored with a warning.
+REMOVED_KEYS: Dict[str, str] = {
+    "MODEL.RETINANET_ON": "the detector is MODEL.META_ARCHITECTURE",
+    "MODEL.RETINANET.STRADDLE_THRESH": "anchors crossing the image border are always kept, as "
+                                       "in maskrcnn-benchmark's RetinaNet",
+    "TEST.EXPECTED_RESULTS": "drdet does not compare results against expected values",
 }
+
+
+
+def choices() -> Dict[str, Tuple[str, ...]]:
+    """Allowed values of the enumerated keys, by full key name, from the modules that implement
+    them (imported here, not at import time; see the module docstring). MODEL.DR_LOSS.SMOOTHING
+    and PAIRING are checked with the other DR loss parameters by DRLossParams."""
+    from drdet.layers.misc import NORMS
+    from drdet.modeling.anchor_generator import ANCHOR_CONVENTIONS
+    from drdet.modeling.losses.dr import GROUPINGS
+    from drdet.solver.build import LR_SCHEDULERS
+    from drdet.solver.lr_scheduler import WARMUP_METHODS
+
+    return {
+        "MODEL.RESNETS.NORM": NORMS,
+        "MODEL.RETINANET.ANCHOR_CONVENTION": ANCHOR_CONVENTIONS,
+        "MODEL.DR_LOSS.GROUPING": GROUPINGS,
+        "SOLVER.WARMUP_METHOD": WARMUP_METHODS,
+        "SOLVER.LR_SCHEDULER": LR_SCHEDULERS,
+    }
 
 
 class CfgNode(_YacsCfgNode):
@@ -35,7 +66,7 @@ class CfgNode(_YacsCfgNode):
     def merge_from_file(self, cfg_filename: str) -> None:
         _merge_dict(_load_yaml_with_base(cfg_filename), self, [])
 
-    def merge_from_other_cfg(self, cfg_other: "_YacsCfgNode") -> None:
+    def merge_from_other_cfg(self, cfg_other: _YacsCfgNode) -> None:
         _merge_dict(cfg_other, self, [])
 
     def merge_from_list(self, cfg_list: Sequence[Any]) -> None:
@@ -45,6 +76,8 @@ class CfgNode(_YacsCfgNode):
                 f"config overrides must be KEY VALUE pairs; got an odd number ({len(cfg_list)})"
             )
         for full_key, raw in zip(cfg_list[0::2], cfg_list[1::2]):
+            if _is_removed(full_key):
+                continue
             node = self
             parts = full_key.split(".")
             for i, part in enumerate(parts):
@@ -59,7 +92,7 @@ class CfgNode(_YacsCfgNode):
                 value = _YacsCfgNode._decode_cfg_value(raw)
             _set_checked(node, parts[-1], value, full_key)
 
-    def validate(self, freeze: bool = True) -> "CfgNode":
+    def validate(self, freeze: bool = True) -> CfgNode:
         validate_cfg(self, freeze=freeze)
         return self
 
@@ -92,6 +125,8 @@ def _update_dict(base: Dict[str, Any], override: Dict[str, Any]) -> None:
 def _merge_dict(src: Dict[str, Any], dst: _YacsCfgNode, prefix: List[str]) -> None:
     for key, value in src.items():
         full_key = ".".join(prefix + [str(key)])
+        if key not in dst and _is_removed(full_key):
+            continue
         if key not in dst:
             raise KeyError(f"Unknown config key: {full_key}")
         if isinstance(dst[key], _YacsCfgNode):
@@ -107,6 +142,14 @@ def _merge_dict(src: Dict[str, Any], dst: _YacsCfgNode, prefix: List[str]) -> No
                 # yaml leaves "(800,)" a string: read it as a Python literal, as yacs does.
                 value = _YacsCfgNode._decode_cfg_value(value)
             _set_checked(dst, key, value, full_key)
+
+
+def _is_removed(full_key: str) -> bool:
+    """True (after logging a warning) when ``full_key`` is one of REMOVED_KEYS."""
+    if full_key not in REMOVED_KEYS:
+        return False
+    logger.warning("%s is no longer used and is ignored (%s)", full_key, REMOVED_KEYS[full_key])
+    return True
 
 
 def _set_checked(node: _YacsCfgNode, key: str, value: Any, full_key: str) -> None:
@@ -135,7 +178,8 @@ def _get(cfg: _YacsCfgNode, full_key: str) -> Any:
     return node
 
 
-def _require(ok: bool, full_key: str, value: Any, what: str) -> None:
+def require(ok: bool, full_key: str, value: Any, what: str) -> None:
+    """ValueError("config key <full_key> = <value> is invalid: <what>") unless ``ok``."""
     if not ok:
         raise ValueError(f"config key {full_key} = {value!r} is invalid: {what}")
 
@@ -148,8 +192,24 @@ def _check_registered_names(cfg: _YacsCfgNode) -> None:
     for registry in registries():
         for full_key in registry.config_keys:
             value = _get(cfg, full_key)
-            _require(value in registry, full_key, value,
-                     f"must be a registered {registry.name}: one of {registry.names()}")
+            require(value in registry, full_key, value,
+                    f"must be a registered {registry.name}: one of {registry.names()}")
+
+
+def _check_dr_loss(cfg: _YacsCfgNode) -> None:
+    """MODEL.DR_LOSS through DRLossParams' own validation, its error naming the config key."""
+    from drdet.layers.dr_loss import DRLossParams, InvalidDRLossParam
+
+    try:
+        DRLossParams.from_cfg(cfg)
+    except InvalidDRLossParam as err:
+        require(False, err.config_key, err.value, err.what)
+
+
+def _check_backbone(cfg: _YacsCfgNode) -> None:
+    from drdet.modeling.backbone.build import check_resnet_cfg
+
+    check_resnet_cfg(cfg)
 
 
 def validate_cfg(cfg: _YacsCfgNode, freeze: bool = True) -> _YacsCfgNode:
@@ -157,81 +217,70 @@ def validate_cfg(cfg: _YacsCfgNode, freeze: bool = True) -> _YacsCfgNode:
 
     Returns ``cfg``, frozen when ``freeze`` is True.
     """
-    for full_key, choices in CHOICES.items():
+    for full_key, allowed in choices().items():
         value = _get(cfg, full_key)
-        _require(value in choices, full_key, value, f"must be one of {list(choices)}")
+        require(value in allowed, full_key, value, f"must be one of {list(allowed)}")
     _check_registered_names(cfg)
+    _check_dr_loss(cfg)
+    _check_backbone(cfg)
 
     m = cfg.MODEL
-    _require(0 <= m.BACKBONE.FREEZE_CONV_BODY_AT <= 5, "MODEL.BACKBONE.FREEZE_CONV_BODY_AT",
-             m.BACKBONE.FREEZE_CONV_BODY_AT, "must be in 0..5 (0 none, 1 stem, 2 stem+res2, ...)")
+    require(0 <= m.BACKBONE.FREEZE_CONV_BODY_AT <= 5, "MODEL.BACKBONE.FREEZE_CONV_BODY_AT",
+            m.BACKBONE.FREEZE_CONV_BODY_AT, "must be in 0..5 (0 none, 1 stem, 2 stem+res2, ...)")
     for key in ("NUM_GROUPS", "WIDTH_PER_GROUP", "STEM_OUT_CHANNELS", "RES2_OUT_CHANNELS",
                 "BACKBONE_OUT_CHANNELS"):
-        _require(m.RESNETS[key] >= 1, f"MODEL.RESNETS.{key}", m.RESNETS[key], "must be >= 1")
-    _require(m.RESNETS.RES5_DILATION == 1, "MODEL.RESNETS.RES5_DILATION", m.RESNETS.RES5_DILATION,
-             "the FPN-RETINANET bodies need a stride-32 C5 (dilation 1)")
-    if m.BACKBONE.CONV_BODY in ("R-18-FPN-RETINANET", "R-34-FPN-RETINANET"):
-        _require(m.RESNETS.NUM_GROUPS == 1, "MODEL.RESNETS.NUM_GROUPS", m.RESNETS.NUM_GROUPS,
-                 "basic-block bodies (R-18/34) have no grouped convs")
-    _require(m.GROUP_NORM.NUM_GROUPS >= 1, "MODEL.GROUP_NORM.NUM_GROUPS",
-             m.GROUP_NORM.NUM_GROUPS, "must be >= 1")
-    _require(m.GROUP_NORM.DIM_PER_GP == -1 or m.GROUP_NORM.DIM_PER_GP >= 1,
-             "MODEL.GROUP_NORM.DIM_PER_GP", m.GROUP_NORM.DIM_PER_GP, "must be -1 or >= 1")
+        require(m.RESNETS[key] >= 1, f"MODEL.RESNETS.{key}", m.RESNETS[key], "must be >= 1")
+    require(m.GROUP_NORM.NUM_GROUPS >= 1, "MODEL.GROUP_NORM.NUM_GROUPS",
+            m.GROUP_NORM.NUM_GROUPS, "must be >= 1")
+    require(m.GROUP_NORM.DIM_PER_GP == -1 or m.GROUP_NORM.DIM_PER_GP >= 1,
+            "MODEL.GROUP_NORM.DIM_PER_GP", m.GROUP_NORM.DIM_PER_GP, "must be -1 or >= 1")
 
     r = m.RETINANET
-    _require(r.NUM_CLASSES >= 2, "MODEL.RETINANET.NUM_CLASSES", r.NUM_CLASSES,
-             "counts the background, so it must be >= 2")
-    _require(len(r.ANCHOR_SIZES) == len(r.ANCHOR_STRIDES) == 5, "MODEL.RETINANET.ANCHOR_SIZES",
-             r.ANCHOR_SIZES, "needs one size and one stride (ANCHOR_STRIDES) per level P3-P7")
-    _require(tuple(r.ANCHOR_STRIDES) == (8, 16, 32, 64, 128), "MODEL.RETINANET.ANCHOR_STRIDES",
-             r.ANCHOR_STRIDES, "must be the strides of P3-P7, (8, 16, 32, 64, 128)")
-    _require(len(r.ASPECT_RATIOS) >= 1 and all(a > 0 for a in r.ASPECT_RATIOS),
-             "MODEL.RETINANET.ASPECT_RATIOS", r.ASPECT_RATIOS, "must be positive numbers")
-    _require(r.SCALES_PER_OCTAVE >= 1, "MODEL.RETINANET.SCALES_PER_OCTAVE", r.SCALES_PER_OCTAVE,
-             "must be >= 1")
-    _require(r.NUM_CONVS >= 0, "MODEL.RETINANET.NUM_CONVS", r.NUM_CONVS, "must be >= 0")
-    _require(0.0 <= r.BG_IOU_THRESHOLD <= r.FG_IOU_THRESHOLD <= 1.0,
-             "MODEL.RETINANET.BG_IOU_THRESHOLD", r.BG_IOU_THRESHOLD,
-             f"needs 0 <= BG_IOU_THRESHOLD <= FG_IOU_THRESHOLD ({r.FG_IOU_THRESHOLD}) <= 1")
-    _require(0.0 < r.PRIOR_PROB < 1.0, "MODEL.RETINANET.PRIOR_PROB", r.PRIOR_PROB,
-             "must be in (0, 1)")
-    _require(0.0 <= r.INFERENCE_TH < 1.0, "MODEL.RETINANET.INFERENCE_TH", r.INFERENCE_TH,
-             "must be in [0, 1)")
-    _require(0.0 <= r.NMS_TH <= 1.0, "MODEL.RETINANET.NMS_TH", r.NMS_TH, "must be in [0, 1]")
-    _require(r.BBOX_REG_BETA >= 0.0, "MODEL.RETINANET.BBOX_REG_BETA", r.BBOX_REG_BETA,
-             "must be >= 0")
+    require(r.NUM_CLASSES >= 2, "MODEL.RETINANET.NUM_CLASSES", r.NUM_CLASSES,
+            "counts the background, so it must be >= 2")
+    require(len(r.ANCHOR_SIZES) == len(r.ANCHOR_STRIDES) == 5, "MODEL.RETINANET.ANCHOR_SIZES",
+            r.ANCHOR_SIZES, "needs one size and one stride (ANCHOR_STRIDES) per level P3-P7")
+    require(tuple(r.ANCHOR_STRIDES) == (8, 16, 32, 64, 128), "MODEL.RETINANET.ANCHOR_STRIDES",
+            r.ANCHOR_STRIDES, "must be the strides of P3-P7, (8, 16, 32, 64, 128)")
+    require(len(r.ASPECT_RATIOS) >= 1 and all(a > 0 for a in r.ASPECT_RATIOS),
+            "MODEL.RETINANET.ASPECT_RATIOS", r.ASPECT_RATIOS, "must be positive numbers")
+    require(r.SCALES_PER_OCTAVE >= 1, "MODEL.RETINANET.SCALES_PER_OCTAVE", r.SCALES_PER_OCTAVE,
+            "must be >= 1")
+    require(r.NUM_CONVS >= 0, "MODEL.RETINANET.NUM_CONVS", r.NUM_CONVS, "must be >= 0")
+    require(0.0 <= r.BG_IOU_THRESHOLD <= r.FG_IOU_THRESHOLD <= 1.0,
+            "MODEL.RETINANET.BG_IOU_THRESHOLD", r.BG_IOU_THRESHOLD,
+            f"needs 0 <= BG_IOU_THRESHOLD <= FG_IOU_THRESHOLD ({r.FG_IOU_THRESHOLD}) <= 1")
+    require(0.0 < r.PRIOR_PROB < 1.0, "MODEL.RETINANET.PRIOR_PROB", r.PRIOR_PROB,
+            "must be in (0, 1)")
+    require(0.0 <= r.INFERENCE_TH < 1.0, "MODEL.RETINANET.INFERENCE_TH", r.INFERENCE_TH,
+            "must be in [0, 1)")
+    require(0.0 <= r.NMS_TH <= 1.0, "MODEL.RETINANET.NMS_TH", r.NMS_TH, "must be in [0, 1]")
+    require(r.BBOX_REG_BETA >= 0.0, "MODEL.RETINANET.BBOX_REG_BETA", r.BBOX_REG_BETA,
+            "must be >= 0")
 
-    d = m.DR_LOSS
-    for key in ("POS_LAMBDA", "NEG_LAMBDA", "L", "TAU", "RHO"):
-        _require(d[key] > 0.0, f"MODEL.DR_LOSS.{key}", d[key], "must be > 0")
-    _require(d.MARGIN >= 0.0, "MODEL.DR_LOSS.MARGIN", d.MARGIN, "must be >= 0")
-    for key in ("H_POS", "H_NEG"):
-        _require(d[key] == 0.0 or d[key] > 1.0, f"MODEL.DR_LOSS.{key}", d[key],
-                 "must be 0 (unused) or > 1 (lambda = c / ln h)")
-
-    _require(len(cfg.INPUT.MIN_SIZE_TRAIN) >= 1 and all(s > 0 for s in cfg.INPUT.MIN_SIZE_TRAIN),
-             "INPUT.MIN_SIZE_TRAIN", cfg.INPUT.MIN_SIZE_TRAIN, "must list positive sizes")
+    require(len(cfg.INPUT.MIN_SIZE_TRAIN) >= 1 and all(s > 0 for s in cfg.INPUT.MIN_SIZE_TRAIN),
+            "INPUT.MIN_SIZE_TRAIN", cfg.INPUT.MIN_SIZE_TRAIN, "must list positive sizes")
     for key in ("PIXEL_MEAN", "PIXEL_STD"):
-        _require(len(cfg.INPUT[key]) == 3, f"INPUT.{key}", cfg.INPUT[key], "needs 3 values")
-    _require(all(s > 0 for s in cfg.INPUT.PIXEL_STD), "INPUT.PIXEL_STD", cfg.INPUT.PIXEL_STD,
-             "must be positive")
-    _require(0.0 <= cfg.INPUT.HORIZONTAL_FLIP_PROB_TRAIN <= 1.0,
-             "INPUT.HORIZONTAL_FLIP_PROB_TRAIN", cfg.INPUT.HORIZONTAL_FLIP_PROB_TRAIN,
-             "must be in [0, 1]")
-    _require(cfg.DATALOADER.SIZE_DIVISIBILITY >= 0, "DATALOADER.SIZE_DIVISIBILITY",
-             cfg.DATALOADER.SIZE_DIVISIBILITY, "must be >= 0 (0: no padding)")
-    _require(cfg.DATALOADER.MAX_BAD_IMAGES >= 0, "DATALOADER.MAX_BAD_IMAGES",
-             cfg.DATALOADER.MAX_BAD_IMAGES, "must be >= 0 (0: stop at the first unreadable image)")
+        require(len(cfg.INPUT[key]) == 3, f"INPUT.{key}", cfg.INPUT[key], "needs 3 values")
+    require(all(s > 0 for s in cfg.INPUT.PIXEL_STD), "INPUT.PIXEL_STD", cfg.INPUT.PIXEL_STD,
+            "must be positive")
+    require(0.0 <= cfg.INPUT.HORIZONTAL_FLIP_PROB_TRAIN <= 1.0,
+            "INPUT.HORIZONTAL_FLIP_PROB_TRAIN", cfg.INPUT.HORIZONTAL_FLIP_PROB_TRAIN,
+            "must be in [0, 1]")
+    require(cfg.DATALOADER.SIZE_DIVISIBILITY >= 0, "DATALOADER.SIZE_DIVISIBILITY",
+            cfg.DATALOADER.SIZE_DIVISIBILITY, "must be >= 0 (0: no padding)")
+    require(cfg.DATALOADER.MAX_BAD_IMAGES >= 0, "DATALOADER.MAX_BAD_IMAGES",
+            cfg.DATALOADER.MAX_BAD_IMAGES, "must be >= 0 (0: stop at the first unreadable image)")
 
     s = cfg.SOLVER
-    _require(s.BASE_LR > 0.0, "SOLVER.BASE_LR", s.BASE_LR, "must be > 0")
-    _require(s.IMS_PER_BATCH >= 1, "SOLVER.IMS_PER_BATCH", s.IMS_PER_BATCH, "must be >= 1")
-    _require(list(s.STEPS) == sorted(s.STEPS), "SOLVER.STEPS", s.STEPS, "must be increasing")
-    _require(s.MAX_ITER >= 1, "SOLVER.MAX_ITER", s.MAX_ITER, "must be >= 1")
-    _require(s.DIST_TIMEOUT_MINUTES > 0, "SOLVER.DIST_TIMEOUT_MINUTES", s.DIST_TIMEOUT_MINUTES,
-             "must be > 0 (minutes, fractions allowed)")
-    _require(cfg.TEST.IMS_PER_BATCH >= 1, "TEST.IMS_PER_BATCH", cfg.TEST.IMS_PER_BATCH,
-             "must be >= 1")
+    require(s.BASE_LR > 0.0, "SOLVER.BASE_LR", s.BASE_LR, "must be > 0")
+    require(s.IMS_PER_BATCH >= 1, "SOLVER.IMS_PER_BATCH", s.IMS_PER_BATCH, "must be >= 1")
+    require(list(s.STEPS) == sorted(s.STEPS), "SOLVER.STEPS", s.STEPS, "must be increasing")
+    require(s.MAX_ITER >= 1, "SOLVER.MAX_ITER", s.MAX_ITER, "must be >= 1")
+    require(s.DIST_TIMEOUT_MINUTES > 0, "SOLVER.DIST_TIMEOUT_MINUTES", s.DIST_TIMEOUT_MINUTES,
+            "must be > 0 (minutes, fractions allowed)")
+    require(cfg.TEST.IMS_PER_BATCH >= 1, "TEST.IMS_PER_BATCH", cfg.TEST.IMS_PER_BATCH,
+            "must be >= 1")
     if freeze:
         cfg.freeze()
     return cfg

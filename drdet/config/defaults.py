@@ -17,7 +17,6 @@ _C.MODEL.DEVICE = "cuda"
 _C.MODEL.META_ARCHITECTURE = "RetinaNet"
 # Path or catalog name of the weights to start from; "" trains from scratch.
 _C.MODEL.WEIGHT = ""
-_C.MODEL.RETINANET_ON = True
 # Training on the CPU: run the 3x3 stride-1 convolutions of the ResNet, the FPN and the head that
 # have enough channels and output tiles (>= 128 in, >= 64 out, >= 128 4x4 tiles, e.g. a 32 x 32
 # map at batch 2) by Winograd F(4x4, 3x3) (drdet/layers/winograd.py): 0.44-0.67x the time of
@@ -77,9 +76,6 @@ _C.MODEL.RETINANET.SCALES_PER_OCTAVE = 3
 # How anchors are placed and sized (drdet/modeling/anchor_generator.py): "exact" (drdet), or the
 # conventions of models converted from elsewhere, "torchvision" or "maskrcnn_benchmark".
 _C.MODEL.RETINANET.ANCHOR_CONVENTION = "exact"
-# Kept for maskrcnn-benchmark config compatibility; its RetinaNet (and drdet) never ignores
-# anchors for crossing the image border.
-_C.MODEL.RETINANET.STRADDLE_THRESH = 0
 # True: P6 from C5; False: P6 from P5.
 _C.MODEL.RETINANET.USE_C5 = True
 _C.MODEL.RETINANET.NUM_CONVS = 4
@@ -107,7 +103,7 @@ _C.MODEL.RETINANET.INFERENCE_TH = 0.05
 _C.MODEL.RETINANET.LOSS_TYPE = "FOCAL"
 
 # ---------------------------------------------------------------------------------------------
-# DR loss (drdet). See DESIGN.md "The DR loss, precisely" and the paper's Eq. 6-9.
+# DR loss (drdet): drdet/layers/dr_loss.py (DRLossParams) and the paper's Eq. 6-9.
 # ---------------------------------------------------------------------------------------------
 _C.MODEL.DR_LOSS = CN()
 # Temperatures of the positive / negative distributions (lambda+ and lambda- of Eq. 6).
@@ -115,7 +111,7 @@ _C.MODEL.DR_LOSS.POS_LAMBDA = 1.0
 _C.MODEL.DR_LOSS.NEG_LAMBDA = 0.1 / math.log(3.5)
 # The paper's Table 1 parametrisation: lambda+ = 1 / ln(H_POS), lambda- = 0.1 / ln(H_NEG).
 # 0 = not used (POS_LAMBDA / NEG_LAMBDA apply); a value > 1 overrides the matching lambda.
-# See drdet.config.dr_loss_lambdas.
+# See drdet.layers.DRLossParams.from_cfg.
 _C.MODEL.DR_LOSS.H_POS = 0.0
 _C.MODEL.DR_LOSS.H_NEG = 0.0
 # Sharpness of the logistic smoothing (Eq. 8).
@@ -201,7 +197,6 @@ _C.SOLVER.LOG_PERIOD = 20
 _C.SOLVER.DIST_TIMEOUT_MINUTES = 30.0
 
 _C.TEST = CN()
-_C.TEST.EXPECTED_RESULTS = []
 # Images per iteration over all GPUs.
 _C.TEST.IMS_PER_BATCH = 8
 _C.TEST.DETECTIONS_PER_IMG = 100

@@ -13,11 +13,17 @@ from typing import Sequence
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from drdet.utils import comm
+
 from .bad_images import BadImageLog, ReadPolicy
 from .catalog import get_dataset
 from .collate import collate_with_bad_images
-from .samplers import (GroupedBatchSampler, InferenceSampler, IterationBasedBatchSampler,
-                       TrainingSampler)
+from .samplers import (
+    GroupedBatchSampler,
+    InferenceSampler,
+    IterationBasedBatchSampler,
+    TrainingSampler,
+)
 from .transforms import build_transforms
 
 logger = logging.getLogger(__name__)
@@ -25,9 +31,7 @@ logger = logging.getLogger(__name__)
 
 def world_info() -> tuple[int, int]:
     """(rank, world size) of the default process group, or (0, 1) outside distributed runs."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    return comm.get_rank(), comm.get_world_size()
 
 
 def _parts(dataset: Dataset) -> list[Dataset]:

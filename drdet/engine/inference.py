@@ -2,8 +2,8 @@
 
 Each rank runs the detector on its own shard of the dataset (the inference sampler gives every
 image to exactly one rank, without padding); the predictions are gathered on rank 0, checked to
-cover every image exactly once, and evaluated with pycocotools (COCO-format sets) or the VOC
-metric (VOC sets).
+cover every image exactly once, and evaluated by the evaluators the dataset names
+(drdet.evaluation.EVALUATORS: pycocotools for COCO-format sets, also the VOC metric for VOC sets).
 """
 import logging
 import time
@@ -13,8 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from drdet.data.datasets import VOCDataset
-from drdet.evaluation import evaluate_coco, evaluate_voc, gather_predictions
+from drdet.evaluation import gather_predictions, run_evaluators
 from drdet.modeling.detector import prepare_for_inference
 from drdet.utils import comm
 from drdet.utils.io import atomic_write_json
@@ -56,16 +55,11 @@ def dataset_image_ids(dataset) -> List[int]:
 
 def evaluate_predictions(dataset, predictions, output_folder: Optional[str] = None,
                          per_category: bool = False) -> Dict[str, float]:
-    """COCO bbox metrics (pycocotools) for any dataset with a `coco` ground truth; for VOC sets
-    also the VOC07 11-point mAP at IoU 0.5 with difficult objects ignored ("VOC07_mAP50")."""
-    metrics = evaluate_coco(dataset.coco, predictions, dataset.contiguous_id_to_category_id,
-                            output_folder=output_folder, per_category=per_category)
-    if isinstance(dataset, VOCDataset):
-        ground_truth = {rec["image_id"]: rec for rec in dataset.records}
-        voc = evaluate_voc(predictions, ground_truth, num_classes=dataset.num_classes + 1)
-        metrics["VOC07_mAP50"] = float(voc["mAP"])
-        logger.info("VOC07 mAP@0.5 (11-point, difficult ignored): %.4f", voc["mAP"])
-    return metrics
+    """The metrics of the evaluators `dataset` names (drdet.evaluation.EVALUATORS): COCO bbox
+    metrics (pycocotools, "coco") for COCO-format sets; for VOC sets also the VOC07 11-point
+    mAP at IoU 0.5 with difficult objects ignored ("voc07": "VOC07_mAP50")."""
+    return run_evaluators(dataset, predictions, output_folder=output_folder,
+                          per_category=per_category)
 
 
 def inference(model: nn.Module, data_loader, dataset, device: torch.device,

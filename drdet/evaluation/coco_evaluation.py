@@ -14,6 +14,7 @@ import torch
 
 from ..utils import comm
 from ..utils.io import atomic_write_json
+from .registry import EVALUATORS
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # Names of the 12 numbers COCOeval.summarize() prints, in order (stats[0..11]).
@@ -107,6 +108,16 @@ def evaluate_coco(coco_gt, predictions: Mapping[int, Mapping[str, object]],
     if per_category:
         metrics.update(_per_category_ap(coco_gt, coco_eval))
     return metrics
+
+
+@EVALUATORS.register("coco")
+def coco_evaluator(dataset, predictions: Mapping[int, Mapping[str, object]],
+                   output_folder: Optional[str] = None,
+                   per_category: bool = False) -> Dict[str, float]:
+    """The "coco" evaluator: :func:`evaluate_coco` against ``dataset.coco`` (a pycocotools COCO
+    ground truth), labels mapped by ``dataset.contiguous_id_to_category_id``."""
+    return evaluate_coco(dataset.coco, predictions, dataset.contiguous_id_to_category_id,
+                         output_folder=output_folder, per_category=per_category)
 
 
 def _per_category_ap(coco_gt, coco_eval) -> Dict[str, float]:

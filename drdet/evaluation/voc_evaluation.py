@@ -7,10 +7,15 @@ match is difficult counts neither way; everything else is a false positive. Diff
 count in the number of positives. Boxes are continuous x1y1x2y2 (width = x2 - x1, drdet's
 convention; the devkit adds 1 pixel to widths, which changes IoUs slightly for small boxes).
 """
-from typing import Dict, Mapping
+import logging
+from typing import Dict, Mapping, Optional, cast
 
 import numpy as np
 import torch
+
+from .registry import EVALUATORS
+
+logger = logging.getLogger(__name__)
 
 
 def _np(x) -> np.ndarray:
@@ -117,3 +122,17 @@ def evaluate_voc(predictions: Mapping[int, Mapping[str, object]],
         aps[cls] = voc_ap(recall, precision, use_07_metric)
     valid = [v for v in aps.values() if not np.isnan(v)]
     return {"ap": aps, "mAP": float(np.mean(valid)) if valid else float("nan")}
+
+
+@EVALUATORS.register("voc07")
+def voc07_evaluator(dataset, predictions: Mapping[int, Mapping[str, object]],
+                    output_folder: Optional[str] = None,
+                    per_category: bool = False) -> Dict[str, float]:
+    """The "voc07" evaluator: {"VOC07_mAP50": the VOC07 11-point mAP at IoU 0.5 with difficult
+    objects ignored} against ``dataset.records`` (dicts with "image_id", "boxes", "labels",
+    "difficult") and ``dataset.num_classes`` foreground classes. Writes no file."""
+    ground_truth = {rec["image_id"]: rec for rec in dataset.records}
+    voc = evaluate_voc(predictions, ground_truth, num_classes=dataset.num_classes + 1)
+    mean_ap = float(cast(float, voc["mAP"]))
+    logger.info("VOC07 mAP@0.5 (11-point, difficult ignored): %.4f", mean_ap)
+    return {"VOC07_mAP50": mean_ap}

@@ -1,13 +1,14 @@
 """Layers: thin Python wrappers of the extension ops (DR loss, sigmoid focal loss, NMS) and
 normalisation helpers."""
 from .batch_norm import FrozenBatchNorm2d
-from .dr_loss import DRLoss, dr_loss
+from .dr_loss import DRLoss, DRLossParams, dr_loss
 from .nms import batched_nms, nms
 from .sigmoid_focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
 
 __all__ = [
     "dr_loss",
     "DRLoss",
+    "DRLossParams",
     "sigmoid_focal_loss",
     "SigmoidFocalLoss",
     "nms",

@@ -5,35 +5,118 @@ one pass over the logits gathers per-group softmax statistics, and the backward 
 element-wise pass given those statistics. No mask, gather or copy of size N x C is made (a
 non-contiguous ``logits`` is made contiguous first).
 """
+from __future__ import annotations
+
+import dataclasses
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ._ext import ops
 
-__all__ = ["dr_loss", "DRLoss"]
+__all__ = ["DRLoss", "DRLossParams", "InvalidDRLossParam", "PAIRINGS", "SMOOTHINGS", "dr_loss"]
 
-_SMOOTHINGS = ("logistic", "quadratic", "hinge")
-_PAIRINGS = ("dr", "negonly")
+SMOOTHINGS = ("logistic", "quadratic", "hinge")
+PAIRINGS = ("dr", "negonly")
 _NUM_STATS = 11  # columns of the per-group statistics (csrc/dr_loss.h, enum Stat)
+_CFG_NODE = "MODEL.DR_LOSS"
+
+
+class InvalidDRLossParam(ValueError):
+    """A DR loss hyperparameter out of its range; ``field`` names it (``"neg_lambda"``, or
+    ``"h_neg"`` from a config) and ``config_key`` is its key (``MODEL.DR_LOSS.NEG_LAMBDA``)."""
+
+    def __init__(self, field: str, value: Any, what: str) -> None:
+        super().__init__(f"dr_loss: {field} {what}, got {value!r}")
+        self.field, self.value, self.what = field, value, what
+
+    @property
+    def config_key(self) -> str:
+        return f"{_CFG_NODE}.{self.field.upper()}"
+
+
+@dataclass(frozen=True)
+class DRLossParams:
+    """The hyperparameters of the DR loss, validated once, on construction.
+
+    Fields (each config key is ``MODEL.DR_LOSS.<FIELD IN CAPITALS>``):
+        pos_lambda, neg_lambda: softmax temperatures lambda+ and lambda- (> 0; the paper's
+            lambda = 1 / ln h: defaults 1 and 0.1 / ln 3.5).
+        L: logistic smoothing sharpness (> 0), Eq. 8.
+        margin: the margin gamma of the ranking hinge (>= 0).
+        tau: weight of the loss (> 0).
+        smoothing: "logistic" (l(z) = log(1 + exp(L z)) / L, Eq. 8), "quadratic" (Eq. 7:
+            l(z) = z for z >= rho, (z + rho)^2 / (4 rho) for |z| < rho, 0 for z <= -rho) or
+            "hinge" (l(z) = max(z, 0), gradient 0 at z = 0).
+        rho: half-width of the quadratic smoothing (> 0); only used with "quadratic".
+        pairing: "dr" (the DR loss: l(P- - P+ + margin)) or "negonly" (paper Table 3: the mean
+            over the group's positives j of l(P- - p_j + margin)).
+
+    Raises :class:`InvalidDRLossParam` (a ValueError) naming the field.
+    """
+
+    pos_lambda: float = 1.0
+    neg_lambda: float = 0.1 / math.log(3.5)
+    L: float = 6.0
+    margin: float = 0.5
+    tau: float = 4.0
+    smoothing: str = "logistic"
+    rho: float = 0.5
+    pairing: str = "dr"
+
+    def __post_init__(self) -> None:
+        for name in ("pos_lambda", "neg_lambda", "L", "tau", "rho"):
+            _check(name, getattr(self, name), lambda v: math.isfinite(v) and v > 0,
+                   "must be a finite number > 0")
+        _check("margin", self.margin, lambda v: math.isfinite(v) and v >= 0,
+               "must be a finite number >= 0")
+        for name, choices in (("smoothing", SMOOTHINGS), ("pairing", PAIRINGS)):
+            _check(name, getattr(self, name), lambda v, c=choices: v in c,
+                   f"must be one of {choices}")
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> DRLossParams:
+        """From ``cfg.MODEL.DR_LOSS``. The paper (Sec. 4.2, Table 1) tunes lambda+ = 1 / ln(h+)
+        and lambda- = 0.1 / ln(h-), i.e. the KL regulariser in base h with lambda+ = 1,
+        lambda- = 0.1; the released code's defaults are h+ = e (lambda+ = 1) and h- = 3.5
+        (lambda- = 0.1 / ln 3.5 = 0.0798). ``H_POS`` / ``H_NEG`` > 1 take precedence over
+        ``POS_LAMBDA`` / ``NEG_LAMBDA``; 0 leaves those in force."""
+        d = cfg.MODEL.DR_LOSS
+        params = cls(**{f.name: d[f.name.upper()] for f in dataclasses.fields(cls)})
+        lambdas: dict[str, Any] = {}
+        for h_name, field, scale in (("h_pos", "pos_lambda", 1.0), ("h_neg", "neg_lambda", 0.1)):
+            h = d[h_name.upper()]
+            _check(h_name, h, lambda v: v == 0.0 or v > 1.0,
+                   "must be 0 (unused) or > 1 (lambda = c / ln h)")
+            if h > 0:
+                lambdas[field] = scale / math.log(h)
+        return dataclasses.replace(params, **lambdas)
+
+    def as_op_args(self) -> Tuple[Any, ...]:
+        """The fields in the op's order (csrc/dr_loss.cpp), numbers as float."""
+        return tuple(float(v) if isinstance(v, (int, float)) else v
+                     for v in dataclasses.astuple(self))
+
+
+_NUM_PARAMS = len(dataclasses.fields(DRLossParams))
+
+
+def _check(field: str, value: Any, ok: Any, what: str) -> None:
+    if not ok(value):
+        raise InvalidDRLossParam(field, value, what)
 
 
 def dr_loss(
     logits: Tensor,
     labels: Tensor,
-    group_ids: Optional[Tensor] = None,
+    group_ids: Tensor | None = None,
     *,
-    num_groups: Optional[int] = None,
-    pos_lambda: float = 1.0,
-    neg_lambda: float = 0.1 / math.log(3.5),
-    L: float = 6.0,
-    margin: float = 0.5,
-    tau: float = 4.0,
-    smoothing: str = "logistic",
-    rho: float = 0.5,
-    pairing: str = "dr",
+    num_groups: int | None = None,
+    params: DRLossParams | None = None,
+    **overrides: Any,
 ) -> Tensor:
     """DR loss of per-anchor class logits, averaged over groups (images or the whole batch).
 
@@ -46,17 +129,9 @@ def dr_loss(
             order. None puts every row in one group, as the authors' released code does per GPU.
         num_groups: number of groups; by default max(group_ids) + 1 (which synchronises with
             the GPU and cannot be traced by torch.compile: pass it, e.g. the batch size).
-        pos_lambda, neg_lambda: softmax temperatures lambda+ and lambda- (> 0; the paper's
-            lambda = 1 / ln h: defaults 1 and 0.1 / ln 3.5).
-        L: logistic smoothing sharpness (> 0), Eq. 8.
-        margin: the margin gamma of the ranking hinge.
-        tau: weight of the loss.
-        smoothing: "logistic" (l(z) = log(1 + exp(L z)) / L, Eq. 8), "quadratic" (Eq. 7:
-            l(z) = z for z >= rho, (z + rho)^2 / (4 rho) for |z| < rho, 0 for z <= -rho) or
-            "hinge" (l(z) = max(z, 0), gradient 0 at z = 0).
-        rho: half-width of the quadratic smoothing (> 0); only used with "quadratic".
-        pairing: "dr" (the DR loss: l(P- - P+ + margin)) or "negonly" (paper Table 3: the mean
-            over the group's positives j of l(P- - p_j + margin)).
+        params: the hyperparameters (:class:`DRLossParams`; default its defaults).
+        **overrides: fields of :class:`DRLossParams` replacing those of ``params``
+            (``dr_loss(logits, labels, tau=2.0, smoothing="hinge")``).
 
     Per group, the negatives are every (anchor, class) entry of a non-ignored anchor except the
     anchor's own class; the positives are the (anchor, label) entries of foreground anchors.
@@ -73,15 +148,7 @@ def dr_loss(
     Returns:
         scalar tensor of the dtype of ``logits``. The gradient w.r.t. ``logits`` has its dtype.
     """
-    if smoothing not in _SMOOTHINGS:
-        raise ValueError(f"dr_loss: smoothing must be one of {_SMOOTHINGS}, got {smoothing!r}")
-    if pairing not in _PAIRINGS:
-        raise ValueError(f"dr_loss: pairing must be one of {_PAIRINGS}, got {pairing!r}")
-    for name, value in (("pos_lambda", pos_lambda), ("neg_lambda", neg_lambda), ("L", L)):
-        if not value > 0:
-            raise ValueError(f"dr_loss: {name} must be > 0, got {value}")
-    if smoothing == "quadratic" and not rho > 0:
-        raise ValueError(f"dr_loss: rho must be > 0 for quadratic smoothing, got {rho}")
+    params = _resolve(params, overrides)
     if num_groups is None:
         if group_ids is None or group_ids.numel() == 0:
             num_groups = 1
@@ -89,61 +156,64 @@ def dr_loss(
             num_groups = int(group_ids.max()) + 1
     if num_groups < 1:
         raise ValueError(f"dr_loss: num_groups must be >= 1, got {num_groups}")
-    loss, _ = ops.dr_loss_forward(
-        logits, labels, group_ids, num_groups, float(pos_lambda), float(neg_lambda), float(L),
-        float(margin), float(tau), smoothing, float(rho), pairing,
-    )
+    loss, _ = ops.dr_loss_forward(logits, labels, group_ids, num_groups, *params.as_op_args())
     return loss
 
 
+def _resolve(params: DRLossParams | None, overrides: dict[str, Any]) -> DRLossParams:
+    """``params`` (default: the defaults) with ``overrides`` applied; TypeError naming an
+    unknown keyword."""
+    params = DRLossParams() if params is None else params
+    if not overrides:
+        return params
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(DRLossParams)})
+    if unknown:
+        raise TypeError(f"dr_loss: unknown parameters {unknown}; the parameters are the fields "
+                        "of DRLossParams")
+    return dataclasses.replace(params, **overrides)
+
+
 class DRLoss(nn.Module):
-    """Module form of :func:`dr_loss`; the constructor takes its keyword arguments."""
+    """Module form of :func:`dr_loss`: ``DRLoss(params)``, ``DRLoss(tau=2.0, ...)`` (fields of
+    :class:`DRLossParams`) or both (the keywords replace fields of ``params``)."""
 
-    def __init__(
-        self,
-        pos_lambda: float = 1.0,
-        neg_lambda: float = 0.1 / math.log(3.5),
-        L: float = 6.0,
-        margin: float = 0.5,
-        tau: float = 4.0,
-        smoothing: str = "logistic",
-        rho: float = 0.5,
-        pairing: str = "dr",
-    ) -> None:
+    def __init__(self, params: DRLossParams | None = None, **overrides: Any) -> None:
         super().__init__()
-        self.kwargs = dict(pos_lambda=pos_lambda, neg_lambda=neg_lambda, L=L, margin=margin,
-                           tau=tau, smoothing=smoothing, rho=rho, pairing=pairing)
+        self.params = _resolve(params, overrides)
 
-    def forward(self, logits: Tensor, labels: Tensor, group_ids: Optional[Tensor] = None,
-                num_groups: Optional[int] = None) -> Tensor:
+    def forward(self, logits: Tensor, labels: Tensor, group_ids: Tensor | None = None,
+                num_groups: int | None = None) -> Tensor:
         """logits (N, C), labels (N,), group_ids (N,) or None: see :func:`dr_loss`."""
-        return dr_loss(logits, labels, group_ids, num_groups=num_groups, **self.kwargs)
+        return dr_loss(logits, labels, group_ids, num_groups=num_groups, params=self.params)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.kwargs.items())
+        return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.params).items())
 
 
 # ---- autograd and fake (meta) kernels of the ops, so that torch.compile can trace them ----
 
+# The op's arguments: the tensors and num_groups below, then the DRLossParams fields in order.
+_FORWARD_INPUTS = ("logits", "labels", "group_ids", "num_groups")
+
+
 @torch.library.register_fake("drdet::dr_loss_forward")
-def _dr_loss_forward_fake(logits, labels, group_ids, num_groups, pos_lambda, neg_lambda, L,
-                          margin, tau, smoothing, rho, pairing):
+def _dr_loss_forward_fake(logits, labels, group_ids, num_groups, *params):
     torch._check(logits.dim() == 2, lambda: "dr_loss: logits must be (N, C)")
     torch._check(labels.shape == logits.shape[:1], lambda: "dr_loss: labels must be (N,)")
+    torch._check(len(params) == _NUM_PARAMS, lambda: "dr_loss: wrong number of parameters")
     loss = logits.new_empty(())
     stats = logits.new_empty((num_groups, _NUM_STATS), dtype=torch.float64)
     return loss, stats
 
 
 @torch.library.register_fake("drdet::dr_loss_backward")
-def _dr_loss_backward_fake(grad_loss, logits, labels, group_ids, stats, pos_lambda, neg_lambda,
-                           L, margin, tau, smoothing, rho, pairing):
+def _dr_loss_backward_fake(grad_loss, logits, labels, group_ids, stats, *params):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):
     logits, labels, group_ids = inputs[0], inputs[1], inputs[2]
-    ctx.params = inputs[4:]  # pos_lambda, neg_lambda, L, margin, tau, smoothing, rho, pairing
+    ctx.params = inputs[len(_FORWARD_INPUTS):]  # the DRLossParams fields, in order
     ctx.save_for_backward(logits, labels, group_ids, output[1])
     ctx.mark_non_differentiable(output[1])
 
@@ -151,7 +221,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, grad_stats):
     logits, labels, group_ids, stats = ctx.saved_tensors
     grad = ops.dr_loss_backward(grad_loss, logits, labels, group_ids, stats, *ctx.params)
-    return (grad,) + (None,) * 11
+    # One gradient per input of the forward: logits only.
+    return (grad,) + (None,) * (len(_FORWARD_INPUTS) - 1 + len(ctx.params))
 
 
 torch.library.register_autograd("drdet::dr_loss_forward", _backward, setup_context=_setup_context)

@@ -6,6 +6,9 @@ from torch import nn
 
 from .lr_scheduler import WarmupCosineLR, WarmupMultiStepLR
 
+# SOLVER.LR_SCHEDULER
+LR_SCHEDULERS = ("multistep", "cosine")
+
 # Norm layers whose affine parameters count as "norm" parameters for weight decay.
 _NORM_TYPES: Tuple[type, ...] = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
@@ -106,7 +109,7 @@ def make_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
         return WarmupMultiStepLR(optimizer, milestones=list(s.STEPS), gamma=s.GAMMA, **common)
     if name == "cosine":
         return WarmupCosineLR(optimizer, max_iters=s.MAX_ITER, **common)
-    raise ValueError(f"SOLVER.LR_SCHEDULER must be 'multistep' or 'cosine', got {name!r}")
+    raise ValueError(f"SOLVER.LR_SCHEDULER must be one of {LR_SCHEDULERS}, got {name!r}")
 
 
 def trainable_parameters(model: nn.Module) -> Iterable[nn.Parameter]:

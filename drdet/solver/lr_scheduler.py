@@ -15,7 +15,8 @@ from typing import List
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-_WARMUP_METHODS = ("constant", "linear")
+# SOLVER.WARMUP_METHOD
+WARMUP_METHODS = ("constant", "linear")
 
 
 def warmup_multiplier(method: str, iteration: int, warmup_iters: int,
@@ -28,14 +29,14 @@ def warmup_multiplier(method: str, iteration: int, warmup_iters: int,
     if method == "linear":
         alpha = iteration / warmup_iters
         return warmup_factor * (1.0 - alpha) + alpha
-    raise ValueError(f"warmup_method must be one of {_WARMUP_METHODS}, got {method!r}")
+    raise ValueError(f"warmup_method must be one of {WARMUP_METHODS}, got {method!r}")
 
 
 class _WarmupLR(LRScheduler):
     def __init__(self, optimizer: torch.optim.Optimizer, warmup_factor: float, warmup_iters: int,
                  warmup_method: str, last_epoch: int = -1):
-        if warmup_method not in _WARMUP_METHODS:
-            raise ValueError(f"warmup_method must be one of {_WARMUP_METHODS}, "
+        if warmup_method not in WARMUP_METHODS:
+            raise ValueError(f"warmup_method must be one of {WARMUP_METHODS}, "
                              f"got {warmup_method!r}")
         if warmup_iters < 0:
             raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")

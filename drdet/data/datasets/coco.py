@@ -14,6 +14,7 @@ import torch
 
 from ..bad_images import GuardedReads
 from ..image_io import read_image
+from ..registry import DATASET_TYPES, DatasetType, MalformedDatasetName, require_path
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,11 @@ class COCODataset(GuardedReads, torch.utils.data.Dataset):
 
     Category ids: COCO's (possibly sparse) ids map to contiguous labels 1..C in increasing id
     order: `category_id_to_contiguous_id` and, for writing results, `contiguous_id_to_category_id`.
+
+    Evaluated by the evaluators named in `evaluators` (drdet.evaluation.EVALUATORS).
     """
+
+    evaluators: tuple[str, ...] = ("coco",)
 
     def __init__(self, ann_file: str, image_root: str, remove_images_without_annotations: bool,
                  transforms: Callable | None = None, name: str | None = None):
@@ -262,3 +267,45 @@ def contiguous_to_category_ids(labels: Sequence[int] | torch.Tensor,
         return [mapping[int(label)] for label in labels]
     except KeyError as err:
         raise ValueError(f"label {err.args[0]} is not a contiguous class id (1..{len(mapping)})") from None
+
+
+# ---- the "coco" dataset type (drdet/data/registry.py) ----
+
+# name -> (image folder, annotation json), relative to the datasets root.
+COCO_DATASETS: dict[str, tuple[str, str]] = {
+    "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
+    "coco_2017_val": ("coco/val2017", "coco/annotations/instances_val2017.json"),
+    "coco_2017_test-dev": ("coco/test2017", "coco/annotations/image_info_test-dev2017.json"),
+    "coco_2014_train": ("coco/train2014", "coco/annotations/instances_train2014.json"),
+    "coco_2014_val": ("coco/val2014", "coco/annotations/instances_val2014.json"),
+    "coco_2014_minival": ("coco/val2014", "coco/annotations/instances_minival2014.json"),
+    "coco_2014_valminusminival": ("coco/val2014",
+                                  "coco/annotations/instances_valminusminival2014.json"),
+}
+
+
+def _coco_checked(name: str, ann: str, img_dir: str, from_root: bool, transforms: Callable | None,
+                  is_train: bool) -> COCODataset:
+    require_path(ann, name, "annotation file", from_root)
+    require_path(img_dir, name, "image folder", from_root)
+    return COCODataset(ann, img_dir, remove_images_without_annotations=is_train,
+                       transforms=transforms, name=name)
+
+
+def _coco_from_parts(name: str, parts: list[str], transforms: Callable | None,
+                     is_train: bool) -> COCODataset:
+    if len(parts) != 2 or not all(parts):
+        raise MalformedDatasetName(name)
+    ann, img_dir = parts
+    return _coco_checked(name, ann, img_dir, False, transforms, is_train)
+
+
+def _coco_from_entry(name: str, entry: tuple[str, str], root: str, transforms: Callable | None,
+                     is_train: bool) -> COCODataset:
+    img_dir, ann = (os.path.join(root, p) for p in entry)
+    return _coco_checked(name, ann, img_dir, True, transforms, is_train)
+
+
+DATASET_TYPES.register("coco", DatasetType(
+    form="coco:<json>:<image folder>", from_parts=_coco_from_parts, max_parts=2,
+    names=COCO_DATASETS, from_entry=_coco_from_entry))

@@ -25,9 +25,13 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 import cv2
 import numpy as np
+
+from ..registry import DATASET_TYPES, DatasetType, MalformedDatasetName, datasets_root
+from .coco import COCODataset
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
 CLASS_FREQUENCIES: tuple[float, ...] = (0.36, 0.26, 0.18, 0.12, 0.08)
@@ -320,6 +324,37 @@ def main(argv: list[str] | None = None) -> None:
     out = ensure_dataset(spec, args.out)
     print(f"synthetic dataset ({spec.num_images} images, seed {spec.seed}) in {out}")
 
+
+# ---- the "synthetic" dataset type (drdet/data/registry.py) ----
+
+# name -> SyntheticSpec arguments (generated on first use under <root>/synthetic/<folder_name>)
+SYNTHETIC_DATASETS: dict[str, dict[str, Any]] = {
+    "synthetic_train": {"num_images": 600, "seed": 0},
+    "synthetic_val": {"num_images": 100, "seed": 1},
+}
+
+
+def _synthetic_from_entry(name: str, spec_args: dict[str, Any], root: str,
+                          transforms: Callable | None, is_train: bool) -> COCODataset:
+    spec = SyntheticSpec(**spec_args)
+    folder = ensure_dataset(spec, os.path.join(root, "synthetic", spec.folder_name))
+    return COCODataset(os.path.join(folder, ANNOTATION_FILE), os.path.join(folder, IMAGE_DIR),
+                       remove_images_without_annotations=is_train, transforms=transforms, name=name)
+
+
+def _synthetic_from_parts(name: str, parts: list[str], transforms: Callable | None,
+                          is_train: bool) -> COCODataset:
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+        raise MalformedDatasetName(name)
+    sizes = dict(zip(("num_images", "seed", "image_size"), map(int, parts)))
+    return _synthetic_from_entry(name, sizes, datasets_root(), transforms, is_train)
+
+
+if __name__ != "__main__":  # run as a script, this file is a second copy of the module:
+    # the package's copy (drdet.data.datasets.synthetic) is the one that registers the type
+    DATASET_TYPES.register("synthetic", DatasetType(
+        form="synthetic:<num images>:<seed>[:<size px>]", from_parts=_synthetic_from_parts,
+        max_parts=3, names=SYNTHETIC_DATASETS, from_entry=_synthetic_from_entry))
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ import torch
 
 from ..bad_images import GuardedReads
 from ..image_io import read_image
+from ..registry import DATASET_TYPES, DatasetType, MalformedDatasetName, require_path
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -63,7 +64,12 @@ class VOCDataset(GuardedReads, torch.utils.data.Dataset):
     marked by target["difficult"] (K,) bool so the evaluator can ignore them, and they are
     iscrowd=1 in `coco` (the split as a pycocotools COCO object, for the COCO metric of the
     paper's Table 7). With `is_train`, images left with no box are skipped.
+
+    Evaluated by the COCO metric and the VOC07 11-point mAP (`evaluators`,
+    drdet.evaluation.EVALUATORS).
     """
+
+    evaluators: tuple[str, ...] = ("coco", "voc07")
 
     def __init__(self, root: str, split: str, is_train: bool, transforms: Callable | None = None,
                  name: str | None = None):
@@ -157,3 +163,40 @@ class VOCDataset(GuardedReads, torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"VOCDataset(name={self.name!r}, images={len(self)}, root={self.root!r})"
+
+
+# ---- the "voc" dataset type (drdet/data/registry.py) ----
+
+# name -> (VOC folder relative to the datasets root, split)
+VOC_DATASETS: dict[str, tuple[str, str]] = {
+    "voc_2007_trainval": ("voc/VOC2007", "trainval"),
+    "voc_2007_test": ("voc/VOC2007", "test"),
+    "voc_2012_trainval": ("voc/VOC2012", "trainval"),
+}
+
+
+def _voc_checked(name: str, folder: str, split: str, from_root: bool, transforms: Callable | None,
+                 is_train: bool) -> VOCDataset:
+    require_path(folder, name, "VOC folder", from_root)
+    require_path(os.path.join(folder, "ImageSets", "Main", f"{split}.txt"), name, "image list",
+                 from_root)
+    return VOCDataset(folder, split, is_train=is_train, transforms=transforms, name=name)
+
+
+def _voc_from_parts(name: str, parts: list[str], transforms: Callable | None,
+                    is_train: bool) -> VOCDataset:
+    if len(parts) != 2 or not all(parts):
+        raise MalformedDatasetName(name)
+    folder, split = parts
+    return _voc_checked(name, folder, split, False, transforms, is_train)
+
+
+def _voc_from_entry(name: str, entry: tuple[str, str], root: str, transforms: Callable | None,
+                    is_train: bool) -> VOCDataset:
+    folder, split = entry
+    return _voc_checked(name, os.path.join(root, folder), split, True, transforms, is_train)
+
+
+DATASET_TYPES.register("voc", DatasetType(
+    form="voc:<VOC folder>:<split>", from_parts=_voc_from_parts, max_parts=2,
+    names=VOC_DATASETS, from_entry=_voc_from_entry))

@@ -6,6 +6,7 @@ from typing import List
 import torch
 from torch import nn
 
+from drdet.config.config import require
 from drdet.layers.misc import make_norm_factory
 from drdet.modeling.backbone.fpn import FPN, LastLevelP6P7
 from drdet.modeling.backbone.resnet import ResNet
@@ -40,13 +41,21 @@ def build_backbone(cfg) -> nn.Module:
     return BACKBONES.get(cfg.MODEL.BACKBONE.CONV_BODY)(cfg)
 
 
+def check_resnet_cfg(cfg) -> None:
+    """ValueError naming the key for MODEL.RESNETS settings the ``R-*-FPN-RETINANET`` bodies
+    cannot build (called by drdet.config.validate_cfg and by the builder)."""
+    r = cfg.MODEL.RESNETS
+    require(r.RES5_DILATION == 1, "MODEL.RESNETS.RES5_DILATION", r.RES5_DILATION,
+            "the FPN-RETINANET bodies need a stride-32 C5 (dilation 1)")
+    if cfg.MODEL.BACKBONE.CONV_BODY in ("R-18-FPN-RETINANET", "R-34-FPN-RETINANET"):
+        require(r.NUM_GROUPS == 1, "MODEL.RESNETS.NUM_GROUPS", r.NUM_GROUPS,
+                "basic-block bodies (R-18/34) have no grouped convs")
+
+
 def build_resnet_fpn(cfg, depth: int) -> ResNetFPN:
     """ResNet/ResNeXt-``depth`` + FPN with P6/P7 (an ``R-<depth>-FPN-RETINANET`` body)."""
-    name = cfg.MODEL.BACKBONE.CONV_BODY
+    check_resnet_cfg(cfg)
     r, gn = cfg.MODEL.RESNETS, cfg.MODEL.GROUP_NORM
-    if r.RES5_DILATION != 1:
-        raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 for {name} (P3-P7 need a "
-                         f"stride-32 C5), got {r.RES5_DILATION}")
     gn_factory = make_norm_factory("GN", gn.DIM_PER_GP, gn.NUM_GROUPS, gn.EPSILON)
     norm = gn_factory if r.NORM == "GN" else make_norm_factory(r.NORM)
     body = ResNet(

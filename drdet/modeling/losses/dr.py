@@ -2,15 +2,15 @@
 group per image (the paper's Eq. 9) or one group for the whole per-process batch (the authors'
 released code)."""
 
-import math
-from typing import Any, Dict, Tuple
+from typing import Any, Mapping, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from drdet.layers import dr_loss
+from drdet.layers import DRLossParams, dr_loss
 from drdet.modeling.registry import CLASSIFICATION_LOSSES
 
+# MODEL.DR_LOSS.GROUPING: the groups the loss is averaged over.
 GROUPINGS = ("image", "batch")
 
 
@@ -19,15 +19,16 @@ class DRClassificationLoss:
     mean over groups by construction).
 
     Args:
-        params: keyword arguments of :func:`drdet.layers.dr_loss` (pos_lambda, neg_lambda, L,
-            margin, tau, smoothing, rho, pairing).
+        params: the hyperparameters of :func:`drdet.layers.dr_loss`, as DRLossParams or as a
+            mapping of its fields.
         grouping: "image" (one group per image) or "batch" (one group for all rows).
     """
 
-    def __init__(self, params: Dict[str, Any], grouping: str = "image") -> None:
+    def __init__(self, params: Union[DRLossParams, Mapping[str, Any]],
+                 grouping: str = "image") -> None:
         if grouping not in GROUPINGS:
             raise ValueError(f"DR loss grouping must be one of {GROUPINGS}, got {grouping!r}")
-        self.params = dict(params)
+        self.params = params if isinstance(params, DRLossParams) else DRLossParams(**params)
         self.grouping = grouping
 
     def __call__(self, logits: Tensor, labels: Tensor, normalizer: Tensor) -> Tensor:
@@ -35,37 +36,23 @@ class DRClassificationLoss:
         num_images, num_rows, num_classes = logits.shape
         flat_logits, flat_labels = logits.reshape(-1, num_classes), labels.reshape(-1)
         if self.grouping == "batch":
-            return dr_loss(flat_logits, flat_labels, **self.params)
+            return dr_loss(flat_logits, flat_labels, params=self.params)
         group_ids = torch.arange(num_images, device=logits.device).repeat_interleave(num_rows)
-        return dr_loss(flat_logits, flat_labels, group_ids, num_groups=num_images, **self.params)
+        return dr_loss(flat_logits, flat_labels, group_ids, num_groups=num_images,
+                       params=self.params)
 
     def __repr__(self) -> str:
         return f"DRClassificationLoss(grouping={self.grouping!r}, {self.params})"
 
 
 def dr_loss_lambdas(cfg) -> Tuple[float, float]:
-    """(lambda+, lambda-) of the DR loss from ``cfg.MODEL.DR_LOSS``.
-
-    The paper (Sec. 4.2, Table 1) tunes lambda+ = 1 / ln(h+) and lambda- = 0.1 / ln(h-), i.e. the
-    KL regulariser in base h with lambda+ = 1, lambda- = 0.1; the released code's defaults are
-    h+ = e (lambda+ = 1) and h- = 3.5 (lambda- = 0.1 / ln 3.5 = 0.0798). ``H_POS`` / ``H_NEG``
-    > 0 take precedence over ``POS_LAMBDA`` / ``NEG_LAMBDA``; 0 leaves those in force.
-    """
-    d = cfg.MODEL.DR_LOSS
-    pos = 1.0 / math.log(d.H_POS) if d.H_POS > 0 else d.POS_LAMBDA
-    neg = 0.1 / math.log(d.H_NEG) if d.H_NEG > 0 else d.NEG_LAMBDA
-    return float(pos), float(neg)
-
-
-def dr_loss_params(cfg) -> Dict[str, Any]:
-    """dr_loss keyword arguments from cfg.MODEL.DR_LOSS (lambdas through dr_loss_lambdas)."""
-    d = cfg.MODEL.DR_LOSS
-    pos_lambda, neg_lambda = dr_loss_lambdas(cfg)
-    return dict(pos_lambda=pos_lambda, neg_lambda=neg_lambda, L=d.L, margin=d.MARGIN, tau=d.TAU,
-                smoothing=d.SMOOTHING, rho=d.RHO, pairing=d.PAIRING)
+    """(lambda+, lambda-) of the DR loss from ``cfg.MODEL.DR_LOSS`` (the H_POS / H_NEG mapping
+    of :meth:`drdet.layers.DRLossParams.from_cfg`)."""
+    params = DRLossParams.from_cfg(cfg)
+    return params.pos_lambda, params.neg_lambda
 
 
 @CLASSIFICATION_LOSSES.register("DR")
 def build_dr_loss(cfg) -> DRClassificationLoss:
     """From MODEL.DR_LOSS."""
-    return DRClassificationLoss(dr_loss_params(cfg), cfg.MODEL.DR_LOSS.GROUPING)
+    return DRClassificationLoss(DRLossParams.from_cfg(cfg), cfg.MODEL.DR_LOSS.GROUPING)

@@ -3,9 +3,9 @@
 import math
 from typing import List, Tuple
 
-import torch
 from torch import Tensor, nn
 
+from drdet.layers.misc import group_norm_groups
 from drdet.layers.winograd import WinogradConv2d, apply_levels
 
 
@@ -91,15 +91,8 @@ def build_retinanet_head(cfg, in_channels: int, num_anchors: int) -> RetinaNetHe
     """RetinaNetHead from cfg.MODEL.RETINANET (NUM_CLASSES counts the background) and
     cfg.MODEL.GROUP_NORM."""
     rcfg, gn = cfg.MODEL.RETINANET, cfg.MODEL.GROUP_NORM
-    if gn.DIM_PER_GP > 0:
-        if in_channels % gn.DIM_PER_GP:
-            raise ValueError(
-                f"MODEL.GROUP_NORM.DIM_PER_GP {gn.DIM_PER_GP} does not divide "
-                f"{in_channels} channels"
-            )
-        groups = in_channels // gn.DIM_PER_GP
-    else:
-        groups = gn.NUM_GROUPS
+    groups = (group_norm_groups(in_channels, gn.DIM_PER_GP, gn.NUM_GROUPS) if rcfg.USE_GN
+              else gn.NUM_GROUPS)  # unused without GN
     return RetinaNetHead(
         in_channels,
         num_classes=rcfg.NUM_CLASSES - 1,

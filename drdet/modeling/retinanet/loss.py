@@ -15,6 +15,7 @@ from drdet.modeling.box_coder import BoxCoder
 from drdet.modeling.losses import ClassificationLoss, build_classification_loss
 from drdet.modeling.matcher import Matcher
 from drdet.structures.boxes import pairwise_iou
+from drdet.utils import comm
 
 
 def _pad_targets(
@@ -77,9 +78,9 @@ class RetinaNetLossComputation:
             divided by max(1, number of positives in the batch * reg_norm).
         reg_norm: maskrcnn-benchmark's MODEL.RETINANET.BBOX_REG_WEIGHT (4.0: the sum over the four
             coordinates becomes their mean).
-        straddle_thresh: None (maskrcnn-benchmark's RetinaNet, which never discards
-            anchors for crossing the border) or t >= 0: ignore anchors that extend more than
-            t pixels beyond their image.
+
+    Anchors crossing the image border are kept, as in maskrcnn-benchmark's RetinaNet (whose
+    loss discards only the anchors between the matcher's thresholds).
     """
 
     def __init__(
@@ -90,7 +91,6 @@ class RetinaNetLossComputation:
         cls_loss: ClassificationLoss,
         reg_beta: float = 0.11,
         reg_norm: float = 4.0,
-        straddle_thresh: Optional[float] = None,
     ):
         if not callable(cls_loss):
             raise TypeError(f"cls_loss must be callable, got {type(cls_loss).__name__}")
@@ -100,7 +100,6 @@ class RetinaNetLossComputation:
         self.cls_loss = cls_loss
         self.reg_beta = reg_beta
         self.reg_norm = reg_norm
-        self.straddle_thresh = straddle_thresh
 
     def prepare_targets(
         self,
@@ -114,7 +113,8 @@ class RetinaNetLossComputation:
             anchors: (A, 4) float, all levels concatenated, shared by the images.
             targets: B dicts with "boxes" (K_i, 4) float x1y1x2y2 pixels and "labels" (K_i,)
                 int64 in 1..C.
-            image_sizes: B (height, width), needed only with straddle_thresh.
+            image_sizes: not used (anchors crossing the image border are kept); accepted for
+                the callers that pass it (tools/plot_score_distribution.py).
         Returns:
             labels: (B, A) int64 in {-1, 0, 1..C}.
             positives: (P, 2) int64 (image, anchor) index of the anchors with label > 0.
@@ -132,18 +132,6 @@ class RetinaNetLossComputation:
             labels = torch.gather(gt_labels, 1, matches.clamp(min=0))
             labels = labels.masked_fill(matches == Matcher.BELOW_LOW_THRESHOLD, 0)
             labels = labels.masked_fill(matches == Matcher.BETWEEN_THRESHOLDS, -1)
-        if self.straddle_thresh is not None and self.straddle_thresh >= 0:
-            if image_sizes is None:
-                raise ValueError("straddle_thresh needs image_sizes")
-            t = self.straddle_thresh
-            hw = torch.tensor(image_sizes, dtype=anchors.dtype, device=anchors.device)
-            inside = (
-                (anchors[None, :, 0] >= -t)
-                & (anchors[None, :, 1] >= -t)
-                & (anchors[None, :, 2] < hw[:, 1:2] + t)
-                & (anchors[None, :, 3] < hw[:, 0:1] + t)
-            )
-            labels = labels.masked_fill(~inside, -1)
         positives = (labels > 0).nonzero()
         image_idx, anchor_idx = positives[:, 0], positives[:, 1]
         matched_boxes = gt_boxes[image_idx, matches[image_idx, anchor_idx]]
@@ -158,11 +146,10 @@ class RetinaNetLossComputation:
         batch, so results do not depend on the number of GPUs (maskrcnn-benchmark normalises by
         the rank's own count instead)."""
         value = torch.tensor(float(count), device=like.device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            if world > 1:
-                torch.distributed.all_reduce(value)
-                value = value / world
+        world = comm.get_world_size()
+        if world > 1:
+            torch.distributed.all_reduce(value)
+            value = value / world
         return value
 
     def __call__(
@@ -180,7 +167,7 @@ class RetinaNetLossComputation:
             cls_logits: per level (B, A_l, C) float.
             box_deltas: per level (B, A_l, 4) float.
             targets: B target dicts (see prepare_targets).
-            image_sizes: B (height, width) of the images before padding.
+            image_sizes: B (height, width) of the images before padding; not used by this loss.
         Returns:
             {"loss_cls": scalar, "loss_reg": scalar}.
         """
@@ -196,9 +183,7 @@ class RetinaNetLossComputation:
                 f"{anchors_all.shape[0]} anchors "
                 f"and {self.num_classes} classes"
             )
-        labels, positives, regression_targets = self.prepare_targets(
-            anchors_all, targets, image_sizes
-        )
+        labels, positives, regression_targets = self.prepare_targets(anchors_all, targets)
         num_pos = self.per_rank_average(positives.shape[0], logits)
         num_norm = self.per_rank_average(num_images, logits)
 
@@ -215,11 +200,7 @@ class RetinaNetLossComputation:
 
 
 def build_retinanet_loss(cfg, box_coder: BoxCoder) -> RetinaNetLossComputation:
-    """The loss computation from cfg.MODEL.RETINANET and cfg.MODEL.DR_LOSS.
-
-    MODEL.RETINANET.STRADDLE_THRESH is not applied, as in maskrcnn-benchmark, whose RetinaNet
-    loss discards only 'between_thresholds' anchors and never the ones crossing the border.
-    """
+    """The loss computation from cfg.MODEL.RETINANET and cfg.MODEL.DR_LOSS."""
     rcfg = cfg.MODEL.RETINANET
     matcher = Matcher(rcfg.FG_IOU_THRESHOLD, rcfg.BG_IOU_THRESHOLD, rcfg.ALLOW_LOW_QUALITY_MATCHES)
     return RetinaNetLossComputation(
