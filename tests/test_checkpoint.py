@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from drdet.solver import WarmupMultiStepLR
-from drdet.utils.checkpoint import (LAST_CHECKPOINT, Checkpointer, get_rng_state,
+from drdet.checkpoint import (LAST_CHECKPOINT, Checkpointer, get_rng_state,
                                     load_checkpoint_file, load_model_state, set_rng_state)
 
 

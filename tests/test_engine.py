@@ -9,7 +9,7 @@ from drdet.config import get_cfg
 from drdet.engine.test_time_augmentation import BBoxAug, merge_detections
 from drdet.engine.trainer import NonFiniteLossError, do_train
 from drdet.solver import make_lr_scheduler, make_optimizer
-from drdet.utils.checkpoint import Checkpointer
+from drdet.checkpoint import Checkpointer
 
 
 class _ToyDetector(nn.Module):

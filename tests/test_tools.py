@@ -22,7 +22,7 @@ import plot_score_distribution  # noqa: E402
 
 from drdet.data.catalog import get_dataset  # noqa: E402
 from drdet.data.transforms import build_transforms  # noqa: E402
-from drdet.engine.launch import load_config  # noqa: E402
+from drdet.engine.defaults import load_config  # noqa: E402
 from drdet.engine.predictor import Predictor  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 

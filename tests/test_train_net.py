@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import test_net  # noqa: E402
 import train_net  # noqa: E402
 
-from drdet.engine.launch import load_config, seed_everything  # noqa: E402
+from drdet.engine.defaults import load_config, seed_everything  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")

@@ -38,9 +38,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from drdet.utils.checkpoint import check_weights_only_safe, load_checkpoint_file  # noqa: E402
+from drdet.checkpoint import check_weights_only_safe, load_checkpoint_file  # noqa: E402
 from drdet.utils.io import atomic_open  # noqa: E402
-from drdet.utils.weights import (COCO_CATEGORY_IDS, convert_maskrcnn_benchmark_retinanet,  # noqa
+from drdet.checkpoint.weights import (COCO_CATEGORY_IDS, convert_maskrcnn_benchmark_retinanet,  # noqa
                                  convert_torchvision_retinanet, detect_format)
 
 SOURCES = {"torchvision": "torchvision_retinanet", "maskrcnn-benchmark": "maskrcnn_benchmark"}

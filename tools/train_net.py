@@ -18,13 +18,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from drdet.engine.launch import default_setup, evaluate_datasets, format_metric  # noqa: E402
+from drdet.engine.defaults import default_setup, evaluate_datasets, format_metric  # noqa: E402
 from drdet.engine.trainer import do_train  # noqa: E402
 from drdet.data import build_data_loader  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 from drdet.solver import make_lr_scheduler, make_optimizer  # noqa: E402
 from drdet.utils import comm  # noqa: E402
-from drdet.utils.checkpoint import Checkpointer, set_rng_state  # noqa: E402
+from drdet.checkpoint import Checkpointer, set_rng_state  # noqa: E402
 from drdet.utils.io import TMP_PREFIX  # noqa: E402
 from drdet.utils.metric_logger import JSONLinesWriter  # noqa: E402
 

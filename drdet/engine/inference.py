@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from drdet.data.datasets import VOCDataset
 from drdet.evaluation import evaluate_coco, evaluate_voc, gather_predictions
-from drdet.modeling.detector import prepare_for_inference
+from drdet.modeling.inference_copy import prepare_for_inference
 from drdet.utils import comm
 from drdet.utils.io import atomic_write_json
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from drdet.data.bad_images import BadImageLog, TooManyBadImagesError
 from drdet.solver import make_gradient_clipper
 from drdet.utils import comm
-from drdet.utils.checkpoint import Checkpointer, get_rng_state
+from drdet.checkpoint import Checkpointer, get_rng_state
 from drdet.utils.metric_logger import JSONLinesWriter, MetricLogger, TensorboardWriter, max_memory_mb
 
 logger = logging.getLogger(__name__)

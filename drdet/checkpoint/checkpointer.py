@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .comm import is_main_process
-from .io import atomic_open, atomic_write_text
-from .weights import to_drdet_state
+from drdet.checkpoint.weights import to_drdet_state
+from drdet.utils.comm import is_main_process
+from drdet.utils.io import atomic_open, atomic_write_text
 
 LAST_CHECKPOINT = "last_checkpoint"
 _SAFE_LEAVES = (torch.Tensor, int, float, str, bool, type(None), torch.Size)
@@ -271,7 +271,7 @@ class Checkpointer:
         """Load `path` into the model, and into the optimizer and scheduler when
         `load_training_state`; return the rest of the checkpoint (iteration, extra state).
         `strict`: every model tensor must come from the file (see load_model_state). ImageNet
-        backbones of torchvision and MSRA/Detectron are converted (drdet.utils.weights)."""
+        backbones of torchvision and MSRA/Detectron are converted (drdet.checkpoint.weights)."""
         data = load_checkpoint_file(path, allow_pickle=allow_pickle)
         self.logger.info("Loading checkpoint from %s", path)
         # ImageNet backbones (torchvision .pth, MSRA .pkl) are renamed to drdet's names here.
