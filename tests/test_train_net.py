@@ -12,13 +12,13 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-import test_net  # noqa: E402
-import train_net  # noqa: E402
+from drdet.engine.defaults import load_config, seed_everything
+from drdet.modeling import build_detector
+from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 
-from drdet.engine.defaults import load_config, seed_everything  # noqa: E402
-from drdet.modeling import build_detector  # noqa: E402
+test_net = load_tool("test_net")
+train_net = load_tool("train_net")
 
 pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")
 
