@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -19,14 +18,14 @@ import torch
 from PIL import Image
 from yacs.config import CfgNode as CN
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 from drdet.data import build_data_loader
 from drdet.data.bad_images import TooManyBadImagesError
 from drdet.data.datasets.coco import COCODataset
 from drdet.data.image_io import (ImageReadError, ImageSizeError, MissingImageError,
                                  read_image)
 from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 train_net = load_tool("train_net")
 

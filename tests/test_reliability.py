@@ -21,10 +21,10 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 from drdet.utils.io import TMP_PREFIX
 from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 train_net = load_tool("train_net")
 

@@ -3,7 +3,6 @@ distribution, metric curves, model analysis; outputs checked against the model's
 predictions, torchvision's IoU and hand counts."""
 import json
 import os
-import sys
 
 import cv2
 import numpy as np
@@ -12,14 +11,14 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 from drdet.data.catalog import get_dataset
 from drdet.data.transforms import build_transforms
 from drdet.engine.defaults import load_config
 from drdet.engine.predictor import Predictor
 from drdet.modeling import build_detector
 from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 analyze_model = load_tool("analyze_model")
 demo = load_tool("demo")

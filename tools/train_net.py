@@ -17,14 +17,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from drdet.checkpoint import Checkpointer, set_rng_state  # noqa: E402
+from drdet.data import build_data_loader  # noqa: E402
 from drdet.engine.defaults import (check_num_classes, default_setup, evaluate_datasets,  # noqa: E402
                                    format_metric)
 from drdet.engine.trainer import do_train  # noqa: E402
-from drdet.data import build_data_loader  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 from drdet.solver import make_lr_scheduler, make_optimizer  # noqa: E402
 from drdet.utils import comm  # noqa: E402
-from drdet.checkpoint import Checkpointer, set_rng_state  # noqa: E402
 from drdet.utils.io import remove_stale_temporary_files  # noqa: E402
 from drdet.utils.metric_logger import JSONLinesWriter  # noqa: E402
 from drdet.utils.signals import StopRequest  # noqa: E402

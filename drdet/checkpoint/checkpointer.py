@@ -1,10 +1,11 @@
 """Checkpoints: atomic saves, resume from OUTPUT_DIR/last_checkpoint, safe loading.
 
 A checkpoint is a dict {"model": state dict, "optimizer": ..., "scheduler": ..., "iteration": int,
-"anchor_convention": str (MODEL.RETINANET.ANCHOR_CONVENTION of the model), plus any extra state} holding only tensors, numbers, strings, None, lists, tuples and dicts, so that
-it loads with torch.load(weights_only=True): loading never runs code from the file. Files that need
-full unpickling (old maskrcnn-benchmark/Detectron .pth/.pkl files with pickled objects) load only
-when the caller passes allow_pickle=True, after deciding to trust them.
+"anchor_convention": str (MODEL.RETINANET.ANCHOR_CONVENTION of the model), plus any extra
+state} holding only tensors, numbers, strings, None, lists, tuples and dicts, so that it loads
+with torch.load(weights_only=True): loading never runs code from the file. Files that need full
+unpickling (old maskrcnn-benchmark/Detectron .pth/.pkl files with pickled objects) load only when
+the caller passes allow_pickle=True, after deciding to trust them.
 """
 import logging
 import os
@@ -187,7 +188,8 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor],
                            + "\n  ".join(mismatched))
     if strict and (set(own) != set(loaded)):
         raise RuntimeError(
-            f"the checkpoint does not match the model: missing {sorted(set(own) - set(loaded))[:10]}, "
+            "the checkpoint does not match the model: missing "
+            f"{sorted(set(own) - set(loaded))[:10]}, "
             f"unexpected {sorted(set(state) - set(own))[:10]}")
     model.load_state_dict({k: state[k] for k in loaded}, strict=False)
     missing = sorted(set(own) - set(loaded))

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from drdet.checkpoint import Checkpointer
 from drdet.data.transforms import resized_hw
 from drdet.modeling.detector import build_detector
 from drdet.modeling.inference_copy import prepare_for_inference
-from drdet.checkpoint import Checkpointer
 
 
 class Predictor:

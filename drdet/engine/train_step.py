@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from drdet.data.bad_images import BadImageLog, TooManyBadImagesError
+from drdet.data.bad_images import BadImageLog
 from drdet.solver import make_gradient_clipper
 from drdet.utils import comm
 

@@ -21,8 +21,9 @@ def prepare_for_inference(model: nn.Module, channels_last: bool | None = None,
     convolution and a per-channel affine), and its weights in channels_last memory format when
     ``channels_last`` (default: on the CPU, where oneDNN's convolutions are faster in NHWC and
     the head's outputs then flatten without a copy), and with ``prepack`` (default: on the CPU
-    when oneDNN is available) every convolution a :class:`~drdet.layers.packed_conv.PackedConv2d`, whose weight is put in
-    oneDNN's layout once rather than at every call. Its parameters do not require gradients.
+    when oneDNN is available) every convolution a
+    :class:`~drdet.layers.packed_conv.PackedConv2d`, whose weight is put in oneDNN's layout once
+    rather than at every call. Its parameters do not require gradients.
     Make a new copy after changing ``model``'s weights; the copy is for running, not for saving.
     """
     model = getattr(model, "module", model)  # DistributedDataParallel
