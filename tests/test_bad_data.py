@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -19,16 +18,16 @@ import torch
 from PIL import Image
 from yacs.config import CfgNode as CN
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import train_net  # noqa: E402
-
-from drdet.data import build_data_loader  # noqa: E402
-from drdet.data.bad_images import TooManyBadImagesError  # noqa: E402
-from drdet.data.datasets.coco import COCODataset  # noqa: E402
-from drdet.data.image_io import (ImageReadError, ImageSizeError, MissingImageError,  # noqa: E402
+from drdet.data import build_data_loader
+from drdet.data.bad_images import TooManyBadImagesError
+from drdet.data.datasets.coco import COCODataset
+from drdet.data.image_io import (ImageReadError, ImageSizeError, MissingImageError,
                                  read_image)
+from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+train_net = load_tool("train_net")
 
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 W, H = 64, 48  # size of the images the helpers write (w x h)

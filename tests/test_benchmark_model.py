@@ -16,13 +16,13 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 def test_benchmark_model_inference_rows_and_json(tmp_path, capsys, monkeypatch):
     import benchmark_model
 
-    from drdet.modeling import detector
+    from drdet.modeling import inference_copy
 
     prepared = []
 
     def spy(model, *args, **kwargs):
         prepared.append(model)
-        return detector.prepare_for_inference(model, *args, **kwargs)
+        return inference_copy.prepare_for_inference(model, *args, **kwargs)
 
     # drdet's side goes through prepare_for_inference, as the Predictor and the test loop do
     monkeypatch.setattr(benchmark_model, "prepare_for_inference", spy)

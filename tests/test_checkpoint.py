@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from drdet.checkpoint import (LAST_CHECKPOINT, Checkpointer, get_rng_state,
+                              load_checkpoint_file, load_model_state, set_rng_state)
 from drdet.solver import WarmupMultiStepLR
-from drdet.utils.checkpoint import (LAST_CHECKPOINT, Checkpointer, get_rng_state,
-                                    load_checkpoint_file, load_model_state, set_rng_state)
 
 
 def _net():

@@ -1,15 +1,16 @@
-"""The training loop's guards and the multi-scale / flip test, on small stand-ins."""
+"""The training loop's guards and hooks, and the multi-scale / flip test, on small stand-ins."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from drdet.checkpoint import Checkpointer
 from drdet.config import get_cfg
+from drdet.engine.hooks import HookBase
 from drdet.engine.test_time_augmentation import BBoxAug, merge_detections
 from drdet.engine.trainer import NonFiniteLossError, do_train
 from drdet.solver import make_lr_scheduler, make_optimizer
-from drdet.utils.checkpoint import Checkpointer
 
 
 class _ToyDetector(nn.Module):
@@ -144,3 +145,76 @@ def test_nan_gradient_stops_with_clipping_enabled(tmp_path):
     with pytest.raises(NonFiniteLossError, match="gradient norm .* iteration 2"):
         do_train(cfg, model, _batches(), opt, sched, ckpt, torch.device("cpu"))
     assert torch.isfinite(model.w).all()
+
+
+class _RecordingHook(HookBase):
+    """Records what the trainer shows it: events, iterations, loss values, which periodic
+    checkpoints exist when after_step runs; optionally requests a stop at `stop_at`."""
+
+    def __init__(self, output_dir, stop_at=None):
+        self.output_dir = output_dir
+        self.stop_at = stop_at
+        self.events, self.iterations, self.values, self.checkpoints = [], [], [], []
+
+    def before_train(self):
+        self.events.append(("before_train", self.trainer.iteration))
+
+    def after_step(self):
+        t = self.trainer
+        self.iterations.append(t.iteration)
+        self.values.append(dict(t.values))
+        self.checkpoints.append(sorted(p.name for p in self.output_dir.glob("model_*.pth")))
+        if t.iteration == self.stop_at:
+            t.request_stop()
+
+    def after_train(self):
+        self.events.append(("after_train", self.trainer.iteration))
+
+
+def test_user_hook_runs_after_the_builtin_actions_of_every_iteration(tmp_path):
+    cfg, model, opt, sched, ckpt = _setup(tmp_path, nan_at=-1)
+    cfg.merge_from_list(["SOLVER.CHECKPOINT_PERIOD", 2])
+    hook = _RecordingHook(tmp_path)
+    last = do_train(cfg, model, _batches(), opt, sched, ckpt, torch.device("cpu"), hooks=[hook])
+    assert last == 5 and hook.iterations == [1, 2, 3, 4, 5]
+    assert hook.events == [("before_train", 0), ("after_train", 5)]
+    # the periodic checkpoint of an iteration is written before the user hook sees it
+    assert hook.checkpoints[1] == ["model_0000002.pth"]
+    assert hook.checkpoints[4] == ["model_0000002.pth", "model_0000004.pth"]
+    # iteration 1 with w = 1: loss_cls = 2 w, loss_reg = 0.5 w (the toy's formulas)
+    assert hook.values[0]["loss_cls"] == 2.0 and hook.values[0]["loss_reg"] == 0.5
+    for values in hook.values:
+        assert values["loss"] == pytest.approx(values["loss_cls"] + values["loss_reg"])
+    assert (tmp_path / "model_final.pth").exists()
+
+
+def test_a_hook_can_end_the_run_and_after_train_runs_on_failure(tmp_path):
+    cfg, model, opt, sched, ckpt = _setup(tmp_path, nan_at=-1)
+    hook = _RecordingHook(tmp_path, stop_at=3)
+    assert do_train(cfg, model, _batches(), opt, sched, ckpt, torch.device("cpu"),
+                    hooks=[hook]) == 3
+    assert hook.iterations == [1, 2, 3] and hook.events[-1] == ("after_train", 3)
+    assert not (tmp_path / "model_final.pth").exists()
+
+    cfg, model, opt, sched, ckpt = _setup(tmp_path / "nan", nan_at=2)
+    hook = _RecordingHook(tmp_path / "nan")
+    with pytest.raises(NonFiniteLossError):
+        do_train(cfg, model, _batches(), opt, sched, ckpt, torch.device("cpu"), hooks=[hook])
+    assert hook.iterations == [1] and hook.events[-1] == ("after_train", 2)
+
+
+def test_should_stop_saves_the_current_iteration_and_returns_it(tmp_path):
+    cfg, model, opt, sched, ckpt = _setup(tmp_path, nan_at=-1)
+    polls = []
+
+    def should_stop():
+        polls.append(1)
+        return len(polls) >= 2
+
+    assert do_train(cfg, model, _batches(), opt, sched, ckpt, torch.device("cpu"),
+                    should_stop=should_stop) == 2
+    saved = torch.load(tmp_path / "model_0000002.pth", weights_only=True)
+    assert saved["iteration"] == 2 and "rng" in saved
+    torch.testing.assert_close(saved["model"]["w"], model.w.detach())
+    assert not (tmp_path / "model_final.pth").exists()
+

@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from drdet.layers.batch_norm import FrozenBatchNorm2d, fold_frozen_batchnorm, fuse_frozen_batchnorm
+from drdet.layers.packed_conv import PackedConv2d
 from drdet.modeling.backbone import ResNet
-from drdet.modeling.detector import PackedConv2d, build_detector, prepare_for_inference
+from drdet.modeling.detector import build_detector
+from drdet.modeling.inference_copy import prepare_for_inference
 
 
 def _randomize(module: nn.Module, seed: int = 0) -> nn.Module:

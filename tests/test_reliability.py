@@ -21,12 +21,12 @@ import pytest
 import torch
 from PIL import Image
 
+from drdet.utils.io import TMP_PREFIX
+from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-import train_net  # noqa: E402
-
-from drdet.utils.io import TMP_PREFIX  # noqa: E402
+train_net = load_tool("train_net")
 
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 
@@ -184,10 +184,8 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_matches(t
 
 # ----------------------------------------------------------------------------- a rank fails
 FAILING_RANK = r"""
-import os, sys, time
-sys.path.insert(0, os.path.join({root!r}, "tools"))
-import train_net
-import drdet.engine.trainer as trainer
+import os, runpy, sys, time
+import drdet.engine.train_step as trainer
 
 if os.environ["RANK"] == "1" and {mode!r} in ("raise", "hang"):
     move_batch, calls = trainer.move_batch, []
@@ -201,7 +199,8 @@ if os.environ["RANK"] == "1" and {mode!r} in ("raise", "hang"):
         return move_batch(*args, **kwargs)
 
     trainer.move_batch = failing_move_batch
-train_net.main(sys.argv[1:])
+sys.argv[0] = os.path.join({root!r}, "tools", "train_net.py")
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 

@@ -3,7 +3,6 @@ distribution, metric curves, model analysis; outputs checked against the model's
 predictions, torchvision's IoU and hand counts."""
 import json
 import os
-import sys
 
 import cv2
 import numpy as np
@@ -12,19 +11,19 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
+from drdet.data.catalog import get_dataset
+from drdet.data.transforms import build_transforms
+from drdet.engine.defaults import load_config
+from drdet.engine.predictor import Predictor
+from drdet.modeling import build_detector
+from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-import analyze_model  # noqa: E402
-import demo  # noqa: E402
-import plot_metrics  # noqa: E402
-import plot_score_distribution  # noqa: E402
-
-from drdet.data.catalog import get_dataset  # noqa: E402
-from drdet.data.transforms import build_transforms  # noqa: E402
-from drdet.engine.launch import load_config  # noqa: E402
-from drdet.engine.predictor import Predictor  # noqa: E402
-from drdet.modeling import build_detector  # noqa: E402
+analyze_model = load_tool("analyze_model")
+demo = load_tool("demo")
+plot_metrics = load_tool("plot_metrics")
+plot_score_distribution = load_tool("plot_score_distribution")
 
 pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")
 
@@ -294,7 +293,8 @@ def test_analyze_model_counts():
 
 
 def test_class_names_fall_back_to_class_k(tmp_path):
-    from drdet.utils.visualize import class_names_from_cfg, label_name
+    from drdet.engine.defaults import class_names_from_cfg
+    from drdet.utils.visualize import label_name
 
     cfg = load_config(CONFIG, TINY)
     names = class_names_from_cfg(cfg)

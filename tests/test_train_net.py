@@ -11,14 +11,15 @@ import sys
 import pytest
 import torch
 
+from drdet.engine.defaults import load_config, seed_everything
+from drdet.engine.hooks import HookBase
+from drdet.modeling import build_detector
+from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-import test_net  # noqa: E402
-import train_net  # noqa: E402
-
-from drdet.engine.launch import load_config, seed_everything  # noqa: E402
-from drdet.modeling import build_detector  # noqa: E402
+test_net = load_tool("test_net")
+train_net = load_tool("train_net")
 
 pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")
 
@@ -80,6 +81,24 @@ def test_resume_equals_uninterrupted(tmp_path):
         torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=1e-6, msg=key)
     records = [json.loads(line) for line in open(tmp_path / "split" / "metrics.jsonl")]
     assert [r["iteration"] for r in records] == [1, 2, 3, 4]
+
+
+
+def test_a_user_hook_added_through_main_sees_every_iteration(tmp_path):
+    class RecordLoss(HookBase):
+        def __init__(self):
+            self.seen = []
+
+        def after_step(self):
+            self.seen.append((self.trainer.iteration, self.trainer.values["loss"]))
+
+    hook = RecordLoss()
+    train_net.main(["--config-file", CONFIG, "--skip-test"] + TINY
+                   + ["SOLVER.MAX_ITER", "3", "OUTPUT_DIR", str(tmp_path)], hooks=[hook])
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [it for it, _ in hook.seen] == [r["iteration"] for r in records] == [1, 2, 3]
+    # the hook sees the step's loss of the iteration: with LOG_PERIOD 1, the logged latest value
+    assert [loss for _, loss in hook.seen] == pytest.approx([r["loss"] for r in records])
 
 
 @pytest.mark.slow

@@ -15,12 +15,12 @@ import torchvision
 from torch import nn
 
 from conftest import detectron_cell_anchors_inclusive
+from drdet.checkpoint import Checkpointer, load_checkpoint_file, load_model_state
+from drdet.checkpoint.weights import COCO_CATEGORY_IDS, detect_format, to_drdet_state
 from drdet.config import get_cfg
 from drdet.engine.predictor import Predictor
 from drdet.layers import FrozenBatchNorm2d
 from drdet.modeling.detector import build_detector
-from drdet.utils.checkpoint import Checkpointer, load_checkpoint_file, load_model_state
-from drdet.utils.weights import COCO_CATEGORY_IDS, detect_format, to_drdet_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TV_CONFIG = os.path.join(ROOT, "configs", "torchvision", "retinanet_resnet50_fpn_torchvision.yaml")

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from drdet.engine.launch import load_config  # noqa: E402
+from drdet.engine.defaults import load_config  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 
 # Reported parts: (name shown, attribute path in the detector).

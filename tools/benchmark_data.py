@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from drdet.data import build_data_loader  # noqa: E402
-from drdet.engine.launch import load_config  # noqa: E402
+from drdet.engine.defaults import load_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "dr_retina", "dr_R-50-FPN_1x.yaml")

@@ -52,10 +52,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmark_ops import _cpu_peak_start, _cpu_peak_stop, timed_call  # noqa: E402  (tools/ is on sys.path when run as a script)
-from drdet.engine.launch import load_config  # noqa: E402
+from drdet.checkpoint.weights import convert_torchvision_retinanet  # noqa: E402
+from drdet.engine.defaults import load_config  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
-from drdet.modeling.detector import prepare_for_inference  # noqa: E402
-from drdet.utils.weights import convert_torchvision_retinanet  # noqa: E402
+from drdet.modeling.inference_copy import prepare_for_inference  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "torchvision", "retinanet_resnet50_fpn_torchvision.yaml")

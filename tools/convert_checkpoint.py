@@ -38,10 +38,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from drdet.utils.checkpoint import check_weights_only_safe, load_checkpoint_file  # noqa: E402
+from drdet.checkpoint import check_weights_only_safe, load_checkpoint_file  # noqa: E402
+from drdet.checkpoint.weights import (COCO_CATEGORY_IDS,  # noqa: E402
+                                      convert_maskrcnn_benchmark_retinanet,
+                                      convert_torchvision_retinanet, detect_format)
 from drdet.utils.io import atomic_open  # noqa: E402
-from drdet.utils.weights import (COCO_CATEGORY_IDS, convert_maskrcnn_benchmark_retinanet,  # noqa
-                                 convert_torchvision_retinanet, detect_format)
 
 SOURCES = {"torchvision": "torchvision_retinanet", "maskrcnn-benchmark": "maskrcnn_benchmark"}
 # The MODEL.RETINANET.ANCHOR_CONVENTION of each source, stored in the output so that loading it

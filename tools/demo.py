@@ -26,9 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from drdet.engine.launch import load_config  # noqa: E402
+from drdet.engine.defaults import class_names_from_cfg, load_config  # noqa: E402
 from drdet.engine.predictor import Predictor  # noqa: E402
-from drdet.utils.visualize import class_names_from_cfg, draw_detections, label_name  # noqa: E402
+from drdet.utils.visualize import draw_detections, label_name  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

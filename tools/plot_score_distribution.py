@@ -30,11 +30,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from drdet.checkpoint import load_checkpoint_file, load_model_state  # noqa: E402
 from drdet.data.catalog import get_dataset  # noqa: E402
 from drdet.data.transforms import build_transforms  # noqa: E402
-from drdet.engine.launch import load_config  # noqa: E402
+from drdet.engine.defaults import load_config  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
-from drdet.utils.checkpoint import load_checkpoint_file, load_model_state  # noqa: E402
 
 
 def parse_args(argv=None):

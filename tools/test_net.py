@@ -15,9 +15,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from drdet.engine.launch import default_setup, evaluate_datasets  # noqa: E402
+from drdet.checkpoint import Checkpointer  # noqa: E402
+from drdet.engine.defaults import default_setup, evaluate_datasets  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
-from drdet.utils.checkpoint import Checkpointer  # noqa: E402
 
 
 def parse_args(argv=None):

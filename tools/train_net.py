@@ -11,22 +11,23 @@ model is evaluated on DATASETS.TEST unless --skip-test.
 """
 import argparse
 import os
-import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from drdet.engine.launch import default_setup, evaluate_datasets, format_metric  # noqa: E402
-from drdet.engine.trainer import do_train  # noqa: E402
+from drdet.checkpoint import Checkpointer, set_rng_state  # noqa: E402
 from drdet.data import build_data_loader  # noqa: E402
+from drdet.engine.defaults import (check_num_classes, default_setup, evaluate_datasets,  # noqa: E402
+                                   format_metric)
+from drdet.engine.trainer import do_train  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 from drdet.solver import make_lr_scheduler, make_optimizer  # noqa: E402
 from drdet.utils import comm  # noqa: E402
-from drdet.utils.checkpoint import Checkpointer, set_rng_state  # noqa: E402
-from drdet.utils.io import TMP_PREFIX  # noqa: E402
+from drdet.utils.io import remove_stale_temporary_files  # noqa: E402
 from drdet.utils.metric_logger import JSONLinesWriter  # noqa: E402
+from drdet.utils.signals import StopRequest  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -44,63 +45,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-class StopRequest:
-    """SIGINT/SIGTERM handler, as a context manager: the loop finishes its iteration, saves a
-    checkpoint and returns; a second signal stops at once. The previous handlers come back on
-    exit."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        if self.requested:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __call__(self) -> bool:
-        return self.requested
-
-
-def check_num_classes(cfg, dataset) -> None:
-    """MODEL.RETINANET.NUM_CLASSES counts the background (maskrcnn-benchmark): it must be the
-    number of categories of the training set + 1."""
-    parts = getattr(dataset, "datasets", [dataset])
-    counts = {getattr(d, "name", "?"): d.num_classes for d in parts}
-    expected = max(counts.values()) + 1
-    if cfg.MODEL.RETINANET.NUM_CLASSES != expected:
-        raise ValueError(
-            f"MODEL.RETINANET.NUM_CLASSES is {cfg.MODEL.RETINANET.NUM_CLASSES}, but the training "
-            f"set has {counts} categories: set it to {expected} (categories + background)")
-
-
-def remove_stale_temporary_files(output_dir: str, log) -> list:
-    """Removes the temporary files (".tmp-<name>.<random>") that a run killed while writing a
-    checkpoint or another file atomically left in `output_dir` (top level only); the files they
-    would have replaced are intact. Call on the main process before the run writes anything."""
-    removed = []
-    for name in sorted(os.listdir(output_dir)):
-        path = os.path.join(output_dir, name)
-        if name.startswith(TMP_PREFIX) and os.path.isfile(path) and not os.path.islink(path):
-            os.remove(path)
-            removed.append(name)
-    if removed:
-        log.warning("Removed %d temporary files of an interrupted run from %s: %s", len(removed),
-                    output_dir, ", ".join(removed))
-    return removed
-
-
-def main(argv=None):
+def main(argv=None, hooks=()):
+    """Runs the command line `argv` (default: sys.argv[1:]). `hooks` (drdet.engine.hooks.HookBase
+    instances) run after the built-in ones every iteration: a user script adds its own periodic
+    action with ``train_net.main(argv, hooks=[MyHook()])``. Returns the final evaluation
+    {dataset: metrics} (rank 0), or None when stopped early, skipping the test, or off rank 0."""
     args = parse_args(argv)
     cfg, device, log = default_setup(args.config_file, args.opts, resume=args.resume)
     if comm.is_main_process():
@@ -138,7 +87,7 @@ def main(argv=None):
 
     with StopRequest() as stop:
         last = do_train(cfg, train_model, data_loader, optimizer, scheduler, checkpointer, device,
-                        start_iter=start_iter, evaluate=evaluate, should_stop=stop)
+                        start_iter=start_iter, evaluate=evaluate, should_stop=stop, hooks=hooks)
     comm.check_replicas_identical(model)
     if comm.get_world_size() > 1:
         log.info("Parameters identical on all %d ranks", comm.get_world_size())

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from drdet.evaluation import gather_predictions, run_evaluators
-from drdet.modeling.detector import prepare_for_inference
+from drdet.modeling.inference_copy import prepare_for_inference
 from drdet.utils import comm
 from drdet.utils.io import atomic_write_json
 

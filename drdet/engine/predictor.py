@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from drdet.checkpoint import Checkpointer
 from drdet.data.transforms import resized_hw
-from drdet.modeling.detector import build_detector, prepare_for_inference
-from drdet.utils.checkpoint import Checkpointer
+from drdet.modeling.detector import build_detector
+from drdet.modeling.inference_copy import prepare_for_inference
 
 
 class Predictor:
@@ -21,7 +22,7 @@ class Predictor:
 
     ``model`` is the detector with the loaded weights (what ``model.state_dict()`` saves);
     calls run ``inference_model``, its copy made by
-    :func:`~drdet.modeling.detector.prepare_for_inference` (FrozenBN folded into the
+    :func:`~drdet.modeling.inference_copy.prepare_for_inference` (FrozenBN folded into the
     convolutions, channels_last on the CPU). After changing ``model``'s weights, call
     :meth:`refresh` to make a new copy.
     """

@@ -201,7 +201,7 @@ def apply_levels(module: nn.Module, xs: Sequence[Tensor]) -> List[Tensor]:
 
 # Convolutions that compute ``F.conv2d`` (WinogradConv2d by another algorithm in training, the
 # same function): a following FrozenBatchNorm2d may be folded into them and they may be packed
-# for inference (drdet/layers/batch_norm.py, drdet/modeling/detector.py). Other subclasses of
+# for inference (drdet/layers/batch_norm.py, drdet/layers/packed_conv.py). Other subclasses of
 # nn.Conv2d may compute something else and are left alone.
 PLAIN_CONVS = (nn.Conv2d, WinogradConv2d)
 

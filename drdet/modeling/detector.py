@@ -1,14 +1,12 @@
 """The RetinaNet detector: normalise and batch the images, backbone + FPN, head, then the losses
 (training) or the detections (eval)."""
 
-import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from drdet.layers.batch_norm import fuse_frozen_batchnorm
-from drdet.layers.winograd import PLAIN_CONVS, set_winograd
+from drdet.layers.winograd import set_winograd
 from drdet.modeling.anchor_generator import AnchorGenerator, build_anchor_generator
 from drdet.modeling.backbone import build_backbone
 from drdet.modeling.box_coder import BoxCoder
@@ -119,104 +117,6 @@ class RetinaNet(nn.Module):
                 scale = det["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])
                 det["boxes"] = det["boxes"] * scale
         return detections
-
-
-class PackedConv2d(nn.Module):
-    """Inference-only stand-in for an ``nn.Conv2d`` on the CPU (float32, no gradients): the
-    weight is reordered once, at the first call, into the blocked layout oneDNN's convolution
-    wants (``torch.ops.mkldnn``, the ops torch.compile's CPU backend uses for frozen
-    convolutions) instead of at every call; the convolution itself is the same oneDNN primitive
-    ``nn.Conv2d`` runs, so the output is the same. Any other input (another device or dtype,
-    gradients enabled) goes through ``conv``, and so does everything after packing failed (a
-    build without those ops). The packed weight is not copied or pickled (made again on the next
-    call) and is not in the state dict.
-
-    forward: (N, C_in, H, W) -> (N, C_out, H', W'), channels_last like the packed weight.
-    """
-
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__()
-        if not isinstance(conv.padding, tuple) or conv.padding_mode != "zeros":
-            raise ValueError("PackedConv2d needs numeric zero padding")
-        self.conv = conv
-        self._packed: Optional[Tensor] = None
-        self._failed = False
-
-    def _args(self):
-        c = self.conv
-        return list(c.padding), list(c.stride), list(c.dilation), c.groups
-
-    def forward(self, x: Tensor) -> Tensor:
-        c = self.conv
-        if (self._failed or x.device.type != "cpu" or x.dtype != torch.float32
-                or c.weight.dtype != torch.float32
-                or (torch.is_grad_enabled() and (x.requires_grad or c.weight.requires_grad))):
-            return c(x)
-        padding, stride, dilation, groups = self._args()
-        if self._packed is None:
-            try:
-                packed = torch.ops.mkldnn._reorder_convolution_weight(
-                    c.weight, padding, stride, dilation, groups, list(x.shape))
-                out = torch.ops.mkldnn._convolution_pointwise(
-                    x, packed, c.bias, padding, stride, dilation, groups, "none", [], "")
-            except (AttributeError, RuntimeError, NotImplementedError):
-                self._failed = True
-                return c(x)
-            self._packed = packed
-            return out
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, self._packed, c.bias, padding, stride, dilation, groups, "none", [], "")
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_packed"] = None  # an opaque oneDNN tensor: not copyable; packed again on use
-        return state
-
-
-def pack_convolutions(module: nn.Module) -> int:
-    """Replaces, in place, every plain convolution (``PLAIN_CONVS``) inside ``module`` by a
-    :class:`PackedConv2d` around it; returns how many. For inference copies on the CPU only."""
-    count = 0
-    for name, child in list(module.named_children()):
-        if type(child) in PLAIN_CONVS and isinstance(child.padding, tuple) \
-                and child.padding_mode == "zeros":
-            setattr(module, name, PackedConv2d(child))
-            count += 1
-        else:
-            count += pack_convolutions(child)
-    return count
-
-
-def prepare_for_inference(model: nn.Module, channels_last: Optional[bool] = None,
-                          prepack: Optional[bool] = None) -> nn.Module:
-    """A copy of ``model`` (a RetinaNet, or a DistributedDataParallel around one) set up for
-    inference, used by the Predictor and the test loop; ``model`` itself is not modified, so its
-    state dict stays what checkpoints hold.
-
-    The copy is in eval mode, with every FrozenBatchNorm2d that follows a convolution folded
-    into it (same detections, up to float rounding: one convolution with a bias instead of a
-    convolution and a per-channel affine), and its weights in channels_last memory format when
-    ``channels_last`` (default: on the CPU, where oneDNN's convolutions are faster in NHWC and
-    the head's outputs then flatten without a copy), and with ``prepack`` (default: on the CPU
-    when oneDNN is available) every convolution a :class:`PackedConv2d`, whose weight is put in
-    oneDNN's layout once rather than at every call. Its parameters do not require gradients.
-    Make a new copy after changing ``model``'s weights; the copy is for running, not for saving.
-    """
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    tensor = next(model.parameters(), None)
-    on_cpu = tensor is None or tensor.device.type == "cpu"
-    if channels_last is None:
-        channels_last = on_cpu
-    if prepack is None:
-        prepack = on_cpu and torch.backends.mkldnn.is_available()
-    inference_model = copy.deepcopy(model).eval()
-    fuse_frozen_batchnorm(inference_model)
-    inference_model.requires_grad_(False)
-    if channels_last:
-        inference_model.to(memory_format=torch.channels_last)
-    if prepack:
-        pack_convolutions(inference_model)
-    return inference_model
 
 
 @META_ARCHITECTURES.register("RetinaNet")

@@ -1,6 +1,5 @@
-"""Checkpointing, distributed helpers, logging and metrics."""
-from .checkpoint import (Checkpointer, get_rng_state, load_checkpoint_file, load_model_state,
-                         set_rng_state, unwrap_model)
+"""Distributed helpers, atomic file writes, logging and metrics (the bottom layer: imports
+nothing else of drdet). Checkpoints are in drdet.checkpoint."""
 from .comm import (all_gather, gather, get_local_rank, get_rank, get_world_size, init_distributed,
                    is_main_process, reduce_dict, synchronize)
 from .io import atomic_open, atomic_write, atomic_write_json, atomic_write_text

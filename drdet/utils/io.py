@@ -1,9 +1,11 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one;
+and the removal of the temporary files that an interrupted write leaves behind."""
 import contextlib
 import json
+import logging
 import os
 import tempfile
-from typing import Any, Callable, Iterator, IO
+from typing import Any, Callable, Iterator, IO, List
 
 TMP_PREFIX = ".tmp-"
 
@@ -55,3 +57,20 @@ def atomic_write_text(path: str, text: str) -> None:
 def atomic_write_json(path: str, obj: Any) -> None:
     """Write `obj` as JSON to `path` atomically."""
     atomic_write(path, lambda f: json.dump(obj, f), binary=False)
+
+
+def remove_stale_temporary_files(output_dir: str, log: logging.Logger) -> List[str]:
+    """Removes the temporary files (".tmp-<name>.<random>") that a run killed while writing a
+    checkpoint or another file atomically left in `output_dir` (top level only); the files they
+    would have replaced are intact. Call on the main process before the run writes anything.
+    Returns the names removed."""
+    removed = []
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        if name.startswith(TMP_PREFIX) and os.path.isfile(path) and not os.path.islink(path):
+            os.remove(path)
+            removed.append(name)
+    if removed:
+        log.warning("Removed %d temporary files of an interrupted run from %s: %s", len(removed),
+                    output_dir, ", ".join(removed))
+    return removed

@@ -1,24 +1,9 @@
-"""Drawing and naming helpers shared by the tools (tools/demo.py and the plotting tools)."""
-from typing import List, Optional, Sequence
+"""Drawing and naming helpers shared by the tools (tools/demo.py and the plotting tools); the
+class names of a config come from drdet.engine.defaults.class_names_from_cfg."""
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
-
-
-def class_names_from_cfg(cfg) -> Optional[List[str]]:
-    """Names of labels 1..C from the first dataset of DATASETS.TRAIN (through the catalog), or
-    None when there is no training set or it cannot be opened (e.g. absent on this machine).
-    Index k-1 of the returned list names label k."""
-    from drdet.data.catalog import get_dataset
-
-    if not cfg.DATASETS.TRAIN:
-        return None
-    try:
-        dataset = get_dataset(cfg.DATASETS.TRAIN[0], transforms=None, is_train=False)
-    except (FileNotFoundError, KeyError, ValueError):
-        return None
-    names = getattr(dataset, "class_names", None)
-    return list(names) if names else None
 
 
 def label_name(label: int, class_names: Optional[Sequence[str]]) -> str:

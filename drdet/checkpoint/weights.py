@@ -36,6 +36,8 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
+from drdet.modeling.backbone.resnet import convert_torchvision_resnet_state_dict
+
 logger = logging.getLogger(__name__)
 
 StateDict = Dict[str, torch.Tensor]
@@ -93,8 +95,6 @@ def convert_torchvision_backbone(state: Mapping[str, torch.Tensor],
                                  prefix: str = "backbone.body.") -> StateDict:
     """torchvision ImageNet ResNet/ResNeXt -> drdet body names under `prefix` (fc dropped,
     BatchNorm's num_batches_tracked dropped)."""
-    from drdet.modeling.backbone.resnet import convert_torchvision_resnet_state_dict
-
     body = convert_torchvision_resnet_state_dict(
         {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")})
     return OrderedDict((prefix + k, v) for k, v in body.items())

@@ -1,10 +1,11 @@
 """Checkpoints: atomic saves, resume from OUTPUT_DIR/last_checkpoint, safe loading.
 
 A checkpoint is a dict {"model": state dict, "optimizer": ..., "scheduler": ..., "iteration": int,
-"anchor_convention": str (MODEL.RETINANET.ANCHOR_CONVENTION of the model), plus any extra state} holding only tensors, numbers, strings, None, lists, tuples and dicts, so that
-it loads with torch.load(weights_only=True): loading never runs code from the file. Files that need
-full unpickling (old maskrcnn-benchmark/Detectron .pth/.pkl files with pickled objects) load only
-when the caller passes allow_pickle=True, after deciding to trust them.
+"anchor_convention": str (MODEL.RETINANET.ANCHOR_CONVENTION of the model), plus any extra
+state} holding only tensors, numbers, strings, None, lists, tuples and dicts, so that it loads
+with torch.load(weights_only=True): loading never runs code from the file. Files that need full
+unpickling (old maskrcnn-benchmark/Detectron .pth/.pkl files with pickled objects) load only when
+the caller passes allow_pickle=True, after deciding to trust them.
 """
 import logging
 import os
@@ -16,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .comm import is_main_process
-from .io import atomic_open, atomic_write_text
-from .weights import to_drdet_state
+from drdet.checkpoint.weights import to_drdet_state
+from drdet.utils.comm import is_main_process
+from drdet.utils.io import atomic_open, atomic_write_text
 
 LAST_CHECKPOINT = "last_checkpoint"
 _SAFE_LEAVES = (torch.Tensor, int, float, str, bool, type(None), torch.Size)
@@ -187,7 +188,8 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor],
                            + "\n  ".join(mismatched))
     if strict and (set(own) != set(loaded)):
         raise RuntimeError(
-            f"the checkpoint does not match the model: missing {sorted(set(own) - set(loaded))[:10]}, "
+            "the checkpoint does not match the model: missing "
+            f"{sorted(set(own) - set(loaded))[:10]}, "
             f"unexpected {sorted(set(state) - set(own))[:10]}")
     model.load_state_dict({k: state[k] for k in loaded}, strict=False)
     missing = sorted(set(own) - set(loaded))
@@ -271,7 +273,7 @@ class Checkpointer:
         """Load `path` into the model, and into the optimizer and scheduler when
         `load_training_state`; return the rest of the checkpoint (iteration, extra state).
         `strict`: every model tensor must come from the file (see load_model_state). ImageNet
-        backbones of torchvision and MSRA/Detectron are converted (drdet.utils.weights)."""
+        backbones of torchvision and MSRA/Detectron are converted (drdet.checkpoint.weights)."""
         data = load_checkpoint_file(path, allow_pickle=allow_pickle)
         self.logger.info("Loading checkpoint from %s", path)
         # ImageNet backbones (torchvision .pth, MSRA .pkl) are renamed to drdet's names here.

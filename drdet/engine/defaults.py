@@ -1,15 +1,20 @@
-"""What tools/train_net.py and tools/test_net.py share: config, process group, logging, device,
-seeding, and evaluation of every dataset of DATASETS.TEST."""
+"""What the tools share (named after detectron2's engine/defaults.py): config, process group,
+logging, device, seeding, the checks of a config against its data, and evaluation of every
+dataset of DATASETS.TEST."""
 import logging
 import os
 import random
 import re
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from drdet.config import get_cfg, validate_cfg
+from drdet.data import build_data_loader
+from drdet.data.catalog import get_dataset
+from drdet.engine.inference import inference
+from drdet.engine.test_time_augmentation import build_bbox_aug
 from drdet.utils import comm
 from drdet.utils.io import atomic_write_text
 from drdet.utils.logger import setup_logger
@@ -66,6 +71,32 @@ def default_setup(config_file: str, opts: Sequence[str] = (), resume: bool = Fal
     return cfg, device, log
 
 
+def check_num_classes(cfg, dataset) -> None:
+    """MODEL.RETINANET.NUM_CLASSES counts the background (maskrcnn-benchmark): it must be the
+    number of categories of the training set + 1."""
+    parts = getattr(dataset, "datasets", [dataset])
+    counts = {getattr(d, "name", "?"): d.num_classes for d in parts}
+    expected = max(counts.values()) + 1
+    if cfg.MODEL.RETINANET.NUM_CLASSES != expected:
+        raise ValueError(
+            f"MODEL.RETINANET.NUM_CLASSES is {cfg.MODEL.RETINANET.NUM_CLASSES}, but the training "
+            f"set has {counts} categories: set it to {expected} (categories + background)")
+
+
+def class_names_from_cfg(cfg) -> Optional[List[str]]:
+    """Names of labels 1..C from the first dataset of DATASETS.TRAIN (through the catalog), or
+    None when there is no training set or it cannot be opened (e.g. absent on this machine).
+    Index k-1 of the returned list names label k."""
+    if not cfg.DATASETS.TRAIN:
+        return None
+    try:
+        dataset = get_dataset(cfg.DATASETS.TRAIN[0], transforms=None, is_train=False)
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+    names = getattr(dataset, "class_names", None)
+    return list(names) if names else None
+
+
 def format_metric(name: str, value: float) -> str:
     """'AP 39.0' (percent); pycocotools' -1 (no ground truth in that size range) as 'n/a'."""
     return f"{name} {100 * value:.1f}" if value >= 0 else f"{name} n/a"
@@ -83,10 +114,6 @@ def evaluate_datasets(cfg, model: torch.nn.Module, device: torch.device, tag: st
     """Runs inference and evaluation on every dataset of DATASETS.TEST; results go to
     OUTPUT_DIR/inference/<dataset>/ (bbox.json, metrics.json). Returns {dataset: metrics} on
     rank 0, None elsewhere."""
-    from drdet.data import build_data_loader
-    from drdet.engine.inference import inference
-    from drdet.engine.test_time_augmentation import build_bbox_aug
-
     log = logging.getLogger("drdet")
     results = {}
     bbox_aug = build_bbox_aug(cfg) if cfg.TEST.BBOX_AUG.ENABLED else None

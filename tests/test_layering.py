@@ -1,0 +1,106 @@
+"""Imports inside drdet point down the layers: a module may import its own package or a package
+of a lower layer, never one of its own layer or above (read with `ast`, function-level imports
+included, so that no import cycle or upward dependency hides in a function body)."""
+import ast
+import os
+from typing import Dict, Iterator, List, Tuple
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "drdet")
+
+# Lower numbers are lower layers. config reads the registries of modeling to validate a config;
+# checkpoint converts weights with the backbone's own conversion.
+LAYERS: Dict[str, int] = {
+    "_C": 0,  # the compiled extension
+    "utils": 0,
+    "structures": 1, "layers": 1,
+    "modeling": 2, "data": 2, "solver": 2, "evaluation": 2,
+    "config": 3, "checkpoint": 3,
+    "engine": 4,
+    "": 5,  # drdet/__init__.py and top-level modules of drdet
+}
+
+
+def _module_name(path: str) -> str:
+    rel = os.path.relpath(path, ROOT)[:-len(".py")].split(os.sep)
+    return ".".join(rel[:-1] if rel[-1] == "__init__" else rel)
+
+
+def drdet_imports(source: str, module: str, is_package: bool) -> Iterator[Tuple[int, str]]:
+    """(line, imported module) of every import of a drdet module in `source` (the text of
+    `module`), relative imports resolved."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".") if is_package else module.split(".")[:-1]
+                base = base[:len(base) - (node.level - 1)]
+                names = [".".join(base + ([node.module] if node.module else []))]
+            else:
+                names = [node.module or ""]
+            if names == ["drdet"]:  # from drdet import layers: the submodules
+                names = [f"drdet.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if name == "drdet" or name.startswith("drdet."):
+                yield node.lineno, name
+
+
+def _package_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else ""
+
+
+def upward_imports(source: str, module: str, is_package: bool) -> List[str]:
+    """'module:line imports target' for each import of `module` that does not point down."""
+    own = _package_of(module)
+    bad = []
+    for line, target in drdet_imports(source, module, is_package):
+        other = _package_of(target)
+        if other != own and LAYERS[other] >= LAYERS[own]:
+            bad.append(f"{module}:{line} imports {target}")
+    return bad
+
+
+def _sources() -> Iterator[Tuple[str, str, bool]]:
+    for folder, _, files in os.walk(PACKAGE):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path) as f:
+                    yield f.read(), _module_name(path), name == "__init__.py"
+
+
+def test_every_package_has_a_layer():
+    packages = {entry for entry in os.listdir(PACKAGE)
+                if os.path.isfile(os.path.join(PACKAGE, entry, "__init__.py"))}
+    assert packages <= set(LAYERS), f"place the new packages in LAYERS: {packages - set(LAYERS)}"
+
+
+def test_imports_point_down_the_layers():
+    bad = [b for source, module, is_pkg in _sources() for b in upward_imports(source, module,
+                                                                               is_pkg)]
+    assert not bad, "upward or sideways imports:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("module,source,expected", [
+    ("drdet.utils.visualize", "def f():\n    from drdet.data.catalog import get_dataset\n",
+     ["drdet.utils.visualize:2 imports drdet.data.catalog"]),
+    ("drdet.modeling.detector", "import drdet.engine.trainer as t\n",
+     ["drdet.modeling.detector:1 imports drdet.engine.trainer"]),
+    ("drdet.data.build", "from drdet.modeling import build_detector\n",  # same layer
+     ["drdet.data.build:1 imports drdet.modeling"]),
+    ("drdet.utils.io", "from ..engine import defaults\n",
+     ["drdet.utils.io:1 imports drdet.engine"]),
+    ("drdet.layers.nms", "from drdet import modeling\n",
+     ["drdet.layers.nms:1 imports drdet.modeling"]),
+    ("drdet.engine.trainer", "from drdet.checkpoint import Checkpointer\nfrom . import hooks\n",
+     []),
+    ("drdet.layers._ext", "from drdet import _C\n", []),
+])
+def test_the_checker_flags_upward_and_sideways_imports(module, source, expected):
+    assert upward_imports(source, module, is_package=False) == expected
