@@ -75,7 +75,7 @@ def anchor_scores(model, image: Tensor, target: Dict[str, Tensor]) -> Tuple[Tens
     cls_logits, _ = model.head(features)
     anchors = torch.cat(model.anchor_generator(features, batch.tensors.shape[-2:]))
     target = {"boxes": target["boxes"].to(device), "labels": target["labels"].to(device)}
-    labels, _, _ = model.loss.prepare_targets(anchors, [target], batch.image_sizes)
+    labels, _, _ = model.loss.prepare_targets(anchors, [target])
     labels = labels[0]
     scores = torch.cat(cls_logits, dim=1)[0].float().sigmoid()
     fg = labels > 0

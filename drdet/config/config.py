@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import yaml
 from yacs.config import CfgNode as _YacsCfgNode
+from drdet.utils.checks import require
 
 BASE_KEY = "_BASE_"
 
@@ -176,12 +177,6 @@ def _get(cfg: _YacsCfgNode, full_key: str) -> Any:
     for part in full_key.split("."):
         node = node[part]
     return node
-
-
-def require(ok: bool, full_key: str, value: Any, what: str) -> None:
-    """ValueError("config key <full_key> = <value> is invalid: <what>") unless ``ok``."""
-    if not ok:
-        raise ValueError(f"config key {full_key} = {value!r} is invalid: {what}")
 
 
 def _check_registered_names(cfg: _YacsCfgNode) -> None:

@@ -106,7 +106,7 @@ class RetinaNet(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("RetinaNet: `targets` are required in training mode")
-            return self.loss(anchors, cls_logits, box_deltas, targets, batch.image_sizes)
+            return self.loss(anchors, cls_logits, box_deltas, targets)
         detections = self.postprocessor(anchors, cls_logits, box_deltas, batch.image_sizes)
         if original_sizes is not None:
             if len(original_sizes) != len(detections):

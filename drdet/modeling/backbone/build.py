@@ -6,7 +6,7 @@ from typing import List
 import torch
 from torch import nn
 
-from drdet.config.config import require
+from drdet.utils.checks import require
 from drdet.layers.misc import make_norm_factory
 from drdet.modeling.backbone.fpn import FPN, LastLevelP6P7
 from drdet.modeling.backbone.resnet import ResNet

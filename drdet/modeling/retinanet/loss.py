@@ -105,7 +105,6 @@ class RetinaNetLossComputation:
         self,
         anchors: Tensor,
         targets: Sequence[Dict[str, Tensor]],
-        image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Labels and box-regression targets of every anchor of every image.
 
@@ -113,8 +112,6 @@ class RetinaNetLossComputation:
             anchors: (A, 4) float, all levels concatenated, shared by the images.
             targets: B dicts with "boxes" (K_i, 4) float x1y1x2y2 pixels and "labels" (K_i,)
                 int64 in 1..C.
-            image_sizes: not used (anchors crossing the image border are kept); accepted for
-                the callers that pass it (tools/plot_score_distribution.py).
         Returns:
             labels: (B, A) int64 in {-1, 0, 1..C}.
             positives: (P, 2) int64 (image, anchor) index of the anchors with label > 0.
@@ -158,7 +155,6 @@ class RetinaNetLossComputation:
         cls_logits: List[Tensor],
         box_deltas: List[Tensor],
         targets: Sequence[Dict[str, Tensor]],
-        image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
     ) -> Dict[str, Tensor]:
         """Losses of a batch.
 
@@ -167,7 +163,6 @@ class RetinaNetLossComputation:
             cls_logits: per level (B, A_l, C) float.
             box_deltas: per level (B, A_l, 4) float.
             targets: B target dicts (see prepare_targets).
-            image_sizes: B (height, width) of the images before padding; not used by this loss.
         Returns:
             {"loss_cls": scalar, "loss_reg": scalar}.
         """
