@@ -87,7 +87,8 @@ def read_image(path: str, image_id: int | str | None = None,
     if os.path.getsize(path) == 0:
         raise ImageReadError(path, image_id, "cannot decode: the file is empty (0 bytes)")
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as stored:
+            img: Image.Image = stored
             orientation = img.getexif().get(EXIF_ORIENTATION, 1)
             stored_w, stored_h = img.size
             upright = (stored_h, stored_w) if orientation in _SWAPS_SIDES else (stored_w, stored_h)

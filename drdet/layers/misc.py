@@ -53,6 +53,6 @@ def conv_kaiming_uniform(in_channels: int, out_channels: int, kernel_size: int, 
     conv = conv_type(in_channels, out_channels, kernel_size, stride=stride,
                      padding=kernel_size // 2, bias=bias)
     nn.init.kaiming_uniform_(conv.weight, a=1)
-    if bias:
+    if conv.bias is not None:
         nn.init.zeros_(conv.bias)
     return conv

@@ -64,8 +64,8 @@ def pack_convolutions(module: nn.Module) -> int:
     :class:`PackedConv2d` around it; returns how many. For inference copies on the CPU only."""
     count = 0
     for name, child in list(module.named_children()):
-        if type(child) in PLAIN_CONVS and isinstance(child.padding, tuple) \
-                and child.padding_mode == "zeros":
+        if type(child) in PLAIN_CONVS and isinstance(child, nn.Conv2d) \
+                and isinstance(child.padding, tuple) and child.padding_mode == "zeros":
             setattr(module, name, PackedConv2d(child))
             count += 1
         else:

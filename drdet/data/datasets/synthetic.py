@@ -233,7 +233,8 @@ def generate_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, list[di
 def write_dataset(spec: SyntheticSpec, out_dir: str) -> None:
     """Write `spec` as out_dir/annotations.json + out_dir/images/ (out_dir must not exist yet)."""
     os.makedirs(os.path.join(out_dir, IMAGE_DIR))
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for index in range(spec.num_images):
         pixels, objects = generate_image(spec, index)
         file_name = f"{index:06d}.{spec.image_format}"

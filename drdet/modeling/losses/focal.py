@@ -2,7 +2,7 @@
 
 from torch import Tensor
 
-from drdet.layers import sigmoid_focal_loss
+from drdet.layers.sigmoid_focal_loss import sigmoid_focal_loss
 from drdet.modeling.registry import CLASSIFICATION_LOSSES
 
 
