@@ -3,8 +3,7 @@
 // bfloat16, converted to float a block of rows at a time) runs AVX-512 or AVX2+FMA loops chosen
 // at run time (simd::cpu_isa(), cpu/simd.h); float64, and every type under Isa::Baseline, run
 // the per-entry math of sigmoid_focal_loss.h (focal::entry_loss / focal::entry_grad) that the
-// CUDA kernel runs too. The forward sums each
-// row in float and the rows in double.
+// CUDA kernel runs too. The forward sums each row in float and the rows in double.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
