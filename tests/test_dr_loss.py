@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from conftest import DEVICES
 from drdet.layers import DRLoss, dr_loss
-from drdet.layers.cpu_isa import use_cpu_isa
 from drdet.layers._ext import ops
+from drdet.layers.cpu_isa import use_cpu_isa
 from test_cpu_isa import ISA_PARAMS
 
 NEG_LAMBDA = 0.1 / math.log(3.5)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss as tv_focal_loss
 
-from conftest import DEVICES
 from drdet.layers import SigmoidFocalLoss, sigmoid_focal_loss
 from drdet.layers.cpu_isa import use_cpu_isa
+from conftest import DEVICES
 from test_cpu_isa import ISA_PARAMS
 
 
