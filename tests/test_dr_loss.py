@@ -10,6 +10,8 @@ from conftest import DEVICES
 
 from drdet.layers import DRLoss, DRLossParams, dr_loss
 from drdet.layers._ext import ops
+from drdet.layers.cpu_isa import use_cpu_isa
+from test_cpu_isa import ISA_PARAMS
 
 NEG_LAMBDA = 0.1 / math.log(3.5)
 SMOOTHINGS = ["logistic", "quadratic", "hinge"]
@@ -273,24 +275,16 @@ def test_fixed_and_row_max_shift_paths(device, inv_lambda, c):
         torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-7)
 
 
-def test_avx2_loops_on_avx512_hosts():
-    # the CPU kernel prefers its AVX-512 loops; DRDET_NO_AVX512=1 selects the AVX2 ones, which
-    # must give the same results (up to summation order) for the fixed-shift cases above
-    import os
-    import subprocess
-    import sys
-    code = (
-        "import torch, test_dr_loss as t\n"
-        "for c in (1, 8, 21, 80):\n"
-        "    t.test_fixed_and_row_max_shift_paths('cpu', 2.0, c)\n"
-        "    t.test_fixed_and_row_max_shift_paths('cpu', 64.0, c)\n"
-        "t.test_matches_reference('cpu', 'logistic', 'dr', 'unsorted')\n"
-        "t.test_low_precision_inputs('cpu', torch.float16)\n"
-    )
-    env = dict(os.environ, DRDET_NO_AVX512="1")
-    here = os.path.dirname(os.path.abspath(__file__))
-    env["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here), env.get("PYTHONPATH", "")])
-    subprocess.run([sys.executable, "-c", code], env=env, cwd=here, check=True, timeout=300)
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+def test_every_cpu_instruction_set(isa):
+    # the CPU kernel has AVX-512, AVX2 and baseline loops (drdet.layers.cpu_isa); each must meet
+    # the reference in the fixed-shift (1 / lambda <= 64) and row-maximum cases above
+    with use_cpu_isa(isa):
+        for c in (1, 8, 21, 80):
+            for inv_lambda in (2.0, 64.0, 65.0):
+                test_fixed_and_row_max_shift_paths("cpu", inv_lambda, c)
+        test_matches_reference("cpu", "logistic", "dr", "unsorted")
+        test_low_precision_inputs("cpu", torch.float16)
 
 
 @pytest.mark.parametrize("device", DEVICES)

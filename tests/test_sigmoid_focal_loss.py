@@ -5,16 +5,14 @@ torchvision.ops.sigmoid_focal_loss(reduction="none") over the non-ignored rows. 
 kernels (AVX-512 / AVX2 loops with polynomial exp and log1p) are also checked entry by entry
 against a float64 reference with an error bound, on every instruction-set path.
 """
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss as tv_focal_loss
 
 from drdet.layers import SigmoidFocalLoss, sigmoid_focal_loss
+from drdet.layers.cpu_isa import use_cpu_isa
 from conftest import DEVICES
+from test_cpu_isa import ISA_PARAMS
 
 
 def reference_loss(logits, labels, gamma=2.0, alpha=0.25):
@@ -354,25 +352,17 @@ def test_float32_kernels_limits_and_nan():
     assert torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("env", ["DRDET_NO_AVX512", "DRDET_NO_AVX2"])
-def test_every_instruction_set_path(env):
-    """The CPU kernels prefer their AVX-512 loops; DRDET_NO_AVX512=1 selects the AVX2 loops and
-    DRDET_NO_AVX2=1 the scalar per-entry math (read once per process), which must meet the same
-    bounds."""
-    code = (
-        "import torch, test_sigmoid_focal_loss as t\n"
-        "for gamma in (0.0, 1.5, 2.0):\n"
-        "    for alpha in (0.0, 0.25, 1.0):\n"
-        "        t.test_float32_kernels_within_float_rounding(gamma, alpha)\n"
-        "    t.test_float32_kernels_over_the_logit_range(gamma)\n"
-        "t.test_float32_kernels_limits_and_nan()\n"
-        "t.test_float32_matches_torchvision('cpu')\n"
-        "t.test_ignored_rows_contribute_nothing('cpu')\n"
-        "for dtype in (torch.float16, torch.bfloat16):\n"
-        "    t.test_half_precision_accumulates_in_float32('cpu', dtype)\n"
-    )
-    env_vars = dict(os.environ, **{env: "1"})
-    here = os.path.dirname(os.path.abspath(__file__))
-    env_vars["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here),
-                                              env_vars.get("PYTHONPATH", "")])
-    subprocess.run([sys.executable, "-c", code], env=env_vars, cwd=here, check=True, timeout=300)
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+def test_every_instruction_set_path(isa):
+    """The CPU kernels have AVX-512 and AVX2 loops and the scalar per-entry math (baseline),
+    chosen with drdet.layers.cpu_isa; every path must meet the same bounds."""
+    with use_cpu_isa(isa):
+        for gamma in (0.0, 1.5, 2.0):
+            for alpha in (0.0, 0.25, 1.0):
+                test_float32_kernels_within_float_rounding(gamma, alpha)
+            test_float32_kernels_over_the_logit_range(gamma)
+        test_float32_kernels_limits_and_nan()
+        test_float32_matches_torchvision("cpu")
+        test_ignored_rows_contribute_nothing("cpu")
+        for dtype in (torch.float16, torch.bfloat16):
+            test_half_precision_accumulates_in_float32("cpu", dtype)

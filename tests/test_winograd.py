@@ -2,10 +2,6 @@
 torch's direct convolution (F.conv2d), in float64 (where both are exact to rounding) and float32,
 forward and every gradient, several maps per call, every tile-border case; the modules that use
 it (ResNet, FPN, head) and a detector's training step with and without it."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +9,7 @@ from torch import nn
 
 from drdet.layers import winograd
 from drdet.layers._ext import ops
+from drdet.layers.cpu_isa import use_cpu_isa
 from drdet.layers.winograd import (
     WinogradConv2d,
     apply_levels,
@@ -20,6 +17,7 @@ from drdet.layers.winograd import (
     set_winograd,
     winograd_conv3x3,
 )
+from test_cpu_isa import ISA_PARAMS
 
 
 def _rel(a, b):
@@ -115,27 +113,21 @@ def test_unused_output_gets_a_zero_gradient():
     assert _rel(gw, rw) < 1e-12
 
 
-@pytest.mark.parametrize("env", ["DRDET_NO_AVX512", "DRDET_NO_AVX2"])
-def test_every_instruction_set_copy(env):
-    """The AVX2 and the baseline copies of the tile transforms (chosen at run time; the
-    environment variable forces them on a newer CPU) give the float64 result too."""
-    code = (
-        "import torch, torch.nn.functional as F\n"
-        "from drdet.layers.winograd import conv3x3_levels\n"
-        "g = torch.Generator().manual_seed(0)\n"
-        "xs = [torch.randn(2, 70, 9, 11, generator=g, dtype=torch.float64, requires_grad=True),\n"
-        "      torch.randn(1, 70, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)]\n"
-        "w = torch.randn(6, 70, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)\n"
-        "ys = conv3x3_levels(xs, w)\n"
-        "rs = [F.conv2d(x, w, padding=1) for x in xs]\n"
-        "err = max(((y - r).abs().max() / r.abs().max()).item() for y, r in zip(ys, rs))\n"
-        "gs = torch.autograd.grad(sum(y.square().sum() for y in ys), xs + [w])\n"
-        "hs = torch.autograd.grad(sum(r.square().sum() for r in rs), xs + [w])\n"
-        "err = max([err] + [((a - b).abs().max() / b.abs().max()).item() for a, b in zip(gs, hs)])\n"
-        "assert err < 1e-12, err\n"
-    )
-    env_vars = dict(os.environ, **{env: "1"})
-    subprocess.run([sys.executable, "-c", code], check=True, env=env_vars, timeout=300)
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+def test_every_instruction_set_copy(isa):
+    """The AVX-512, AVX2 and baseline copies of the tile transforms (drdet.layers.cpu_isa
+    chooses one) each give the float64 result, forward and gradients."""
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(2, 70, 9, 11, generator=g, dtype=torch.float64, requires_grad=True),
+          torch.randn(1, 70, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)]
+    w = torch.randn(6, 70, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    with use_cpu_isa(isa):
+        ys = conv3x3_levels(xs, w)
+        gs = torch.autograd.grad(sum(y.square().sum() for y in ys), xs + [w])
+    rs = [F.conv2d(x, w, padding=1) for x in xs]
+    hs = torch.autograd.grad(sum(r.square().sum() for r in rs), xs + [w])
+    for a, b in zip(list(ys) + list(gs), rs + list(hs)):
+        assert _rel(a, b) < 1e-12
 
 
 def test_bad_arguments_name_the_map():

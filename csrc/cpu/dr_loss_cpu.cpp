@@ -12,19 +12,19 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
-
 #include "dr_loss.h"
 #include "huge_pages.h"
+#include "simd.h"
 
 namespace drdet {
 namespace dr_loss {
 namespace {
 
 using at::vec::Vectorized;
+using simd::Isa;
 
 constexpr int64_t kMinChunkRows = 512;
 constexpr int64_t kMaxPartials = int64_t(1) << 20;  // chunks x groups partial statistics
@@ -35,47 +35,21 @@ constexpr int64_t kMaxPartials = int64_t(1) << 20;  // chunks x groups partial s
 // rescaling exps. A smaller lambda takes the per-row maximum as the shift (online softmax).
 constexpr double kMaxFixedShiftInv = 64.0;
 
-// ---- AVX2 + FMA path for float, chosen at run time -------------------------------------------
+// ---- AVX2 + FMA and AVX-512 paths for float, chosen at run time (cpu/simd.h) ----------------
 // torch's extension build does not compile for AVX2, so at::vec::Vectorized<float> falls back to
-// a scalar std::exp here. These loops are compiled for AVX2/FMA with a target attribute and used
-// only when the CPU has them. exp is a Cephes-style range reduction plus degree-6 polynomial
-// (about 1 ulp), flushed to 0 below -87.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// a scalar std::exp here. These loops are compiled for AVX2/FMA and AVX-512 with target
+// attributes and used only where simd::cpu_isa() allows them; exp is simd.h's.
+#if DRDET_SIMD_X86
 #define DRDET_HAVE_AVX2_PATH 1
-#include <immintrin.h>
-#define DRDET_AVX2 __attribute__((target("avx2,fma")))
+using simd::exp_avx2;
+using simd::exp_avx512;
 
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-
-DRDET_AVX2 inline __m256 exp_avx2(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.3762626647949f);
-  const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
-}
-
-DRDET_AVX2 inline __m256 sigmoid_avx2(__m256 x) {
+DRDET_TARGET_AVX2 inline __m256 sigmoid_avx2(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
   return _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x))));
 }
 
-DRDET_AVX2 inline float hsum_avx2(__m256 v) {
+DRDET_TARGET_AVX2 inline float hsum_avx2(__m256 v) {
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, v);
   return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
@@ -83,13 +57,13 @@ DRDET_AVX2 inline float hsum_avx2(__m256 v) {
 }
 
 // p[c] = sigmoid(x[c]); x may alias p. Returns the number of columns done (a multiple of 8).
-DRDET_AVX2 int64_t sigmoid_row_avx2(const float* x, int64_t n, float* p) {
+DRDET_TARGET_AVX2 int64_t sigmoid_row_avx2(const float* x, int64_t n, float* p) {
   int64_t c = 0;
   for (; c + 8 <= n; c += 8) _mm256_storeu_ps(p + c, sigmoid_avx2(_mm256_loadu_ps(x + c)));
   return c;
 }
 
-DRDET_AVX2 int64_t range_max_avx2(const float* p, int64_t n, float& m) {
+DRDET_TARGET_AVX2 int64_t range_max_avx2(const float* p, int64_t n, float& m) {
   if (n < 8) return 0;
   __m256 vm = _mm256_loadu_ps(p);
   int64_t c = 8;
@@ -100,8 +74,8 @@ DRDET_AVX2 int64_t range_max_avx2(const float* p, int64_t n, float& m) {
   return c;
 }
 
-DRDET_AVX2 int64_t range_sums_avx2(const float* p, int64_t n, float m, float inv, float& sum_w,
-                                   float& sum_wp) {
+DRDET_TARGET_AVX2 int64_t range_sums_avx2(const float* p, int64_t n, float m, float inv,
+                                          float& sum_w, float& sum_wp) {
   const __m256 vm = _mm256_set1_ps(m), vinv = _mm256_set1_ps(inv);
   __m256 vw = _mm256_setzero_ps(), vwp = _mm256_setzero_ps();
   int64_t c = 0;
@@ -116,18 +90,11 @@ DRDET_AVX2 int64_t range_sums_avx2(const float* p, int64_t n, float m, float inv
   return c;
 }
 
-// Lanes c0 + i < n of a block of 8 columns (all ones where in range).
-DRDET_AVX2 inline __m256i tail_mask_avx2(int64_t c0, int64_t n) {
-  const __m256i idx = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                       _mm256_set1_epi32(int(c0)));
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), idx);
-}
-
 // Adds w = exp((p - 1) * inv) and w * p, p = sigmoid(x), of the lanes of keep (all lanes when
 // kMasked is false) to the per-row vector sums.
 template <bool kMasked>
-DRDET_AVX2 inline void negative_block_avx2(__m256 x, __m256 keep, __m256 vinv, __m256& vw,
-                                           __m256& vwp) {
+DRDET_TARGET_AVX2 inline void negative_block_avx2(__m256 x, __m256 keep, __m256 vinv,
+                                                  __m256& vw, __m256& vwp) {
   const __m256 p = sigmoid_avx2(x);
   __m256 w = exp_avx2(_mm256_mul_ps(_mm256_sub_ps(p, _mm256_set1_ps(1.0f)), vinv));
   if constexpr (kMasked) w = _mm256_and_ps(w, keep);
@@ -139,8 +106,8 @@ DRDET_AVX2 inline void negative_block_avx2(__m256 x, __m256 keep, __m256 vinv, _
 // over the columns c != skip (skip = -1: none), w = exp((p - 1) * inv) and w * p with
 // p = sigmoid(x[c]) into sum_w and sum_wp. One pass over the row, the tail included (masked
 // load); the sums are float vectors reduced once per row.
-DRDET_AVX2 void negative_row_sums_avx2(const float* x, int64_t n, int64_t skip, float inv,
-                                       float& sum_w, float& sum_wp) {
+DRDET_TARGET_AVX2 void negative_row_sums_avx2(const float* x, int64_t n, int64_t skip,
+                                              float inv, float& sum_w, float& sum_wp) {
   const __m256 vinv = _mm256_set1_ps(inv);
   __m256 vw = _mm256_setzero_ps(), vwp = _mm256_setzero_ps();
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -170,8 +137,9 @@ DRDET_AVX2 void negative_row_sums_avx2(const float* x, int64_t n, int64_t skip, 
 }
 
 // out[c] = d loss / d x[c] treating every column as a negative; returns the columns done.
-DRDET_AVX2 int64_t negative_grad_row_avx2(const float* x, int64_t n, float neg_max, float inv,
-                                          float neg_mean, float scale, float* out) {
+DRDET_TARGET_AVX2 int64_t negative_grad_row_avx2(const float* x, int64_t n, float neg_max,
+                                                 float inv, float neg_mean, float scale,
+                                                 float* out) {
   const __m256 one = _mm256_set1_ps(1.0f), vmax = _mm256_set1_ps(neg_max);
   const __m256 vinv = _mm256_set1_ps(inv), vmean = _mm256_set1_ps(neg_mean);
   const __m256 vscale = _mm256_set1_ps(scale);
@@ -186,42 +154,14 @@ DRDET_AVX2 int64_t negative_grad_row_avx2(const float* x, int64_t n, float neg_m
   return c;
 }
 
-// ---- AVX-512 variants of the two fused loops (same math and exp as above, 16 lanes, masked
-// tails), chosen at run time where the CPU has AVX-512F ---------------------------------------
-#define DRDET_AVX512 __attribute__((target("avx512f")))
-
-// DRDET_NO_AVX512=1 (read once) keeps the AVX2 loops, so they can be tested on AVX-512 hosts.
-bool cpu_has_avx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") && !std::getenv("DRDET_NO_AVX512");
-  return has;
-}
-
-DRDET_AVX512 inline __m512 exp_avx512(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.0f), hi = _mm512_set1_ps(88.3762626647949f);
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
-  x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  const __m512i e = _mm512_slli_epi32(
-      _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_maskz_mul_ps(keep, y, _mm512_castsi512_ps(e));
-}
-
-DRDET_AVX512 inline __m512 sigmoid_avx512(__m512 x) {
+// ---- AVX-512 variants of the two fused loops (same math as above, 16 lanes, masked tails) ----
+DRDET_TARGET_AVX512 inline __m512 sigmoid_avx512(__m512 x) {
   const __m512 one = _mm512_set1_ps(1.0f);
-  return _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+  return _mm512_div_ps(one,
+                       _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
 }
 
-DRDET_AVX512 inline float hsum_avx512(__m512 v) {
+DRDET_TARGET_AVX512 inline float hsum_avx512(__m512 v) {
   alignas(64) float lanes[16];
   _mm512_store_ps(lanes, v);
   float s = 0.f;
@@ -234,8 +174,8 @@ inline __mmask16 block_mask16(int64_t c, int64_t n) {
 }
 
 // negative_row_sums_avx2 with 16 lanes.
-DRDET_AVX512 void negative_row_sums_avx512(const float* x, int64_t n, int64_t skip, float inv,
-                                           float& sum_w, float& sum_wp) {
+DRDET_TARGET_AVX512 void negative_row_sums_avx512(const float* x, int64_t n, int64_t skip,
+                                                  float inv, float& sum_w, float& sum_wp) {
   const __m512 one = _mm512_set1_ps(1.0f), vinv = _mm512_set1_ps(inv);
   __m512 vw = _mm512_setzero_ps(), vwp = _mm512_setzero_ps();
   for (int64_t c = 0; c < n; c += 16) {
@@ -252,9 +192,9 @@ DRDET_AVX512 void negative_row_sums_avx512(const float* x, int64_t n, int64_t sk
 }
 
 // negative_grad_row_avx2 with 16 lanes; does every column (returns n).
-DRDET_AVX512 int64_t negative_grad_row_avx512(const float* x, int64_t n, float neg_max,
-                                              float inv, float neg_mean, float scale,
-                                              float* out) {
+DRDET_TARGET_AVX512 int64_t negative_grad_row_avx512(const float* x, int64_t n,
+                                                     float neg_max, float inv, float neg_mean,
+                                                     float scale, float* out) {
   const __m512 one = _mm512_set1_ps(1.0f), vmax = _mm512_set1_ps(neg_max);
   const __m512 vinv = _mm512_set1_ps(inv), vmean = _mm512_set1_ps(neg_mean);
   const __m512 vscale = _mm512_set1_ps(scale);
@@ -273,10 +213,9 @@ DRDET_AVX512 int64_t negative_grad_row_avx512(const float* x, int64_t n, float n
 #define DRDET_HAVE_AVX2_PATH 0
 #endif
 
-
 // Computes p = sigmoid(x) for one row of n logits into p (accumulation type).
 template <typename scalar_t, typename acc_t>
-void sigmoid_row(const scalar_t* x, int64_t n, acc_t* p) {
+void sigmoid_row(Isa isa, const scalar_t* x, int64_t n, acc_t* p) {
   using Vec = Vectorized<acc_t>;
   const acc_t* src = p;
   if constexpr (std::is_same<scalar_t, acc_t>::value) {
@@ -287,7 +226,7 @@ void sigmoid_row(const scalar_t* x, int64_t n, acc_t* p) {
   int64_t c = 0;
 #if DRDET_HAVE_AVX2_PATH
   if constexpr (std::is_same<acc_t, float>::value) {
-    if (cpu_has_avx2()) c = sigmoid_row_avx2(src, n, p);
+    if (isa >= Isa::AVX2) c = sigmoid_row_avx2(src, n, p);
   }
 #endif
   const Vec one(acc_t(1));
@@ -298,12 +237,12 @@ void sigmoid_row(const scalar_t* x, int64_t n, acc_t* p) {
 }
 
 template <typename acc_t>
-acc_t range_max(const acc_t* p, int64_t n, acc_t m) {
+acc_t range_max(Isa isa, const acc_t* p, int64_t n, acc_t m) {
   using Vec = Vectorized<acc_t>;
   int64_t c = 0;
 #if DRDET_HAVE_AVX2_PATH
   if constexpr (std::is_same<acc_t, float>::value) {
-    if (cpu_has_avx2()) {
+    if (isa >= Isa::AVX2) {
       for (c = range_max_avx2(p, n, m); c < n; ++c) m = std::max(m, p[c]);
       return m;
     }
@@ -324,14 +263,15 @@ acc_t range_max(const acc_t* p, int64_t n, acc_t m) {
 
 // Adds sum_c exp((p_c - m) * inv) and sum_c exp((p_c - m) * inv) * p_c over p[0:n).
 template <typename acc_t>
-void range_sums(const acc_t* p, int64_t n, acc_t m, acc_t inv, acc_t& sum_w, acc_t& sum_wp) {
+void range_sums(Isa isa, const acc_t* p, int64_t n, acc_t m, acc_t inv, acc_t& sum_w,
+                acc_t& sum_wp) {
   using Vec = Vectorized<acc_t>;
   const Vec vm(m), vinv(inv);
   Vec vw(acc_t(0)), vwp(acc_t(0));
   int64_t c = 0;
 #if DRDET_HAVE_AVX2_PATH
   if constexpr (std::is_same<acc_t, float>::value) {
-    if (cpu_has_avx2()) c = range_sums_avx2(p, n, m, inv, sum_w, sum_wp);
+    if (isa >= Isa::AVX2) c = range_sums_avx2(p, n, m, inv, sum_w, sum_wp);
   }
 #endif
   for (; c + Vec::size() <= n; c += Vec::size()) {
@@ -356,16 +296,17 @@ void range_sums(const acc_t* p, int64_t n, acc_t m, acc_t inv, acc_t& sum_w, acc
 
 // Softmax statistic of the negative scores of one row: every column but pos_col (-1: none).
 template <typename acc_t>
-SoftmaxStat<acc_t> row_negative_stat(const acc_t* p, int64_t n, int64_t pos_col, acc_t inv) {
+SoftmaxStat<acc_t> row_negative_stat(Isa isa, const acc_t* p, int64_t n, int64_t pos_col,
+                                     acc_t inv) {
   const int64_t n_left = pos_col < 0 ? n : pos_col;
   const int64_t right = pos_col < 0 ? n : pos_col + 1;
   if (n_left + (n - right) == 0) return empty_stat<acc_t>();
   acc_t m = -std::numeric_limits<acc_t>::infinity();
-  m = range_max(p, n_left, m);
-  m = range_max(p + right, n - right, m);
+  m = range_max(isa, p, n_left, m);
+  m = range_max(isa, p + right, n - right, m);
   acc_t sum_w = 0, sum_wp = 0;
-  range_sums(p, n_left, m, inv, sum_w, sum_wp);
-  range_sums(p + right, n - right, m, inv, sum_w, sum_wp);
+  range_sums(isa, p, n_left, m, inv, sum_w, sum_wp);
+  range_sums(isa, p + right, n - right, m, inv, sum_w, sum_wp);
   return {m, sum_w, sum_wp};
 }
 
@@ -422,8 +363,8 @@ std::vector<Accum> reduce_rows_by_group(int64_t num_rows, int64_t num_groups,
 // Writes d loss / d x of one non-ignored row (positive column pos_col, -1 if none): every
 // column as a negative (vectorised), then the positive column. buf: n scratch values.
 template <typename scalar_t, typename acc_t>
-void backward_row(const scalar_t* x, int64_t n, int64_t pos_col, const GroupGrad<acc_t>& gg,
-                  const Params& prm, acc_t* buf, scalar_t* out) {
+void backward_row(Isa isa, const scalar_t* x, int64_t n, int64_t pos_col,
+                  const GroupGrad<acc_t>& gg, const Params& prm, acc_t* buf, scalar_t* out) {
   using Vec = Vectorized<acc_t>;
   constexpr bool kSameType = std::is_same<scalar_t, acc_t>::value;
   const acc_t* src = buf;
@@ -438,10 +379,10 @@ void backward_row(const scalar_t* x, int64_t n, int64_t pos_col, const GroupGrad
   int64_t c = 0;
 #if DRDET_HAVE_AVX2_PATH
   if constexpr (std::is_same<acc_t, float>::value) {
-    if (cpu_has_avx512()) {
+    if (isa == Isa::AVX512) {
       c = negative_grad_row_avx512(src, n, gg.neg_max, inv, gg.neg_mean,
                                    gg.coef_neg * gg.inv_neg_sum_w, dst);
-    } else if (cpu_has_avx2()) {
+    } else if (isa == Isa::AVX2) {
       c = negative_grad_row_avx2(src, n, gg.neg_max, inv, gg.neg_mean,
                                  gg.coef_neg * gg.inv_neg_sum_w, dst);
     }
@@ -496,11 +437,9 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
     // The fused float path: one vectorised pass per row with the fixed shift (the negatives'
     // statistic has max = 1 for every row, so rows add up); otherwise the scores of a row go to
     // scratch and are reduced with the row's maximum as shift, then merged.
-    bool fused = false;
-#if DRDET_HAVE_AVX2_PATH
-    fused = std::is_same<acc_t, float>::value && cpu_has_avx2() && inv_neg <= kMaxFixedShiftInv;
-    const bool use_avx512 = cpu_has_avx512();
-#endif
+    const Isa isa = simd::cpu_isa();
+    const bool fused = DRDET_HAVE_AVX2_PATH && std::is_same<acc_t, float>::value &&
+                       isa >= Isa::AVX2 && inv_neg <= kMaxFixedShiftInv;
     const bool fixed_pos = inv_pos <= kMaxFixedShiftInv;
     // scratch holds one row of scores in acc_t (sized in doubles, which are at least as wide)
     const auto accum_row = [&](int64_t r, GroupAccum<double>& acc, double* scratch) {
@@ -517,7 +456,7 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
         {
           const float* xf = float_row(xr, C, reinterpret_cast<float*>(scratch));
           float sum_w = 0.f, sum_wp = 0.f;
-          if (use_avx512) {
+          if (isa == Isa::AVX512) {
             negative_row_sums_avx512(xf, C, y - 1, float(inv_neg), sum_w, sum_wp);
           } else {
             negative_row_sums_avx2(xf, C, y - 1, float(inv_neg), sum_w, sum_wp);
@@ -532,9 +471,9 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
 #endif
       } else {
         acc_t* p = reinterpret_cast<acc_t*>(scratch);
-        sigmoid_row(xr, C, p);
-        acc.neg = merge(acc.neg, to_double(row_negative_stat(p, C, y - 1, acc_t(inv_neg))),
-                        inv_neg);
+        sigmoid_row(isa, xr, C, p);
+        acc.neg = merge(
+            acc.neg, to_double(row_negative_stat(isa, p, C, y - 1, acc_t(inv_neg))), inv_neg);
         if (y > 0) py = p[y - 1];
       }
       if (y > 0) {
@@ -606,6 +545,7 @@ at::Tensor dr_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& l
   const double* st_p = st.data_ptr<double>();
   const double grad_out = grad_loss.item<double>();
   at::Tensor grad = empty_huge_pages(x.sizes(), x.options());
+  const Isa isa = simd::cpu_isa();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "dr_loss_backward_cpu", [&] {
@@ -625,8 +565,8 @@ at::Tensor dr_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& l
           std::fill(out, out + C, scalar_t(0));
           continue;
         }
-        backward_row(x_p + r * C, C, y - 1, group_grad[gid_p ? gid_p[r] : 0], prm, buf.data(),
-                     out);
+        backward_row(isa, x_p + r * C, C, y - 1, group_grad[gid_p ? gid_p[r] : 0], prm,
+                     buf.data(), out);
       }
     });
   });

@@ -1,12 +1,11 @@
 // CPU kernels of the sigmoid focal loss: forward (summed loss) and backward (d loss / d logits).
 // Rows are split over threads with at::parallel_for / parallel_reduce. float32 (and float16 /
 // bfloat16, converted to float a block of rows at a time) runs AVX-512 or AVX2+FMA loops chosen
-// at run time; float64, and CPUs without AVX2, run the per-entry math of sigmoid_focal_loss.h
-// (focal::entry_loss / focal::entry_grad) that the CUDA kernel runs too. The forward sums each
-// row in float and the rows in double.
+// at run time (simd::cpu_isa(), cpu/simd.h); float64, and every type under Isa::Baseline, run
+// the per-entry math of sigmoid_focal_loss.h (focal::entry_loss / focal::entry_grad) that the
+// CUDA kernel runs too. The forward sums each row in float and the rows in double.
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <type_traits>
@@ -19,6 +18,7 @@
 
 #include "huge_pages.h"
 #include "sigmoid_focal_loss.h"
+#include "simd.h"
 
 namespace drdet {
 namespace {
@@ -28,7 +28,7 @@ int64_t row_grain(int64_t num_classes) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, num_classes));
 }
 
-// ---- scalar path: float64, and every type where the CPU has no AVX2 ---------------------------
+// ---- scalar path: float64, and every type under Isa::Baseline ---------------------------------
 
 template <typename scalar_t, typename label_t>
 double forward_sum_scalar(const scalar_t* logits, const label_t* labels, int64_t num_rows,
@@ -80,51 +80,20 @@ void backward_fill_scalar(const scalar_t* logits, const label_t* labels, scalar_
   });
 }
 
-// ---- vector path for float: AVX-512 or AVX2 + FMA, chosen at run time -----------------------
+// ---- vector path for float: AVX-512 or AVX2 + FMA, chosen at run time (cpu/simd.h) ----------
 // The extension is built without -march, so at::vec::Vectorized<float> would be scalar code;
-// these loops are compiled for AVX2/FMA and AVX-512F with target attributes and run only where
-// the CPU has them (as in dr_loss_cpu.cpp). Per entry the math is that of focal::entry_terms:
-// with z the signed logit, e = exp(-|z|), log1p(e), 1 / (1 + e), then q, 1 - q, softplus(+-z)
-// and q^gamma (q * q for gamma = 2, exp(-gamma * softplus(-z)) otherwise). The positive column
-// of a row is one lane whose sign is flipped (z = -x) and whose weight is alpha; lanes past the
-// end of a row are masked. exp and log1p are the polynomials below: checked on every float of
-// their domains against libm in double, exp is within 0.9 ulp and log1p within 1.8 ulp, and the
-// entries within a few ulp of float64 (tests/test_sigmoid_focal_loss.py bounds each entry on
-// every path). NaN logits give NaN.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// these loops are compiled for AVX2/FMA and AVX-512 with target attributes and run only where
+// simd::cpu_isa() allows them (as in dr_loss_cpu.cpp). Per entry the math is that of
+// focal::entry_terms: with z the signed logit, e = exp(-|z|), log1p(e), 1 / (1 + e), then q,
+// 1 - q, softplus(+-z) and q^gamma (q * q for gamma = 2, exp(-gamma * softplus(-z)) otherwise).
+// The positive column of a row is one lane whose sign is flipped (z = -x) and whose weight is
+// alpha; lanes past the end of a row are masked. exp is simd.h's; log1p is the polynomial
+// below: checked on every float of its domain against libm in double, it is within 1.8 ulp, and
+// the entries within a few ulp of float64 (tests/test_sigmoid_focal_loss.py bounds each entry
+// on every instruction set). NaN logits give NaN.
+#if DRDET_SIMD_X86
 #define DRDET_FOCAL_VECTOR 1
-#include <immintrin.h>
-#define DRDET_FOCAL_AVX2 __attribute__((target("avx2,fma")))
-#define DRDET_FOCAL_AVX512 __attribute__((target("avx512f")))
-
-enum class Isa { kScalar, kAvx2, kAvx512 };
-
-// DRDET_NO_AVX512=1 selects the AVX2 loops on AVX-512 hosts and DRDET_NO_AVX2=1 the scalar path
-// (read once, as for the DR loss and the Winograd transforms), so tests can run every path.
-Isa float_isa() {
-  static const Isa isa = [] {
-    if (std::getenv("DRDET_NO_AVX2") != nullptr) return Isa::kScalar;
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return Isa::kScalar;
-    if (__builtin_cpu_supports("avx512f") && std::getenv("DRDET_NO_AVX512") == nullptr) {
-      return Isa::kAvx512;
-    }
-    return Isa::kAvx2;
-  }();
-  return isa;
-}
-
-// exp(x) for x <= 0: x = n ln2 + r with n = round(x / ln2), |r| <= ln2 / 2 (ln2 split in two
-// floats, the product n * ln2 taken by FMAs), exp(r) = 1 + r + r^2 Q(r) with Q of degree 4
-// fitted for the least maximum relative error on [-ln2/2, ln2/2] (4e-9 before rounding), times
-// 2^n built in the exponent bits. Where the result would be below the smallest normal float
-// (x < ln(FLT_MIN) = -87.34) it is flushed to 0, as with flush-to-zero arithmetic: such entries
-// change no float sum and no float gradient by more than 1.2e-38. NaN stays NaN.
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2Hi = 0.693147182464599609375f;  // float(ln 2)
-constexpr float kLn2Lo = -1.9046542999577e-09f;     // ln 2 - kLn2Hi
-constexpr float kExpLow = -87.3365478515625f;       // the float just below ln(FLT_MIN)
-constexpr float kExpQ0 = 0.49999994f, kExpQ1 = 0.16666521f, kExpQ2 = 0.04166839f,
-                kExpQ3 = 0.00836871f, kExpQ4 = 0.00138146f;
+using simd::Isa;
 
 // log1p(e) for e in [0, 1] as e * P(2e - 1), P of degree 9 fitted for the least maximum
 // relative error of log1p(e) / e on [0, 1] (4e-8 with the coefficients rounded to float). The
@@ -136,27 +105,7 @@ constexpr float kLogP[10] = {8.1093019e-01f,  -1.4426355e-01f, 3.3152252e-02f, -
 
 // -- AVX2 + FMA, 8 lanes --
 
-DRDET_FOCAL_AVX2 inline __m256 exp_nonpos_avx2(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(kExpLow);
-  const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  x = _mm256_max_ps(lo, x);  // NaN stays (the second operand is returned when one is NaN)
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
-  __m256 y = _mm256_set1_ps(kExpQ4);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kExpQ3));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kExpQ2));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kExpQ1));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kExpQ0));
-  const __m256 one = _mm256_set1_ps(1.0f);
-  y = _mm256_fmadd_ps(_mm256_fmadd_ps(y, r, one), r, one);  // 1 + r (1 + r Q)
-  const __m256i scale = _mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(scale)));
-}
-
-DRDET_FOCAL_AVX2 inline __m256 log1p_unit_avx2(__m256 e) {
+DRDET_TARGET_AVX2 inline __m256 log1p_unit_avx2(__m256 e) {
   const __m256 t = _mm256_fmadd_ps(e, _mm256_set1_ps(2.0f), _mm256_set1_ps(-1.0f));
   __m256 p = _mm256_set1_ps(kLogP[9]);
   for (int k = 8; k >= 0; --k) p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(kLogP[k]));
@@ -170,12 +119,12 @@ struct TermsAvx2 {
 };
 
 template <bool kGamma2>
-DRDET_FOCAL_AVX2 inline TermsAvx2 terms_avx2(__m256 x, __m256 flip, __m256 neg_gamma) {
+DRDET_TARGET_AVX2 inline TermsAvx2 terms_avx2(__m256 x, __m256 flip, __m256 neg_gamma) {
   const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
   const __m256 one = _mm256_set1_ps(1.0f);
   TermsAvx2 t;
   t.z = _mm256_xor_ps(x, flip);
-  const __m256 e = exp_nonpos_avx2(_mm256_or_ps(t.z, sign));  // exp(-|z|)
+  const __m256 e = simd::exp_avx2(_mm256_or_ps(t.z, sign));  // exp(-|z|)
   const __m256 log1p_e = log1p_unit_avx2(e);
   const __m256 inv = _mm256_div_ps(one, _mm256_add_ps(one, e));
   const __m256 e_inv = _mm256_mul_ps(e, inv);
@@ -188,21 +137,21 @@ DRDET_FOCAL_AVX2 inline TermsAvx2 terms_avx2(__m256 x, __m256 flip, __m256 neg_g
   } else {
     const __m256 softplus_neg_z = _mm256_add_ps(_mm256_max_ps(_mm256_xor_ps(t.z, sign), zero),
                                                 log1p_e);
-    t.modulating = exp_nonpos_avx2(_mm256_mul_ps(neg_gamma, softplus_neg_z));
+    t.modulating = simd::exp_avx2(_mm256_mul_ps(neg_gamma, softplus_neg_z));
   }
   return t;
 }
 
-DRDET_FOCAL_AVX2 inline __m256i lane_index_avx2(int64_t c) {
+DRDET_TARGET_AVX2 inline __m256i lane_index_avx2(int64_t c) {
   return _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(c)));
 }
 
 // Sum of the loss over rows [0, num_rows) of x (num_rows x n floats), ignored rows skipped; each
 // row is summed in float lanes and added to double lanes.
 template <bool kGamma2, typename label_t>
-DRDET_FOCAL_AVX2 double forward_rows_avx2(const float* x, const label_t* labels,
-                                          int64_t num_rows, int64_t n, float gamma,
-                                          float alpha) {
+DRDET_TARGET_AVX2 double forward_rows_avx2(const float* x, const label_t* labels,
+                                           int64_t num_rows, int64_t n, float gamma,
+                                           float alpha) {
   const __m256 neg_gamma = _mm256_set1_ps(-gamma);
   const __m256 w_pos = _mm256_set1_ps(alpha), w_neg = _mm256_set1_ps(1.0f - alpha);
   const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -234,9 +183,9 @@ DRDET_FOCAL_AVX2 double forward_rows_avx2(const float* x, const label_t* labels,
 
 // grad = scale * d loss / d x for rows [0, num_rows); ignored rows get 0.
 template <bool kGamma2, typename label_t>
-DRDET_FOCAL_AVX2 void backward_rows_avx2(const float* x, const label_t* labels,
-                                         int64_t num_rows, int64_t n, float gamma, float alpha,
-                                         float scale, float* grad) {
+DRDET_TARGET_AVX2 void backward_rows_avx2(const float* x, const label_t* labels,
+                                          int64_t num_rows, int64_t n, float gamma, float alpha,
+                                          float scale, float* grad) {
   const __m256 neg_gamma = _mm256_set1_ps(-gamma), vgamma = _mm256_set1_ps(gamma);
   // d loss / dx = w dz/dx d/dz: -alpha for the positive (dz/dx = -1), 1 - alpha for negatives
   const __m256 w_pos = _mm256_set1_ps(-alpha * scale);
@@ -281,27 +230,7 @@ DRDET_FOCAL_AVX2 void backward_rows_avx2(const float* x, const label_t* labels,
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
-DRDET_FOCAL_AVX512 inline __m512 exp_nonpos_avx512(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(kExpLow);
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ);  // x >= lo or NaN
-  x = _mm512_max_ps(lo, x);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
-  __m512 y = _mm512_set1_ps(kExpQ4);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kExpQ3));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kExpQ2));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kExpQ1));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kExpQ0));
-  const __m512 one = _mm512_set1_ps(1.0f);
-  y = _mm512_fmadd_ps(_mm512_fmadd_ps(y, r, one), r, one);
-  const __m512i scale = _mm512_slli_epi32(
-      _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_maskz_mul_ps(keep, y, _mm512_castsi512_ps(scale));
-}
-
-DRDET_FOCAL_AVX512 inline __m512 log1p_unit_avx512(__m512 e) {
+DRDET_TARGET_AVX512 inline __m512 log1p_unit_avx512(__m512 e) {
   const __m512 t = _mm512_fmadd_ps(e, _mm512_set1_ps(2.0f), _mm512_set1_ps(-1.0f));
   __m512 p = _mm512_set1_ps(kLogP[9]);
   for (int k = 8; k >= 0; --k) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(kLogP[k]));
@@ -314,13 +243,13 @@ struct TermsAvx512 {
 
 // As terms_avx2; is_pos: the lane of the row's positive column.
 template <bool kGamma2>
-DRDET_FOCAL_AVX512 inline TermsAvx512 terms_avx512(__m512 x, __mmask16 is_pos,
-                                                   __m512 neg_gamma) {
+DRDET_TARGET_AVX512 inline TermsAvx512 terms_avx512(__m512 x, __mmask16 is_pos,
+                                                    __m512 neg_gamma) {
   const __m512i sign = _mm512_set1_epi32(int(0x80000000u));
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
   const __m512i xi = _mm512_castps_si512(x);
   const __m512 z = _mm512_castsi512_ps(_mm512_mask_xor_epi32(xi, is_pos, xi, sign));
-  const __m512 e = exp_nonpos_avx512(
+  const __m512 e = simd::exp_avx512(
       _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(z), sign)));  // exp(-|z|)
   const __m512 log1p_e = log1p_unit_avx512(e);
   const __m512 inv = _mm512_div_ps(one, _mm512_add_ps(one, e));
@@ -335,7 +264,7 @@ DRDET_FOCAL_AVX512 inline TermsAvx512 terms_avx512(__m512 x, __mmask16 is_pos,
   } else {
     const __m512 neg_z = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(z), sign));
     const __m512 softplus_neg_z = _mm512_add_ps(_mm512_max_ps(neg_z, zero), log1p_e);
-    t.modulating = exp_nonpos_avx512(_mm512_mul_ps(neg_gamma, softplus_neg_z));
+    t.modulating = simd::exp_avx512(_mm512_mul_ps(neg_gamma, softplus_neg_z));
   }
   return t;
 }
@@ -351,9 +280,9 @@ inline __mmask16 lane_mask16(int64_t pos, int64_t c) {
 }
 
 template <bool kGamma2, typename label_t>
-DRDET_FOCAL_AVX512 double forward_rows_avx512(const float* x, const label_t* labels,
-                                              int64_t num_rows, int64_t n, float gamma,
-                                              float alpha) {
+DRDET_TARGET_AVX512 double forward_rows_avx512(const float* x, const label_t* labels,
+                                               int64_t num_rows, int64_t n, float gamma,
+                                               float alpha) {
   const __m512 neg_gamma = _mm512_set1_ps(-gamma);
   const __m512 w_pos = _mm512_set1_ps(alpha), w_neg = _mm512_set1_ps(1.0f - alpha);
   __m512d total = _mm512_setzero_pd();
@@ -380,9 +309,9 @@ DRDET_FOCAL_AVX512 double forward_rows_avx512(const float* x, const label_t* lab
 }
 
 template <bool kGamma2, typename label_t>
-DRDET_FOCAL_AVX512 void backward_rows_avx512(const float* x, const label_t* labels,
-                                             int64_t num_rows, int64_t n, float gamma,
-                                             float alpha, float scale, float* grad) {
+DRDET_TARGET_AVX512 void backward_rows_avx512(const float* x, const label_t* labels,
+                                              int64_t num_rows, int64_t n, float gamma,
+                                              float alpha, float scale, float* grad) {
   const __m512 neg_gamma = _mm512_set1_ps(-gamma), vgamma = _mm512_set1_ps(gamma);
   const __m512 w_pos = _mm512_set1_ps(-alpha * scale);
   const __m512 w_neg = _mm512_set1_ps((1.0f - alpha) * scale);
@@ -416,7 +345,7 @@ template <typename label_t>
 double forward_rows(Isa isa, const float* x, const label_t* labels, int64_t num_rows, int64_t n,
                     float gamma, float alpha) {
   const bool gamma2 = gamma == 2.0f;
-  if (isa == Isa::kAvx512) {
+  if (isa == Isa::AVX512) {
     return gamma2 ? forward_rows_avx512<true>(x, labels, num_rows, n, gamma, alpha)
                   : forward_rows_avx512<false>(x, labels, num_rows, n, gamma, alpha);
   }
@@ -428,7 +357,7 @@ template <typename label_t>
 void backward_rows(Isa isa, const float* x, const label_t* labels, int64_t num_rows, int64_t n,
                    float gamma, float alpha, float scale, float* grad) {
   const bool gamma2 = gamma == 2.0f;
-  if (isa == Isa::kAvx512) {
+  if (isa == Isa::AVX512) {
     if (gamma2) {
       backward_rows_avx512<true>(x, labels, num_rows, n, gamma, alpha, scale, grad);
     } else {
@@ -446,16 +375,9 @@ int64_t convert_block_rows(int64_t num_classes) {
   return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, num_classes));
 }
 
-// float16 <-> float conversions by F16C where the CPU has it (c10::Half's are scalar bit
-// manipulations here; both round to nearest even), element by element otherwise.
-#define DRDET_FOCAL_F16C __attribute__((target("avx2,f16c")))
-
-bool cpu_has_f16c() {
-  static const bool has = __builtin_cpu_supports("f16c");
-  return has;
-}
-
-DRDET_FOCAL_F16C int64_t half_to_float_f16c(const c10::Half* src, int64_t n, float* dst) {
+// float16 <-> float conversions by F16C, which Isa::AVX2 includes (c10::Half's are scalar bit
+// manipulations here; both round to nearest even).
+DRDET_TARGET_AVX2 int64_t half_to_float_f16c(const c10::Half* src, int64_t n, float* dst) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     _mm256_storeu_ps(dst + i,
@@ -464,7 +386,7 @@ DRDET_FOCAL_F16C int64_t half_to_float_f16c(const c10::Half* src, int64_t n, flo
   return i;
 }
 
-DRDET_FOCAL_F16C int64_t float_to_half_f16c(const float* src, int64_t n, c10::Half* dst) {
+DRDET_TARGET_AVX2 int64_t float_to_half_f16c(const float* src, int64_t n, c10::Half* dst) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
@@ -476,18 +398,14 @@ DRDET_FOCAL_F16C int64_t float_to_half_f16c(const float* src, int64_t n, c10::Ha
 template <typename scalar_t>
 void to_float(const scalar_t* src, int64_t n, float* dst) {
   int64_t i = 0;
-  if constexpr (std::is_same<scalar_t, c10::Half>::value) {
-    if (cpu_has_f16c()) i = half_to_float_f16c(src, n, dst);
-  }
+  if constexpr (std::is_same<scalar_t, c10::Half>::value) i = half_to_float_f16c(src, n, dst);
   for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
 
 template <typename scalar_t>
 void from_float(const float* src, int64_t n, scalar_t* dst) {
   int64_t i = 0;
-  if constexpr (std::is_same<scalar_t, c10::Half>::value) {
-    if (cpu_has_f16c()) i = float_to_half_f16c(src, n, dst);
-  }
+  if constexpr (std::is_same<scalar_t, c10::Half>::value) i = float_to_half_f16c(src, n, dst);
   for (; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
 }
 
@@ -547,8 +465,8 @@ double forward_sum(const scalar_t* logits, const label_t* labels, int64_t num_ro
                    int64_t num_classes, double gamma, double alpha) {
 #if DRDET_FOCAL_VECTOR
   if constexpr (std::is_same<at::opmath_type<scalar_t>, float>::value) {
-    const Isa isa = float_isa();
-    if (isa != Isa::kScalar) {
+    const Isa isa = simd::cpu_isa();
+    if (isa != Isa::Baseline) {
       return forward_sum_vector(isa, logits, labels, num_rows, num_classes, float(gamma),
                                 float(alpha));
     }
@@ -562,8 +480,8 @@ void backward_fill(const scalar_t* logits, const label_t* labels, scalar_t* grad
                    int64_t num_rows, int64_t num_classes, double gamma, double alpha) {
 #if DRDET_FOCAL_VECTOR
   if constexpr (std::is_same<at::opmath_type<scalar_t>, float>::value) {
-    const Isa isa = float_isa();
-    if (isa != Isa::kScalar) {
+    const Isa isa = simd::cpu_isa();
+    if (isa != Isa::Baseline) {
       backward_fill_vector(isa, logits, labels, grad, float(scale), num_rows, num_classes,
                            float(gamma), float(alpha));
       return;

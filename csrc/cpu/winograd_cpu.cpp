@@ -17,7 +17,6 @@
 //   adjoint of the output one  dM = A dY A^T    L = A   (6 x 4)
 //   adjoint of the input one   dd = B dV B^T    L = B   (6 x 6)   (tiles overlap: added up)
 #include <algorithm>
-#include <cstdlib>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -26,6 +25,7 @@
 #include <torch/library.h>
 
 #include "huge_pages.h"
+#include "simd.h"
 
 namespace drdet {
 namespace {
@@ -35,20 +35,17 @@ namespace isa_default {
 #include "winograd_tile.h"
 }  // namespace isa_default
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define DRDET_WINOGRAD_X86 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#if DRDET_SIMD_X86
+DRDET_PUSH_TARGET_AVX2
 namespace isa_avx2 {
 #include "winograd_tile.h"
 }  // namespace isa_avx2
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
+DRDET_POP_TARGET
+DRDET_PUSH_TARGET_AVX512
 namespace isa_avx512 {
 #include "winograd_tile.h"
 }  // namespace isa_avx512
-#pragma GCC pop_options
+DRDET_POP_TARGET
 #endif
 
 template <typename T>
@@ -60,20 +57,18 @@ struct TileKernels {
 #define DRDET_TILE_KERNELS(ns) \
   { ns::input_tile<T>, ns::output_tile<T>, ns::output_adjoint_tile<T>, ns::input_adjoint_tile<T> }
 
-// DRDET_NO_AVX512=1 (read once) selects the AVX2 copy on AVX-512 hosts, as for the DR loss, and
-// DRDET_NO_AVX2=1 the baseline copy, so that tests can run every copy on one machine.
+// The copy for the instruction set in use (simd::cpu_isa()).
 template <typename T>
 TileKernels<T> tile_kernels() {
-#ifdef DRDET_WINOGRAD_X86
-  static const bool no_avx2 = std::getenv("DRDET_NO_AVX2") != nullptr;
-  static const bool avx512 = __builtin_cpu_supports("avx512f") &&
-                             __builtin_cpu_supports("avx512vl") &&
-                             __builtin_cpu_supports("avx512dq") &&
-                             !std::getenv("DRDET_NO_AVX512") && !no_avx2;
-  static const bool avx2 =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !no_avx2;
-  if (avx512) return DRDET_TILE_KERNELS(isa_avx512);
-  if (avx2) return DRDET_TILE_KERNELS(isa_avx2);
+#if DRDET_SIMD_X86
+  switch (simd::cpu_isa()) {
+    case simd::Isa::AVX512:
+      return DRDET_TILE_KERNELS(isa_avx512);
+    case simd::Isa::AVX2:
+      return DRDET_TILE_KERNELS(isa_avx2);
+    case simd::Isa::Baseline:
+      break;
+  }
 #endif
   return DRDET_TILE_KERNELS(isa_default);
 }

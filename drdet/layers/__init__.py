@@ -1,6 +1,7 @@
 """Layers: thin Python wrappers of the extension ops (DR loss, sigmoid focal loss, NMS) and
 normalisation helpers."""
 from .batch_norm import FrozenBatchNorm2d
+from .cpu_isa import cpu_isa, set_cpu_isa, supported_cpu_isas, use_cpu_isa
 from .dr_loss import DRLoss, DRLossParams, dr_loss
 from .nms import batched_nms, nms
 from .sigmoid_focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
@@ -14,4 +15,8 @@ __all__ = [
     "nms",
     "batched_nms",
     "FrozenBatchNorm2d",
+    "cpu_isa",
+    "set_cpu_isa",
+    "supported_cpu_isas",
+    "use_cpu_isa",
 ]
