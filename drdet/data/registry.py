@@ -59,6 +59,13 @@ class DatasetType:
             raise ValueError(f"dataset type {self.form!r} registers names but no from_entry")
 
 
+def two_parts(name: str, parts: list[str]) -> tuple[str, str]:
+    """The two non-empty parts of a ``<kind>:<a>:<b>`` name; MalformedDatasetName otherwise."""
+    if len(parts) != 2 or not all(parts):
+        raise MalformedDatasetName(name)
+    return parts[0], parts[1]
+
+
 def datasets_root() -> str:
     """The datasets root: $DRDET_DATASETS, or ./datasets."""
     return os.environ.get(ENV_ROOT, DEFAULT_ROOT)

@@ -14,7 +14,7 @@ import torch
 
 from ..bad_images import GuardedReads
 from ..image_io import read_image
-from ..registry import DATASET_TYPES, DatasetType, MalformedDatasetName, require_path
+from ..registry import DATASET_TYPES, DatasetType, require_path, two_parts
 
 logger = logging.getLogger(__name__)
 
@@ -294,9 +294,7 @@ def _coco_checked(name: str, ann: str, img_dir: str, from_root: bool, transforms
 
 def _coco_from_parts(name: str, parts: list[str], transforms: Callable | None,
                      is_train: bool) -> COCODataset:
-    if len(parts) != 2 or not all(parts):
-        raise MalformedDatasetName(name)
-    ann, img_dir = parts
+    ann, img_dir = two_parts(name, parts)
     return _coco_checked(name, ann, img_dir, False, transforms, is_train)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from ..bad_images import GuardedReads
 from ..image_io import read_image
-from ..registry import DATASET_TYPES, DatasetType, MalformedDatasetName, require_path
+from ..registry import DATASET_TYPES, DatasetType, require_path, two_parts
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -185,9 +185,7 @@ def _voc_checked(name: str, folder: str, split: str, from_root: bool, transforms
 
 def _voc_from_parts(name: str, parts: list[str], transforms: Callable | None,
                     is_train: bool) -> VOCDataset:
-    if len(parts) != 2 or not all(parts):
-        raise MalformedDatasetName(name)
-    folder, split = parts
+    folder, split = two_parts(name, parts)
     return _voc_checked(name, folder, split, False, transforms, is_train)
 
 
