@@ -1,5 +1,6 @@
 """Layers: thin Python wrappers of the extension ops (DR loss, sigmoid focal loss, NMS) and
 normalisation helpers."""
+from ._ext import get_cuda_kernels, set_cuda_kernels
 from .batch_norm import FrozenBatchNorm2d
 from .dr_loss import DRLoss, dr_loss
 from .nms import batched_nms, nms
@@ -13,4 +14,6 @@ __all__ = [
     "nms",
     "batched_nms",
     "FrozenBatchNorm2d",
+    "set_cuda_kernels",
+    "get_cuda_kernels",
 ]
