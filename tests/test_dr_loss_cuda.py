@@ -10,11 +10,13 @@ cases run everywhere. Also: the backward's argument checks, the statistics at 16
 (CUDA vs CPU) and one case above 2^31 entries.
 """
 
+import os
+
 import pytest
 import torch
 from test_dr_loss import NEG_LAMBDA, loss_and_grad, random_inputs, reference
 
-from drdet.layers import dr_loss, get_cuda_kernels
+from drdet.layers import dr_loss, get_cuda_kernels, set_cuda_kernels
 from drdet.layers._ext import CUDA_KERNELS_ENV, ops
 
 BACKENDS = [
@@ -162,6 +164,26 @@ def test_small_lambdas(device, lambdas, pairing, dtype):
         pos_lambda=pos_lambda,
         neg_lambda=neg_lambda,
     )
+
+
+def test_same_bits_every_run(device):
+    """The reductions use a fixed partition and order (no atomics): repeated calls agree bit for
+    bit, unsorted group ids included."""
+    logits, labels, gids = to(device, *random_inputs(n=50_000, c=80, groups=5, sorted_groups=False))
+    first = loss_and_grad(dr_loss, logits, labels, gids, num_groups=5)
+    for _ in range(2):
+        again = loss_and_grad(dr_loss, logits, labels, gids, num_groups=5)
+        assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+
+
+def test_kernel_switch(monkeypatch):
+    monkeypatch.delenv(CUDA_KERNELS_ENV, raising=False)
+    assert get_cuda_kernels() == "v1"
+    assert set_cuda_kernels("v2") == "v1"
+    assert get_cuda_kernels() == "v2" and os.environ[CUDA_KERNELS_ENV] == "v2"
+    assert set_cuda_kernels("v1") == "v2"
+    with pytest.raises(ValueError, match="version must be one of"):
+        set_cuda_kernels("v3")
 
 
 def test_empty_and_all_ignored_inputs(device):
