@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <vector>
+
 namespace drdet {
 namespace dr_loss {
 
@@ -65,29 +67,43 @@ Params check_inputs(const at::Tensor& logits, const at::Tensor& labels,
 void check_values(const at::Tensor& labels, const std::optional<at::Tensor>& group_ids,
                   int64_t num_classes, int64_t num_groups) {
   if (labels.numel() == 0) return;
+  // The extremes of labels (and group ids) come to the host in one copy: one synchronisation.
   const auto [lo, hi] = at::aminmax(labels);
-  const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
-  TORCH_CHECK(lo_v >= -1 && hi_v <= num_classes, "dr_loss: labels must lie in [-1, ",
-              num_classes, "] (-1 ignored, 0 background, 1..C classes), got values in [", lo_v,
-              ", ", hi_v, "]");
+  std::vector<at::Tensor> extremes{lo.to(at::kLong), hi.to(at::kLong)};
   if (group_ids.has_value()) {
     const auto [glo, ghi] = at::aminmax(*group_ids);
-    const int64_t glo_v = glo.item<int64_t>(), ghi_v = ghi.item<int64_t>();
-    TORCH_CHECK(glo_v >= 0 && ghi_v < num_groups, "dr_loss: group_ids must lie in [0, ",
-                num_groups, ") (num_groups = ", num_groups, "), got values in [", glo_v, ", ",
-                ghi_v, "]");
+    extremes.push_back(glo.to(at::kLong));
+    extremes.push_back(ghi.to(at::kLong));
+  }
+  const at::Tensor host = at::stack(extremes).cpu();
+  const int64_t* v = host.data_ptr<int64_t>();
+  TORCH_CHECK(v[0] >= -1 && v[1] <= num_classes, "dr_loss: labels must lie in [-1, ",
+              num_classes, "] (-1 ignored, 0 background, 1..C classes), got values in [", v[0],
+              ", ", v[1], "]");
+  if (group_ids.has_value()) {
+    TORCH_CHECK(v[2] >= 0 && v[3] < num_groups, "dr_loss: group_ids must lie in [0, ",
+                num_groups, ") (num_groups = ", num_groups, "), got values in [", v[2], ", ",
+                v[3], "]");
   }
 }
 
-Params check_backward_inputs(const at::Tensor& logits, const at::Tensor& labels,
+Params check_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& logits,
+                             const at::Tensor& labels,
                              const std::optional<at::Tensor>& group_ids, const at::Tensor& stats,
                              double pos_lambda, double neg_lambda, double L, double margin,
                              double tau, c10::string_view smoothing, double rho,
                              c10::string_view pairing) {
+  TORCH_CHECK(grad_loss.numel() == 1 && at::isFloatingType(grad_loss.scalar_type()),
+              "dr_loss_backward: grad_loss must be one floating-point value (the gradient of "
+              "the scalar loss), got shape ", grad_loss.sizes(), " ", grad_loss.scalar_type());
+  TORCH_CHECK(grad_loss.device() == logits.device(), "dr_loss_backward: grad_loss is on ",
+              grad_loss.device(), " but logits on ", logits.device());
   TORCH_CHECK(stats.dim() == 2 && stats.size(1) == kNumStats &&
                   stats.scalar_type() == at::kDouble,
               "dr_loss_backward: stats must be the (G, ", int(kNumStats),
               ") float64 tensor of the forward, got ", stats.sizes(), " ", stats.scalar_type());
+  TORCH_CHECK(stats.device() == logits.device(), "dr_loss_backward: stats are on ",
+              stats.device(), " but logits on ", logits.device());
   return check_inputs(logits, labels, group_ids, stats.size(0), pos_lambda, neg_lambda, L,
                       margin, tau, smoothing, rho, pairing);
 }

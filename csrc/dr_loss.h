@@ -261,22 +261,27 @@ DRDET_HOST_DEVICE GroupGrad<T> load_group_grad(const double* row, T grad_out) {
 //   negative: coef_neg * q_j * (1 + (p_j - P-) / lambda-)
 //   positive (dr): coef_pos * q_j * (1 - (p_j - P+) / lambda+), coef_pos = d loss / d P+
 //   positive (negonly): -coef_pos * l'(P- - p_j + margin)
+// inv_neg = T(1 / lambda-) and inv_pos = T(1 / lambda+), hoisted out of the element loops.
 template <typename T>
-DRDET_HOST_DEVICE T grad_logit(T x, bool positive, const GroupGrad<T>& g, const Params& prm) {
+DRDET_HOST_DEVICE T grad_logit(T x, bool positive, const GroupGrad<T>& g, const Params& prm,
+                               T inv_neg, T inv_pos) {
   const T p = sigmoid(x);
   T d;
   if (!positive) {
-    const T inv = T(1.0 / prm.neg_lambda);
-    const T q = math_exp((p - g.neg_max) * inv) * g.inv_neg_sum_w;
-    d = g.coef_neg * q * (T(1) + (p - g.neg_mean) * inv);
+    const T q = math_exp((p - g.neg_max) * inv_neg) * g.inv_neg_sum_w;
+    d = g.coef_neg * q * (T(1) + (p - g.neg_mean) * inv_neg);
   } else if (prm.pairing == Pairing::kDR) {
-    const T inv = T(1.0 / prm.pos_lambda);
-    const T q = math_exp((g.pos_min - p) * inv) * g.inv_pos_sum_w;
-    d = g.coef_pos * q * (T(1) - (p - g.pos_mean) * inv);
+    const T q = math_exp((g.pos_min - p) * inv_pos) * g.inv_pos_sum_w;
+    d = g.coef_pos * q * (T(1) - (p - g.pos_mean) * inv_pos);
   } else {
     d = -g.coef_pos * smooth_grad(g.neg_mean - p + T(prm.margin), prm);
   }
   return d * p * (T(1) - p);
+}
+
+template <typename T>
+DRDET_HOST_DEVICE T grad_logit(T x, bool positive, const GroupGrad<T>& g, const Params& prm) {
+  return grad_logit(x, positive, g, prm, T(1.0 / prm.neg_lambda), T(1.0 / prm.pos_lambda));
 }
 
 }  // namespace dr_loss
@@ -296,13 +301,15 @@ Params check_inputs(const at::Tensor& logits, const at::Tensor& labels,
                     c10::string_view smoothing, double rho, c10::string_view pairing);
 
 // Checks that labels lie in [-1, C] and group ids in [0, num_groups) (reads the data; on CUDA
-// this synchronises once).
+// this synchronises once: one device-to-host copy of the four extremes).
 void check_values(const at::Tensor& labels, const std::optional<at::Tensor>& group_ids,
                   int64_t num_classes, int64_t num_groups);
 
-// Checks the arguments of the backward (the forward's (G, kNumStats) float64 statistics
-// included) and returns the parsed parameters.
-Params check_backward_inputs(const at::Tensor& logits, const at::Tensor& labels,
+// Checks the arguments of the backward (shapes, dtypes and devices of grad_loss, a one-value
+// tensor, and of the forward's (G, kNumStats) float64 statistics included; no data access) and
+// returns the parsed parameters.
+Params check_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& logits,
+                             const at::Tensor& labels,
                              const std::optional<at::Tensor>& group_ids, const at::Tensor& stats,
                              double pos_lambda, double neg_lambda, double L, double margin,
                              double tau, c10::string_view smoothing, double rho,

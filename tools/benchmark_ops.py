@@ -11,6 +11,13 @@
   (< 1 means drdet is faster).
 - Sigmoid focal loss forward + backward on 2 images x 100k anchors x 80 classes vs torchvision's
   Python sigmoid_focal_loss.
+- On CUDA (`--device cuda`): the DR loss also at 16 x 200k x 80 with image grouping and with one
+  group; NMS also at 100k boxes; each op's time as a fraction of its memory floor (the bytes it
+  must move / the card's bandwidth / the time: 1.0 would be the bandwidth limit). The bandwidth is
+  read from the device properties (2 x memory clock x bus width) or given with --bandwidth-gbs;
+  without either, the H200's 4800 GB/s is assumed (the line printed says which). Both versions of
+  the CUDA kernels are timed (drdet.layers.set_cuda_kernels: "v1", the verified default, and
+  "v2", not yet run on a GPU).
 - 3x3 convolution forward + backward on the CPU (`--ops winograd`, not in the default set):
   drdet's Winograd F(4x4, 3x3) (drdet/layers/winograd.py, what MODEL.CPU_WINOGRAD uses in
   training) vs torch's direct convolution (oneDNN) on the shapes of a RetinaNet R-50-FPN
@@ -19,6 +26,7 @@
   limits leave to the direct convolution (few tiles, few channels), timed on both paths.
 """
 import argparse
+import functools
 import math
 import os
 import statistics
@@ -30,10 +38,57 @@ import torch.nn.functional as F
 import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from drdet.layers import batched_nms, dr_loss, nms, sigmoid_focal_loss  # noqa: E402
+from drdet.layers import (  # noqa: E402
+    batched_nms,
+    dr_loss,
+    get_cuda_kernels,
+    nms,
+    set_cuda_kernels,
+    sigmoid_focal_loss,
+)
 from drdet.layers.winograd import conv3x3_levels  # noqa: E402
 
 NEG_LAMBDA = 0.1 / math.log(3.5)
+H200_BANDWIDTH_GBS = 4800.0
+CUDA_VERSIONS = ("v1", "v2")  # what drdet.layers.set_cuda_kernels accepts
+
+
+def card_bandwidth(args):
+    """(bytes per second of the GPU's memory, where the figure comes from)."""
+    if args.bandwidth_gbs is not None:
+        return args.bandwidth_gbs * 1e9, "--bandwidth-gbs"
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    clock_khz = getattr(props, "memory_clock_rate", 0) or 0
+    bus_bits = getattr(props, "memory_bus_width", 0) or 0
+    bandwidth = 2.0 * clock_khz * 1e3 * bus_bits / 8  # double data rate
+    if 100e9 <= bandwidth <= 50e12:
+        return bandwidth, (f"device properties: 2 x {clock_khz / 1e3:.0f} MHz x {bus_bits}-bit "
+                           "bus")
+    return H200_BANDWIDTH_GBS * 1e9, ("assumed: the H200's 4800 GB/s (the device properties "
+                                      "give no memory clock; set --bandwidth-gbs)")
+
+
+def floor_fraction(num_bytes, seconds, args, device):
+    """Fraction of the memory floor reached on CUDA: num_bytes / bandwidth / seconds, as text."""
+    if args.bandwidth is None or str(device) != "cuda":
+        return ""
+    return f"floor {num_bytes / args.bandwidth / seconds:6.1%}"
+
+
+def cuda_versions(device):
+    """The CUDA kernel versions to time on `device` (one pass, version unchanged, on the CPU)."""
+    return CUDA_VERSIONS if str(device) == "cuda" else (None,)
+
+
+def with_version(version, fn):
+    """fn() with the CUDA kernels of `version` (None: as they are)."""
+    if version is None:
+        return fn()
+    previous = set_cuda_kernels(version)
+    try:
+        return fn()
+    finally:
+        set_cuda_kernels(previous)
 
 
 def masked_dr_loss(logits, labels, group_ids, num_groups, pos_lambda=1.0, neg_lambda=NEG_LAMBDA,
@@ -128,10 +183,13 @@ def bench_dr_loss(device, args):
           f"\nDR loss forward+backward on {torch.cuda.get_device_name()}")
     print(f"{'images x anchors x classes':>28} {'impl':>8} {'time ms':>9} {'peak MiB':>9} "
           f"{'speed-up':>9}")
-    sizes = [(2, 100_000, 80)] if args.quick and device == "cpu" else [(2, 100_000, 80),
-                                                                         (2, 200_000, 80)]
+    if device == "cpu":
+        sizes = [(2, 100_000, 80, "image")] + ([] if args.quick else [(2, 200_000, 80, "image")])
+    else:  # the shapes of issue 15
+        sizes = [(2, 200_000, 80, "image"), (16, 200_000, 80, "image"),
+                 (16, 200_000, 80, "one group")]
     gen = torch.Generator().manual_seed(0)
-    for images, anchors, classes in sizes:
+    for images, anchors, classes, grouping in sizes:
         n = images * anchors
         logits = torch.randn(n, classes, generator=gen).to(device)
         labels = torch.zeros(n, dtype=torch.long)
@@ -139,14 +197,22 @@ def bench_dr_loss(device, args):
         fg = torch.rand(n, generator=gen) < 0.01
         labels[fg] = torch.randint(1, classes + 1, (int(fg.sum()),), generator=gen)
         labels = labels.to(device)
-        gids = torch.arange(images).repeat_interleave(anchors).to(device)
-        t_ref, m_ref = _time_fwd_bwd(masked_dr_loss, logits, labels, gids, images, device, reps)
-        t_drd, m_drd = _time_fwd_bwd(_fused, logits, labels, gids, images, device, reps)
-        shape = f"{images} x {anchors // 1000}k x {classes}"
+        groups = images if grouping == "image" else 1
+        gids = torch.arange(images).repeat_interleave(anchors).to(device) % groups
+        # the floor: read the logits, labels and group ids in the forward and again in the
+        # backward, write the gradient
+        floor_bytes = 3 * logits.numel() * logits.element_size() + 2 * n * (8 + 8)
+        t_ref, m_ref = _time_fwd_bwd(masked_dr_loss, logits, labels, gids, groups, device, reps)
+        shape = f"{images} x {anchors // 1000}k x {classes}" + (
+            "" if grouping == "image" else ", 1 group")
         mib = 1 / 2**20
         print(f"{shape:>28} {'masked':>8} {t_ref * 1e3:9.1f} {m_ref * mib:9.1f}")
-        print(f"{shape:>28} {'drdet':>8} {t_drd * 1e3:9.1f} {m_drd * mib:9.1f} "
-              f"{t_ref / t_drd:8.1f}x")
+        for version in cuda_versions(device):
+            t_drd, m_drd = with_version(version, functools.partial(
+                _time_fwd_bwd, _fused, logits, labels, gids, groups, device, reps))
+            impl = "drdet" if version is None else f"drdet {version}"
+            print(f"{shape:>28} {impl:>8} {t_drd * 1e3:9.2f} {m_drd * mib:9.1f} "
+                  f"{t_ref / t_drd:8.1f}x {floor_fraction(floor_bytes, t_drd, args, device)}")
         print(f"{'':>28} (logits: {logits.numel() * logits.element_size() * mib:.1f} MiB; "
               f"the gradient is one more)")
 
@@ -169,9 +235,9 @@ def measure(fn, device, repeat, warmup=1):
     return statistics.median(timed_call(fn, device) * 1e3 for _ in range(repeat))
 
 
-def report(op, size, ours_ms, ref_ms, ref_name):
+def report(op, size, ours_ms, ref_ms, ref_name, floor=""):
     print(f"  {op:<14} {size:<42} drdet {ours_ms:9.3f} ms   {ref_name} {ref_ms:9.3f} ms   "
-          f"ratio {ours_ms / ref_ms:5.2f}")
+          f"ratio {ours_ms / ref_ms:5.2f}" + (f"   {floor}" if floor else ""))
 
 
 def random_boxes(n, device, image_size=800.0, max_size=200.0):
@@ -185,18 +251,28 @@ def bench_nms(device, args):
     """nms and batched_nms (80 classes, IoU 0.5) vs torchvision, 1k / 5k / 20k boxes."""
     print(f"NMS on {device} (IoU 0.5, 80 classes, random boxes in an 800 x 800 image)")
     repeat = 3 if args.quick and device.type == "cpu" else args.repeat
-    for n in (1000, 5000, 20000):
+    sizes = (1000, 5000, 20000) + ((100_000,) if device.type == "cuda" else ())
+    for n in sizes:
         torch.manual_seed(n)
         boxes = random_boxes(n, device)
         scores = torch.rand(n, device=device)
         class_ids = torch.randint(0, 80, (n,), device=device)
-        ours = measure(lambda: nms(boxes, scores, 0.5), device, repeat)
-        ref = measure(lambda: torchvision.ops.nms(boxes, scores, 0.5), device, repeat)
-        report("nms", f"{n} boxes", ours, ref, "torchvision")
-        ours = measure(lambda: batched_nms(boxes, scores, class_ids, 0.5), device, repeat)
-        ref = measure(lambda: torchvision.ops.batched_nms(boxes, scores, class_ids, 0.5),
-                      device, repeat)
-        report("batched_nms", f"{n} boxes", ours, ref, "torchvision")
+        floor_bytes = n * (16 + 4 + 8)  # read boxes, scores (and class ids) once
+        single = (boxes, scores, 0.5)
+        batched = (boxes, scores, class_ids, 0.5)
+        ref = measure(functools.partial(torchvision.ops.nms, *single), device, repeat)
+        ref_batched = measure(functools.partial(torchvision.ops.batched_nms, *batched), device,
+                              repeat)
+        for version in cuda_versions(device):
+            label = f"{n} boxes" + ("" if version is None else f", kernels {version}")
+            ours = with_version(version, functools.partial(
+                measure, functools.partial(nms, *single), device, repeat))
+            report("nms", label, ours, ref, "torchvision",
+                   floor_fraction(floor_bytes, ours / 1e3, args, device))
+            ours = with_version(version, functools.partial(
+                measure, functools.partial(batched_nms, *batched), device, repeat))
+            report("batched_nms", label, ours, ref_batched, "torchvision",
+                   floor_fraction(floor_bytes, ours / 1e3, args, device))
 
 
 def bench_focal(device, args):
@@ -226,8 +302,11 @@ def bench_focal(device, args):
         (per_entry * valid).sum().backward()
 
     repeat = 3 if device.type == "cpu" else args.repeat
-    report("focal fwd+bwd", f"{images}x{anchors}x{classes}", measure(ours, device, repeat),
-           measure(reference, device, repeat), "torchvision")
+    ours_ms = measure(ours, device, repeat)
+    floor_bytes = 3 * logits.numel() * logits.element_size() + 2 * n * 8
+    report("focal fwd+bwd", f"{images}x{anchors}x{classes}", ours_ms,
+           measure(reference, device, repeat), "torchvision",
+           floor_fraction(floor_bytes, ours_ms / 1e3, args, device))
 
 
 def bench_winograd(device, args):
@@ -278,7 +357,12 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument("--ops", default="dr,nms,focal",
                         help="comma-separated subset of dr,nms,focal,winograd to run")
+    parser.add_argument("--bandwidth-gbs", type=float, default=None,
+                        help="the GPU's memory bandwidth in GB/s for the floor fractions "
+                             "(default: from the device properties, else the H200's "
+                             f"{H200_BANDWIDTH_GBS:.0f})")
     args = parser.parse_args()
+    args.bandwidth = None
     torch.set_num_threads(args.threads)
     ops = set(args.ops.split(","))
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
@@ -290,6 +374,10 @@ def main():
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
           f"{torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
+    if "cuda" in devices:
+        args.bandwidth, source = card_bandwidth(args)
+        print(f"memory floor: {args.bandwidth / 1e9:.0f} GB/s ({source}); CUDA kernels timed: "
+              f"{', '.join(CUDA_VERSIONS)} (in use: {get_cuda_kernels()})")
     for name in devices:
         if "dr" in ops:
             bench_dr_loss(name, args)

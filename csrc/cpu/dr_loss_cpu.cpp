@@ -531,9 +531,13 @@ at::Tensor dr_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& l
                                 const at::Tensor& stats, double pos_lambda, double neg_lambda,
                                 double L, double margin, double tau, c10::string_view smoothing,
                                 double rho, c10::string_view pairing) {
-  const Params prm = check_backward_inputs(logits, labels, group_ids, stats, pos_lambda,
-                                           neg_lambda, L, margin, tau, smoothing, rho, pairing);
+  const Params prm = check_backward_inputs(grad_loss, logits, labels, group_ids, stats,
+                                           pos_lambda, neg_lambda, L, margin, tau, smoothing,
+                                           rho, pairing);
   const int64_t num_groups = stats.size(0);
+  // Labels outside [-1, C] and group ids outside [0, G) are caught in the row loop (such a row
+  // is written as zeros, never indexed with) and reported by check_values after it.
+  std::atomic<bool> bad_value{false};
   const int64_t N = logits.size(0), C = logits.size(1);
   const at::Tensor x = logits.contiguous();
   const at::Tensor lab = labels.to(at::kLong).contiguous();
@@ -560,16 +564,21 @@ at::Tensor dr_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& l
       std::vector<acc_t> buf(C);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t y = lab_p[r];
+        const int64_t g = gid_p ? gid_p[r] : 0;
         scalar_t* out = g_p + r * C;
-        if (y < 0) {
+        if (y < 0 || y > C || g < 0 || g >= num_groups) {
           std::fill(out, out + C, scalar_t(0));
+          if (y != -1) bad_value.store(true, std::memory_order_relaxed);
           continue;
         }
-        backward_row(isa, x_p + r * C, C, y - 1, group_grad[gid_p ? gid_p[r] : 0], prm,
-                     buf.data(), out);
+        backward_row(isa, x_p + r * C, C, y - 1, group_grad[g], prm, buf.data(), out);
       }
     });
   });
+  if (bad_value.load()) {
+    check_values(labels, group_ids, C, num_groups);  // throws with the offending range
+    TORCH_CHECK(false, "dr_loss_backward: labels or group_ids out of range");
+  }
   return grad;
 }
 

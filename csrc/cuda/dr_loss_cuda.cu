@@ -2,10 +2,12 @@
 //   1. row_stats: one warp per row writes the row's negative softmax statistic (max, sum w,
 //      sum w p) and its positive score to a (N, 4) workspace;
 //   2. group_reduce: one block per group merges the rows of its group (fixed thread order and
-//      cub::BlockReduce) and, for "negonly", sums l and l' over its positives;
+//      cub::BlockReduce) and, for "negonly", sums l and l' over its positives; without group
+//      ids every row is in group 0;
 //   3. finish: one thread averages over the counted groups;
 //   backward: one element-wise pass given the per-group statistics.
 // The per-element math is in dr_loss.h, shared with (and tested through) the CPU kernels.
+// DRDET_CUDA_KERNELS=v2 routes both ops to version 2 (dr_loss_cuda_v2.cu, not yet run on a GPU).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -15,6 +17,8 @@
 
 #include <cub/block/block_reduce.cuh>
 
+#include "cuda/dr_loss_cuda_v2.h"
+#include "cuda/kernel_version.h"
 #include "dr_loss.h"
 
 namespace drdet {
@@ -77,6 +81,12 @@ __global__ void row_stats_kernel(const scalar_t* __restrict__ logits,
   }
 }
 
+// Whether row r belongs to group g. Without group ids every row is in group 0, as on the CPU
+// (the other groups stay empty and are not counted).
+__device__ __forceinline__ bool in_group(const int64_t* group_ids, int64_t r, int64_t g) {
+  return group_ids != nullptr ? group_ids[r] == g : g == 0;
+}
+
 template <typename acc_t>
 struct MergeAccum {
   acc_t inv_neg, inv_pos;
@@ -117,7 +127,7 @@ __global__ void group_reduce_kernel(const acc_t* __restrict__ ws,
   GroupAccum<acc_t> acc = empty_accum<acc_t>();
   for (int64_t r = threadIdx.x; r < N; r += kReduceThreads) {
     const int64_t y = labels[r];
-    if (y < 0 || (group_ids != nullptr && group_ids[r] != g)) continue;
+    if (y < 0 || !in_group(group_ids, r, g)) continue;
     const acc_t* row = ws + r * 4;
     acc.num_valid += 1;
     acc.neg = merge(acc.neg, SoftmaxStat<acc_t>{row[0], row[1], row[2]}, inv_neg);
@@ -134,7 +144,7 @@ __global__ void group_reduce_kernel(const acc_t* __restrict__ ws,
   if (prm.pairing == Pairing::kNegOnly) {
     const acc_t neg_mean = neg_mean_shared;
     for (int64_t r = threadIdx.x; r < N; r += kReduceThreads) {
-      if (labels[r] <= 0 || (group_ids != nullptr && group_ids[r] != g)) continue;
+      if (labels[r] <= 0 || !in_group(group_ids, r, g)) continue;
       const acc_t z = neg_mean - ws[r * 4 + 3] + acc_t(prm.margin);
       sums.a += smooth_value(z, prm);
       sums.b += smooth_grad(z, prm);
@@ -176,6 +186,10 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cuda(
     const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& group_ids,
     int64_t num_groups, double pos_lambda, double neg_lambda, double L, double margin, double tau,
     c10::string_view smoothing, double rho, c10::string_view pairing) {
+  if (cuda_kernel_version() == 2) {
+    return dr_loss_forward_cuda_v2(logits, labels, group_ids, num_groups, pos_lambda, neg_lambda,
+                                   L, margin, tau, smoothing, rho, pairing);
+  }
   const Params prm = check_inputs(logits, labels, group_ids, num_groups, pos_lambda, neg_lambda,
                                   L, margin, tau, smoothing, rho, pairing);
   const int64_t N = logits.size(0), C = logits.size(1);
@@ -218,10 +232,17 @@ at::Tensor dr_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& 
                                  const at::Tensor& stats, double pos_lambda, double neg_lambda,
                                  double L, double margin, double tau, c10::string_view smoothing,
                                  double rho, c10::string_view pairing) {
-  const Params prm = check_backward_inputs(logits, labels, group_ids, stats, pos_lambda,
-                                           neg_lambda, L, margin, tau, smoothing, rho, pairing);
-  const c10::cuda::CUDAGuard guard(logits.device());
+  if (cuda_kernel_version() == 2) {
+    return dr_loss_backward_cuda_v2(grad_loss, logits, labels, group_ids, stats, pos_lambda,
+                                    neg_lambda, L, margin, tau, smoothing, rho, pairing);
+  }
+  const Params prm = check_backward_inputs(grad_loss, logits, labels, group_ids, stats,
+                                           pos_lambda, neg_lambda, L, margin, tau, smoothing,
+                                           rho, pairing);
   const int64_t N = logits.size(0), C = logits.size(1);
+  // The kernel indexes stats with the group ids: one cheap check (one synchronisation).
+  check_values(labels, group_ids, C, stats.size(0));
+  const c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor x = logits.contiguous();
   const at::Tensor lab = labels.to(at::kLong).contiguous();
   const at::Tensor gid =

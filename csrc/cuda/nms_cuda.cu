@@ -9,11 +9,16 @@
 //    shared memory; each kept position ORs its mask row into it. The block syncs once per tile of
 //    64 positions: within a tile, each thread owns the same words of the bitmask throughout.
 // 3. kept_indices (nms.cpp) turns the keep flags into original indices in score order.
+// The mask spans all boxes and the reduction's bitmask lives in shared memory: at most 393,216
+// boxes. DRDET_CUDA_KERNELS=v2 routes both ops to version 2 (nms_cuda_v2.cu: per-class masks,
+// no such limit; not yet run on a GPU).
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "cuda/kernel_version.h"
+#include "cuda/nms_cuda_v2.h"
 #include "nms.h"
 
 namespace drdet {
@@ -122,6 +127,9 @@ __global__ void reduce_kernel(int64_t n, int64_t num_tiles, const MaskWord* __re
 
 at::Tensor nms_cuda_impl(const char* op, const at::Tensor& boxes, const at::Tensor& scores,
                          const at::Tensor& class_ids, double iou_threshold) {
+  if (cuda_kernel_version() == 2) {
+    return nms_cuda_v2(op, boxes, scores, class_ids, iou_threshold);
+  }
   check_nms_args(op, boxes, scores, class_ids, iou_threshold);
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);

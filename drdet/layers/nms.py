@@ -4,6 +4,11 @@ Native CPU/CUDA ops (``torch.ops.drdet.nms`` / ``batched_nms``) that give torchv
 (``torchvision.ops.nms`` / ``batched_nms``) on inputs without score ties. batched_nms runs the
 classes independently inside the op (in parallel on the CPU, masked in one bitmask kernel on
 CUDA), with no Python loop over classes and no coordinate offsets.
+
+CUDA kernels: version "v1" (the default, verified on a GPU) makes one suppression mask over all
+boxes and handles at most 393,216 boxes; version "v2" (``drdet.layers.set_cuda_kernels("v2")`` or
+``DRDET_CUDA_KERNELS=v2``) makes one mask per class segment (memory grows with the boxes per
+class) and has no such limit, but has NOT YET RUN ON A GPU.
 """
 import torch
 from torch import Tensor
@@ -27,7 +32,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         (K,) int64 indices into ``boxes`` of the kept boxes, in decreasing score order.
 
     Raises:
-        RuntimeError: on a wrong shape, dtype or device, or a non-finite threshold.
+        RuntimeError: on a wrong shape, dtype or device, or a non-finite threshold; on CUDA with
+            the default kernels ("v1"), above 393,216 boxes (see the module docstring).
     """
     return ops.nms(boxes, scores, float(iou_threshold))
 
@@ -45,7 +51,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, class_ids: Tensor, iou_threshold:
         (K,) int64 indices into ``boxes`` of the kept boxes, in decreasing score order.
 
     Raises:
-        RuntimeError: on a wrong shape, dtype or device, or a non-finite threshold.
+        RuntimeError: on a wrong shape, dtype or device, or a non-finite threshold; on CUDA with
+            the default kernels ("v1"), above 393,216 boxes in all (with "v2" there is no limit
+            below the GPU's memory: the mask takes about n_c^2 / 8 bytes per class of n_c boxes).
     """
     return ops.batched_nms(boxes, scores, class_ids, float(iou_threshold))
 
