@@ -308,3 +308,13 @@ def test_the_same_image_file_under_two_ids_is_warned_about_once(tmp_path, caplog
     lines = [r.getMessage() for r in caplog.records if "1.png" in r.getMessage()]
     assert len(lines) == 1, lines
     assert ann in lines[0] and "ids 1, 3" in lines[0], lines
+
+
+def test_both_umask_readers_agree():
+    from drdet.utils import io
+
+    with umask(0o027):
+        io._umask_by_setting_it.cache_clear()
+        assert io.current_umask() == 0o027 == io._umask_by_setting_it()
+        assert os.umask(0o027) == 0o027  # reading it left it unchanged
+    io._umask_by_setting_it.cache_clear()
