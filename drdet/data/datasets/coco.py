@@ -204,7 +204,7 @@ class COCODataset(GuardedReads, torch.utils.data.Dataset):
         self.num_dropped_boxes = 0
         self.num_clipped_boxes = 0
         self.num_crowd_boxes = 0
-        self._clipped_ids: list = []  # the first NAMED_IDS + 1 annotation ids of each kind
+        self._clipped_ids: list = []  # the first annotation ids of each kind (> NAMED_IDS: "...")
         self._dropped_ids: list = []
         self._boxes: dict[int, np.ndarray] = {}
         self._labels: dict[int, np.ndarray] = {}
