@@ -10,9 +10,10 @@ import stat
 from contextlib import contextmanager
 
 import cv2
-import numpy as np
 import pytest
 import torch
+from test_bad_data import good_files, loader_cfg, write_set  # tests/ is on sys.path
+from tool_loader import load_tool
 
 from drdet.data import build_data_loader
 from drdet.data.catalog import get_dataset
@@ -23,8 +24,6 @@ from drdet.engine.hooks import HookBase
 from drdet.engine.predictor import Predictor
 from drdet.modeling import build_detector
 from drdet.utils.io import atomic_write_json, atomic_write_text
-from test_bad_data import good_files, loader_cfg, write_set  # tests/ is on sys.path
-from tool_loader import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

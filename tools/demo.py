@@ -98,7 +98,7 @@ def list_images(paths: Sequence[str]) -> List[str]:
     return files
 
 
-def read_images(files: Sequence[str], unreadable: List[str]
+def read_images(files: Sequence[str], unreadable: list[str]
                 ) -> Iterator[Tuple[str, str, np.ndarray]]:
     """(source name, output file name, BGR image) per file. A file OpenCV cannot decode is
     skipped with a warning and appended to `unreadable`."""
@@ -151,7 +151,7 @@ def main(argv=None) -> List[Dict]:
     cfg = load_config(args.config_file, args.opts)
     predictor = Predictor(cfg)
     class_names = class_names_from_cfg(cfg)
-    unreadable: List[str] = []
+    unreadable: list[str] = []
     if args.input:
         frames = read_images(list_images(args.input), unreadable)
     else:
@@ -160,7 +160,7 @@ def main(argv=None) -> List[Dict]:
             raise FileNotFoundError(f"video {args.video!r} does not exist")
         frames = read_frames(source, args.max_frames)
     os.makedirs(args.output, exist_ok=True)
-    records: List[Dict] = []
+    records: list[dict] = []
     try:
         for source, name, image in frames:
             record = detections_record(source, os.path.join(args.output, name), image,
@@ -179,7 +179,7 @@ def main(argv=None) -> List[Dict]:
     return records
 
 
-def write_detections(folder: str, records: List[Dict], unreadable: Sequence[str]) -> None:
+def write_detections(folder: str, records: list[dict], unreadable: Sequence[str]) -> None:
     """Writes folder/detections.json (atomically) and says how many images were skipped."""
     path = os.path.join(folder, "detections.json")
     atomic_write_text(path, json.dumps(records, indent=1))

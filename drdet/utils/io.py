@@ -26,7 +26,7 @@ def current_umask() -> int:
     return _umask_by_setting_it()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _umask_by_setting_it() -> int:
     with _UMASK_LOCK:
         mask = os.umask(0o077)  # the strictest value while it is being read

@@ -1,6 +1,7 @@
 """A stop request by SIGINT/SIGTERM that the training loop polls between iterations."""
+from __future__ import annotations
+
 import signal
-from typing import Optional
 
 
 class StopRequest:
@@ -15,10 +16,10 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
-        self.signum: Optional[int] = None
+        self.signum: int | None = None
         self._previous = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
