@@ -316,7 +316,8 @@ def test_degenerate_and_outside_boxes_are_clipped_or_dropped_and_counted(tmp_pat
         [[4.0, 4, 24, 20], [50, 40, 64, 48], [0, 0, 10, 5]]))
     assert target["labels"].tolist() == [1, 1, 1]
     assert ds.num_clipped_boxes == 2 and ds.num_dropped_boxes == 3
-    assert "2 boxes clipped to their image, 3 dropped" in caplog.text
+    assert ("2 boxes clipped to their image (annotation ids 1, 2); 3 dropped" in caplog.text
+            and "(annotation ids 3, 4, 5)" in caplog.text), caplog.text
 
 
 @pytest.mark.parametrize("workers", WORKERS)

@@ -193,7 +193,7 @@ def test_torchvision_coco_columns_become_contiguous_labels(tmp_path):
     index = torch.tensor(COCO_CATEGORY_IDS)
     torch.testing.assert_close(ours, theirs[..., index], rtol=0, atol=1e-3)
     with pytest.raises(ValueError, match="look like torchvision_retinanet"):
-        _converter().convert_file(path, out, source="maskrcnn-benchmark")
+        _converter().convert_file(path, str(tmp_path / "other.pth"), source="maskrcnn-benchmark")
 
 
 def test_detector_checkpoints_are_not_loaded_unconverted(tv_converted):

@@ -24,7 +24,10 @@ The output records the source's anchor convention; loading it into a model with 
 ImageNet backbones (torchvision ResNet .pth, MSRA R-50.pkl) need no conversion: set MODEL.WEIGHT.
 
   python tools/convert_checkpoint.py IN.pth OUT.pth [--source ...] [--coco-category-ids]
-      [--allow-pickle]
+      [--allow-pickle] [--force]
+
+An existing OUT is replaced only with --force; OUT can never be IN (the same path or the same
+file through a link). OUT is written atomically with the mode a new file gets under the umask.
 
 --allow-pickle unpickles the input fully (old checkpoints holding Python objects): only for
 files you trust. The output holds tensors only and loads with torch.load(weights_only=True).
@@ -52,9 +55,24 @@ CONVENTIONS = {"torchvision_retinanet": "torchvision", "maskrcnn_benchmark": "ma
 logger = logging.getLogger("drdet.convert_checkpoint")
 
 
+def check_output(src: str, dst: str, force: bool) -> None:
+    """Refuses `dst` when it is `src` (after realpath, or the same file by os.path.samefile:
+    hard and symbolic links) and, unless `force`, when it exists."""
+    same = os.path.realpath(src) == os.path.realpath(dst)
+    if not same and os.path.exists(src) and os.path.exists(dst):
+        same = os.path.samefile(src, dst)
+    if same:
+        raise ValueError(f"output {dst!r} is the same file as the input {src!r}; write the "
+                         "converted checkpoint to another path")
+    if os.path.lexists(dst) and not force:
+        raise FileExistsError(f"output {dst!r} already exists; pass --force to replace it")
+
+
 def convert_file(src: str, dst: str, source: str = "auto", coco_category_ids: bool = False,
-                 allow_pickle: bool = False) -> dict:
-    """Convert `src` to a drdet checkpoint at `dst`; return the converted state dict."""
+                 allow_pickle: bool = False, force: bool = False) -> dict:
+    """Convert `src` to a drdet checkpoint at `dst`; return the converted state dict. An
+    existing `dst` is replaced only when `force`; `dst` == `src` is always refused."""
+    check_output(src, dst, force)
     state = load_checkpoint_file(src, allow_pickle=allow_pickle)["model"]
     fmt = detect_format(state)
     if source != "auto" and SOURCES[source] != fmt:
@@ -92,9 +110,11 @@ def main(argv=None) -> None:
                              "drdet's labels 1..80")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="fully unpickle the input (trusted files only)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    convert_file(args.input, args.output, args.source, args.coco_category_ids, args.allow_pickle)
+    convert_file(args.input, args.output, args.source, args.coco_category_ids, args.allow_pickle,
+                 force=args.force)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,15 @@ detections.json is a list with one record per image or frame:
      "scores": [...], "labels": [1..C], "class_names": [...]}
 Class names come from the first dataset of DATASETS.TRAIN when it can be opened, else
 "class <k>".
+
+A file OpenCV cannot decode is skipped with a warning naming it, and the count is given at the
+end; the entries of an input folder that are not image files (other files, sub-folders) are
+listed in one warning. detections.json is always written, with the records of what was
+processed, also when an error stops the run part way (the error is raised afterwards).
 """
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -28,9 +34,19 @@ import numpy as np  # noqa: E402
 
 from drdet.engine.defaults import class_names_from_cfg, load_config  # noqa: E402
 from drdet.engine.predictor import Predictor  # noqa: E402
+from drdet.utils.io import atomic_write_text  # noqa: E402
 from drdet.utils.visualize import draw_detections, label_name  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MAX_NAMED = 10  # names listed in one warning
+
+logger = logging.getLogger("drdet.demo")
+
+
+def named(items: Sequence[str], limit: int = MAX_NAMED) -> str:
+    """"a, b, c" of the first `limit` items, with ", ... (N more)" when there are more."""
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
 
 def parse_args(argv=None):
@@ -57,12 +73,21 @@ def parse_args(argv=None):
 
 
 def list_images(paths: Sequence[str]) -> List[str]:
-    """Image files of ``paths``: files as given, folders expanded to their image files."""
+    """Image files of ``paths``: files as given, folders expanded to their image files (sorted,
+    not recursive; the other entries of each folder are named in one warning)."""
     files = []
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(os.path.join(path, f) for f in os.listdir(path)
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            found, others = [], []
+            for entry in sorted(os.listdir(path)):
+                full = os.path.join(path, entry)
+                if os.path.isfile(full) and entry.lower().endswith(IMAGE_EXTENSIONS):
+                    found.append(full)
+                else:
+                    others.append(entry + "/" if os.path.isdir(full) else entry)
+            if others:
+                logger.warning("%s: skipping %d entries that are not image files (%s): %s",
+                               path, len(others), " ".join(IMAGE_EXTENSIONS), named(others))
             if not found:
                 raise FileNotFoundError(f"folder {path!r} has no image files ({IMAGE_EXTENSIONS})")
             files.extend(found)
@@ -73,13 +98,17 @@ def list_images(paths: Sequence[str]) -> List[str]:
     return files
 
 
-def read_images(files: Sequence[str]) -> Iterator[Tuple[str, str, np.ndarray]]:
-    """(source name, output file name, BGR image) per file; unreadable files raise."""
+def read_images(files: Sequence[str], unreadable: list[str]
+                ) -> Iterator[Tuple[str, str, np.ndarray]]:
+    """(source name, output file name, BGR image) per file. A file OpenCV cannot decode is
+    skipped with a warning and appended to `unreadable`."""
     used = set()
     for path in files:
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
-            raise ValueError(f"cannot read image {path!r} (not an image OpenCV can decode)")
+            logger.warning("skipping %r: not an image OpenCV can decode", path)
+            unreadable.append(path)
+            continue
         stem, ext = os.path.splitext(os.path.basename(path))
         name, k = f"{stem}{ext.lower()}", 1
         while name in used:  # same file name in two folders
@@ -122,29 +151,42 @@ def main(argv=None) -> List[Dict]:
     cfg = load_config(args.config_file, args.opts)
     predictor = Predictor(cfg)
     class_names = class_names_from_cfg(cfg)
+    unreadable: list[str] = []
     if args.input:
-        frames = read_images(list_images(args.input))
+        frames = read_images(list_images(args.input), unreadable)
     else:
         source = args.video if args.video is not None else args.webcam
         if args.video is not None and not os.path.isfile(args.video):
             raise FileNotFoundError(f"video {args.video!r} does not exist")
         frames = read_frames(source, args.max_frames)
     os.makedirs(args.output, exist_ok=True)
-    records = []
-    for source, name, image in frames:
-        record = detections_record(source, os.path.join(args.output, name), image,
-                                   predictor(image), args.confidence_threshold, class_names)
-        drawn = draw_detections(image, np.array(record["boxes"]).reshape(-1, 4),
-                                record["scores"], record["labels"], class_names)
-        if not cv2.imwrite(record["output"], drawn):
-            raise OSError(f"cannot write {record['output']!r}")
-        records.append(record)
-        print(f"{source}: {len(record['labels'])} detections -> {record['output']}")
+    records: list[dict] = []
+    try:
+        for source, name, image in frames:
+            record = detections_record(source, os.path.join(args.output, name), image,
+                                       predictor(image), args.confidence_threshold, class_names)
+            drawn = draw_detections(image, np.array(record["boxes"]).reshape(-1, 4),
+                                    record["scores"], record["labels"], class_names)
+            if not cv2.imwrite(record["output"], drawn):
+                raise OSError(f"cannot write {record['output']!r}")
+            records.append(record)
+            print(f"{source}: {len(record['labels'])} detections -> {record['output']}")
+    finally:  # what was processed is kept, however the loop ended
+        write_detections(args.output, records, unreadable)
     if not records:
-        raise SystemExit("no image or frame was read")
-    with open(os.path.join(args.output, "detections.json"), "w") as f:
-        json.dump(records, f, indent=1)
+        raise ValueError("no image or frame was read" + (
+            f"; {len(unreadable)} unreadable: {named(unreadable)}" if unreadable else ""))
     return records
+
+
+def write_detections(folder: str, records: list[dict], unreadable: Sequence[str]) -> None:
+    """Writes folder/detections.json (atomically) and says how many images were skipped."""
+    path = os.path.join(folder, "detections.json")
+    atomic_write_text(path, json.dumps(records, indent=1))
+    if unreadable:
+        logger.warning("%d unreadable image%s skipped: %s", len(unreadable),
+                       "" if len(unreadable) == 1 else "s", named(unreadable))
+    print(f"{len(records)} images or frames -> {path}")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def main(argv=None, hooks=()):
     """Runs the command line `argv` (default: sys.argv[1:]). `hooks` (drdet.engine.hooks.HookBase
     instances) run after the built-in ones every iteration: a user script adds its own periodic
     action with ``train_net.main(argv, hooks=[MyHook()])``. Returns the final evaluation
-    {dataset: metrics} (rank 0), or None when stopped early, skipping the test, or off rank 0."""
+    {dataset: metrics} (rank 0), or None when a hook stopped the run early, skipping the test, or
+    off rank 0. Stopped by SIGINT/SIGTERM, it raises SystemExit(128 + the signal number) once
+    the checkpoint is written: the command exits 130 / 143, not 0."""
     args = parse_args(argv)
     cfg, device, log = default_setup(args.config_file, args.opts, resume=args.resume)
     if comm.is_main_process():
@@ -93,6 +95,8 @@ def main(argv=None, hooks=()):
         log.info("Parameters identical on all %d ranks", comm.get_world_size())
     if last < cfg.SOLVER.MAX_ITER:
         log.info("Stopped at iteration %d of %d; continue with --resume", last, cfg.SOLVER.MAX_ITER)
+        if stop.requested:  # the checkpoint is written: exit 128 + the signal, not 0
+            raise SystemExit(stop.exit_status)
         return None
     if args.skip_test:
         return None

@@ -55,6 +55,27 @@ def build_dataset(names: Sequence[str], transforms, is_train: bool) -> Dataset:
     return first if len(datasets) == 1 else ConcatDataset(datasets)
 
 
+def check_training_set(dataset: Dataset, names: Sequence[str]) -> None:
+    """Raises a ValueError that says, per annotation file, why no image of the training set
+    `dataset` (DATASETS.TRAIN = `names`) is left to train on: how many images it lists and how
+    many were skipped for which reason (the datasets' `skipped_images`)."""
+    if len(dataset) > 0:
+        return
+    problems = []
+    for part in _parts(dataset):
+        source = getattr(part, "annotation_source", getattr(part, "name", "?"))
+        listed = getattr(part, "num_images_listed", None)
+        if listed == 0:
+            problems.append(f"{source} lists no images")
+            continue
+        skipped = getattr(part, "skipped_images", {})
+        reasons = f" ({', '.join(f'{n} {why}' for why, n in skipped.items())})" if skipped else ""
+        images = "images" if listed is None else f"{listed} images"
+        problems.append(f"{source}: none of the {images} has a usable box{reasons}")
+    raise ValueError(f"training set {', '.join(names)} has no image to train on: "
+                     + "; ".join(problems))
+
+
 def aspect_ratio_group_ids(dataset: Dataset) -> list[int]:
     """Group id of every index: 0 for landscape or square images (w >= h), 1 for portrait."""
     ids = []
@@ -124,6 +145,8 @@ def build_data_loader(cfg, is_train: bool, start_iter: int = 0,
     names = dataset_names if dataset_names is not None else (
         cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
     dataset = build_dataset(list(names), build_transforms(cfg, is_train), is_train)
+    if is_train:
+        check_training_set(dataset, names)
     grouping = cfg.DATALOADER.ASPECT_RATIO_GROUPING
     group_ids = aspect_ratio_group_ids(dataset) if grouping else None
     seed = int(cfg.DATALOADER.get("SEED", 0))

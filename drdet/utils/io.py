@@ -1,20 +1,46 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a partial one;
 and the removal of the temporary files that an interrupted write leaves behind."""
 import contextlib
+import functools
 import json
 import logging
 import os
 import tempfile
+import threading
 from typing import Any, Callable, Iterator, IO, List
 
 TMP_PREFIX = ".tmp-"
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (e.g. 0o022), read without changing it: from the "Umask:" line of
+    /proc/self/status (Linux 4.7+). Elsewhere os.umask must be set to read it, which briefly
+    changes the mode of files other threads create; that is done once per process and the value
+    kept (a later os.umask change is then not seen)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    return _umask_by_setting_it()
+
+
+@functools.cache
+def _umask_by_setting_it() -> int:
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)  # the strictest value while it is being read
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside `path` for writing; on a clean exit, flush, fsync and
     os.replace it onto `path` (then fsync the folder). On an exception the temporary file is
-    removed and `path` is left untouched. `mode` must be a write mode ("w" or "wb")."""
+    removed and `path` is left untouched. `mode` must be a write mode ("w" or "wb"). The file
+    gets the mode a plain open() gives a new file: 0o666 less the process umask (mkstemp's own
+    0o600 would make it unreadable to the group)."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
     folder = os.path.dirname(os.path.abspath(path))
@@ -22,6 +48,7 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + os.path.basename(path) + ".", dir=folder)
     try:
         with os.fdopen(fd, mode) as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -18,6 +18,17 @@ from ..registry import DATASET_TYPES, DatasetType, require_path, two_parts
 
 logger = logging.getLogger(__name__)
 
+# Why a training image has no box (keys of COCODataset.skipped_images).
+NO_ANNOTATIONS = "with no annotations"
+CROWD_ONLY = "with crowd boxes only"
+NO_USABLE_BOX = "whose boxes are all empty after clipping to the image or of zero or negative size"
+NAMED_IDS = 5  # ids named in a warning
+
+
+def first_ids(ids: Sequence, limit: int = NAMED_IDS) -> str:
+    """"3, 7, 9" of the first `limit` ids, with ", ..." when there are more."""
+    return ", ".join(map(str, ids[:limit])) + (", ..." if len(ids) > limit else "")
+
 
 def clip_xywh_to_xyxy(xywh: np.ndarray, height: float, width: float) -> np.ndarray:
     """COCO (x, y, w, h) boxes -> x1y1x2y2 clipped to the image (continuous, no "+1").
@@ -150,9 +161,12 @@ class COCODataset(GuardedReads, torch.utils.data.Dataset):
 
     Crowd annotations never enter the targets. Boxes are clipped to the image (their number is
     `num_clipped_boxes`) and those left with zero width or height (also boxes of zero or negative
-    size) are dropped; their number is `num_dropped_boxes` (both logged). With
-    `remove_images_without_annotations` (training) images left with no box (none, or crowd
-    only) are skipped; evaluation keeps every image of the json.
+    size) are dropped; their number is `num_dropped_boxes` (both logged with the first
+    annotation ids). With `remove_images_without_annotations` (training) images left with no box
+    are skipped, counted by reason in `skipped_images` ({NO_ANNOTATIONS / CROWD_ONLY /
+    NO_USABLE_BOX: count}); evaluation keeps every image of the json. `annotation_source` (the
+    json) and `num_images_listed` let build_data_loader say why a training set is empty. An
+    image file listed under two image ids is warned about once.
 
     Category ids: COCO's (possibly sparse) ids map to contiguous labels 1..C in increasing id
     order: `category_id_to_contiguous_id` and, for writing results, `contiguous_id_to_category_id`.
@@ -185,21 +199,32 @@ class COCODataset(GuardedReads, torch.utils.data.Dataset):
             v: k for k, v in self.category_id_to_contiguous_id.items()}
         self.class_names: list[str] = [self.coco.cats[c]["name"] for c in cat_ids]
 
+        self.annotation_source = ann_file
+        self.num_images_listed = len(self.coco.imgs)
         self.num_dropped_boxes = 0
         self.num_clipped_boxes = 0
         self.num_crowd_boxes = 0
+        self._clipped_ids: list = []  # the first annotation ids of each kind (> NAMED_IDS: "...")
+        self._dropped_ids: list = []
         self._boxes: dict[int, np.ndarray] = {}
         self._labels: dict[int, np.ndarray] = {}
         for img_id in sorted(self.coco.imgs):
             self._boxes[img_id], self._labels[img_id] = self._load_targets(img_id)
         ids = sorted(self.coco.imgs)
+        self.skipped_images: dict[str, int] = {}
         if remove_images_without_annotations:
+            for i in ids:
+                if len(self._boxes[i]) == 0:
+                    why = self._why_no_box(i)
+                    self.skipped_images[why] = self.skipped_images.get(why, 0) + 1
             ids = [i for i in ids if len(self._boxes[i]) > 0]
         self.ids: list[int] = ids
         if self.num_dropped_boxes or self.num_clipped_boxes:
-            logger.warning("%s: %d boxes clipped to their image, %d dropped (empty after "
-                           "clipping, or of zero or negative size)", self.name,
-                           self.num_clipped_boxes, self.num_dropped_boxes)
+            logger.warning("%s: %d boxes clipped to their image%s; %d dropped, empty after "
+                           "clipping or of zero or negative size%s", ann_file,
+                           self.num_clipped_boxes, _named_ids(self._clipped_ids),
+                           self.num_dropped_boxes, _named_ids(self._dropped_ids))
+        self._warn_duplicate_files()
         logger.info("%s: %d images (%d in the json), %d classes, %d crowd boxes left out",
                     self.name, len(self.ids), len(self.coco.imgs), self.num_classes,
                     self.num_crowd_boxes)
@@ -208,6 +233,24 @@ class COCODataset(GuardedReads, torch.utils.data.Dataset):
     def num_classes(self) -> int:
         """Number of foreground classes C (labels are 1..C)."""
         return len(self.category_id_to_contiguous_id)
+
+    def _why_no_box(self, img_id: int) -> str:
+        anns = self.coco.imgToAnns.get(img_id, [])
+        if not anns:
+            return NO_ANNOTATIONS
+        return CROWD_ONLY if all(a.get("iscrowd", 0) for a in anns) else NO_USABLE_BOX
+
+    def _warn_duplicate_files(self) -> None:
+        """One warning naming the image files listed under more than one image id, with them."""
+        by_file: dict[str, list] = {}
+        for img_id, info in self.coco.imgs.items():
+            by_file.setdefault(os.path.normpath(info["file_name"]), []).append(img_id)
+        repeated = [f"{f!r} (ids {', '.join(map(str, i))})" for f, i in by_file.items()
+                    if len(i) > 1]
+        if repeated:
+            logger.warning("%s: %d image files are listed under more than one image id (the "
+                           "same pixels count as several images): %s", self.annotation_source,
+                           len(repeated), first_ids(repeated))
 
     def _load_targets(self, img_id: int) -> tuple[np.ndarray, np.ndarray]:
         info = self.coco.imgs[img_id]
@@ -222,6 +265,9 @@ class COCODataset(GuardedReads, torch.utils.data.Dataset):
         clipped = keep & (np.abs(boxes - unclipped) > 1e-6).any(axis=1)
         self.num_dropped_boxes += int((~keep).sum())
         self.num_clipped_boxes += int(clipped.sum())
+        for ids, mask in ((self._clipped_ids, clipped), (self._dropped_ids, ~keep)):
+            if len(ids) <= NAMED_IDS:
+                ids.extend(a["id"] for a, m in zip(anns, mask) if m)
         labels = np.array([self.category_id_to_contiguous_id[a["category_id"]] for a in anns],
                           dtype=np.int64)
         return boxes[keep].astype(np.float32), labels[keep]
@@ -256,6 +302,10 @@ class COCODataset(GuardedReads, torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"COCODataset(name={self.name!r}, images={len(self)}, classes={self.num_classes}, "
                 f"ann_file={self.ann_file!r})")
+
+
+def _named_ids(ids: list) -> str:
+    return f" (annotation ids {first_ids(ids)})" if ids else ""
 
 
 def contiguous_to_category_ids(labels: Sequence[int] | torch.Tensor,

@@ -53,6 +53,11 @@ def parse_voc_xml(path: str) -> dict[str, Any]:
             "labels": np.asarray(labels, dtype=np.int64), "difficult": np.asarray(difficult, bool)}
 
 
+# Why a training image has no box (keys of VOCDataset.skipped_images).
+NO_OBJECTS = "with no objects"
+DIFFICULT_ONLY = "with difficult objects only"
+
+
 class VOCDataset(GuardedReads, torch.utils.data.Dataset):
     """Pascal VOC samples from `root` (a VOCdevkit/VOC2007-style folder with Annotations/,
     JPEGImages/ and ImageSets/Main/<split>.txt).
@@ -63,7 +68,9 @@ class VOCDataset(GuardedReads, torch.utils.data.Dataset):
     evaluation, never enter training targets (`is_train=True`); in evaluation they are kept and
     marked by target["difficult"] (K,) bool so the evaluator can ignore them, and they are
     iscrowd=1 in `coco` (the split as a pycocotools COCO object, for the COCO metric of the
-    paper's Table 7). With `is_train`, images left with no box are skipped.
+    paper's Table 7). With `is_train`, images left with no box are skipped, counted by reason in
+    `skipped_images` ({NO_OBJECTS / DIFFICULT_ONLY: count}); `annotation_source` (the image list)
+    and `num_images_listed` let build_data_loader say why a training set is empty.
 
     Evaluated by the COCO metric and the VOC07 11-point mAP (`evaluators`,
     drdet.evaluation.EVALUATORS).
@@ -85,6 +92,8 @@ class VOCDataset(GuardedReads, torch.utils.data.Dataset):
         self.category_id_to_contiguous_id = {i: i for i in range(1, len(VOC_CLASSES) + 1)}
         self.contiguous_id_to_category_id = dict(self.category_id_to_contiguous_id)
         numeric = all(s.isdigit() for s in stems)
+        self.annotation_source, self.num_images_listed = list_file, len(stems)
+        self.skipped_images: dict[str, int] = {}
         records = []
         for i, stem in enumerate(stems):
             rec = parse_voc_xml(os.path.join(root, "Annotations", f"{stem}.xml"))
@@ -94,6 +103,8 @@ class VOCDataset(GuardedReads, torch.utils.data.Dataset):
                 rec["boxes"], rec["labels"] = rec["boxes"][keep], rec["labels"][keep]
                 rec["difficult"] = rec["difficult"][keep]
                 if len(rec["boxes"]) == 0:
+                    why = DIFFICULT_ONLY if len(keep) else NO_OBJECTS
+                    self.skipped_images[why] = self.skipped_images.get(why, 0) + 1
                     continue
             records.append(rec)
         self.records = records
