@@ -28,8 +28,9 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -48,14 +49,14 @@ class Run:
     the paper's COCO minival AP for it (ablations)."""
     name: str
     label: str
-    opts: List[str]
-    paper_ap: Optional[float] = None
-    columns: Dict[str, str] = field(default_factory=dict)
+    opts: list[str]
+    paper_ap: float | None = None
+    columns: dict[str, str] = field(default_factory=dict)
 
 
 # The paper's Tables 1-3 (R-50-FPN 1x, COCO minival AP): (row label columns, ablation yaml or
 # None for the unchanged DR config, loss, paper AP). "Focal" is the loss switched to FOCAL.
-ABLATIONS: Dict[str, Dict[str, Any]] = {
+ABLATIONS: dict[str, dict[str, Any]] = {
     "table1": {"header": ("h+", "h-"), "rows": [
         (("e", "e"), "dr_R-50-FPN_1x_hpos-e_hneg-e.yaml", "DR", 37.1),
         (("e", "3.5"), "dr_R-50-FPN_1x_hpos-e_hneg-3.5.yaml", "DR", 37.4),
@@ -83,7 +84,7 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE",
@@ -136,7 +137,7 @@ def check_dataset(name: str) -> int:
     return int(dataset.num_classes)
 
 
-def scaled_schedule(cfg, max_iter: int) -> List[str]:
+def scaled_schedule(cfg, max_iter: int) -> list[str]:
     """SOLVER overrides that run the config's schedule in ``max_iter`` iterations."""
     factor = max_iter / cfg.SOLVER.MAX_ITER
     steps = tuple(sorted({max(1, min(max_iter, round(s * factor))) for s in cfg.SOLVER.STEPS}))
@@ -161,6 +162,18 @@ def loss_key_of(config_file: str, opts: Sequence[str]) -> str:
     return key
 
 
+def num_classes_key(loss_key: str) -> str:
+    """The detector's NUM_CLASSES key beside its loss key (MODEL.RETINANET.NUM_CLASSES for
+    RetinaNet), counting the background as maskrcnn-benchmark does."""
+    key = loss_key.rsplit(".", 1)[0] + ".NUM_CLASSES"
+    node = get_cfg()
+    for part in key.split("."):
+        if part not in node:
+            return "MODEL.RETINANET.NUM_CLASSES"
+        node = node[part]
+    return key
+
+
 def check_switchable(config_file: str, opts: Sequence[str], loss_key: str, losses: Sequence[str],
                      keep_explicit: bool) -> None:
     """Refuses what would make the two runs differ in more than the loss and its setup."""
@@ -181,7 +194,7 @@ def check_switchable(config_file: str, opts: Sequence[str], loss_key: str, losse
              f"to its own value; remove them, or pass --keep-explicit to use them for both")
 
 
-def plan_runs(args: argparse.Namespace, loss_key: str) -> List[Run]:
+def plan_runs(args: argparse.Namespace, loss_key: str) -> list[Run]:
     """The runs of a DR-vs-focal comparison or of an ablation table."""
     if not args.ablation:
         return [Run(loss.lower(), loss, [loss_key, loss]) for loss in args.losses]
@@ -223,7 +236,7 @@ class Progress:
                   f"ETA {match.group(1)}", flush=True)
 
 
-def train_command(args: argparse.Namespace, run_opts: List[str], resume: bool) -> List[str]:
+def train_command(args: argparse.Namespace, run_opts: list[str], resume: bool) -> list[str]:
     script = os.path.join(ROOT, "tools", "train_net.py")
     launcher = [sys.executable]
     if args.num_gpus > 1:
@@ -237,8 +250,8 @@ def result_file(run_dir: str, test_name: str) -> str:
     return os.path.join(run_dir, "inference", safe_folder_name(test_name), "metrics.json")
 
 
-def train(args: argparse.Namespace, run: Run, opts: List[str], run_dir: str, test_name: str,
-          max_iter: int, progress: Progress) -> Dict[str, float]:
+def train(args: argparse.Namespace, run: Run, opts: list[str], run_dir: str, test_name: str,
+          max_iter: int, progress: Progress) -> dict[str, float]:
     """Trains and evaluates one run (skipped when finished, resumed when half-finished)."""
     done = result_file(run_dir, test_name)
     if os.path.isfile(done) and os.path.isfile(os.path.join(run_dir, "model_final.pth")):
@@ -267,7 +280,7 @@ def train(args: argparse.Namespace, run: Run, opts: List[str], run_dir: str, tes
         return json.load(f)
 
 
-def check_same_comparison(output_dir: str, settings: Dict[str, Any]) -> None:
+def check_same_comparison(output_dir: str, settings: dict[str, Any]) -> None:
     """A folder resumes only the comparison it was started with."""
     path = os.path.join(output_dir, "comparison.json")
     if os.path.isfile(path):
@@ -282,7 +295,7 @@ def check_same_comparison(output_dir: str, settings: Dict[str, Any]) -> None:
             json.dump(settings, f, indent=1)
 
 
-def score_figure(args: argparse.Namespace, runs: List[Run], run_opts: Dict[str, List[str]],
+def score_figure(args: argparse.Namespace, runs: list[Run], run_opts: dict[str, list[str]],
                  test_name: str, output: str) -> None:
     """The paper's Fig. 4/5 for the runs, on the first --score-images test images."""
     from drdet.data.catalog import get_dataset
@@ -291,7 +304,7 @@ def score_figure(args: argparse.Namespace, runs: List[Run], run_opts: Dict[str, 
 
     results = []
     for run in runs:
-        cfg = load_config(args.config_file, run_opts[run.name] + ["MODEL.DEVICE", "cpu"])
+        cfg = load_config(args.config_file, run_opts[run.name])
         dataset = get_dataset(test_name, build_transforms(cfg, is_train=False), is_train=False)
         weights = os.path.join(args.output_dir, run.name, "model_final.pth")
         fg, bg = collect(cfg, weights, dataset, args.score_images, 200000, seed=0)
@@ -299,7 +312,7 @@ def score_figure(args: argparse.Namespace, runs: List[Run], run_opts: Dict[str, 
     plot(results, output, bins=50)
 
 
-def metrics_table(runs: List[Run], results: Dict[str, Dict[str, float]]) -> List[str]:
+def metrics_table(runs: list[Run], results: dict[str, dict[str, float]]) -> list[str]:
     """Markdown AP table, runs side by side; with two runs, the difference (first - second)."""
     def cell(value: float) -> str:
         return f"{100 * value:.1f}" if value >= 0 else "n/a"
@@ -317,8 +330,8 @@ def metrics_table(runs: List[Run], results: Dict[str, Dict[str, float]]) -> List
     return lines
 
 
-def ablation_table(name: str, runs: List[Run], results: Dict[str, Dict[str, float]]
-                   ) -> List[str]:
+def ablation_table(name: str, runs: list[Run], results: dict[str, dict[str, float]]
+                   ) -> list[str]:
     """The paper's layout: its row labels, its COCO minival AP, then the measured metrics."""
     header = list(ABLATIONS[name]["header"]) + ["paper AP (COCO)"] + [
         f"{m} (measured)" for m in METRICS]
@@ -331,8 +344,8 @@ def ablation_table(name: str, runs: List[Run], results: Dict[str, Dict[str, floa
     return lines
 
 
-def write_report(args: argparse.Namespace, runs: List[Run], results: Dict[str, Dict[str, float]],
-                 test_name: str, figures: Dict[str, str], seconds: float) -> str:
+def write_report(args: argparse.Namespace, runs: list[Run], results: dict[str, dict[str, float]],
+                 test_name: str, figures: dict[str, str], seconds: float) -> str:
     title = (f"Paper ablation {args.ablation}" if args.ablation
              else f"{runs[0].label} vs {runs[1].label}")
     table = (ablation_table(args.ablation, runs, results) if args.ablation
@@ -352,7 +365,7 @@ def write_report(args: argparse.Namespace, runs: List[Run], results: Dict[str, D
     return path
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """Runs the comparison; returns {run label: COCO metrics}."""
     start = time.time()
     args = parse_args(argv)
@@ -370,10 +383,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
                                       not args.dataset else train_name)
     if not train_name or not test_name:
         fail(f"{args.config_file} names no dataset: pass --dataset (and --test-dataset)")
+    if test_name == train_name:
+        print(f"warning: evaluating on the training set {train_name} (pass --test-dataset)")
     num_classes = check_dataset(train_name)
     check_dataset(test_name)
     common = ["DATASETS.TRAIN", repr((train_name,)), "DATASETS.TEST", repr((test_name,)),
-              "MODEL.RETINANET.NUM_CLASSES", str(num_classes + 1)]
+              num_classes_key(loss_key), str(num_classes + 1)]
     if args.max_iter:
         common += scaled_schedule(base, args.max_iter)
     if args.num_gpus:

@@ -9,12 +9,13 @@ yaml chain nor the overrides set the detector's loss key) gets the plain default
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Set
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
-def flat_keys(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+def flat_keys(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"MODEL.RETINANET.PRIOR_PROB": 0.5, ...}: the leaves of a nested yaml mapping."""
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for key, value in data.items():
         full_key = f"{prefix}{key}"
         if isinstance(value, Mapping):
@@ -25,7 +26,7 @@ def flat_keys(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def _named(key: str, yaml_keys: Mapping[str, Any], overrides: Mapping[str, Any],
-           default: Optional[Any]) -> Optional[Any]:
+           default: Any | None) -> Any | None:
     """The value of ``key`` the overrides give, else the yaml's, else ``default``."""
     if key in overrides:
         return overrides[key]
@@ -33,7 +34,7 @@ def _named(key: str, yaml_keys: Mapping[str, Any], overrides: Mapping[str, Any],
 
 
 def named_loss(yaml_data: Mapping[str, Any], opts: Sequence[Any], default_meta: str
-               ) -> tuple:
+               ) -> tuple[str, str, str | None]:
     """(meta-architecture, its loss key, the loss the yaml or the overrides name or None)."""
     from drdet.modeling.losses.setup import loss_type_key
 
@@ -46,7 +47,7 @@ def named_loss(yaml_data: Mapping[str, Any], opts: Sequence[Any], default_meta: 
 
 
 def setup_values(yaml_data: Mapping[str, Any], opts: Sequence[Any], default_meta: str
-                 ) -> Dict[str, Any]:
+                 ) -> dict[str, Any]:
     """The setup values (full key -> value) of the loss that ``yaml_data`` (a yaml mapping with
     its _BASE_ chain resolved) or ``opts`` (KEY VALUE list) name, less the keys they set
     themselves; {} when no loss is named or the named loss declares no setup for the
@@ -57,5 +58,5 @@ def setup_values(yaml_data: Mapping[str, Any], opts: Sequence[Any], default_meta
     if loss is None:
         return {}
     setup = loss_setup(loss, meta) or {}
-    explicit: Set[str] = set(flat_keys(yaml_data)) | {str(k) for k in opts[0::2]}
+    explicit: set[str] = set(flat_keys(yaml_data)) | {str(k) for k in opts[0::2]}
     return {k: v for k, v in setup.items() if k not in explicit}

@@ -9,7 +9,7 @@ prepare_targets): foreground anchors give the score of their box's class, backgr
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -24,7 +24,7 @@ from drdet.modeling import build_detector  # noqa: E402
 
 
 @torch.no_grad()
-def anchor_scores(model, image: Tensor, target: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+def anchor_scores(model, image: Tensor, target: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Scores of one image (3, H, W) in the network's input format, target "boxes"/"labels" in
     its pixels. Returns (foreground (F,): each matched anchor's score of its box's class,
     background (N, C): all class scores of the background anchors)."""
@@ -43,7 +43,7 @@ def anchor_scores(model, image: Tensor, target: Dict[str, Tensor]) -> Tuple[Tens
 
 
 def collect(cfg, weights: str, dataset, num_images: int, num_background: int,
-            seed: int) -> Tuple[np.ndarray, np.ndarray]:
+            seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(foreground scores, subsampled background scores) of the model over the first
     ``num_images`` images of ``dataset``."""
     model = build_detector(cfg).to(cfg.MODEL.DEVICE).eval()
@@ -51,8 +51,8 @@ def collect(cfg, weights: str, dataset, num_images: int, num_background: int,
     generator = torch.Generator().manual_seed(seed)
     count = min(num_images, len(dataset))
     per_image = -(-num_background // count)
-    fg_all: List[Tensor] = []
-    bg_all: List[Tensor] = []
+    fg_all: list[Tensor] = []
+    bg_all: list[Tensor] = []
     for index in range(count):
         image, target, _ = dataset[index]
         fg, bg = anchor_scores(model, image, target)
@@ -64,7 +64,7 @@ def collect(cfg, weights: str, dataset, num_images: int, num_background: int,
     return torch.cat(fg_all).numpy(), torch.cat(bg_all)[:num_background].numpy()
 
 
-def plot(results: Sequence[Tuple[str, np.ndarray, np.ndarray]], output: str, bins: int) -> None:
+def plot(results: Sequence[tuple[str, np.ndarray, np.ndarray]], output: str, bins: int) -> None:
     """Density of background (left, log scale) and foreground (right) scores per model."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-Series = Dict[str, Dict[int, float]]  # name -> {iteration: value}
+Series = dict[str, dict[int, float]]  # name -> {iteration: value}
 
 
 def metrics_path(run: str) -> str:
@@ -27,7 +27,7 @@ def metrics_path(run: str) -> str:
     return path
 
 
-def read_metrics(path: str, metric: str = "AP") -> Tuple[Series, Series]:
+def read_metrics(path: str, metric: str = "AP") -> tuple[Series, Series]:
     """(losses, evaluations) of one metrics.jsonl: {key: {iteration: value}}; evaluation keys
     are "<dataset>" (the value of ``metric``)."""
     losses: Series = {}
@@ -57,8 +57,8 @@ def read_metrics(path: str, metric: str = "AP") -> Tuple[Series, Series]:
     return losses, evals
 
 
-def plot_runs(runs: Sequence[str], labels: Optional[Sequence[str]], output: str,
-              metric: str = "AP") -> List[Tuple[Series, Series]]:
+def plot_runs(runs: Sequence[str], labels: Sequence[str] | None, output: str,
+              metric: str = "AP") -> list[tuple[Series, Series]]:
     """Writes the figure of ``runs`` to ``output``; returns what each run contributed."""
     labels = list(labels) if labels else list(runs)
     data = [read_metrics(metrics_path(run), metric) for run in runs]

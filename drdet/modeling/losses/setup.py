@@ -16,12 +16,13 @@ another key.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 # (loss name, meta-architecture) -> {full config key: value}
-_SETUPS: Dict[Tuple[str, str], Dict[str, Any]] = {}
+_SETUPS: dict[tuple[str, str], dict[str, Any]] = {}
 # meta-architecture -> full config key naming its classification loss
-_LOSS_KEYS: Dict[str, str] = {"RetinaNet": "MODEL.RETINANET.LOSS_TYPE"}
+_LOSS_KEYS: dict[str, str] = {"RetinaNet": "MODEL.RETINANET.LOSS_TYPE"}
 
 
 def register_loss_setup(loss: str, meta_architecture: str, values: Mapping[str, Any]) -> None:
@@ -46,13 +47,13 @@ def loss_type_key(meta_architecture: str) -> str:
     return _LOSS_KEYS.get(meta_architecture, f"MODEL.{meta_architecture.upper()}.LOSS_TYPE")
 
 
-def loss_setup(loss: str, meta_architecture: str) -> Optional[Dict[str, Any]]:
+def loss_setup(loss: str, meta_architecture: str) -> dict[str, Any] | None:
     """The setup ``loss`` declares for ``meta_architecture`` (a copy), or None if none."""
     values = _SETUPS.get((loss, meta_architecture))
     return None if values is None else dict(values)
 
 
-def setup_keys(meta_architecture: str) -> Tuple[str, ...]:
+def setup_keys(meta_architecture: str) -> tuple[str, ...]:
     """Every key some loss's setup sets for ``meta_architecture``, sorted."""
     keys = {k for (_, arch), values in _SETUPS.items() if arch == meta_architecture
             for k in values}
