@@ -176,3 +176,13 @@ def test_resume_skips_finished_runs_and_continues_a_half_finished_one(finished, 
         assert "resuming" in f.read().lower()
     # Other settings in the same folder are refused rather than mixed in.
     _fails([a if a != "2" else "3" for a in argv], "other settings")
+
+
+def test_several_gpus_launch_each_run_through_torchrun():
+    args = compare.parse_args(DATA + ["--num-gpus", "4"])
+    command = compare.train_command(args, ["OUTPUT_DIR", "x"], resume=True)
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+    assert command[5].endswith(os.path.join("tools", "train_net.py"))
+    assert "--resume" in command and command[-2:] == ["OUTPUT_DIR", "x"]
+    one = compare.train_command(compare.parse_args(DATA), [], resume=False)
+    assert "torch.distributed.run" not in one and "--resume" not in one
