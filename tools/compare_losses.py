@@ -409,7 +409,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
 
     figures = {"Score distributions (paper Fig. 4/5)": "scores.png",
                "Training curves": "curves.png"}
-    score_figure(args, runs, run_opts, test_name, os.path.join(args.output_dir, "scores.png"))
+    try:
+        score_figure(args, runs, run_opts, test_name, os.path.join(args.output_dir, "scores.png"))
+    except AttributeError as err:  # a detector without anchors and a matcher (e.g. FCOS)
+        print(f"warning: no score distributions for this detector ({err})")
+        del figures["Score distributions (paper Fig. 4/5)"]
     plot_runs([os.path.join(args.output_dir, r.name) for r in runs], [r.label for r in runs],
               os.path.join(args.output_dir, "curves.png"))
     progress.start("report")
