@@ -8,6 +8,8 @@
 #                  called for what is there, and the kernels are built for the visible card only)
 #   make bench     the op benchmarks (tools/benchmark_ops.py)
 #   make demo      install, make the synthetic dataset, train, evaluate, print the AP
+#   make compare   install, then DR vs focal loss on the synthetic set (tools/compare_losses.py):
+#                  both trained and evaluated, report in $(COMPARE_OUTPUT)/report.md
 # Variables: PYTHON (interpreter that makes the venv), VENV, TORCH_SPEC, TORCH_CUDA_ARCH_LIST,
 # FORCE_CUDA (1: build the CUDA kernels even where no GPU is visible), MAX_JOBS.
 
@@ -21,7 +23,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export FORCE_CUDA ?= $(shell test -x /usr/local/cuda/bin/nvcc -o -n "$$CUDA_HOME" && echo 1 || echo 0)
 export MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: venv deps install build test test-fast lint test-gpu bench demo clean
+.PHONY: venv deps install build test test-fast lint test-gpu bench demo compare clean
 
 # --system-site-packages: on machines that carry their own torch (GPU machines) the venv uses it.
 $(PY):
@@ -75,6 +77,13 @@ DEMO_CONFIG ?= configs/synthetic/dr_R-18-FPN_synthetic.yaml
 DEMO_OUTPUT ?= output/demo
 demo: install
 	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT)
+
+# DR vs focal loss on the synthetic set: the demo's model and 600-iteration schedule trained once
+# with each loss (each with its own setup), both evaluated, OUTPUT/report.md written. Running it
+# again resumes an interrupted comparison.
+COMPARE_OUTPUT ?= output/compare
+compare: install
+	$(PY) tools/compare_losses.py --config-file $(DEMO_CONFIG) --output-dir $(COMPARE_OUTPUT)
 
 clean:
 	rm -rf build drdet/_C*.so *.egg-info

@@ -18,23 +18,16 @@ Ignored anchors (between the thresholds) are left out. The means are printed.
 import argparse
 import os
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
 
-from drdet.checkpoint import load_checkpoint_file, load_model_state  # noqa: E402
 from drdet.data.catalog import get_dataset  # noqa: E402
 from drdet.data.transforms import build_transforms  # noqa: E402
 from drdet.engine.defaults import load_config  # noqa: E402
-from drdet.modeling import build_detector  # noqa: E402
+from drdet.engine.score_distribution import collect, plot  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -62,71 +55,6 @@ def parse_args(argv=None):
     if args.num_images <= 0 or args.num_background <= 0:
         parser.error("--num-images and --num-background must be positive")
     return args
-
-
-@torch.no_grad()
-def anchor_scores(model, image: Tensor, target: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
-    """Scores of one image (3, H, W) in the network's input format, target "boxes"/"labels" in
-    its pixels. Returns (foreground (F,): each matched anchor's score of its box's class,
-    background (N, C): all class scores of the background anchors)."""
-    device = model.pixel_mean.device
-    batch = model.preprocess([image.to(device)])
-    features = model.backbone(batch.tensors)
-    cls_logits, _ = model.head(features)
-    anchors = torch.cat(model.anchor_generator(features, batch.tensors.shape[-2:]))
-    target = {"boxes": target["boxes"].to(device), "labels": target["labels"].to(device)}
-    labels, _, _ = model.loss.prepare_targets(anchors, [target])
-    labels = labels[0]
-    scores = torch.cat(cls_logits, dim=1)[0].float().sigmoid()
-    fg = labels > 0
-    foreground = scores[fg].gather(1, (labels[fg] - 1)[:, None])[:, 0]
-    return foreground.cpu(), scores[labels == 0].cpu()
-
-
-def collect(cfg, weights: str, dataset, num_images: int, num_background: int,
-            seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(foreground scores, subsampled background scores) of the model over the first
-    ``num_images`` images of ``dataset``."""
-    model = build_detector(cfg).to(cfg.MODEL.DEVICE).eval()
-    load_model_state(model, load_checkpoint_file(weights)["model"], strict=True)
-    generator = torch.Generator().manual_seed(seed)
-    count = min(num_images, len(dataset))
-    per_image = -(-num_background // count)
-    fg_all: List[Tensor] = []
-    bg_all: List[Tensor] = []
-    for index in range(count):
-        image, target, _ = dataset[index]
-        fg, bg = anchor_scores(model, image, target)
-        bg = bg.flatten()
-        if bg.numel() > per_image:
-            bg = bg[torch.randperm(bg.numel(), generator=generator)[:per_image]]
-        fg_all.append(fg)
-        bg_all.append(bg)
-    return torch.cat(fg_all).numpy(), torch.cat(bg_all)[:num_background].numpy()
-
-
-def plot(results: Sequence[Tuple[str, np.ndarray, np.ndarray]], output: str, bins: int) -> None:
-    """Density of background (left, log scale) and foreground (right) scores per model."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    centres = (edges[:-1] + edges[1:]) / 2
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for k, (label, fg, bg) in enumerate(results):
-        for ax, values in zip(axes, (bg, fg)):
-            if values.size:
-                density, _ = np.histogram(values, bins=edges, density=True)
-                ax.plot(centres, density, color=f"C{k % 10}",
-                        label=f"{label} (mean {values.mean():.3f}, n={values.size})")
-    axes[0].set_yscale("log")
-    for ax, title in zip(axes, ("background anchors (all classes)",
-                                "foreground anchors (ground-truth class)")):
-        ax.set(xlabel="confidence", ylabel="density", title=title, xlim=(0, 1))
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output, dpi=100)
-    plt.close(fig)
 
 
 def main(argv=None) -> List[Tuple[str, np.ndarray, np.ndarray]]:

@@ -7,7 +7,8 @@ Typical use::
     cfg.merge_from_list(["SOLVER.BASE_LR", "0.005"])
     validate_cfg(cfg)                                               # checks and freezes
 """
-from .config import CfgNode, validate_cfg
+from .config import CfgNode, load_yaml_with_base, validate_cfg
+from .loss_setup import flat_keys
 from .defaults import _C
 
 
@@ -16,4 +17,4 @@ def get_cfg() -> CfgNode:
     return _C.clone()
 
 
-__all__ = ["CfgNode", "get_cfg", "validate_cfg"]
+__all__ = ["CfgNode", "flat_keys", "get_cfg", "load_yaml_with_base", "validate_cfg"]

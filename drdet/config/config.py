@@ -18,6 +18,8 @@ import yaml
 from yacs.config import CfgNode as _YacsCfgNode
 from drdet.utils.checks import require
 
+from .loss_setup import setup_values
+
 BASE_KEY = "_BASE_"
 
 logger = logging.getLogger(__name__)
@@ -65,7 +67,23 @@ class CfgNode(_YacsCfgNode):
     """
 
     def merge_from_file(self, cfg_filename: str) -> None:
-        _merge_dict(_load_yaml_with_base(cfg_filename), self, [])
+        """The yaml file (and its _BASE_ chain) over the setup of the loss it names."""
+        self.merge_from_file_and_list(cfg_filename, ())
+
+    def merge_from_file_and_list(self, cfg_filename: str, opts: Sequence[Any]) -> None:
+        """The loss's setup, then the yaml file (with _BASE_), then the KEY VALUE ``opts``: the
+        loss that ``opts`` or the file name (``MODEL.RETINANET.LOSS_TYPE``, ...) brings its setup
+        (drdet.modeling.losses.setup) for every key neither of them sets."""
+        data = load_yaml_with_base(cfg_filename)
+        opts = list(opts)
+        if len(opts) % 2 != 0:
+            raise ValueError(
+                f"config overrides must be KEY VALUE pairs; got an odd number ({len(opts)})"
+            )
+        for full_key, value in setup_values(data, opts, self.MODEL.META_ARCHITECTURE).items():
+            self.merge_from_list([full_key, value])
+        _merge_dict(data, self, [])
+        self.merge_from_list(opts)
 
     def merge_from_other_cfg(self, cfg_other: _YacsCfgNode) -> None:
         _merge_dict(cfg_other, self, [])
@@ -98,7 +116,7 @@ class CfgNode(_YacsCfgNode):
         return self
 
 
-def _load_yaml_with_base(path: str) -> Dict[str, Any]:
+def load_yaml_with_base(path: str) -> Dict[str, Any]:
     """Read ``path`` with yaml.safe_load and resolve its ``_BASE_`` chain into one dict."""
     with open(path, "r") as f:
         data = yaml.safe_load(f) or {}
@@ -110,7 +128,7 @@ def _load_yaml_with_base(path: str) -> Dict[str, Any]:
     if not isinstance(base, str):
         raise ValueError(f"{BASE_KEY} in {path} must be a path string, got {base!r}")
     base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
-    merged = _load_yaml_with_base(base_path)
+    merged = load_yaml_with_base(base_path)
     _update_dict(merged, data)
     return merged
 

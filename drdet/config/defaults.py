@@ -1,8 +1,9 @@
 """Default configuration of drdet (yacs), with maskrcnn-benchmark's key names.
 
-The defaults are maskrcnn-benchmark's RetinaNet (focal loss) defaults; the Dr. Retina yaml files
-under ``configs/dr_retina`` override what the DR loss changes (``MODEL.RETINANET.LOSS_TYPE "DR"``,
-``PRIOR_PROB 0.5``, matcher thresholds 0.5 / 0.5, a higher ``INFERENCE_TH``).
+The defaults are maskrcnn-benchmark's RetinaNet (focal loss) defaults. A config that names a
+classification loss (``MODEL.RETINANET.LOSS_TYPE "DR"``) also gets the setup that loss declares
+(DR: ``PRIOR_PROB 0.5``, matcher thresholds 0.5 / 0.5, ``INFERENCE_TH 0.2``, ``NMS_TH 0.5``; see
+drdet/modeling/losses/setup.py), under the config's own keys.
 
 Never modify ``_C``: call :func:`drdet.config.get_cfg` for an independent copy.
 """

@@ -21,18 +21,18 @@ from drdet.utils.logger import setup_logger
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()):
-    """Defaults <- the yaml file (and its _BASE_ chain) <- KEY VALUE overrides; validated and
-    frozen. Errors name the file or the key at fault."""
+    """Defaults <- the setup of the loss the config names (drdet.modeling.losses.setup) <- the
+    yaml file (and its _BASE_ chain) <- KEY VALUE overrides; validated and frozen. Errors name
+    the file or the key at fault."""
     cfg = get_cfg()
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file not found: {config_file}")
-    cfg.merge_from_file(config_file)
     opts = list(opts)
     if opts and opts[0] == "--":
         opts = opts[1:]
     if len(opts) % 2:
         raise ValueError(f"Config overrides must be KEY VALUE pairs, got an odd list: {opts}")
-    cfg.merge_from_list(opts)
+    cfg.merge_from_file_and_list(config_file, opts)
     validate_cfg(cfg, freeze=True)
     return cfg
 

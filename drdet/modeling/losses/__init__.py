@@ -13,7 +13,9 @@ A classification loss is built from the config by the builder registered under i
   normalised by construction (the DR loss, a mean over groups) ignore it.
 
 The built-in losses (``FOCAL``, ``DR``) register themselves in the modules below; a new one is a
-new module with one ``@CLASSIFICATION_LOSSES.register("NAME")`` (CONTRIBUTING.md).
+new module with one ``@CLASSIFICATION_LOSSES.register("NAME")`` (CONTRIBUTING.md). A loss whose
+detector needs other settings (prior, matcher thresholds, score threshold) declares them with
+:func:`drdet.modeling.losses.setup.register_loss_setup`; configs naming the loss get them.
 """
 
 from typing import Optional, Protocol

@@ -8,10 +8,22 @@ import torch
 from torch import Tensor
 
 from drdet.layers import DRLossParams, dr_loss
+from drdet.modeling.losses.setup import register_loss_setup
 from drdet.modeling.registry import CLASSIFICATION_LOSSES
 
 # MODEL.DR_LOSS.GROUPING: the groups the loss is averaged over.
 GROUPINGS = ("image", "batch")
+
+# Dr. Retina's setup, as the authors' released configs: prior probability 0.5 (the sigmoid's
+# default decision threshold, as the paper says), a matcher without an ignored band (FG 0.5 /
+# BG 0.5), score threshold 0.2 (paper Table 5 compares thresholds) and NMS at 0.5.
+register_loss_setup("DR", "RetinaNet", {
+    "MODEL.RETINANET.PRIOR_PROB": 0.5,
+    "MODEL.RETINANET.FG_IOU_THRESHOLD": 0.5,
+    "MODEL.RETINANET.BG_IOU_THRESHOLD": 0.5,
+    "MODEL.RETINANET.INFERENCE_TH": 0.2,
+    "MODEL.RETINANET.NMS_TH": 0.5,
+})
 
 
 class DRClassificationLoss:

@@ -1,0 +1,119 @@
+"""Each classification loss brings its own setup (drdet/modeling/losses/setup.py): config loading
+applies the setup of the loss a config names under the config's explicit keys."""
+import glob
+import os
+
+import pytest
+
+from drdet.config import get_cfg
+from drdet.engine.defaults import load_config
+from drdet.modeling.losses.setup import loss_setup, loss_type_key
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DR_DEMO = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
+FOCAL_DEMO = os.path.join(ROOT, "configs", "synthetic", "retinanet_R-18-FPN_synthetic.yaml")
+KEYS = ("LOSS_TYPE", "PRIOR_PROB", "FG_IOU_THRESHOLD", "BG_IOU_THRESHOLD", "INFERENCE_TH",
+        "NMS_TH")
+DR = ("DR", 0.5, 0.5, 0.5, 0.2, 0.5)  # the released Dr. Retina configs
+FOCAL = ("FOCAL", 0.01, 0.5, 0.4, 0.05, 0.4)  # maskrcnn-benchmark's RetinaNet
+
+# MODEL.RETINANET's KEYS of every shipped yaml as main loaded them before the setups moved into
+# the loss modules (get_cfg() + merge_from_file at commit 38277f8, recorded by hand).
+BEFORE = {
+    "configs/Base-DR-Retina.yaml": DR,
+    "configs/Base-RetinaNet.yaml": FOCAL,
+    "configs/ablations/dr_R-50-FPN_1x_hinge.yaml": DR,
+    "configs/ablations/dr_R-50-FPN_1x_hpos-20_hneg-3.5.yaml": DR,
+    "configs/ablations/dr_R-50-FPN_1x_hpos-5.5_hneg-3.5.yaml": DR,
+    "configs/ablations/dr_R-50-FPN_1x_hpos-e_hneg-20.yaml": DR,
+    "configs/ablations/dr_R-50-FPN_1x_hpos-e_hneg-3.5.yaml": DR,
+    "configs/ablations/dr_R-50-FPN_1x_hpos-e_hneg-5.5.yaml": DR,
+    "configs/ablations/dr_R-50-FPN_1x_hpos-e_hneg-e.yaml": DR,
+    "configs/ablations/dr_R-50-FPN_1x_logistic_L-10.yaml": DR,
+    "configs/ablations/dr_R-50-FPN_1x_logistic_L-4.yaml": DR,
+    "configs/ablations/dr_R-50-FPN_1x_logistic_L-6.yaml": DR,
+    "configs/ablations/dr_R-50-FPN_1x_logistic_L-8.yaml": DR,
+    "configs/ablations/dr_R-50-FPN_1x_negonly.yaml": DR,
+    "configs/ablations/dr_R-50-FPN_1x_quadratic_rho-0.2.yaml": DR,
+    "configs/ablations/dr_R-50-FPN_1x_quadratic_rho-0.5.yaml": DR,
+    "configs/dr_retina/dr_R-101-FPN_2x.yaml": ("DR", 0.5, 0.5, 0.5, 0.1, 0.5),
+    "configs/dr_retina/dr_R-50-FPN_1x.yaml": DR,
+    "configs/dr_retina/dr_R-50-FPN_1x_input_400.yaml": DR,
+    "configs/dr_retina/dr_X-101-32x8d-FPN_1.5x.yaml": ("DR", 0.5, 0.5, 0.5, 0.1, 0.5),
+    "configs/retinanet/retinanet_R-50-FPN_1x.yaml": FOCAL,
+    "configs/synthetic/dr_R-18-FPN_synthetic.yaml": DR,
+    "configs/synthetic/retinanet_R-18-FPN_synthetic.yaml": FOCAL,  # new: the focal demo
+    "configs/torchvision/retinanet_resnet50_fpn_torchvision.yaml": (
+        "FOCAL", 0.01, 0.5, 0.4, 0.05, 0.5),
+    "configs/voc/dr_R-50-FPN_voc07.yaml": DR,
+    "configs/voc/retinanet_R-50-FPN_voc07.yaml": FOCAL,
+}
+
+
+def setup_of(cfg):
+    return tuple(cfg.MODEL.RETINANET[k] for k in KEYS)
+
+
+def test_the_table_covers_every_shipped_config():
+    shipped = {os.path.relpath(p, ROOT)
+               for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)}
+    assert shipped == set(BEFORE)
+
+
+@pytest.mark.parametrize("rel", sorted(BEFORE))
+def test_effective_setup_of_every_config_is_unchanged(rel):
+    path = os.path.join(ROOT, rel)
+    assert setup_of(load_config(path)) == BEFORE[rel]
+    cfg = get_cfg()
+    cfg.merge_from_file(path)  # the plain merge applies the setup as well
+    assert setup_of(cfg) == BEFORE[rel]
+
+
+def test_declared_setups():
+    assert loss_type_key("RetinaNet") == "MODEL.RETINANET.LOSS_TYPE"
+    assert loss_type_key("FCOS") == "MODEL.FCOS.LOSS_TYPE"
+    for loss, values in (("DR", DR), ("FOCAL", FOCAL)):
+        setup = loss_setup(loss, "RetinaNet")
+        assert setup == {f"MODEL.RETINANET.{k}": v for k, v in zip(KEYS[1:], values[1:])}
+    assert loss_setup("DR", "NoSuchDetector") is None
+
+
+def test_switching_the_loss_on_the_command_line_switches_its_setup():
+    assert setup_of(load_config(DR_DEMO, ["MODEL.RETINANET.LOSS_TYPE", "FOCAL"])) == FOCAL
+    assert setup_of(load_config(FOCAL_DEMO, ["MODEL.RETINANET.LOSS_TYPE", "DR"])) == DR
+
+
+def test_the_two_demo_configs_differ_only_in_the_loss_and_its_setup():
+    dr, focal = load_config(DR_DEMO), load_config(FOCAL_DEMO)
+    for cfg in (dr, focal):
+        cfg.defrost()
+        for key in KEYS:
+            cfg.MODEL.RETINANET[key] = None
+        cfg.OUTPUT_DIR = ""
+    assert dr.dump() == focal.dump()
+
+
+def test_explicit_keys_override_the_setup():
+    # yaml key (R-101: INFERENCE_TH 0.1) kept when the loss switches
+    r101 = os.path.join(ROOT, "configs", "dr_retina", "dr_R-101-FPN_2x.yaml")
+    cfg = load_config(r101, ["MODEL.RETINANET.LOSS_TYPE", "FOCAL"])
+    assert setup_of(cfg) == ("FOCAL", 0.01, 0.5, 0.4, 0.1, 0.4)
+    # command-line key wins over the setup and the yaml
+    cfg = load_config(FOCAL_DEMO, ["MODEL.RETINANET.PRIOR_PROB", "0.2",
+                                   "MODEL.RETINANET.LOSS_TYPE", "DR"])
+    assert setup_of(cfg) == ("DR", 0.2, 0.5, 0.5, 0.2, 0.5)
+
+
+def test_a_config_that_names_no_loss_gets_the_defaults(tmp_path):
+    path = tmp_path / "plain.yaml"
+    path.write_text("SOLVER:\n  BASE_LR: 0.02\n")
+    defaults = get_cfg()
+    assert setup_of(load_config(str(path))) == setup_of(defaults)
+    named = tmp_path / "dr.yaml"
+    named.write_text("MODEL:\n  RETINANET:\n    LOSS_TYPE: DR\n    BG_IOU_THRESHOLD: 0.3\n")
+    assert setup_of(load_config(str(named))) == ("DR", 0.5, 0.5, 0.3, 0.2, 0.5)
+
+
+def test_an_unknown_loss_is_still_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="MODEL.RETINANET.LOSS_TYPE"):
+        load_config(DR_DEMO, ["MODEL.RETINANET.LOSS_TYPE", "NOPE"])
