@@ -18,8 +18,8 @@ a 100 x 253 canvas, 13% larger than the levels' 22,400 pixels.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -34,13 +34,13 @@ class LevelLayout:
     """Where each level lies on the canvas: ``sizes[l] = (H_l, W_l)`` at rows
     ``offsets[l][0]:+H_l`` and columns ``offsets[l][1]:+W_l`` of a ``canvas = (H, W)`` map."""
 
-    sizes: Tuple[Tuple[int, int], ...]
-    offsets: Tuple[Tuple[int, int], ...]
-    canvas: Tuple[int, int]
+    sizes: tuple[tuple[int, int], ...]
+    offsets: tuple[tuple[int, int], ...]
+    canvas: tuple[int, int]
 
 
 @functools.lru_cache(maxsize=64)
-def plan_layout(sizes: Tuple[Tuple[int, int], ...]) -> LevelLayout:
+def plan_layout(sizes: tuple[tuple[int, int], ...]) -> LevelLayout:
     """The layout of levels of the given (H_l, W_l), in columns separated by one zero column,
     levels in a column separated by one zero row (see the module docstring)."""
     if not sizes:
@@ -59,7 +59,7 @@ def plan_layout(sizes: Tuple[Tuple[int, int], ...]) -> LevelLayout:
 
 @functools.lru_cache(maxsize=64)
 def _masks(layout: LevelLayout, device: torch.device, dtype: torch.dtype
-           ) -> Tuple[Tensor, Tensor, Tensor]:
+           ) -> tuple[Tensor, Tensor, Tensor]:
     """(1, 1, H, W) 0/1 mask of the levels' pixels, (L, H * W) one-hot of each level's pixels
     and (L,) pixels per level, made once per layout, device and dtype."""
     height, width = layout.canvas
@@ -79,7 +79,7 @@ class PackedLevels:
         self.layout = layout
 
     @classmethod
-    def pack(cls, maps: Sequence[Tensor]) -> Tuple["PackedLevels", Tensor]:
+    def pack(cls, maps: Sequence[Tensor]) -> tuple[PackedLevels, Tensor]:
         """(PackedLevels, canvas (B, C, H, W)) for maps (B, C, H_l, W_l) of one batch size,
         channel count, dtype and device; the canvas keeps the first map's memory format
         (channels_last or contiguous) and is zero outside the levels."""
@@ -93,7 +93,7 @@ class PackedLevels:
             canvas[:, :, r:r + h, c:c + w] = m
         return cls(layout), canvas
 
-    def unpack(self, canvas: Tensor) -> List[Tensor]:
+    def unpack(self, canvas: Tensor) -> list[Tensor]:
         """Per level the (B, K, H_l, W_l) view of a (B, K, H, W) canvas."""
         return [canvas[:, :, r:r + h, c:c + w]
                 for (h, w), (r, c) in zip(self.layout.sizes, self.layout.offsets)]
