@@ -103,7 +103,8 @@ class TrainStep:
 
     Host syncs. RetinaNet's targets, when they come on the CPU (from a data loader), are checked
     there before they move to the device (drdet.modeling.retinanet.loss.check_targets: the same
-    error, naming the image, without a device sync), and the loss skips its device-side check. What the step reads back from the device:
+    error, naming the image, without a device sync), and the loss skips its device-side check.
+    What the step reads back from the device:
 
     - by default, every iteration, the reduced loss terms and bad-image count, in one copy (the
       finite check and the bad-image limit need them before the update), and with clipping
@@ -112,9 +113,10 @@ class TrainStep:
       are read back, in one copy, every SOLVER.LOG_PERIOD iterations and at the checkpoint,
       evaluation and last iterations (:meth:`flush`). The checks then run on every pending
       iteration in order, and the first failure stops the run naming its iteration, images and
-      terms, as before, but after the updates of the iterations in between (a checkpoint is
-      written only after a flush, so none holds them). The values returned are then the means
-      over the flushed iterations, and empty in between.
+      terms, as before, but after the updates of the iterations in between. Periodic
+      checkpoints come at flush iterations, after the checks passed, so none holds such an
+      update; a checkpoint written between flushes (a stop on a signal) may. The values
+      returned are the means over the flushed iterations, and empty in between.
 
     What remains on a GPU is in the model: the positive anchors' ``nonzero()`` in the RetinaNet
     loss (its size decides the regression loss's shape) and whatever the classification loss
