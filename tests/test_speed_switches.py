@@ -126,3 +126,16 @@ def test_classification_loss_value_is_float32_for_bfloat16_logits(loss_type):
     want = loss(logits.bfloat16().float(), labels, torch.tensor(5.0))
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_benchmark_peak_table():
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from benchmark_model import peak_tflops
+
+    assert peak_tflops("NVIDIA H200", amp=True) == 989.4
+    assert peak_tflops("NVIDIA H200 NVL", amp=False) == 418.0  # the more specific entry first
+    assert peak_tflops("NVIDIA H100 PCIe", amp=True) == 756.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", amp=False) == 156.0
+    assert peak_tflops("NVIDIA GeForce RTX 4090", amp=True) is None  # not in the table
