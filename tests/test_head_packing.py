@@ -21,6 +21,7 @@ def _head(use_gn: bool, channels: int = 16, num_convs: int = 2) -> RetinaNetHead
     torch.manual_seed(0)
     head = RetinaNetHead(channels, num_classes=3, num_anchors=2, num_convs=num_convs,
                          use_gn=use_gn, gn_groups=4).double()
+    head.pack_levels = True  # also in CPU training, where "auto" runs the levels one by one
     with torch.no_grad():  # weights far from the init, so that every term matters
         for p in head.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
@@ -129,16 +130,16 @@ def test_packed_group_norm_per_level_and_image():
     assert float(packed.mask(out).detach().sub(out).abs().max()) == 0.0  # the gaps stay zero
 
 
-def test_packed_group_norm_under_autocast_is_float32():
-    maps = [torch.randn(1, 8, h, w) for h, w in SIZES[:3]]
+def test_packed_group_norm_under_autocast_matches_the_level_alone():
+    maps = [torch.randn(1, 8, h, w).bfloat16() for h, w in SIZES[:3]]
     norm = nn.GroupNorm(4, 8)
-    packed, canvas = PackedLevels.pack([m.bfloat16() for m in maps])
+    packed, canvas = PackedLevels.pack(maps)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = packed_group_norm(canvas, packed, norm)
-    assert out.dtype == torch.float32
-    for got, m in zip(packed.unpack(out), maps):
-        want = F.group_norm(m.bfloat16().float(), 4, norm.weight, norm.bias, norm.eps)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        want = [norm(m) for m in maps]
+    for got, w in zip(packed.unpack(out), want):
+        assert got.dtype == w.dtype
+        torch.testing.assert_close(got, w, rtol=0, atol=0)
 
 
 def test_state_dict_unchanged():
@@ -150,8 +151,16 @@ def test_state_dict_unchanged():
     ])
 
 
-def test_cpu_winograd_training_keeps_the_list_path():
+def test_auto_packing_rule():
     head = RetinaNetHead(128, num_classes=3, num_anchors=9, num_convs=1)
+    assert head.pack_levels == "auto"
     features = [torch.zeros(2, 128, 40, 40), torch.zeros(2, 128, 20, 20)]
-    assert not head.packs(features)  # Winograd convolves both maps in one call already
-    assert head.eval().packs(features)  # no Winograd in eval: packed
+    assert not head.packs(features)  # CPU training: Winograd convolves both maps in one call
+    small = [torch.zeros(2, 128, 8, 8), torch.zeros(2, 128, 4, 4)]  # too few tiles for it
+    assert not head.packs(small)  # CPU training without Winograd: one call per level
+    with torch.no_grad():
+        assert head.packs(small) and not head.packs(features)  # Winograd still in train mode
+        assert head.eval().packs(features)  # CPU inference: packed
+    assert not head.packs(features)  # eval mode with gradients on: as CPU training
+    head.pack_levels = True
+    assert head.packs(small) and not head.packs(small[:1])  # one level: nothing to pack

@@ -6,9 +6,9 @@ column of zeros: a 3x3 convolution with padding 1 then sees, around every pixel 
 exactly the neighbours it sees on that level alone (the level's own pixels, or zeros where the
 level's padding would be), so the canvas output restricted to a level equals the per-level
 output. The gaps are not zero after a convolution (bias, and the borders bleed into them), so
-they are set back to zero before the next one (:meth:`PackedLevels.mask`). GroupNorm is made
-per level and per image by computing its statistics over each level's pixels only
-(:func:`packed_group_norm`).
+they are set back to zero before the next one (:meth:`PackedLevels.mask`). GroupNorm runs on
+each level's view of the canvas (:func:`packed_group_norm`), so its statistics stay per level
+and per image.
 
 Placement: levels in the order given (largest first for an FPN) fill columns whose height is that
 of the tallest level; a level that no longer fits below the previous one starts a new column.
@@ -58,17 +58,19 @@ def plan_layout(sizes: tuple[tuple[int, int], ...]) -> LevelLayout:
 
 
 @functools.lru_cache(maxsize=64)
-def _masks(layout: LevelLayout, device: torch.device, dtype: torch.dtype
-           ) -> tuple[Tensor, Tensor, Tensor]:
-    """(1, 1, H, W) 0/1 mask of the levels' pixels, (L, H * W) one-hot of each level's pixels
-    and (L,) pixels per level, made once per layout, device and dtype."""
-    height, width = layout.canvas
-    onehot = torch.zeros(len(layout.sizes), height, width, dtype=dtype)
-    for level, ((h, w), (r, c)) in enumerate(zip(layout.sizes, layout.offsets)):
-        onehot[level, r:r + h, c:c + w] = 1
-    counts = torch.tensor([h * w for h, w in layout.sizes], dtype=dtype)
-    mask = onehot.sum(0)[None, None]
-    return (mask.to(device), onehot.view(len(layout.sizes), -1).to(device), counts.to(device))
+def _mask(layout: LevelLayout, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(1, 1, H, W) 0/1 mask of the levels' pixels, made once per layout, device and dtype."""
+    mask = torch.zeros(1, 1, *layout.canvas, dtype=dtype)
+    for (h, w), (r, c) in zip(layout.sizes, layout.offsets):
+        mask[..., r:r + h, c:c + w] = 1
+    return mask.to(device)
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """channels_last for a channels_last (and not also contiguous) map, else contiguous."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 class PackedLevels:
@@ -85,10 +87,8 @@ class PackedLevels:
         (channels_last or contiguous) and is zero outside the levels."""
         first = maps[0]
         layout = plan_layout(tuple((int(m.shape[2]), int(m.shape[3])) for m in maps))
-        fmt = (torch.channels_last
-               if first.is_contiguous(memory_format=torch.channels_last)
-               and not first.is_contiguous() else torch.contiguous_format)
-        canvas = first.new_zeros((*first.shape[:2], *layout.canvas)).contiguous(memory_format=fmt)
+        canvas = first.new_zeros((*first.shape[:2], *layout.canvas)).contiguous(
+            memory_format=_memory_format(first))
         for m, (h, w), (r, c) in zip(maps, layout.sizes, layout.offsets):
             canvas[:, :, r:r + h, c:c + w] = m
         return cls(layout), canvas
@@ -100,33 +100,25 @@ class PackedLevels:
 
     def mask(self, canvas: Tensor) -> Tensor:
         """The canvas with its gaps set to zero (levels unchanged)."""
-        return canvas * _masks(self.layout, canvas.device, canvas.dtype)[0]
+        return canvas * _mask(self.layout, canvas.device, canvas.dtype)
 
 
 def packed_group_norm(canvas: Tensor, packed: PackedLevels, norm: nn.GroupNorm) -> Tensor:
-    """``norm`` applied to each level of each image of the canvas separately, as on the level
-    alone: mean and variance per (image, group, level) over that level's pixels only. The gaps
-    of the result are zero. Computed in float32 (float64 for float64 input) outside autocast, as
-    autocast runs ``group_norm`` in float32.
+    """``norm`` applied to each level of each image of the canvas separately, exactly as on the
+    level alone: ``F.group_norm`` on each level's view (statistics per image, group and level),
+    written into a zero canvas, so the gaps of the result are zero. One call per level: the
+    convolutions, which cost the time, are the ones packed. (Statistics by matrix products with
+    a one-hot map of the levels, one call for all, made the demo head's CPU training step 2.4x
+    slower; docs/BENCHMARKS.md.)
 
-    Args: canvas (B, C, H, W), C divisible by ``norm.num_groups``. Returns (B, C, H, W).
+    Args: canvas (B, C, H, W), C divisible by ``norm.num_groups``. Returns (B, C, H, W) in the
+    dtype ``norm`` returns (float32 under autocast).
     """
-    b, c, h, w = canvas.shape
-    groups = norm.num_groups
-    dtype = torch.promote_types(canvas.dtype, torch.float32)
-    with torch.autocast(canvas.device.type, enabled=False):
-        mask, onehot, counts = _masks(packed.layout, canvas.device, dtype)
-        counts = counts * (c // groups)
-        x = canvas.to(dtype).reshape(b, groups, c // groups, h * w)
-        mean = (x.sum(2) @ onehot.T) / counts  # (B, G, L)
-        centred = x - (mean @ onehot).unsqueeze(2)
-        var = ((centred * centred).sum(2) @ onehot.T) / counts
-        rstd = (torch.rsqrt(var + norm.eps) @ onehot).unsqueeze(2)  # 0 in the gaps
-        y = (centred * rstd).reshape(b, c, h, w)
-        if norm.affine:
-            y = (y * norm.weight.to(dtype)[:, None, None]
-                 + norm.bias.to(dtype)[:, None, None]) * mask
-    return y
+    levels = [norm(level) for level in packed.unpack(canvas)]
+    out = levels[0].new_zeros(canvas.shape).contiguous(memory_format=_memory_format(canvas))
+    for level, (h, w), (r, c) in zip(levels, packed.layout.sizes, packed.layout.offsets):
+        out[:, :, r:r + h, c:c + w] = level  # a fresh view each time (autograd's CopySlices)
+    return out
 
 
 def _same_size_conv(module: nn.Module) -> bool:
