@@ -2,6 +2,7 @@
 checkpoints (same keys, same values, loadable with the switches flipped)."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -139,3 +140,35 @@ def test_benchmark_peak_table():
     assert peak_tflops("NVIDIA H100 PCIe", amp=True) == 756.0
     assert peak_tflops("NVIDIA A100-SXM4-80GB", amp=False) == 156.0
     assert peak_tflops("NVIDIA GeForce RTX 4090", amp=True) is None  # not in the table
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("synthetic_datasets_root")
+def test_train_net_with_switches_matches_without(tmp_path):
+    """tools/train_net.py with SPEED.CHANNELS_LAST and SPEED.DEFER_CHECKS on trains the same
+    weights as without (same seed and data), logs the deferred losses at the flushes, and its
+    final checkpoint loads into a model built without the switches."""
+    from tool_loader import load_tool  # tests/ is on sys.path under pytest
+
+    train_net = load_tool("train_net")
+    tiny = ["--config-file", CONFIG, "--skip-test",
+            "MODEL.DEVICE", "cpu", "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "64",
+            "MODEL.RETINANET.NUM_CONVS", "1", "DATASETS.TRAIN", "('synthetic:8:0:128',)",
+            "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+            "INPUT.HORIZONTAL_FLIP_PROB_TRAIN", "0.0", "DATALOADER.NUM_WORKERS", "0",
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "(100,)",
+            "SOLVER.MAX_ITER", "4", "SOLVER.LOG_PERIOD", "2", "SOLVER.CHECKPOINT_PERIOD", "1000"]
+    plain, fast = tmp_path / "plain", tmp_path / "fast"
+    train_net.main(tiny + ["OUTPUT_DIR", str(plain)])
+    train_net.main(tiny + ["OUTPUT_DIR", str(fast), "SPEED.CHANNELS_LAST", "True",
+                           "SPEED.DEFER_CHECKS", "True"])
+    want = torch.load(plain / "model_final.pth", weights_only=True)["model"]
+    got = torch.load(fast / "model_final.pth", weights_only=True)["model"]
+    assert list(got) == list(want)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+    records = [json.loads(line) for line in open(fast / "metrics.jsonl")]
+    assert [r["iteration"] for r in records] == [2, 4] and all("loss" in r for r in records)
+    model = build_detector(_cfg("MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 64,
+                                "MODEL.RETINANET.NUM_CONVS", 1))
+    Checkpointer(model, save_dir=str(fast)).load(str(fast / "model_final.pth"))
