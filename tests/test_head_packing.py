@@ -72,11 +72,13 @@ def test_layout_keeps_levels_apart():
     assert big.canvas == (100, 168 + 1 + 84)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("use_gn", [False, True])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_packed_head_equals_per_level(use_gn, batch):
-    head = _head(use_gn)
-    features = _features(batch)
+def test_packed_head_equals_per_level(use_gn, batch, device):
+    head = _head(use_gn).to(device)
+    head.pack_levels = "auto" if device == "cuda" else True  # "auto" packs on CUDA
+    features = [f.detach().to(device).requires_grad_() for f in _features(batch)]
     assert head.packs(features)
     got = head(features)
     want = _reference(head, features)

