@@ -8,7 +8,7 @@ norm) -> SGD step -> LR schedule step. The loop around it is drdet.engine.traine
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -179,7 +179,7 @@ class TrainStep:
         tensor); and the unreadable images skipped so far by the loaders of all ranks (0 without
         a bad-image log). With SPEED.DEFER_CHECKS see the class docstring."""
         loss_dict = self._forward(images, targets)
-        losses = sum(loss_dict.values())
+        losses = cast(Tensor, sum(loss_dict.values()))
         to_reduce = {k: v.detach().float() for k, v in loss_dict.items()}
         bad_images = self.bad_images
         if bad_images is not None:  # a fill, not a host-to-device copy
@@ -239,7 +239,7 @@ class TrainStep:
         check_grad = grad_norm is not None and not self.use_amp
         self._keys = list(reduced)
         values = [*reduced.values(), *(v.detach().float() for v in loss_dict.values())]
-        if check_grad:
+        if check_grad and grad_norm is not None:
             values.append(grad_norm.detach().float())
         self.pending.add(iteration, _image_ids(targets), values)
         self._apply()
@@ -266,8 +266,8 @@ class TrainStep:
                     "SPEED.DEFER_CHECKS: the step and those up to this check were applied.")
             for k in sums:
                 sums[k] += reduced[k]
-        means: Dict[str, object] = {k: v / max(1, len(rows)) for k, v in sums.items()}
-        means["loss"] = sum(means.values())
+        mean = {k: v / max(1, len(rows)) for k, v in sums.items()}
+        means: Dict[str, object] = dict(mean, loss=sum(mean.values()))
         if check_grad and rows:
             means["grad_norm"] = rows[-1][2][-1]
         return means, num_bad

@@ -18,7 +18,7 @@ a 100 x 253 canvas, 13% larger than the levels' 22,400 pixels.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -135,13 +135,13 @@ def _same_size_conv(module: nn.Module) -> bool:
 _POINTWISE = (nn.ReLU, nn.Identity)  # zero in, zero out
 
 
-def packable(layers: Sequence[nn.Module]) -> bool:
+def packable(layers: Iterable[nn.Module]) -> bool:
     """Whether :func:`apply_packed` computes these layers exactly: same-size convolutions,
     GroupNorm, ReLU and Identity only."""
     return all(isinstance(m, (nn.GroupNorm, *_POINTWISE)) or _same_size_conv(m) for m in layers)
 
 
-def apply_packed(layers: Sequence[nn.Module], canvas: Tensor, packed: PackedLevels) -> Tensor:
+def apply_packed(layers: Iterable[nn.Module], canvas: Tensor, packed: PackedLevels) -> Tensor:
     """The layers (see :func:`packable`) run on the canvas, one call each, with the gaps kept at
     zero: a convolution's output is masked unless a GroupNorm (which masks) follows it."""
     layers = list(layers)
