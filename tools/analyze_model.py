@@ -64,6 +64,19 @@ def count_flops(module: nn.Module, *inputs) -> Dict[str, int]:
     return flops
 
 
+def forward_flops(model: nn.Module, input_size: Sequence[int]) -> int:
+    """FLOPs (2 per multiply-add, :func:`count_flops`) of the detector ``model``'s forward on
+    one (3, H, W) image, counted in eval mode; the model's mode is restored."""
+    training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    height, width = input_size
+    try:
+        return count_flops(model, [torch.rand(3, height, width, device=device) * 255])[""]
+    finally:
+        model.train(training)
+
+
 def analyze(model: nn.Module, input_size: Sequence[int]) -> Dict[str, Dict[str, float]]:
     """{"total"|"backbone"|"fpn"|"head": {"params": count, "gflops": GFLOPs}} of the detector
     ``model`` on one (3, H, W) image in eval mode (the model is left in eval mode)."""

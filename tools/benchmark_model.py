@@ -36,6 +36,13 @@ Peak memory: what one training step (one inference call of the whole batch) allo
 what was allocated before it, its activations, gradients and temporaries: on CUDA from the
 allocator's statistics, on the CPU from the profiler's record of allocations and frees.
 
+Achieved throughput: the FLOPs of drdet's forward on one image (tools/analyze_model.py's
+counter: convolutions and matrix products, 2 FLOPs per multiply-add) times the images, and for
+a training step three times that (the usual estimate: the backward pass costs about twice the
+forward; an upper bound here, as the frozen stem and res2 need no weight gradients), divided by
+the time: TFLOP/s per row, and on a GPU of the table PEAK_TFLOPS also the fraction of the card's
+dense peak (bf16/fp16 with --amp, TF32 without; other cards and the CPU: no fraction).
+
 Times are medians over --reps runs after --warmup runs; drdet's and torchvision's training steps,
 and their inference calls, alternate so that a change of machine load hits both. The last
 column is drdet / torchvision (< 1: drdet is faster). --json writes the figures to a file.
@@ -51,6 +58,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from analyze_model import forward_flops  # noqa: E402
 from benchmark_ops import _cpu_peak_start, _cpu_peak_stop, timed_call  # noqa: E402  (tools/ is on sys.path when run as a script)
 from drdet.checkpoint.weights import convert_torchvision_retinanet  # noqa: E402
 from drdet.engine.defaults import load_config  # noqa: E402
@@ -59,6 +67,27 @@ from drdet.modeling.inference_copy import prepare_for_inference  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "torchvision", "retinanet_resnet50_fpn_torchvision.yaml")
+
+
+# Dense (no sparsity) tensor-core peaks in TFLOP/s from NVIDIA's data sheets, by a substring of
+# torch.cuda.get_device_name(), most specific first: (bf16/fp16, tf32).
+PEAK_TFLOPS = (
+    ("H200 NVL", (835.0, 418.0)),
+    ("H200", (989.4, 494.7)),
+    ("H100 PCIe", (756.0, 378.0)),
+    ("H100 NVL", (835.0, 418.0)),
+    ("H100", (989.4, 494.7)),
+    ("A100", (312.0, 156.0)),
+)
+
+
+def peak_tflops(device_name: str, amp: bool):
+    """The card's dense peak (bf16/fp16 with `amp`, else TF32) in TFLOP/s, or None when the
+    card is not in PEAK_TFLOPS."""
+    for key, peaks in PEAK_TFLOPS:
+        if key in device_name:
+            return peaks[0] if amp else peaks[1]
+    return None
 
 
 # Post-processing parameters shared by both models (drdet's config defaults).
@@ -166,13 +195,13 @@ def print_profile(title, fn, device, rows=12):
     print(prof.key_averages().table(sort_by=key, row_limit=rows))
 
 
-def train_step_fn(model, images, targets, device, amp):
+def train_step_fn(model, images, targets, device, amp, amp_dtype=torch.float16):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
     model.train()
 
     def step():
-        with torch.autocast(device.type, enabled=amp):
+        with torch.autocast(device.type, enabled=amp, dtype=amp_dtype):
             losses = model(images, targets)
         total = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
@@ -182,25 +211,37 @@ def train_step_fn(model, images, targets, device, amp):
     return step
 
 
-def inference_fn(model, images, device, amp):
+def inference_fn(model, images, device, amp, amp_dtype=torch.float16):
     """fn() running `model` (already in its inference form) on `images`, under no_grad."""
 
     @torch.no_grad()
     def run():
-        with torch.autocast(device.type, enabled=amp):
+        with torch.autocast(device.type, enabled=amp, dtype=amp_dtype):
             return model(images)
 
     return run
+
+
+def _amp_dtype(name, device):
+    """The autocast dtype of --amp-dtype (drdet.engine.speed.amp_dtype, SPEED.AMP_DTYPE)."""
+    from drdet.engine.speed import amp_dtype
+
+    return amp_dtype(name, device)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batch", type=int, default=None, help="default: 2 on CPU, 8 on CUDA")
+    parser.add_argument("--batch", "--batch-size", type=int, default=None,
+                        help="images per step (e.g. 8, 16, 32); default: 2 on CPU, 8 on CUDA")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="default: 512 512 on CPU, 800 1344 on CUDA (a multiple of 32)")
     parser.add_argument("--amp", action="store_true", help="torch.autocast (CUDA)")
+    parser.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16", "auto"],
+                        help="autocast dtype with --amp (auto: bfloat16 where the card has it)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="torch.backends.cudnn.benchmark (cuDNN's autotuner)")
     parser.add_argument("--channels-last", action="store_true",
                         help="channels_last for both models' training step and torchvision's "
                              "inference too (drdet's inference copy is channels_last on the CPU "
@@ -231,20 +272,27 @@ def main(argv=None):
         raise SystemExit(f"--parts: a subset of train,inference, got {args.parts!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.batch is not None and args.batch < 1:
+        raise SystemExit(f"--batch-size must be >= 1, got {args.batch}")
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    amp_dtype = _amp_dtype(args.amp_dtype, device)
     n = args.batch or (2 if device.type == "cpu" else 8)
     size = tuple(args.size or ((512, 512) if device.type == "cpu" else (800, 1344)))
     torch.manual_seed(0)
     images, targets = batch(device, n, size)
     where = torch.cuda.get_device_name() if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}; {where}; batch {n} at {size[0]}x{size[1]}; amp {args.amp}; "
-          f"score threshold {args.score_thresh}")
+    print(f"torch {torch.__version__}; {where}; batch {n} at {size[0]}x{size[1]}; amp {args.amp}"
+          f"{f' ({amp_dtype})' if args.amp else ''}; score threshold {args.score_thresh}")
+    peak = peak_tflops(where, args.amp) if device.type == "cuda" else None
 
     # Both models take the same RGB 0-1 tensors and normalise them the same way.
     rows = []  # (label, seconds, ratio or None)
     if "train" in parts:
         tv, models = model_pair(device, size, args.score_thresh, ("FOCAL", "DR"))
         models = {"focal": models["FOCAL"], "DR": models["DR"]}
+        step_flops = 3 * n * forward_flops(models["DR"], size)
         if args.direct_conv:
             models["DR, direct convolutions"] = model_pair(
                 device, size, args.score_thresh, ("DR",), winograd=False)[1]["DR"]
@@ -252,8 +300,8 @@ def main(argv=None):
             tv = tv.to(memory_format=torch.channels_last)
             models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
         # The steps alternate, like the inference calls below.
-        steps = {"torchvision": train_step_fn(tv, images, targets, device, args.amp)}
-        steps.update({name: train_step_fn(m, images, targets, device, args.amp)
+        steps = {"torchvision": train_step_fn(tv, images, targets, device, args.amp, amp_dtype)}
+        steps.update({name: train_step_fn(m, images, targets, device, args.amp, amp_dtype)
                       for name, m in models.items()})
         t = timed_alternating(steps, device, args.warmup, args.reps)
         mem = {name: peak_memory_mib(fn, device) for name, fn in steps.items()}
@@ -261,24 +309,26 @@ def main(argv=None):
             for name, fn in steps.items():
                 print_profile(f"training step, {name}", fn, device)
         rows.append(("train step, focal (torchvision)", t["torchvision"], None,
-                     mem["torchvision"]))
+                     mem["torchvision"], step_flops))
         for name in models:
             rows.append((f"train step, {name} (drdet)", t[name], t[name] / t["torchvision"],
-                         mem[name]))
+                         mem[name], step_flops))
     if "inference" in parts:
         # fresh models (the training steps above changed the weights)
         tv, ours = model_pair(device, size, args.score_thresh)
         tv, ours = tv.eval(), ours["FOCAL"]
+        image_flops = forward_flops(ours, size)
         if args.channels_last:
             tv = tv.to(memory_format=torch.channels_last)
             ours = ours.to(memory_format=torch.channels_last)
         start = time.perf_counter()
         drdet_inference = prepare_for_inference(ours)
         prepare_s = time.perf_counter() - start
-        fns = {"drdet": inference_fn(drdet_inference, images, device, args.amp),
-               "torchvision": inference_fn(tv, images, device, args.amp)}
+        fns = {"drdet": inference_fn(drdet_inference, images, device, args.amp, amp_dtype),
+               "torchvision": inference_fn(tv, images, device, args.amp, amp_dtype)}
         if args.unprepared:
-            fns["drdet unprepared"] = inference_fn(ours.eval(), images, device, args.amp)
+            fns["drdet unprepared"] = inference_fn(ours.eval(), images, device, args.amp,
+                                                   amp_dtype)
         dets = {name: fn() for name, fn in fns.items()}
         counts = {name: [len(d["scores"]) for d in out] for name, out in dets.items()}
         # same weights, same images: the same scores (the boxes move by up to about a pixel,
@@ -289,31 +339,45 @@ def main(argv=None):
         t = timed_alternating(fns, device, args.warmup, args.reps)
         mem = {name: peak_memory_mib(fn, device) for name, fn in fns.items()}  # per batch
         rows.append(("inference per image (torchvision)", t["torchvision"] / n, None,
-                     mem["torchvision"]))
+                     mem["torchvision"], image_flops))
         rows.append(("inference per image (drdet)", t["drdet"] / n,
-                     t["drdet"] / t["torchvision"], mem["drdet"]))
+                     t["drdet"] / t["torchvision"], mem["drdet"], image_flops))
         if args.unprepared:
             rows.append(("  same, without prepare_for_inference", t["drdet unprepared"] / n,
-                         t["drdet unprepared"] / t["torchvision"], mem["drdet unprepared"]))
+                         t["drdet unprepared"] / t["torchvision"], mem["drdet unprepared"],
+                         image_flops))
         print(f"  detections per image: drdet {counts['drdet']}, torchvision "
               f"{counts['torchvision']} (largest score difference {score_diff:.1e}); drdet's "
               f"prepare_for_inference (once per model) {prepare_s * 1e3:.0f} ms")
-    print(f"  {'':<44} {'time':>12} {'peak memory':>15}   ratio drdet / torchvision (time)")
-    for label, seconds, ratio, mib in rows:
-        print(f"  {label:<44} {seconds * 1e3:9.1f} ms {mib:11.0f} MiB"
+    work = {label.split(" (")[0]: flops for label, _, _, _, flops in rows}
+    print("  FLOPs (tools/analyze_model.py's count): "
+          + "; ".join(f"{what} {flops / 1e9:,.0f} GFLOP" for what, flops in work.items())
+          + (" (a training step: 3x the forward of the batch)" if "train" in parts else "")
+          + (f"; card's dense {'bf16/fp16' if args.amp else 'TF32'} peak {peak:.0f} TFLOP/s"
+             if peak else ""))
+    print(f"  {'':<44} {'time':>12} {'peak memory':>15} {'TFLOP/s':>9}"
+          + (f" {'of peak':>8}" if peak else "") + "   ratio drdet / torchvision (time)")
+    for label, seconds, ratio, mib, flops in rows:
+        tflops = flops / seconds / 1e12
+        print(f"  {label:<44} {seconds * 1e3:9.1f} ms {mib:11.0f} MiB {tflops:9.3g}"
+              + (f" {tflops / peak:8.1%}" if peak else "")
               + (f"   {ratio:.2f}" if ratio else ""))
-    peak = None
+    peak_mib = None
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-        print(f"  peak memory {peak:.0f} MiB (all runs)")
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+        print(f"  peak memory {peak_mib:.0f} MiB (all runs)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"torch": torch.__version__, "device": where, "batch": n, "size": size,
                        "amp": args.amp, "score_thresh": args.score_thresh,
                        "warmup": args.warmup, "reps": args.reps,
+                       "amp_dtype": str(amp_dtype), "peak_tflops": peak,
                        "rows": [{"what": label, "ms": seconds * 1e3, "ratio": ratio,
-                                 "peak_mib": mib} for label, seconds, ratio, mib in rows],
-                       "peak_memory_mib": peak}, f, indent=1)
+                                 "peak_mib": mib, "tflops": flops / seconds / 1e12,
+                                 "fraction_of_peak": (flops / seconds / 1e12 / peak
+                                                      if peak else None)}
+                                for label, seconds, ratio, mib, flops in rows],
+                       "peak_memory_mib": peak_mib}, f, indent=1)
     return rows
 
 

@@ -21,6 +21,7 @@ from drdet.checkpoint import Checkpointer, set_rng_state  # noqa: E402
 from drdet.data import build_data_loader  # noqa: E402
 from drdet.engine.defaults import (check_num_classes, default_setup, evaluate_datasets,  # noqa: E402
                                    format_metric)
+from drdet.engine.speed import apply_speed_switches  # noqa: E402
 from drdet.engine.trainer import do_train  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 from drdet.solver import make_lr_scheduler, make_optimizer  # noqa: E402
@@ -75,6 +76,7 @@ def main(argv=None, hooks=()):
     if "rng" in extra:
         set_rng_state(extra["rng"])
 
+    apply_speed_switches(cfg, model)  # SPEED.*: all off by default
     train_model = model
     if comm.get_world_size() > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(

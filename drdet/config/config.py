@@ -34,6 +34,9 @@ REMOVED_KEYS: Dict[str, str] = {
 }
 
 
+# SPEED.AMP_DTYPE: the autocast dtypes drdet.engine.speed.amp_dtype maps to a torch dtype.
+AMP_DTYPES = ("float16", "bfloat16", "auto")
+
 
 def choices() -> Dict[str, Tuple[str, ...]]:
     """Allowed values of the enumerated keys, by full key name, from the modules that implement
@@ -51,6 +54,7 @@ def choices() -> Dict[str, Tuple[str, ...]]:
         "MODEL.DR_LOSS.GROUPING": GROUPINGS,
         "SOLVER.WARMUP_METHOD": WARMUP_METHODS,
         "SOLVER.LR_SCHEDULER": LR_SCHEDULERS,
+        "SPEED.AMP_DTYPE": AMP_DTYPES,
     }
 
 

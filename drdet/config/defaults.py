@@ -197,6 +197,32 @@ _C.SOLVER.LOG_PERIOD = 20
 # (minutes; fractions allowed, e.g. 0.05 = 3 s in tests).
 _C.SOLVER.DIST_TIMEOUT_MINUTES = 30.0
 
+# ---------------------------------------------------------------------------------------------
+# Speed switches of the training step (drdet, issue 16). Each is off by default, none changes a
+# checkpoint (same keys, same values), and their effect on a GPU is not yet measured
+# (docs/BENCHMARKS.md, "GPU speed switches"). Applied by drdet.engine.speed.
+# ---------------------------------------------------------------------------------------------
+_C.SPEED = CN()
+# Model weights and the backbone's input batch in channels_last (NHWC) memory format, the layout
+# cuDNN's tensor-core convolutions use natively.
+_C.SPEED.CHANNELS_LAST = False
+# torch.compile of the model's forward, in place (nn.Module.compile): the state dict keeps its
+# keys (no "_orig_mod." prefix). The first iterations are slow (compilation).
+_C.SPEED.COMPILE = False
+# torch.backends.cudnn.benchmark: cuDNN times its algorithms for every new input shape and keeps
+# the fastest; pays with fixed-size batches, costs a search per new shape otherwise.
+_C.SPEED.CUDNN_BENCHMARK = False
+# Autocast dtype under SOLVER.AMP: "float16" (with GradScaler, the behaviour before this key),
+# "bfloat16" (no GradScaler) or "auto" (bfloat16 where torch.cuda.is_bf16_supported(), else
+# float16). The losses accumulate in float32 either way.
+_C.SPEED.AMP_DTYPE = "float16"
+# Host syncs of the training step: False reads the losses back every iteration (the NaN guard and
+# the bad-image limit stop the run at the failing iteration, before its update). True keeps them
+# on the device and reads them back every SOLVER.LOG_PERIOD iterations and at checkpoint,
+# evaluation and last iterations: the run then stops at that read naming the first failing
+# iteration, after the updates in between were applied (drdet/engine/train_step.py).
+_C.SPEED.DEFER_CHECKS = False
+
 _C.TEST = CN()
 # Images per iteration over all GPUs.
 _C.TEST.IMS_PER_BATCH = 8

@@ -8,12 +8,14 @@ norm) -> SGD step -> LR schedule step. The loop around it is drdet.engine.traine
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import Tensor, nn
 
 from drdet.data.bad_images import BadImageLog
+from drdet.engine.speed import amp_dtype
+from drdet.modeling.retinanet.loss import check_targets, targets_checked
 from drdet.solver import make_gradient_clipper
 from drdet.utils import comm
 
@@ -71,13 +73,54 @@ def check_bad_images(iteration: int, total: int, bad_images: Optional[BadImageLo
     raise bad_images.limit_error(total, iteration, note)
 
 
+class _PendingChecks:
+    """The device-side values of the iterations whose checks SPEED.DEFER_CHECKS postponed:
+    per iteration the loss terms reduced over the ranks, this rank's terms, the bad-image count
+    (summed over the ranks) and the gradient norm when it is checked, kept as device tensors
+    until :meth:`read` copies them all to the host at once."""
+
+    def __init__(self):
+        self.rows: List[Tuple[int, List[Optional[int]], Tensor]] = []
+
+    def add(self, iteration: int, image_ids: List, values: Sequence[Tensor]) -> None:
+        self.rows.append((iteration, image_ids, torch.stack([v.reshape(()) for v in values])))
+
+    def read(self) -> List[Tuple[int, List, List[float]]]:
+        """(iteration, image ids, values as floats) per pending iteration; one host sync."""
+        if not self.rows:
+            return []
+        host = torch.stack([r[2] for r in self.rows]).cpu().tolist()
+        rows = [(it, ids, vals) for (it, ids, _), vals in zip(self.rows, host)]
+        self.rows = []
+        return rows
 
 
 class TrainStep:
     """One training iteration of `model` on one batch: forward (under autocast when SOLVER.AMP
-    on CUDA), the loss terms and the bad-image count reduced over the ranks (the one host sync),
+    on CUDA, in SPEED.AMP_DTYPE), the loss terms and the bad-image count reduced over the ranks,
     the bad-image limit and finite checks, backward, optional clipping, optimizer and scheduler
     step.
+
+    Host syncs. RetinaNet's targets, when they come on the CPU (from a data loader), are checked
+    there before they move to the device (drdet.modeling.retinanet.loss.check_targets: the same
+    error, naming the image, without a device sync), and the loss skips its device-side check.
+    What the step reads back from the device:
+
+    - by default, every iteration, the reduced loss terms and bad-image count, in one copy (the
+      finite check and the bad-image limit need them before the update), and with clipping
+      without AMP the gradient norm (``torch.isfinite``);
+    - with SPEED.DEFER_CHECKS, nothing at most iterations: these values stay on the device and
+      are read back, in one copy, every SOLVER.LOG_PERIOD iterations and at the checkpoint,
+      evaluation and last iterations (:meth:`flush`). The checks then run on every pending
+      iteration in order, and the first failure stops the run naming its iteration, images and
+      terms, as before, but after the updates of the iterations in between. Periodic
+      checkpoints come at flush iterations, after the checks passed, so none holds such an
+      update; a checkpoint written between flushes (a stop on a signal) may. The values
+      returned are the means over the flushed iterations, and empty in between.
+
+    What remains on a GPU is in the model: the positive anchors' ``nonzero()`` in the RetinaNet
+    loss (its size decides the regression loss's shape) and whatever the classification loss
+    reads back; tests/test_sync_free_step.py counts them.
 
     When `bad_images` (the loader's BadImageLog) is given, its own limit check is switched off:
     the limit applies here, to the sum over all ranks, so that every rank stops at once.
@@ -90,8 +133,21 @@ class TrainStep:
         self.scheduler = scheduler
         self.device = device
         self.use_amp = bool(cfg.SOLVER.AMP) and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = amp_dtype(cfg.SPEED.AMP_DTYPE, device)
+        # bfloat16 has float32's range: no loss scaling needed.
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.clip_gradients = make_gradient_clipper(cfg)
+        self.num_classes = cfg.MODEL.RETINANET.NUM_CLASSES - 1
+        # The host-side target check is RetinaNet's (another registered detector may read its
+        # targets otherwise); it is skipped for targets already on the device.
+        self.check_targets_on_host = cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
+        self.defer_checks = bool(cfg.SPEED.DEFER_CHECKS)
+        periods = (cfg.SOLVER.LOG_PERIOD, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.TEST.EVAL_PERIOD)
+        self.flush_periods = tuple(p for p in periods if p > 0)
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.pending = _PendingChecks()
+        self._keys: List[str] = []
         self.bad_images = bad_images
         if bad_images is not None:
             bad_images.raise_over_limit = False  # applied in __call__ to the sum over all ranks
@@ -101,35 +157,45 @@ class TrainStep:
         """The learning rate of the first parameter group (after the last scheduler step)."""
         return self.optimizer.param_groups[0]["lr"]
 
+    def _forward(self, images: Sequence[Tensor], targets: Sequence[Dict]) -> Dict[str, Tensor]:
+        """The loss dict, with the targets checked on the host when they are there."""
+        on_host = self.check_targets_on_host and bool(targets) and all(
+            isinstance(t.get(k), Tensor) and t[k].device.type == "cpu"
+            for t in targets for k in ("boxes", "labels"))
+        if on_host:
+            check_targets(targets, self.num_classes)
+        images, targets = move_batch(images, targets, self.device)
+        with torch.autocast(self.device.type, enabled=self.use_amp, dtype=self.amp_dtype):
+            if on_host:
+                with targets_checked():
+                    return self.model(images, targets)
+            return self.model(images, targets)
+
     def __call__(self, iteration: int, images: Sequence[Tensor], targets: Sequence[Dict]
                  ) -> Tuple[Dict[str, object], int]:
         """Runs iteration `iteration` (1-based) on one batch: `images` (3, H_i, W_i) tensors and
         their target dicts, on any device. Returns (values, num_bad): the loss terms averaged over
         the ranks as floats, their sum as "loss" and, when clipping, "grad_norm" (a 0-dim
         tensor); and the unreadable images skipped so far by the loaders of all ranks (0 without
-        a bad-image log)."""
-        images, targets = move_batch(images, targets, self.device)
-        with torch.autocast(self.device.type, enabled=self.use_amp):
-            loss_dict = self.model(images, targets)
-        losses = sum(loss_dict.values())
+        a bad-image log). With SPEED.DEFER_CHECKS see the class docstring."""
+        loss_dict = self._forward(images, targets)
+        losses = cast(Tensor, sum(loss_dict.values()))
         to_reduce = {k: v.detach().float() for k, v in loss_dict.items()}
         bad_images = self.bad_images
-        if bad_images is not None:
-            to_reduce[_BAD_IMAGES] = torch.tensor(float(bad_images.count), device=losses.device)
-        reduced = comm.reduce_dict(to_reduce)
-        reduced = {k: float(v) for k, v in reduced.items()}  # the one host sync of the step
-        num_bad = 0
-        if bad_images is not None:  # the mean over the ranks back to their sum
-            num_bad = round(reduced.pop(_BAD_IMAGES) * comm.get_world_size())
-            check_bad_images(iteration, num_bad, bad_images)
-        check_finite(iteration, reduced, loss_dict, targets)
+        if bad_images is not None:  # a fill, not a host-to-device copy
+            to_reduce[_BAD_IMAGES] = torch.full((), float(bad_images.count),
+                                                device=losses.device)
+        reduced_t = comm.reduce_dict(to_reduce)
+        if self.defer_checks:
+            return self._deferred(iteration, targets, loss_dict, reduced_t, losses)
 
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses).backward()
+        keys = list(reduced_t)  # the one host read of the step: all values in one copy
+        reduced = dict(zip(keys, torch.stack([reduced_t[k].reshape(()) for k in keys])
+                           .cpu().tolist()))
+        num_bad = self._check(iteration, reduced, loss_dict, targets)
+        grad_norm = self._update(losses)
         values: Dict[str, object] = dict(reduced, loss=sum(reduced.values()))
-        if self.clip_gradients is not None:
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = self.clip_gradients(self.model)
+        if grad_norm is not None:
             if not self.use_amp and not torch.isfinite(grad_norm):
                 # (under AMP the scaler skips such steps and lowers its scale itself)
                 raise NonFiniteLossError(
@@ -137,7 +203,71 @@ class TrainStep:
                     f"with finite losses {reduced}; rank {comm.get_rank()} images "
                     f"{_image_ids(targets)}. The step was not applied.")
             values["grad_norm"] = grad_norm
+        self._apply()
+        return values, num_bad
+
+    def _check(self, iteration: int, reduced: Dict[str, float], local: Dict[str, Tensor],
+               targets: Sequence[Dict]) -> int:
+        """The bad-image limit and the finite check on host values; pops and returns the
+        bad-image total over the ranks (0 without a log)."""
+        num_bad = 0
+        if self.bad_images is not None:  # the mean over the ranks back to their sum
+            num_bad = round(reduced.pop(_BAD_IMAGES) * comm.get_world_size())
+            check_bad_images(iteration, num_bad, self.bad_images)
+        check_finite(iteration, reduced, local, targets)
+        return num_bad
+
+    def _update(self, losses: Tensor) -> Optional[Tensor]:
+        """Backward and clipping (returns the gradient norm, or None without clipping)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses).backward()
+        if self.clip_gradients is None:
+            return None
+        self.scaler.unscale_(self.optimizer)
+        return self.clip_gradients(self.model)
+
+    def _apply(self) -> None:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return values, num_bad
+
+    def _deferred(self, iteration: int, targets: Sequence[Dict], loss_dict: Dict[str, Tensor],
+                  reduced: Dict[str, Tensor], losses: Tensor) -> Tuple[Dict[str, object], int]:
+        """The step of SPEED.DEFER_CHECKS: the values to check are kept on the device, and read
+        back and checked at the flush iterations (class docstring)."""
+        grad_norm = self._update(losses)
+        check_grad = grad_norm is not None and not self.use_amp
+        self._keys = list(reduced)
+        values = [*reduced.values(), *(v.detach().float() for v in loss_dict.values())]
+        if check_grad and grad_norm is not None:
+            values.append(grad_norm.detach().float())
+        self.pending.add(iteration, _image_ids(targets), values)
+        self._apply()
+        if iteration != self.max_iter and not any(iteration % p == 0
+                                                  for p in self.flush_periods):
+            return {}, 0
+        return self.flush(list(loss_dict), check_grad)
+
+    def flush(self, local_keys: Sequence[str], check_grad: bool) -> Tuple[Dict[str, object], int]:
+        """Reads back the pending iterations (one host sync) and runs their checks in order;
+        returns (the means of the loss terms over them, the last bad-image total)."""
+        rows = self.pending.read()
+        num_bad, sums = 0, dict.fromkeys([k for k in self._keys if k != _BAD_IMAGES], 0.0)
+        n_reduced = len(self._keys)
+        for iteration, image_ids, vals in rows:
+            reduced = dict(zip(self._keys, vals[:n_reduced]))
+            local = {k: torch.tensor(v) for k, v in zip(local_keys, vals[n_reduced:])}
+            batch = [{} if i is None else {"image_id": i} for i in image_ids]
+            num_bad = self._check(iteration, reduced, local, batch)
+            if check_grad and not math.isfinite(vals[-1]):
+                raise NonFiniteLossError(
+                    f"Non-finite gradient norm ({vals[-1]}) at iteration {iteration} with finite "
+                    f"losses {reduced}; rank {comm.get_rank()} images {image_ids}. "
+                    "SPEED.DEFER_CHECKS: the step and those up to this check were applied.")
+            for k in sums:
+                sums[k] += reduced[k]
+        mean = {k: v / max(1, len(rows)) for k, v in sums.items()}
+        means: Dict[str, object] = dict(mean, loss=sum(mean.values()))
+        if check_grad and rows:
+            means["grad_norm"] = rows[-1][2][-1]
+        return means, num_bad

@@ -1,10 +1,14 @@
 """The RetinaNet head: a classification and a box-regression conv tower shared by all levels."""
 
+from __future__ import annotations
+
 import math
 from typing import List, Tuple
 
+import torch
 from torch import Tensor, nn
 
+from drdet.layers.level_packing import PackedLevels, apply_packed, packable
 from drdet.layers.misc import group_norm_groups
 from drdet.layers.winograd import WinogradConv2d, apply_levels
 
@@ -25,6 +29,15 @@ class RetinaNetHead(nn.Module):
     """Two towers of ``num_convs`` conv3x3(+GroupNorm)+ReLU, then a conv3x3 predicting, per
     anchor, ``num_classes`` logits (sigmoid, no background column) and 4 box deltas.
 
+    Each convolution runs over all levels in one call: on CUDA, and on the CPU without
+    gradients (inference), with the levels packed side by side on one canvas with zero gaps,
+    GroupNorm kept per level and per image (drdet/layers/level_packing.py); on the CPU in
+    training, where the tower's convolutions take the Winograd path, as a list of maps
+    (drdet/layers/winograd.py). CPU training without the Winograd path (few channels, as in the
+    demo) keeps one call per level: there the canvas's gaps cost more than the calls saved
+    (docs/BENCHMARKS.md). ``pack_levels``: "auto" (this rule), True (pack wherever it is
+    exact) or False (never). Every way gives the per-level output.
+
     Convolutions are initialised from normal(0, 0.01) with zero bias, except the class logits'
     bias, which starts at -log((1 - p) / p) so that every score starts at ``prior_prob``.
 
@@ -33,6 +46,8 @@ class RetinaNetHead(nn.Module):
         num_classes: foreground classes C (maskrcnn-benchmark's NUM_CLASSES - 1).
         num_anchors: anchors per location A.
     """
+
+    pack_levels: bool | str = "auto"
 
     def __init__(
         self,
@@ -73,12 +88,36 @@ class RetinaNetHead(nn.Module):
             box_deltas: per level (B, H_l * W_l * A, 4) float.
             Rows are ordered (y, x, anchor), the order of AnchorGenerator's anchors.
         """
-        # Layer by layer over all levels: the convolutions are shared, and on the CPU in training
-        # one Winograd call then convolves every level (drdet/layers/winograd.py).
-        cls_maps = apply_levels(self.cls_logits, apply_levels(self.cls_tower, features))
-        box_maps = apply_levels(self.bbox_pred, apply_levels(self.bbox_tower, features))
+        if self.packs(features):
+            packed, canvas = PackedLevels.pack(features)
+            cls_maps = packed.unpack(self.cls_logits(apply_packed(self.cls_tower, canvas, packed)))
+            box_maps = packed.unpack(self.bbox_pred(apply_packed(self.bbox_tower, canvas, packed)))
+        else:
+            cls_maps, box_maps = self._per_level(features)
         return ([_flatten(m, self.num_classes) for m in cls_maps],
                 [_flatten(m, 4) for m in box_maps])
+
+    def packs(self, features: List[Tensor]) -> bool:
+        """Whether :meth:`forward` packs these levels on one canvas (see ``pack_levels``): more
+        than one level, layers that pack exactly, and, for "auto", not the CPU Winograd path
+        (which already convolves all levels in one call, without the canvas's gaps) and not
+        CPU training."""
+        if self.pack_levels is False or len(features) < 2 or not packable(
+                [*self.cls_tower, *self.bbox_tower, self.cls_logits, self.bbox_pred]):
+            return False
+        if self.pack_levels is True:
+            return True
+        first = self.cls_tower[0] if len(self.cls_tower) else self.cls_logits
+        if isinstance(first, WinogradConv2d) and first.uses_winograd(features):
+            return False
+        return features[0].device.type != "cpu" or not torch.is_grad_enabled()
+
+    def _per_level(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        """(class maps, box maps) per level, layer by layer over the list of levels (one
+        Winograd call per layer where it applies)."""
+        cls_maps = apply_levels(self.cls_logits, apply_levels(self.cls_tower, features))
+        box_maps = apply_levels(self.bbox_pred, apply_levels(self.bbox_tower, features))
+        return cls_maps, box_maps
 
 
 def _flatten(prediction: Tensor, channels: int) -> Tensor:

@@ -5,7 +5,9 @@ Per anchor label: 0 background, 1..C the matched box's class, -1 ignored (IoU be
 matcher's thresholds, or optionally straddling the image border).
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+import contextlib
+import contextvars
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,17 +19,42 @@ from drdet.modeling.matcher import Matcher
 from drdet.structures.boxes import pairwise_iou
 from drdet.utils import comm
 
+# True while the caller has already checked the targets on the host (check_targets): _pad_targets
+# then skips its device-side check, the one host sync it would cost (drdet/engine/train_step.py).
+_TARGETS_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "drdet_targets_checked", default=False)
+
+
+@contextlib.contextmanager
+def targets_checked() -> Iterator[None]:
+    """Within this context the loss trusts that its targets passed :func:`check_targets`."""
+    token = _TARGETS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _TARGETS_CHECKED.reset(token)
+
+
+def check_targets(targets: Sequence[Dict[str, Tensor]], num_classes: int) -> None:
+    """The check of :func:`_pad_targets` run on the CPU (no device sync for CPU targets, such as
+    a data loader's): raises ValueError naming the image at fault."""
+    _pad_targets(targets, num_classes, torch.device("cpu"), check=True)
+
 
 def _pad_targets(
-    targets: Sequence[Dict[str, Tensor]], num_classes: int, device: torch.device
+    targets: Sequence[Dict[str, Tensor]], num_classes: int, device: torch.device,
+    check: bool = True,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Stacks per-image targets into (B, M, 4) boxes, (B, M) labels and a (B, M) validity mask,
     M the largest number of boxes, after checking them. Raises ValueError naming the image for
-    a degenerate (width or height <= 0) or non-finite box, or a label outside 1..num_classes."""
+    a degenerate (width or height <= 0) or non-finite box, or a label outside 1..num_classes.
+    The check (one host sync on a GPU) is skipped when ``check`` is False or inside
+    :func:`targets_checked`; the rest reads no tensor back."""
     counts = [int(t["boxes"].shape[0]) for t in targets]
     num_max = max(counts, default=0)
     boxes = torch.zeros(len(targets), num_max, 4, device=device)
     labels = torch.zeros(len(targets), num_max, dtype=torch.int64, device=device)
+    valid = torch.zeros(len(targets), num_max, dtype=torch.bool, device=device)
     for i, (t, n) in enumerate(zip(targets, counts)):
         if t["boxes"].dim() != 2 or t["boxes"].shape[-1] != 4 or t["labels"].shape != (n,):
             raise ValueError(
@@ -37,9 +64,16 @@ def _pad_targets(
             )
         boxes[i, :n] = t["boxes"].to(device=device, dtype=torch.float32)
         labels[i, :n] = t["labels"].to(device=device, dtype=torch.int64)
-    valid = (
-        torch.arange(num_max, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]
-    )
+        valid[i, :n] = True  # a fill, not a host-to-device copy of the counts
+    if check and not _TARGETS_CHECKED.get():
+        _raise_on_bad_target(targets, boxes, labels, valid, num_classes)
+    return boxes, labels, valid
+
+
+def _raise_on_bad_target(targets: Sequence[Dict[str, Tensor]], boxes: Tensor, labels: Tensor,
+                         valid: Tensor, num_classes: int) -> None:
+    """ValueError naming the first image with a degenerate box or a label outside
+    1..num_classes, from the padded (B, M, 4) boxes, (B, M) labels and validity mask."""
     bad_box = (
         (boxes[..., 2] <= boxes[..., 0])
         | (boxes[..., 3] <= boxes[..., 1])
@@ -47,7 +81,7 @@ def _pad_targets(
     ) & valid
     bad_label = ((labels < 1) | (labels > num_classes)) & valid
     bad = bad_box | bad_label
-    if bad.any():  # one host sync per batch
+    if bad.any():  # one host sync per batch on a GPU
         i, j = [int(v) for v in bad.nonzero()[0]]
         name = f"image {i} of the batch" + (
             f" (image_id {targets[i]['image_id']})" if "image_id" in targets[i] else ""
@@ -60,7 +94,6 @@ def _pad_targets(
         raise ValueError(
             f"{name}: box {j} has label {int(labels[i, j])}, expected 1..{num_classes}"
         )
-    return boxes, labels, valid
 
 
 class RetinaNetLossComputation:
@@ -142,7 +175,7 @@ class RetinaNetLossComputation:
         DistributedDataParallel's gradient average equal to that of one process holding the whole
         batch, so results do not depend on the number of GPUs (maskrcnn-benchmark normalises by
         the rank's own count instead)."""
-        value = torch.tensor(float(count), device=like.device)
+        value = torch.full((), float(count), device=like.device)  # a fill: no host copy
         world = comm.get_world_size()
         if world > 1:
             torch.distributed.all_reduce(value)
