@@ -201,6 +201,22 @@ def validate_cfg(cfg: _YacsCfgNode, freeze: bool = True) -> _YacsCfgNode:
     _require(r.BBOX_REG_BETA >= 0.0, "MODEL.RETINANET.BBOX_REG_BETA", r.BBOX_REG_BETA,
              "must be >= 0")
 
+    f = m.FCOS
+    _require(f.REG_LOSS in ("giou", "iou"), "MODEL.FCOS.REG_LOSS", f.REG_LOSS,
+             "must be one of ['giou', 'iou']")
+    _require(f.NUM_CONVS >= 0, "MODEL.FCOS.NUM_CONVS", f.NUM_CONVS, "must be >= 0")
+    _require(0.0 < f.PRIOR_PROB < 1.0, "MODEL.FCOS.PRIOR_PROB", f.PRIOR_PROB, "must be in (0, 1)")
+    _require(len(f.SIZES_OF_INTEREST) == 4 and all(s > 0 for s in f.SIZES_OF_INTEREST)
+             and list(f.SIZES_OF_INTEREST) == sorted(f.SIZES_OF_INTEREST),
+             "MODEL.FCOS.SIZES_OF_INTEREST", f.SIZES_OF_INTEREST,
+             "needs 4 increasing positive bounds between the levels P3-P7")
+    _require(f.CENTER_SAMPLING_RADIUS >= 0.0, "MODEL.FCOS.CENTER_SAMPLING_RADIUS",
+             f.CENTER_SAMPLING_RADIUS, "must be >= 0 (0: off)")
+    _require(0.0 <= f.INFERENCE_TH < 1.0, "MODEL.FCOS.INFERENCE_TH", f.INFERENCE_TH,
+             "must be in [0, 1)")
+    _require(0.0 <= f.NMS_TH <= 1.0, "MODEL.FCOS.NMS_TH", f.NMS_TH, "must be in [0, 1]")
+    _require(f.PRE_NMS_TOP_N >= 1, "MODEL.FCOS.PRE_NMS_TOP_N", f.PRE_NMS_TOP_N, "must be >= 1")
+
     d = m.DR_LOSS
     for key in ("POS_LAMBDA", "NEG_LAMBDA", "L", "TAU", "RHO"):
         _require(d[key] > 0.0, f"MODEL.DR_LOSS.{key}", d[key], "must be > 0")
