@@ -209,3 +209,28 @@ def test_fcos_source_name_and_anchor_convention(converted, tmp_path):
     assert torch.load(out, weights_only=True)["anchor_convention"] == "torchvision"
     with pytest.raises(ValueError, match="torchvision_fcos"):
         _converter().convert_file(src, out, source="maskrcnn-benchmark")
+
+
+@pytest.mark.slow
+def test_benchmark_model_compares_fcos(capsys):
+    """tools/benchmark_model.py --model fcos: both FCOS models, same weights and images, return
+    the same number of detections."""
+    import re
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import benchmark_model
+
+    threads = torch.get_num_threads()
+    try:
+        rows = benchmark_model.main(["--model", "fcos", "--parts", "inference", "--batch", "1",
+                                     "--size", "64", "96", "--warmup", "0", "--reps", "1",
+                                     "--score-thresh", "0.005"])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r[0] for r in rows] == ["inference per image (torchvision)",
+                                    "inference per image (drdet)"]
+    printed = capsys.readouterr().out
+    assert printed.startswith("fcos;")
+    counts = re.search(r"detections per image: drdet \[(\d+)\], torchvision \[(\d+)\]", printed)
+    assert counts and counts.group(1) == counts.group(2) and int(counts.group(1)) > 0
