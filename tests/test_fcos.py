@@ -14,7 +14,11 @@ from drdet.modeling import build_detector
 from drdet.modeling.fcos.detector import location_generator
 from drdet.modeling.fcos.inference import centerness_weighted_logits
 from drdet.modeling.fcos.loss import FCOSLossComputation, iou_loss
-from drdet.modeling.fcos.targets import assign_locations, centerness_targets, level_ranges
+from drdet.modeling.fcos.targets import (
+    assign_locations,
+    centerness_targets,
+    level_ranges,
+)
 from drdet.modeling.losses.dr import build_dr_loss
 
 INF = math.inf

@@ -332,7 +332,8 @@ def main(argv=None):
         print(f"  peak memory {peak:.0f} MiB (all runs)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "torch": torch.__version__, "device": where, "batch": n, "size": size,
+            json.dump({"model": args.model, "torch": torch.__version__, "device": where,
+                       "batch": n, "size": size,
                        "amp": args.amp, "score_thresh": args.score_thresh,
                        "warmup": args.warmup, "reps": args.reps,
                        "rows": [{"what": label, "ms": seconds * 1e3, "ratio": ratio,

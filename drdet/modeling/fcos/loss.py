@@ -21,7 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from drdet.modeling.fcos.targets import assign_locations, centerness_targets, level_ranges
+from drdet.modeling.fcos.targets import (
+    assign_locations,
+    centerness_targets,
+    level_ranges,
+)
 from drdet.modeling.losses import ClassificationLoss, build_classification_loss
 from drdet.modeling.registry import CLASSIFICATION_LOSSES
 from drdet.modeling.retinanet.loss import RetinaNetLossComputation, _pad_targets

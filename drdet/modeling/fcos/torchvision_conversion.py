@@ -33,8 +33,11 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
-from drdet.utils.weights import (_select_class_columns, convert_torchvision_retinanet,
-                                 strip_module_prefix)
+from drdet.utils.weights import (
+    _select_class_columns,
+    convert_torchvision_retinanet,
+    strip_module_prefix,
+)
 
 StateDict = Dict[str, torch.Tensor]
 
