@@ -1,11 +1,19 @@
 #!/usr/bin/env python
-"""drdet's RetinaNet against torchvision's `retinanet_resnet50_fpn`, same architecture, same
-images, same batch, on one machine: a training step (forward, backward, SGD step) with focal
-loss and with DR loss, and inference per image including post-processing.
+"""drdet's RetinaNet against torchvision's `retinanet_resnet50_fpn` (or, with --model fcos,
+drdet's FCOS against torchvision's `fcos_resnet50_fpn`), same architecture, same images, same
+batch, on one machine: a training step (forward, backward, SGD step) with focal loss and with DR
+loss, and inference per image including post-processing.
 
     python tools/benchmark_model.py --device cpu                  # batch 2 at 512 x 512
     python tools/benchmark_model.py --device cpu --parts inference --reps 11
     python tools/benchmark_model.py --device cuda --amp           # batch 8 at 800 x 1344
+    python tools/benchmark_model.py --device cpu --model fcos     # FCOS, batch 2 at 512 x 512
+
+FCOS: configs/torchvision/fcos_resnet50_fpn_torchvision.yaml and the converter of
+drdet/checkpoint/fcos_conversion.py; torchvision's FCOS built as fcos_resnet50_fpn
+builds it around pretrained weights (FrozenBatchNorm2d, trainable_layers=3, GroupNorm head);
+NMS at 0.6 (FCOS's) for both, the other parameters as below. drdet's FCOS trains with the DR
+loss too (MODEL.FCOS.LOSS_TYPE); torchvision's with the focal loss only.
 
 Both models: ResNet-50-FPN, FrozenBatchNorm, stem and res2 frozen, stride in the 3x3 conv, P6
 from P5, 4-conv heads, 80 object classes, and the same random weights (seeded). torchvision's
@@ -60,13 +68,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from analyze_model import forward_flops  # noqa: E402
 from benchmark_ops import _cpu_peak_start, _cpu_peak_stop, timed_call  # noqa: E402  (tools/ is on sys.path when run as a script)
-from drdet.checkpoint.weights import convert_torchvision_retinanet  # noqa: E402
 from drdet.engine.defaults import load_config  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
+from drdet.checkpoint.fcos_conversion import convert_torchvision_fcos  # noqa: E402
+from drdet.checkpoint.weights import convert_torchvision_retinanet  # noqa: E402
 from drdet.modeling.inference_copy import prepare_for_inference  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "torchvision", "retinanet_resnet50_fpn_torchvision.yaml")
+# --model: (drdet config, config node of the head's keys, converter, NMS threshold)
+MODELS = {
+    "retinanet": (CONFIG, "MODEL.RETINANET", convert_torchvision_retinanet, 0.5),
+    "fcos": (os.path.join(ROOT, "configs", "torchvision", "fcos_resnet50_fpn_torchvision.yaml"),
+             "MODEL.FCOS", convert_torchvision_fcos, 0.6),
+}
 
 
 # Dense (no sparsity) tensor-core peaks in TFLOP/s from NVIDIA's data sheets, by a substring of
@@ -95,28 +110,31 @@ PRE_NMS_TOP_N, NMS_THRESH, DETECTIONS_PER_IMG = 1000, 0.5, 100
 
 
 def drdet_model(device, loss_type, size, score_thresh=0.05, torchvision_state=None,
-                winograd=True):
-    """drdet's RetinaNet in torchvision's conventions; with `torchvision_state` (a
-    torchvision_model's state dict) holding its weights; `winograd`: MODEL.CPU_WINOGRAD."""
-    cfg = load_config(CONFIG, [
+                winograd=True, arch="retinanet"):
+    """drdet's RetinaNet (`arch` "fcos": FCOS) in torchvision's conventions; with
+    `torchvision_state` (a torchvision_model's state dict) holding its weights; `winograd`:
+    MODEL.CPU_WINOGRAD."""
+    config, node, convert, nms_thresh = MODELS[arch]
+    cfg = load_config(config, [
         "MODEL.CPU_WINOGRAD", str(winograd),
-        "MODEL.DEVICE", device.type, "MODEL.RETINANET.LOSS_TYPE", loss_type,
-        "MODEL.RETINANET.INFERENCE_TH", str(score_thresh),
-        "MODEL.RETINANET.PRE_NMS_TOP_N", str(PRE_NMS_TOP_N),
-        "MODEL.RETINANET.NMS_TH", str(NMS_THRESH),
+        "MODEL.DEVICE", device.type, f"{node}.LOSS_TYPE", loss_type,
+        f"{node}.INFERENCE_TH", str(score_thresh),
+        f"{node}.PRE_NMS_TOP_N", str(PRE_NMS_TOP_N),
+        f"{node}.NMS_TH", str(nms_thresh),
         "TEST.DETECTIONS_PER_IMG", str(DETECTIONS_PER_IMG),
         "INPUT.MIN_SIZE_TEST", str(min(size)), "INPUT.MAX_SIZE_TEST", str(max(size))])
     model = build_detector(cfg)
     if torchvision_state is not None:
-        state = convert_torchvision_retinanet(torchvision_state, class_columns=range(1, 81))
+        state = convert(torchvision_state, class_columns=range(1, 81))
         model.load_state_dict(state, strict=True)
     return model.to(device)
 
 
-def torchvision_model(device, size, score_thresh=0.05):
-    """torchvision's RetinaNet R-50-FPN (v1) as retinanet_resnet50_fpn builds it around
-    pretrained weights: FrozenBatchNorm2d, layer2..layer4 trainable; random weights."""
-    from torchvision.models.detection import RetinaNet
+def torchvision_model(device, size, score_thresh=0.05, arch="retinanet"):
+    """torchvision's RetinaNet R-50-FPN (v1) (`arch` "fcos": FCOS R-50-FPN) as
+    retinanet_resnet50_fpn (fcos_resnet50_fpn) builds it around pretrained weights:
+    FrozenBatchNorm2d, layer2..layer4 trainable; random weights."""
+    from torchvision.models.detection import FCOS, RetinaNet
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
     from torchvision.ops.misc import FrozenBatchNorm2d
@@ -125,18 +143,20 @@ def torchvision_model(device, size, score_thresh=0.05):
                                    norm_layer=FrozenBatchNorm2d, trainable_layers=3,
                                    returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
     # num_classes counts torchvision's unused label 0: 80 object classes -> 81.
-    model = RetinaNet(backbone, num_classes=81, min_size=min(size), max_size=max(size),
-                      score_thresh=score_thresh, nms_thresh=NMS_THRESH,
-                      detections_per_img=DETECTIONS_PER_IMG, topk_candidates=PRE_NMS_TOP_N)
+    detector = FCOS if arch == "fcos" else RetinaNet
+    model = detector(backbone, num_classes=81, min_size=min(size), max_size=max(size),
+                     score_thresh=score_thresh, nms_thresh=MODELS[arch][3],
+                     detections_per_img=DETECTIONS_PER_IMG, topk_candidates=PRE_NMS_TOP_N)
     return model.to(device)
 
 
-def model_pair(device, size, score_thresh, loss_types=("FOCAL",), winograd=True):
+def model_pair(device, size, score_thresh, loss_types=("FOCAL",), winograd=True,
+               arch="retinanet"):
     """(torchvision model, {loss type: drdet model}) with the same initial weights (seed 0)."""
     torch.manual_seed(0)
-    tv = torchvision_model(device, size, score_thresh)
+    tv = torchvision_model(device, size, score_thresh, arch)
     state = {k: v.cpu() for k, v in tv.state_dict().items()}
-    return tv, {t: drdet_model(device, t, size, score_thresh, state, winograd)
+    return tv, {t: drdet_model(device, t, size, score_thresh, state, winograd, arch)
                 for t in loss_types}
 
 
@@ -233,6 +253,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--model", default="retinanet", choices=sorted(MODELS),
+                        help="the detector compared (default retinanet)")
     parser.add_argument("--batch", "--batch-size", type=int, default=None,
                         help="images per step (e.g. 8, 16, 32); default: 2 on CPU, 8 on CUDA")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -283,19 +305,22 @@ def main(argv=None):
     images, targets = batch(device, n, size)
     where = torch.cuda.get_device_name() if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}; {where}; batch {n} at {size[0]}x{size[1]}; amp {args.amp}"
-          f"{f' ({amp_dtype})' if args.amp else ''}; score threshold {args.score_thresh}")
+    print(f"{args.model}; torch {torch.__version__}; {where}; batch {n} at {size[0]}x{size[1]}; "
+          f"amp {args.amp}{f' ({amp_dtype})' if args.amp else ''}; "
+          f"score threshold {args.score_thresh}")
     peak = peak_tflops(where, args.amp) if device.type == "cuda" else None
 
     # Both models take the same RGB 0-1 tensors and normalise them the same way.
     rows = []  # (label, seconds, ratio or None)
     if "train" in parts:
-        tv, models = model_pair(device, size, args.score_thresh, ("FOCAL", "DR"))
+        tv, models = model_pair(device, size, args.score_thresh, ("FOCAL", "DR"),
+                                arch=args.model)
         models = {"focal": models["FOCAL"], "DR": models["DR"]}
         step_flops = 3 * n * forward_flops(models["DR"], size)
         if args.direct_conv:
             models["DR, direct convolutions"] = model_pair(
-                device, size, args.score_thresh, ("DR",), winograd=False)[1]["DR"]
+                device, size, args.score_thresh, ("DR",), winograd=False,
+                arch=args.model)[1]["DR"]
         if args.channels_last:
             tv = tv.to(memory_format=torch.channels_last)
             models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
@@ -315,7 +340,7 @@ def main(argv=None):
                          mem[name], step_flops))
     if "inference" in parts:
         # fresh models (the training steps above changed the weights)
-        tv, ours = model_pair(device, size, args.score_thresh)
+        tv, ours = model_pair(device, size, args.score_thresh, arch=args.model)
         tv, ours = tv.eval(), ours["FOCAL"]
         image_flops = forward_flops(ours, size)
         if args.channels_last:
@@ -368,7 +393,8 @@ def main(argv=None):
         print(f"  peak memory {peak_mib:.0f} MiB (all runs)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "device": where, "batch": n, "size": size,
+            json.dump({"model": args.model, "torch": torch.__version__, "device": where,
+                       "batch": n, "size": size,
                        "amp": args.amp, "score_thresh": args.score_thresh,
                        "warmup": args.warmup, "reps": args.reps,
                        "amp_dtype": str(amp_dtype), "peak_tflops": peak,

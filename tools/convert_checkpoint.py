@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert a foreign RetinaNet checkpoint into a drdet checkpoint
+"""Convert a foreign RetinaNet (or torchvision FCOS) checkpoint into a drdet checkpoint
 ({"model": state dict, "anchor_convention": str}).
 
 Sources (detected from the keys, or named with --source):
@@ -10,6 +10,10 @@ Sources (detected from the keys, or named with --source):
                       configs/torchvision/retinanet_resnet50_fpn_torchvision.yaml.
                       Labels: drdet label = torchvision label + 1 (NUM_CLASSES = K + 1), or, with
                       --coco-category-ids, drdet's contiguous COCO labels 1..80 (NUM_CLASSES 81).
+                      An fcos_resnet50_fpn state dict (keys head.regression_head.bbox_ctrness.*)
+                      becomes a drdet FCOS: load it with
+                      configs/torchvision/fcos_resnet50_fpn_torchvision.yaml (conventions in
+                      drdet/checkpoint/fcos_conversion.py); labels as above.
   maskrcnn-benchmark  a RetinaNet checkpoint of maskrcnn-benchmark (the released Dr. Retina models):
                       load the result with the configs in configs/dr_retina/ or configs/retinanet/,
                       which follow maskrcnn-benchmark's conventions (BGR 0-255, stride in 1x1,
@@ -42,6 +46,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from drdet.checkpoint import check_weights_only_safe, load_checkpoint_file  # noqa: E402
+from drdet.checkpoint.fcos_conversion import (convert_torchvision_fcos,  # noqa: E402
+                                              is_torchvision_fcos)
 from drdet.checkpoint.weights import (COCO_CATEGORY_IDS,  # noqa: E402
                                       convert_maskrcnn_benchmark_retinanet,
                                       convert_torchvision_retinanet, detect_format)
@@ -50,7 +56,8 @@ from drdet.utils.io import atomic_open  # noqa: E402
 SOURCES = {"torchvision": "torchvision_retinanet", "maskrcnn-benchmark": "maskrcnn_benchmark"}
 # The MODEL.RETINANET.ANCHOR_CONVENTION of each source, stored in the output so that loading it
 # into a model with other anchors warns.
-CONVENTIONS = {"torchvision_retinanet": "torchvision", "maskrcnn_benchmark": "maskrcnn_benchmark"}
+CONVENTIONS = {"torchvision_retinanet": "torchvision", "maskrcnn_benchmark": "maskrcnn_benchmark",
+               "torchvision_fcos": "torchvision"}
 
 logger = logging.getLogger("drdet.convert_checkpoint")
 
@@ -75,9 +82,14 @@ def convert_file(src: str, dst: str, source: str = "auto", coco_category_ids: bo
     check_output(src, dst, force)
     state = load_checkpoint_file(src, allow_pickle=allow_pickle)["model"]
     fmt = detect_format(state)
-    if source != "auto" and SOURCES[source] != fmt:
+    if fmt == "torchvision_retinanet" and is_torchvision_fcos(state):
+        fmt = "torchvision_fcos"
+    if source != "auto" and SOURCES[source] != fmt.replace("_fcos", "_retinanet"):
         raise ValueError(f"{src}: --source {source}, but its keys look like {fmt}")
-    if fmt == "torchvision_retinanet":
+    if fmt == "torchvision_fcos":
+        columns = COCO_CATEGORY_IDS if coco_category_ids else None
+        converted = convert_torchvision_fcos(state, class_columns=columns)
+    elif fmt == "torchvision_retinanet":
         columns = COCO_CATEGORY_IDS if coco_category_ids else None
         converted = convert_torchvision_retinanet(state, class_columns=columns)
     elif fmt == "maskrcnn_benchmark":

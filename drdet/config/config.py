@@ -44,6 +44,7 @@ def choices() -> Dict[str, Tuple[str, ...]]:
     and PAIRING are checked with the other DR loss parameters by DRLossParams."""
     from drdet.layers.misc import NORMS
     from drdet.modeling.anchor_generator import ANCHOR_CONVENTIONS
+    from drdet.modeling.fcos.loss import REG_LOSSES
     from drdet.modeling.losses.dr import GROUPINGS
     from drdet.solver.build import LR_SCHEDULERS
     from drdet.solver.lr_scheduler import WARMUP_METHODS
@@ -52,6 +53,7 @@ def choices() -> Dict[str, Tuple[str, ...]]:
         "MODEL.RESNETS.NORM": NORMS,
         "MODEL.RETINANET.ANCHOR_CONVENTION": ANCHOR_CONVENTIONS,
         "MODEL.DR_LOSS.GROUPING": GROUPINGS,
+        "MODEL.FCOS.REG_LOSS": REG_LOSSES,
         "SOLVER.WARMUP_METHOD": WARMUP_METHODS,
         "SOLVER.LR_SCHEDULER": LR_SCHEDULERS,
         "SPEED.AMP_DTYPE": AMP_DTYPES,
@@ -274,6 +276,20 @@ def validate_cfg(cfg: _YacsCfgNode, freeze: bool = True) -> _YacsCfgNode:
     require(0.0 <= r.NMS_TH <= 1.0, "MODEL.RETINANET.NMS_TH", r.NMS_TH, "must be in [0, 1]")
     require(r.BBOX_REG_BETA >= 0.0, "MODEL.RETINANET.BBOX_REG_BETA", r.BBOX_REG_BETA,
             "must be >= 0")
+
+    f = m.FCOS
+    require(f.NUM_CONVS >= 0, "MODEL.FCOS.NUM_CONVS", f.NUM_CONVS, "must be >= 0")
+    require(0.0 < f.PRIOR_PROB < 1.0, "MODEL.FCOS.PRIOR_PROB", f.PRIOR_PROB, "must be in (0, 1)")
+    require(len(f.SIZES_OF_INTEREST) == 4 and all(s > 0 for s in f.SIZES_OF_INTEREST)
+            and list(f.SIZES_OF_INTEREST) == sorted(f.SIZES_OF_INTEREST),
+            "MODEL.FCOS.SIZES_OF_INTEREST", f.SIZES_OF_INTEREST,
+            "needs 4 increasing positive bounds between the levels P3-P7")
+    require(f.CENTER_SAMPLING_RADIUS >= 0.0, "MODEL.FCOS.CENTER_SAMPLING_RADIUS",
+            f.CENTER_SAMPLING_RADIUS, "must be >= 0 (0: off)")
+    require(0.0 <= f.INFERENCE_TH < 1.0, "MODEL.FCOS.INFERENCE_TH", f.INFERENCE_TH,
+            "must be in [0, 1)")
+    require(0.0 <= f.NMS_TH <= 1.0, "MODEL.FCOS.NMS_TH", f.NMS_TH, "must be in [0, 1]")
+    require(f.PRE_NMS_TOP_N >= 1, "MODEL.FCOS.PRE_NMS_TOP_N", f.PRE_NMS_TOP_N, "must be >= 1")
 
     require(len(cfg.INPUT.MIN_SIZE_TRAIN) >= 1 and all(s > 0 for s in cfg.INPUT.MIN_SIZE_TRAIN),
             "INPUT.MIN_SIZE_TRAIN", cfg.INPUT.MIN_SIZE_TRAIN, "must list positive sizes")

@@ -104,6 +104,38 @@ _C.MODEL.RETINANET.INFERENCE_TH = 0.05
 _C.MODEL.RETINANET.LOSS_TYPE = "FOCAL"
 
 # ---------------------------------------------------------------------------------------------
+# FCOS (MODEL.META_ARCHITECTURE "FCOS"; drdet/modeling/fcos). FCOS also reads, from
+# MODEL.RETINANET: NUM_CLASSES (with the background, as for RetinaNet), USE_C5 (P6 from C5 or
+# P5; torchvision's FCOS uses P5), ANCHOR_CONVENTION (where the locations lie: "exact" (s*j),
+# "torchvision" (its strides), "maskrcnn_benchmark" (s*j + s/2, the FCOS authors' code)),
+# LOSS_ALPHA / LOSS_GAMMA (focal loss); and MODEL.DR_LOSS for the DR loss, MODEL.GROUP_NORM.
+# ---------------------------------------------------------------------------------------------
+_C.MODEL.FCOS = CN()
+# Classification loss, a registered name: "FOCAL" (FCOS) or "DR".
+_C.MODEL.FCOS.LOSS_TYPE = "FOCAL"
+_C.MODEL.FCOS.NUM_CONVS = 4
+# GroupNorm in the class and box towers of the head (FCOS: yes).
+_C.MODEL.FCOS.USE_GN = True
+# Initial foreground probability of the classifier (bias = -log((1 - p) / p)).
+_C.MODEL.FCOS.PRIOR_PROB = 0.01
+# Level l takes the locations whose largest distance to the box, max(l, t, r, b), lies in
+# [SIZES_OF_INTEREST[l-1], SIZES_OF_INTEREST[l]] (0 below P3, infinity above P7), pixels.
+_C.MODEL.FCOS.SIZES_OF_INTEREST = (64, 128, 256, 512)
+# Positives only within this many strides of the box centre (as well as inside the box);
+# 0 turns centre sampling off (every location inside the box).
+_C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
+# Box loss: "giou" (1 - GIoU, torchvision) or "iou" (-ln IoU, the FCOS paper).
+_C.MODEL.FCOS.REG_LOSS = "giou"
+# Weight each positive's box loss by its centre-ness target and divide by their sum (the FCOS
+# authors' code) instead of by the number of positives (torchvision).
+_C.MODEL.FCOS.CENTERNESS_WEIGHTED_REG = False
+# Score = sqrt(sigmoid(class logit) * sigmoid(centre-ness logit)); scores at or below this are
+# dropped before NMS (torchvision: 0.2).
+_C.MODEL.FCOS.INFERENCE_TH = 0.2
+_C.MODEL.FCOS.PRE_NMS_TOP_N = 1000
+_C.MODEL.FCOS.NMS_TH = 0.6
+
+# ---------------------------------------------------------------------------------------------
 # DR loss (drdet): drdet/layers/dr_loss.py (DRLossParams) and the paper's Eq. 6-9.
 # ---------------------------------------------------------------------------------------------
 _C.MODEL.DR_LOSS = CN()

@@ -22,8 +22,10 @@ from drdet.modeling.retinanet import (
 from drdet.structures.image_list import ImageList, to_image_list
 
 
-class RetinaNet(nn.Module):
-    """RetinaNet on a batch of images of different sizes.
+class DenseDetector(nn.Module):
+    """What every dense detector of drdet shares: the input normalisation and batching
+    (:meth:`preprocess`) and the rescale of detections to the original image sizes
+    (:meth:`rescale`). Subclasses (RetinaNet, FCOS) add the networks and ``forward``.
 
     Input images are (3, H_i, W_i) float tensors in the network's input format, not normalised:
     BGR 0-255 when INPUT.TO_BGR255 (MSRA/Caffe2 weights), else RGB 0-1. The detector subtracts
@@ -31,29 +33,14 @@ class RetinaNet(nn.Module):
     ``size_divisibility``: this is the one place where images are normalised.
 
     Args:
-        backbone: module with ``out_channels``; forward((B, 3, H, W)) -> list of FPN maps.
-        head, anchor_generator, loss, postprocessor: the RetinaNet parts.
         pixel_mean, pixel_std: 3 values each, in the input's channel order and scale.
         size_divisibility: padded batch height and width are multiples of it.
     """
 
     def __init__(
-        self,
-        backbone: nn.Module,
-        head: RetinaNetHead,
-        anchor_generator: AnchorGenerator,
-        loss: RetinaNetLossComputation,
-        postprocessor: RetinaNetPostProcessor,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
-        size_divisibility: int = 32,
+        self, pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int = 32
     ):
         super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.anchor_generator = anchor_generator
-        self.loss = loss
-        self.postprocessor = postprocessor
         self.size_divisibility = size_divisibility
         self.register_buffer(
             "pixel_mean",
@@ -68,22 +55,72 @@ class RetinaNet(nn.Module):
 
     def preprocess(self, images: Union[Sequence[Tensor], Tensor]) -> ImageList:
         """Normalises (3, H_i, W_i) images and pads them into one (B, 3, H, W) batch."""
+        name = type(self).__name__
         if isinstance(images, Tensor) and images.dim() == 4:
             images = list(images.unbind(0))
         if isinstance(images, Tensor) or len(images) == 0:
             raise ValueError(
-                "RetinaNet: `images` must be a non-empty list of (3, H, W) tensors "
+                f"{name}: `images` must be a non-empty list of (3, H, W) tensors "
                 "or a (B, 3, H, W) tensor"
             )
         normalised = []
         for i, image in enumerate(images):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(
-                    f"RetinaNet: images[{i}] has shape {tuple(image.shape)}, expected (3, H, W)"
+                    f"{name}: images[{i}] has shape {tuple(image.shape)}, expected (3, H, W)"
                 )
             image = image.to(device=self.pixel_mean.device, dtype=torch.float32)
             normalised.append((image - self.pixel_mean) / self.pixel_std)
         return to_image_list(normalised, self.size_divisibility)
+
+    def rescale(
+        self,
+        detections: List[Dict[str, Tensor]],
+        image_sizes: Sequence[Tuple[int, int]],
+        original_sizes: Optional[Sequence[Tuple[int, int]]],
+    ) -> List[Dict[str, Tensor]]:
+        """Scales each image's "boxes" (K, 4) from its (height, width) in ``image_sizes`` to
+        ``original_sizes[i]``, in place; no-op when ``original_sizes`` is None."""
+        if original_sizes is None:
+            return detections
+        if len(original_sizes) != len(detections):
+            raise ValueError(
+                f"{type(self).__name__}: {len(original_sizes)} original_sizes for "
+                f"{len(detections)} images"
+            )
+        for det, (h, w), (oh, ow) in zip(detections, image_sizes, original_sizes):
+            scale = det["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])
+            det["boxes"] = det["boxes"] * scale
+        return detections
+
+
+class RetinaNet(DenseDetector):
+    """RetinaNet on a batch of images of different sizes (input format: see
+    :class:`DenseDetector`).
+
+    Args:
+        backbone: module with ``out_channels``; forward((B, 3, H, W)) -> list of FPN maps.
+        head, anchor_generator, loss, postprocessor: the RetinaNet parts.
+        pixel_mean, pixel_std, size_divisibility: see :class:`DenseDetector`.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: RetinaNetHead,
+        anchor_generator: AnchorGenerator,
+        loss: RetinaNetLossComputation,
+        postprocessor: RetinaNetPostProcessor,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int = 32,
+    ):
+        super().__init__(pixel_mean, pixel_std, size_divisibility)
+        self.backbone = backbone
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.loss = loss
+        self.postprocessor = postprocessor
 
     def forward(
         self,
@@ -108,15 +145,7 @@ class RetinaNet(nn.Module):
                 raise ValueError("RetinaNet: `targets` are required in training mode")
             return self.loss(anchors, cls_logits, box_deltas, targets)
         detections = self.postprocessor(anchors, cls_logits, box_deltas, batch.image_sizes)
-        if original_sizes is not None:
-            if len(original_sizes) != len(detections):
-                raise ValueError(
-                    f"RetinaNet: {len(original_sizes)} original_sizes for {len(detections)} images"
-                )
-            for det, (h, w), (oh, ow) in zip(detections, batch.image_sizes, original_sizes):
-                scale = det["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])
-                det["boxes"] = det["boxes"] * scale
-        return detections
+        return self.rescale(detections, batch.image_sizes, original_sizes)
 
 
 @META_ARCHITECTURES.register("RetinaNet")

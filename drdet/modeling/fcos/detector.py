@@ -1,0 +1,108 @@
+"""The FCOS detector (Tian et al., ICCV 2019): backbone + FPN (P3-P7), the FCOS head, then the
+losses (training) or the detections (eval). Registered as MODEL.META_ARCHITECTURE "FCOS"."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from torch import Tensor, nn
+
+from drdet.modeling.anchor_generator import AnchorGenerator
+from drdet.modeling.backbone import build_backbone
+from drdet.modeling.detector import DenseDetector
+from drdet.modeling.fcos.head import FCOSHead, build_fcos_head
+from drdet.modeling.fcos.inference import FCOSPostProcessor, build_fcos_postprocessor
+from drdet.modeling.fcos.loss import FCOSLossComputation, build_fcos_loss
+from drdet.modeling.registry import META_ARCHITECTURES
+
+
+def location_generator(strides: Sequence[int], convention: str = "exact") -> AnchorGenerator:
+    """The locations of FCOS as the centres of one square anchor per cell whose side is the
+    level's stride (torchvision's construction): with ``convention`` "exact" location (i, j) of
+    a level of stride s is (s*j, s*i); "torchvision" takes s per axis as (padded image size) //
+    (feature size), as torchvision does (it differs from s on P6/P7 when the padded size is not
+    a multiple of 128); "maskrcnn_benchmark" gives (s*j + s/2, s*i + s/2), the FCOS authors'
+    locations (their code: s*j + s//2; the strides are even)."""
+    return AnchorGenerator([[float(s)] for s in strides], [1.0], strides, convention)
+
+
+class FCOS(DenseDetector):
+    """FCOS on a batch of images of different sizes (input format: see DenseDetector).
+
+    Args:
+        backbone: module with ``out_channels`` and ``strides``; forward((B, 3, H, W)) -> list
+            of FPN maps, one per stride.
+        head, loss, postprocessor: the FCOS parts.
+        anchor_generator: one anchor per location (see :func:`location_generator`); its
+            anchors' centres are the locations.
+        pixel_mean, pixel_std, size_divisibility: see DenseDetector.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: FCOSHead,
+        anchor_generator: AnchorGenerator,
+        loss: FCOSLossComputation,
+        postprocessor: FCOSPostProcessor,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int = 32,
+    ):
+        super().__init__(pixel_mean, pixel_std, size_divisibility)
+        self.backbone = backbone
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.loss = loss
+        self.postprocessor = postprocessor
+
+    def locations(self, features: List[Tensor], image_size: Tuple[int, int]) -> List[Tensor]:
+        """Per level, the (H_l * W_l, 2) float (x, y) locations of ``features``' cells, pixels,
+        for a padded batch of (height, width) ``image_size``."""
+        anchors = self.anchor_generator(features, image_size)
+        return [(a[:, :2] + a[:, 2:]) / 2 for a in anchors]
+
+    def forward(
+        self,
+        images: Union[Sequence[Tensor], Tensor],
+        targets: Optional[Sequence[Dict[str, Tensor]]] = None,
+        original_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+    ) -> Union[Dict[str, Tensor], List[Dict[str, Tensor]]]:
+        """Training: ``targets`` (one dict per image: "boxes" (K, 4) float x1y1x2y2 pixels of the
+        given tensor, "labels" (K,) int64 in 1..C) -> {"loss_cls", "loss_reg",
+        "loss_centerness"}. Degenerate boxes raise ValueError naming the image.
+
+        Eval: -> one dict per image, "boxes" (K, 4), "scores" (K,), "labels" (K,) int64 in
+        1..C, in pixels of the given tensor, or of ``original_sizes[i]`` (height, width).
+        """
+        batch = self.preprocess(images)
+        features = self.backbone(batch.tensors)
+        cls_logits, distances, centerness = self.head(features)
+        points = self.locations(features, batch.tensors.shape[-2:])
+        if self.training:
+            if targets is None:
+                raise ValueError("FCOS: `targets` are required in training mode")
+            return self.loss(points, self.head.strides, cls_logits, distances, centerness,
+                             targets)
+        detections = self.postprocessor(points, cls_logits, distances, centerness,
+                                        batch.image_sizes)
+        return self.rescale(detections, batch.image_sizes, original_sizes)
+
+
+@META_ARCHITECTURES.register("FCOS")
+def build_fcos(cfg) -> FCOS:
+    """FCOS from ``cfg``: the backbone of MODEL.BACKBONE (P6 from C5 or P5 by
+    MODEL.RETINANET.USE_C5), the head, loss and post-processing of MODEL.FCOS, the locations
+    in MODEL.RETINANET.ANCHOR_CONVENTION."""
+    backbone = build_backbone(cfg)
+    strides = list(backbone.strides)
+    return FCOS(
+        backbone,
+        build_fcos_head(cfg, backbone.out_channels, strides),
+        location_generator(strides, cfg.MODEL.RETINANET.ANCHOR_CONVENTION),
+        build_fcos_loss(cfg),
+        build_fcos_postprocessor(cfg),
+        pixel_mean=cfg.INPUT.PIXEL_MEAN,
+        pixel_std=cfg.INPUT.PIXEL_STD,
+        size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
+    )
