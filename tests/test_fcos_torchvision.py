@@ -208,7 +208,7 @@ def test_fcos_source_name_and_anchor_convention(converted, tmp_path):
     _converter().convert_file(src, out, source="torchvision")
     assert torch.load(out, weights_only=True)["anchor_convention"] == "torchvision"
     with pytest.raises(ValueError, match="torchvision_fcos"):
-        _converter().convert_file(src, out, source="maskrcnn-benchmark")
+        _converter().convert_file(src, str(tmp_path / "other.pth"), source="maskrcnn-benchmark")
 
 
 @pytest.mark.slow

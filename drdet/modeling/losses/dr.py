@@ -24,6 +24,10 @@ register_loss_setup("DR", "RetinaNet", {
     "MODEL.RETINANET.INFERENCE_TH": 0.2,
     "MODEL.RETINANET.NMS_TH": 0.5,
 })
+# DR-FCOS: the prior 0.5 carries over from Dr. Retina (measured on the synthetic set: prior 0.01
+# learnt far less; configs/fcos/README.md). FCOS has no matcher; its score threshold (0.2 on
+# sqrt(class score * centre-ness)) is the same for both losses and stays in MODEL.FCOS.
+register_loss_setup("DR", "FCOS", {"MODEL.FCOS.PRIOR_PROB": 0.5})
 
 
 class DRClassificationLoss:

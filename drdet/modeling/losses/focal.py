@@ -15,6 +15,7 @@ register_loss_setup("FOCAL", "RetinaNet", {
     "MODEL.RETINANET.INFERENCE_TH": 0.05,
     "MODEL.RETINANET.NMS_TH": 0.4,
 })
+register_loss_setup("FOCAL", "FCOS", {"MODEL.FCOS.PRIOR_PROB": 0.01})  # FCOS (Tian et al.)
 
 
 class FocalLoss:
