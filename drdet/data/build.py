@@ -8,10 +8,10 @@ DATALOADER.MAX_BAD_IMAGES (default 0): how many unreadable images training skips
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from drdet.utils import comm
 
@@ -26,6 +26,10 @@ from .samplers import (
 )
 from .transforms import build_transforms
 
+# A detection dataset (COCODataset, VOCDataset) or a ConcatDataset of them: sized, with
+# get_img_info(i), num_classes and a read_policy (duck-typed, as torch's Dataset is not Sized).
+DetectionDataset = Any
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,11 +38,11 @@ def world_info() -> tuple[int, int]:
     return comm.get_rank(), comm.get_world_size()
 
 
-def _parts(dataset: Dataset) -> list[Dataset]:
+def _parts(dataset: DetectionDataset) -> list[DetectionDataset]:
     return list(dataset.datasets) if isinstance(dataset, ConcatDataset) else [dataset]
 
 
-def build_dataset(names: Sequence[str], transforms, is_train: bool) -> Dataset:
+def build_dataset(names: Sequence[str], transforms, is_train: bool) -> DetectionDataset:
     """The datasets called `names`, concatenated (a single one is returned as is).
 
     All of them must have the same classes, in the same order (their contiguous labels must mean
@@ -55,7 +59,7 @@ def build_dataset(names: Sequence[str], transforms, is_train: bool) -> Dataset:
     return first if len(datasets) == 1 else ConcatDataset(datasets)
 
 
-def check_training_set(dataset: Dataset, names: Sequence[str]) -> None:
+def check_training_set(dataset: DetectionDataset, names: Sequence[str]) -> None:
     """Raises a ValueError that says, per annotation file, why no image of the training set
     `dataset` (DATASETS.TRAIN = `names`) is left to train on: how many images it lists and how
     many were skipped for which reason (the datasets' `skipped_images`)."""
@@ -76,7 +80,7 @@ def check_training_set(dataset: Dataset, names: Sequence[str]) -> None:
                      + "; ".join(problems))
 
 
-def aspect_ratio_group_ids(dataset: Dataset) -> list[int]:
+def aspect_ratio_group_ids(dataset: DetectionDataset) -> list[int]:
     """Group id of every index: 0 for landscape or square images (w >= h), 1 for portrait."""
     ids = []
     for part in _parts(dataset):
@@ -86,7 +90,7 @@ def aspect_ratio_group_ids(dataset: Dataset) -> list[int]:
     return ids
 
 
-def num_dropped_boxes(dataset: Dataset) -> int:
+def num_dropped_boxes(dataset: DetectionDataset) -> int:
     """Boxes dropped because they were empty after clipping to their image (all parts)."""
     return sum(getattr(part, "num_dropped_boxes", 0) for part in _parts(dataset))
 
@@ -160,8 +164,9 @@ def build_data_loader(cfg, is_train: bool, start_iter: int = 0,
 
     if is_train:
         batch = _per_rank_batch(cfg.SOLVER.IMS_PER_BATCH, world_size, "SOLVER.IMS_PER_BATCH")
-        sampler = TrainingSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
-        batch_sampler = IterationBasedBatchSampler(
+        sampler: Sampler[int] = TrainingSampler(len(dataset), seed=seed, rank=rank,
+                                                world_size=world_size)
+        batch_sampler: Sampler[list[int]] = IterationBasedBatchSampler(
             GroupedBatchSampler(sampler, group_ids, batch, drop_uneven=True),
             cfg.SOLVER.MAX_ITER, start_iter)
     else:

@@ -64,7 +64,7 @@ class LogMetrics(HookBase):
             line += f"  bad images: {t.num_bad}"
             record[BAD_IMAGES] = t.num_bad
         logger.info(line)
-        if t.metrics_file is not None:
+        if t.metrics_file is not None and t.tensorboard is not None:
             t.metrics_file.write(record)
             t.tensorboard.write(record, t.iteration)
 
@@ -97,7 +97,7 @@ class PeriodicEvaluation(HookBase):
         if self.period <= 0 or t.iteration % self.period != 0 or t.iteration >= t.max_iter:
             return
         results = self.evaluate(t.iteration)
-        if results and t.metrics_file is not None:
+        if results and t.metrics_file is not None and t.tensorboard is not None:
             flat = {f"eval/{name}/{k}": v for name, metrics in results.items()
                     for k, v in metrics.items()}
             t.metrics_file.write({"iteration": t.iteration, **flat})

@@ -94,6 +94,7 @@ class Trainer:
                 hook.after_train()
             if self.metrics_file is not None:
                 self.metrics_file.close()
+            if self.tensorboard is not None:
                 self.tensorboard.close()
         self._log_summary(time.perf_counter() - start)
         return self.iteration
@@ -133,7 +134,7 @@ class Trainer:
 
     def _log_summary(self, seconds: float) -> None:
         bad_images = self.step.bad_images
-        if self.num_bad:
+        if self.num_bad and bad_images is not None:
             logger.warning("%d unreadable images were skipped (over all ranks; DATALOADER."
                            "MAX_BAD_IMAGES = %d); this rank's:\n%s", self.num_bad,
                            bad_images.limit, bad_images.listing() or "  none")

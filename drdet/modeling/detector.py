@@ -1,7 +1,7 @@
 """The RetinaNet detector: normalise and batch the images, backbone + FPN, head, then the losses
 (training) or the detections (eval)."""
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,9 @@ class DenseDetector(nn.Module):
         pixel_mean, pixel_std: 3 values each, in the input's channel order and scale.
         size_divisibility: padded batch height and width are multiples of it.
     """
+
+    pixel_mean: Tensor
+    pixel_std: Tensor
 
     def __init__(
         self, pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int = 32
@@ -156,7 +159,8 @@ def build_retinanet(cfg) -> RetinaNet:
     box_coder = BoxCoder(cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS)
     return RetinaNet(
         backbone,
-        build_retinanet_head(cfg, backbone.out_channels, anchor_generator.num_anchors_per_location),
+        build_retinanet_head(cfg, cast(int, backbone.out_channels),
+                             anchor_generator.num_anchors_per_location),
         anchor_generator,
         build_retinanet_loss(cfg, box_coder),
         build_retinanet_postprocessor(cfg, box_coder),

@@ -16,7 +16,7 @@ def label_name(label: int, class_names: Optional[Sequence[str]]) -> str:
 def _colour(label: int) -> tuple:
     """A fixed, well separated BGR colour per label (golden-ratio hue steps)."""
     hue = int((label * 0.618033988749895 % 1.0) * 179)
-    hsv = np.uint8([[[hue, 220, 255]]])
+    hsv = np.array([[[hue, 220, 255]]], dtype=np.uint8)
     return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
 

@@ -34,19 +34,28 @@ def parse_voc_xml(path: str) -> dict[str, Any]:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as err:
         raise RuntimeError(f"cannot parse VOC annotation {path!r}: {err}") from err
+
+    def text(element: ET.Element | None, tag: str) -> str:
+        value = None if element is None else element.findtext(tag)
+        if value is None:
+            raise ValueError(f"{path}: VOC annotation has no <{tag}>")
+        return value
+
     size = root.find("size")
-    height, width = int(size.findtext("height")), int(size.findtext("width"))
-    boxes, labels, difficult = [], [], []
+    height, width = int(text(size, "height")), int(text(size, "width"))
+    corners: list[list[float]] = []
+    labels: list[int] = []
+    difficult: list[bool] = []
     for obj in root.iter("object"):
-        name = obj.findtext("name").strip().lower()
+        name = text(obj, "name").strip().lower()
         if name not in VOC_CLASSES:
             raise ValueError(f"{path}: unknown VOC class {name!r}")
         bb = obj.find("bndbox")
-        xmin, ymin, xmax, ymax = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        boxes.append([xmin - 1.0, ymin - 1.0, xmax, ymax])
+        xmin, ymin, xmax, ymax = (float(text(bb, k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        corners.append([xmin - 1.0, ymin - 1.0, xmax, ymax])
         labels.append(VOC_CLASSES.index(name) + 1)
         difficult.append(int(obj.findtext("difficult") or 0) == 1)
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    boxes = np.asarray(corners, dtype=np.float32).reshape(-1, 4)
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
     return {"height": height, "width": width, "boxes": boxes,
@@ -144,7 +153,8 @@ class VOCDataset(GuardedReads, torch.utils.data.Dataset):
 
     def to_coco_dict(self) -> dict[str, Any]:
         """The split in COCO json form (boxes xywh in original pixels; difficult -> iscrowd=1)."""
-        images, anns = [], []
+        images: list[dict[str, Any]] = []
+        anns: list[dict[str, Any]] = []
         for rec in self.records:
             images.append({"id": rec["image_id"], "height": rec["height"], "width": rec["width"],
                            "file_name": f"{rec['stem']}.jpg"})

@@ -3,7 +3,7 @@ losses (training) or the detections (eval). Registered as MODEL.META_ARCHITECTUR
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union, cast
 
 from torch import Tensor, nn
 
@@ -56,7 +56,7 @@ class FCOS(DenseDetector):
         self.loss = loss
         self.postprocessor = postprocessor
 
-    def locations(self, features: List[Tensor], image_size: Tuple[int, int]) -> List[Tensor]:
+    def locations(self, features: List[Tensor], image_size: Sequence[int]) -> List[Tensor]:
         """Per level, the (H_l * W_l, 2) float (x, y) locations of ``features``' cells, pixels,
         for a padded batch of (height, width) ``image_size``."""
         anchors = self.anchor_generator(features, image_size)
@@ -95,10 +95,10 @@ def build_fcos(cfg) -> FCOS:
     MODEL.RETINANET.USE_C5), the head, loss and post-processing of MODEL.FCOS, the locations
     in MODEL.RETINANET.ANCHOR_CONVENTION."""
     backbone = build_backbone(cfg)
-    strides = list(backbone.strides)
+    strides = [int(s) for s in cast(Sequence[int], backbone.strides)]
     return FCOS(
         backbone,
-        build_fcos_head(cfg, backbone.out_channels, strides),
+        build_fcos_head(cfg, cast(int, backbone.out_channels), strides),
         location_generator(strides, cfg.MODEL.RETINANET.ANCHOR_CONVENTION),
         build_fcos_loss(cfg),
         build_fcos_postprocessor(cfg),

@@ -56,8 +56,11 @@ class FCOSHead(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=0.01)
-                nn.init.zeros_(module.bias)
-        nn.init.constant_(self.cls_logits.bias, -math.log((1.0 - prior_prob) / prior_prob))
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        cls_bias = self.cls_logits.bias
+        assert cls_bias is not None
+        nn.init.constant_(cls_bias, -math.log((1.0 - prior_prob) / prior_prob))
 
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         """Predictions for FPN ``features`` (list of (B, in_channels, H_l, W_l), one per stride).

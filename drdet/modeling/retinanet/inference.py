@@ -2,7 +2,7 @@
 images and classes (the only Python loop is over the FPN levels)."""
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Protocol, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -10,6 +10,13 @@ from torch import Tensor
 from drdet import layers
 from drdet.modeling.box_coder import BoxCoder
 from drdet.structures.boxes import clip_boxes, nonempty_boxes
+
+
+class BoxDecoder(Protocol):
+    """What the post-processor needs of a box coder: ``decode(deltas (K, 4), anchors (K, 4)) ->
+    boxes (K, 4)`` x1y1x2y2 pixels (BoxCoder; FCOS's DistanceCoder with locations as anchors)."""
+
+    def decode(self, deltas: Tensor, anchors: Tensor, /) -> Tensor: ...
 
 
 class RetinaNetPostProcessor:
@@ -24,7 +31,7 @@ class RetinaNetPostProcessor:
 
     def __init__(
         self,
-        box_coder: BoxCoder,
+        box_coder: BoxDecoder,
         score_thresh: float = 0.05,
         pre_nms_top_n: int = 1000,
         nms_thresh: float = 0.5,

@@ -169,7 +169,7 @@ class RetinaNetLossComputation:
         return labels, positives, regression_targets
 
     @staticmethod
-    def per_rank_average(count: int, like: Tensor) -> Tensor:
+    def per_rank_average(count: float, like: Tensor) -> Tensor:
         """`count` averaged over the ranks of the process group (the count itself in a single
         process), as a float tensor on `like`'s device. Dividing each rank's loss sum by it makes
         DistributedDataParallel's gradient average equal to that of one process holding the whole
