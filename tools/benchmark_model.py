@@ -54,6 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmark_ops import _cpu_peak_start, _cpu_peak_stop, timed_call  # noqa: E402  (tools/ is on sys.path when run as a script)
 from drdet.checkpoint.weights import convert_torchvision_retinanet  # noqa: E402
 from drdet.engine.defaults import load_config  # noqa: E402
+from drdet.utils.errors import run_main  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 from drdet.modeling.inference_copy import prepare_for_inference  # noqa: E402
 
@@ -318,4 +319,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

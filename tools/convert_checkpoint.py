@@ -42,6 +42,7 @@ from drdet.checkpoint import check_weights_only_safe, load_checkpoint_file  # no
 from drdet.checkpoint.weights import (COCO_CATEGORY_IDS,  # noqa: E402
                                       convert_maskrcnn_benchmark_retinanet,
                                       convert_torchvision_retinanet, detect_format)
+from drdet.utils.errors import run_main  # noqa: E402
 from drdet.utils.io import atomic_open  # noqa: E402
 
 SOURCES = {"torchvision": "torchvision_retinanet", "maskrcnn-benchmark": "maskrcnn_benchmark"}
@@ -98,4 +99,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

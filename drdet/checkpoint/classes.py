@@ -8,7 +8,8 @@ the object classes only; MODEL.RETINANET.NUM_CLASSES counts the background too (
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -20,26 +21,26 @@ NUM_CLASSES_KEY = "MODEL.RETINANET.NUM_CLASSES"
 logger = logging.getLogger(__name__)
 
 
-def cfg_num_classes(cfg) -> Tuple[str, int]:
+def cfg_num_classes(cfg) -> tuple[str, int]:
     """(config key, number of object classes) of the detector ``cfg`` builds. The key counts
     the background, so the number is its value - 1. The one place that knows the key."""
     return NUM_CLASSES_KEY, int(cfg.MODEL.RETINANET.NUM_CLASSES) - 1
 
 
-def dataset_classes(dataset) -> Tuple[str, List[str]]:
+def dataset_classes(dataset) -> tuple[str, list[str]]:
     """(name, category names in label order) of a dataset (a ConcatDataset: its first part;
     build_dataset checks that the parts agree)."""
     first = getattr(dataset, "datasets", [dataset])[0]
     return getattr(first, "name", "?"), list(first.class_names)
 
 
-def classes_record(dataset) -> Dict[str, Any]:
+def classes_record(dataset) -> dict[str, Any]:
     """What train_net saves under the checkpoint's "classes" key for its training set."""
     _, names = dataset_classes(dataset)
     return {"num_classes": len(names), "names": names}
 
 
-def state_num_classes(state: Mapping[str, torch.Tensor]) -> Optional[int]:
+def state_num_classes(state: Mapping[str, torch.Tensor]) -> int | None:
     """Object classes of a RetinaNet state dict (classification columns per anchor), or None
     when it has no head."""
     cls_bias, box_bias = state.get("head.cls_logits.bias"), state.get("head.bbox_pred.bias")
@@ -48,13 +49,13 @@ def state_num_classes(state: Mapping[str, torch.Tensor]) -> Optional[int]:
     return cls_bias.numel() // (box_bias.numel() // 4)
 
 
-def _describe(num: int, names: Optional[Sequence[str]]) -> str:
+def _describe(num: int, names: Sequence[str] | None) -> str:
     listed = f" [{', '.join(map(str, names))}]" if names else ""
     return f"{num} classes{listed}"
 
 
-def check_classes(record: Optional[Mapping[str, Any]], path: str, cfg=None,
-                  dataset=None, log: Optional[logging.Logger] = None) -> None:
+def check_classes(record: Mapping[str, Any] | None, path: str, cfg=None,
+                  dataset=None, log: logging.Logger | None = None) -> None:
     """Check the classes `record` of the checkpoint at `path` against the config (its class
     count) and, when given, a dataset (its category count and names, in label order). Raises
     UserValueError naming both sides; warns when the checkpoint records no classes (saved by an
@@ -79,7 +80,7 @@ def check_classes(record: Optional[Mapping[str, Any]], path: str, cfg=None,
 
 
 def check_state_classes(state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor],
-                        path: str, record: Optional[Mapping[str, Any]] = None) -> None:
+                        path: str, record: Mapping[str, Any] | None = None) -> None:
     """Raise UserValueError, in words, when the checkpoint's state dict predicts another number
     of classes than the model (instead of a bare tensor shape mismatch)."""
     num, own = state_num_classes(state), state_num_classes(model_state)
