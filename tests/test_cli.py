@@ -126,3 +126,12 @@ def test_test_net_user_error_has_no_traceback(tmp_path, argv, message):
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env,
                            timeout=300)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_unknown_dataset_is_a_user_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DRDET_DEBUG", raising=False)
+    train_net = load_tool("train_net")
+    argv = ["--config-file", CONFIG, "--skip-test", "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE",
+            "cpu", "DATASETS.TRAIN", "('no_such_set',)"]
+    assert run_main(train_net.main, argv, prog="train_net.py") == 2
+    assert "train_net.py: error: unknown dataset 'no_such_set'" in capsys.readouterr().err
