@@ -17,8 +17,8 @@ DATASETS.TRAIN when it can be opened, else "class <k>"; when both are known they
 Config overrides (KEY VALUE) may come before, between or after the flags.
 """
 import json
-import re
 import os
+import re
 import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
