@@ -7,12 +7,12 @@ import pickle
 
 import pytest
 import torch
+from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 from torch import nn
 
 from drdet.checkpoint import Checkpointer, check_classes, load_checkpoint_file
 from drdet.engine.defaults import load_config
 from drdet.utils.errors import CheckpointError, UserInputError, UserValueError, run_main
-from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")

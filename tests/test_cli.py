@@ -6,11 +6,16 @@ import subprocess
 import sys
 
 import pytest
+from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 
 from drdet.engine.defaults import load_config
-from drdet.utils.errors import (EXIT_USER_ERROR, UserInputError, UserKeyError, UserValueError,
-                                run_main)
-from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
+from drdet.utils.errors import (
+    EXIT_USER_ERROR,
+    UserInputError,
+    UserKeyError,
+    UserValueError,
+    run_main,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")

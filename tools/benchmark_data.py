@@ -19,7 +19,8 @@ images), --warmup batches not timed (worker start-up, first file reads), then --
 (rounded up to whole batches) of which the first 2 x workers batches, which the workers may have
 prepared ahead during the warm-up, are not timed either. Prints images/s per worker count, the
 machine's load average before and after, and writes the figures to --json when given.
-KEY VALUE pairs (before, between or after the flags) override the config (e.g. INPUT.MIN_SIZE_TRAIN "(640,)").
+KEY VALUE pairs (before, between or after the flags) override the config (e.g.
+INPUT.MIN_SIZE_TRAIN "(640,)").
 """
 import json
 import math
