@@ -12,7 +12,6 @@ here: one multiply-add is 2 FLOPs (a 3x3 conv with C_in inputs and C_out outputs
 padded to a multiple of DATALOADER.SIZE_DIVISIBILITY as in training and testing; no resize is
 applied (give the size the network sees, e.g. 800 x 1216 for COCO's 1x setting).
 """
-import argparse
 import os
 import sys
 from typing import Dict, Sequence
@@ -23,21 +22,20 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from drdet.engine.defaults import load_config  # noqa: E402
+from drdet.engine.defaults import (default_argument_parser, load_config,  # noqa: E402
+                                   parse_tool_args)
 from drdet.modeling import build_detector  # noqa: E402
+from drdet.utils.errors import run_main  # noqa: E402
 
 # Reported parts: (name shown, attribute path in the detector).
 PARTS = (("backbone", "backbone.body"), ("fpn", "backbone.fpn"), ("head", "head"))
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="yaml config")
+    parser = default_argument_parser(__doc__)
     parser.add_argument("--input-size", nargs=2, type=int, default=(800, 1216),
                         metavar=("H", "W"), help="image height and width (default 800 1216)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
+    args = parse_tool_args(parser, argv)
     if min(args.input_size) <= 0:
         parser.error(f"--input-size must be positive, got {args.input_size}")
     return args
@@ -106,4 +104,4 @@ def main(argv=None) -> Dict[str, Dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

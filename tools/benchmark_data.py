@@ -19,9 +19,9 @@ images), --warmup batches not timed (worker start-up, first file reads), then --
 (rounded up to whole batches) of which the first 2 x workers batches, which the workers may have
 prepared ahead during the warm-up, are not timed either. Prints images/s per worker count, the
 machine's load average before and after, and writes the figures to --json when given.
-Trailing KEY VALUE pairs override the config (e.g. INPUT.MIN_SIZE_TRAIN "(640,)").
+KEY VALUE pairs (before, between or after the flags) override the config (e.g.
+INPUT.MIN_SIZE_TRAIN "(640,)").
 """
-import argparse
 import json
 import math
 import os
@@ -35,15 +35,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from drdet.data import build_data_loader  # noqa: E402
-from drdet.engine.defaults import load_config  # noqa: E402
+from drdet.engine.defaults import (default_argument_parser, load_config,  # noqa: E402
+                                   parse_tool_args)
+from drdet.utils.errors import run_main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "dr_retina", "dr_R-50-FPN_1x.yaml")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = default_argument_parser(__doc__, config_file=False)
     parser.add_argument("--config-file", default=CONFIG, metavar="FILE",
                         help="yaml config whose INPUT / DATALOADER settings are used "
                              "(default: configs/dr_retina/dr_R-50-FPN_1x.yaml)")
@@ -57,8 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=int, default=100, help="timed images per setting")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches per setting")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the figures here")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
+    args = parse_tool_args(parser, argv)
     try:
         args.workers = [int(w) for w in args.workers.split(",")]
     except ValueError:
@@ -150,4 +150,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -69,6 +69,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from analyze_model import forward_flops  # noqa: E402
 from benchmark_ops import _cpu_peak_start, _cpu_peak_stop, timed_call  # noqa: E402  (tools/ is on sys.path when run as a script)
 from drdet.engine.defaults import load_config  # noqa: E402
+from drdet.utils.errors import run_main  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 from drdet.checkpoint.fcos_conversion import convert_torchvision_fcos  # noqa: E402
 from drdet.checkpoint.weights import convert_torchvision_retinanet  # noqa: E402
@@ -408,4 +409,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -47,6 +47,7 @@ from drdet.layers import (  # noqa: E402
     sigmoid_focal_loss,
 )
 from drdet.layers.winograd import conv3x3_levels  # noqa: E402
+from drdet.utils.errors import run_main  # noqa: E402
 
 NEG_LAMBDA = 0.1 / math.log(3.5)
 H200_BANDWIDTH_GBS = 4800.0
@@ -345,7 +346,7 @@ def bench_winograd(device, args):
         report("conv3x3 f+b", f"{label} {c_in}->{c_out}", ours, ref, "direct")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="all", choices=["all", "cpu", "cuda"],
@@ -361,7 +362,7 @@ def main():
                         help="the GPU's memory bandwidth in GB/s for the floor fractions "
                              "(default: from the device properties, else the H200's "
                              f"{H200_BANDWIDTH_GBS:.0f})")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.bandwidth = None
     torch.set_num_threads(args.threads)
     ops = set(args.ops.split(","))
@@ -393,4 +394,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -51,6 +51,7 @@ from drdet.checkpoint.fcos_conversion import (convert_torchvision_fcos,  # noqa:
 from drdet.checkpoint.weights import (COCO_CATEGORY_IDS,  # noqa: E402
                                       convert_maskrcnn_benchmark_retinanet,
                                       convert_torchvision_retinanet, detect_format)
+from drdet.utils.errors import run_main  # noqa: E402
 from drdet.utils.io import atomic_open  # noqa: E402
 
 SOURCES = {"torchvision": "torchvision_retinanet", "maskrcnn-benchmark": "maskrcnn_benchmark"}
@@ -130,4 +131,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -12,18 +12,19 @@ detections.json is a list with one record per image or frame:
     {"file": input path (video frames: "<video>#<frame index>"), "output": drawn image path,
      "height": H, "width": W, "boxes": [[x1, y1, x2, y2], ...] in the input's pixels,
      "scores": [...], "labels": [1..C], "class_names": [...]}
-Class names come from the first dataset of DATASETS.TRAIN when it can be opened, else
-"class <k>".
+Class names come from the checkpoint (what train_net recorded), else from the first dataset of
+DATASETS.TRAIN when it can be opened, else "class <k>"; when both are known they must agree.
+Config overrides (KEY VALUE) may come before, between or after the flags.
 
 A file OpenCV cannot decode is skipped with a warning naming it, and the count is given at the
 end; the entries of an input folder that are not image files (other files, sub-folders) are
 listed in one warning. detections.json is always written, with the records of what was
 processed, also when an error stops the run part way (the error is raised afterwards).
 """
-import argparse
 import json
 import logging
 import os
+import re
 import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -32,12 +33,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from drdet.engine.defaults import class_names_from_cfg, load_config  # noqa: E402
+from drdet.checkpoint import check_classes  # noqa: E402
+from drdet.engine.defaults import (default_argument_parser, load_config,  # noqa: E402
+                                   parse_tool_args, train_dataset_from_cfg)
 from drdet.engine.predictor import Predictor  # noqa: E402
+from drdet.utils.errors import run_main  # noqa: E402
 from drdet.utils.io import atomic_write_text  # noqa: E402
 from drdet.utils.visualize import draw_detections, label_name  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")  # e.g. MODEL.WEIGHT
 MAX_NAMED = 10  # names listed in one warning
 
 logger = logging.getLogger("drdet.demo")
@@ -50,9 +55,7 @@ def named(items: Sequence[str], limit: int = MAX_NAMED) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="yaml config")
+    parser = default_argument_parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="PATH",
                         help="image files and/or folders (their images, sorted, not recursive)")
@@ -65,8 +68,15 @@ def parse_args(argv=None):
     parser.add_argument("--max-frames", type=int, default=0,
                         help="stop a video or webcam after this many frames (0: no limit; "
                              "a webcam needs a limit)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
+    args = parse_tool_args(parser, argv)
+    if args.input:  # --input takes several paths: a config key among them starts the overrides
+        keys = [i for i, p in enumerate(args.input)
+                if CONFIG_KEY.match(p) and not os.path.exists(p)]
+        if keys:
+            args.opts = args.input[keys[0]:] + args.opts
+            args.input = args.input[:keys[0]]
+            if not args.input:
+                parser.error("--input needs at least one image file or folder")
     if args.webcam is not None and args.max_frames <= 0:
         parser.error("--webcam needs --max-frames N > 0")
     return args
@@ -150,7 +160,10 @@ def main(argv=None) -> List[Dict]:
     args = parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
     predictor = Predictor(cfg)
-    class_names = class_names_from_cfg(cfg)
+    train_set = train_dataset_from_cfg(cfg)
+    if predictor.checkpoint_classes and train_set is not None:
+        check_classes(predictor.checkpoint_classes, cfg.MODEL.WEIGHT, dataset=train_set)
+    class_names = predictor.class_names or (list(train_set.class_names) if train_set else None)
     unreadable: list[str] = []
     if args.input:
         frames = read_images(list_images(args.input), unreadable)
@@ -190,4 +203,4 @@ def write_detections(folder: str, records: list[dict], unreadable: Sequence[str]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

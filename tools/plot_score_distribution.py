@@ -26,8 +26,10 @@ import numpy as np  # noqa: E402
 
 from drdet.data.catalog import get_dataset  # noqa: E402
 from drdet.data.transforms import build_transforms  # noqa: E402
-from drdet.engine.defaults import load_config  # noqa: E402
+from drdet.engine.defaults import (add_override_arguments, load_config,  # noqa: E402
+                                   parse_tool_args)
 from drdet.engine.score_distribution import collect, plot  # noqa: E402
+from drdet.utils.errors import UserFileNotFoundError, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -45,9 +47,12 @@ def parse_args(argv=None):
     parser.add_argument("--bins", type=int, default=50, help="histogram bins on [0, 1]")
     parser.add_argument("--output", required=True, metavar="PNG", help="figure to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the background subsampling")
-    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
-                        help="config overrides applied to every model")
-    args = parser.parse_args(argv)
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", dest="opts_flag",
+                        help="config overrides applied to every model (or give them without "
+                             "--opts, anywhere on the command line)")
+    add_override_arguments(parser)
+    args = parse_tool_args(parser, argv)
+    args.opts = args.opts_flag + args.opts
     if len(args.weights) != len(args.config_file):
         parser.error(f"{len(args.weights)} --weights for {len(args.config_file)} --config-file")
     if args.label and len(args.label) != len(args.config_file):
@@ -67,7 +72,7 @@ def main(argv=None) -> List[Tuple[str, np.ndarray, np.ndarray]]:
     results = []
     for cfg, weights, label in zip(cfgs, args.weights, labels):
         if not os.path.isfile(weights):
-            raise FileNotFoundError(f"weights {weights!r} do not exist")
+            raise UserFileNotFoundError(f"weights {weights!r} do not exist")
         dataset = get_dataset(name, build_transforms(cfg, is_train=False), is_train=False)
         fg, bg = collect(cfg, weights, dataset, args.num_images, args.num_background, args.seed)
         print(f"{label}: foreground mean {fg.mean() if fg.size else float('nan'):.4f} "
@@ -79,4 +84,4 @@ def main(argv=None) -> List[Tuple[str, np.ndarray, np.ndarray]]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -5,11 +5,11 @@
     torchrun --nproc_per_node=8 tools/train_net.py --config-file ... SOLVER.IMS_PER_BATCH 16
     python tools/train_net.py --config-file ... --resume          # continue OUTPUT_DIR's last run
 
-Trailing KEY VALUE pairs override the config (e.g. OUTPUT_DIR out/ MODEL.DEVICE cpu). Several
+KEY VALUE pairs override the config (e.g. OUTPUT_DIR out/ MODEL.DEVICE cpu); flags may come
+before, between or after them. Several
 machines: torchrun's own flags (--nnodes, --node_rank, --master_addr, --master_port). The final
 model is evaluated on DATASETS.TEST unless --skip-test.
 """
-import argparse
 import os
 import sys
 
@@ -17,24 +17,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from drdet.checkpoint import Checkpointer, set_rng_state  # noqa: E402
+from drdet.checkpoint import Checkpointer, classes_record, set_rng_state  # noqa: E402
 from drdet.data import build_data_loader  # noqa: E402
-from drdet.engine.defaults import (check_num_classes, default_setup, evaluate_datasets,  # noqa: E402
-                                   format_metric)
+from drdet.engine.defaults import (check_num_classes, default_argument_parser,  # noqa: E402
+                                   default_setup, evaluate_datasets, format_metric,
+                                   parse_tool_args)
 from drdet.engine.speed import apply_speed_switches  # noqa: E402
 from drdet.engine.trainer import do_train  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 from drdet.solver import make_lr_scheduler, make_optimizer  # noqa: E402
 from drdet.utils import comm  # noqa: E402
+from drdet.utils.errors import run_main  # noqa: E402
 from drdet.utils.io import remove_stale_temporary_files  # noqa: E402
 from drdet.utils.metric_logger import JSONLinesWriter  # noqa: E402
 from drdet.utils.signals import StopRequest  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="yaml config")
+    parser = default_argument_parser(__doc__)
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUTPUT_DIR/last_checkpoint (model, optimizer, "
                              "scheduler, iteration, data order, RNG)")
@@ -42,8 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--allow-pickle", action="store_true",
                         help="let MODEL.WEIGHT be a legacy pickle (.pkl); unpickling runs code "
                              "from the file, so only for files you trust")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    return parser.parse_args(argv)
+    return parse_tool_args(parser, argv)
 
 
 def main(argv=None, hooks=()):
@@ -85,6 +84,7 @@ def main(argv=None, hooks=()):
 
     data_loader = build_data_loader(cfg, is_train=True, start_iter=start_iter)
     check_num_classes(cfg, data_loader.dataset)
+    checkpointer.record["classes"] = classes_record(data_loader.dataset)
 
     def evaluate(iteration):
         return evaluate_datasets(cfg, model, device, tag=f"iter_{iteration:07d}")
@@ -113,4 +113,4 @@ def main(argv=None, hooks=()):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -11,17 +11,22 @@ import logging
 import os
 import pickle
 import random
-from typing import Any, Dict, Mapping, Optional
+import re
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from drdet.checkpoint.classes import CLASSES_KEY, check_state_classes
+from drdet.checkpoint.files import damaged, holds_objects, load_error, not_a_checkpoint
 from drdet.checkpoint.weights import to_drdet_state
 from drdet.utils.comm import is_main_process
+from drdet.utils.errors import CheckpointError, UserFileNotFoundError
 from drdet.utils.io import atomic_open, atomic_write_text
 
 LAST_CHECKPOINT = "last_checkpoint"
+_NUMBERED = re.compile(r"^model_(\d{7})\.pth$")
 _SAFE_LEAVES = (torch.Tensor, int, float, str, bool, type(None), torch.Size)
 
 logger = logging.getLogger(__name__)
@@ -111,29 +116,31 @@ def check_anchor_convention(model: nn.Module, convention: Optional[str], path: s
 def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Dict[str, Any]:
     """Load a checkpoint file onto the CPU with torch.load(weights_only=True).
 
-    When the file holds pickled objects, weights-only loading fails and this raises a RuntimeError
-    saying so, unless `allow_pickle` is True: then the file is fully unpickled (torch.load with
-    weights_only=False, or pickle for plain .pkl files such as Detectron's), which can run code
-    stored in it: pass it only for files you trust. Numpy arrays in such files become tensors.
-    A file holding a bare state dict is returned as {"model": state dict}.
+    Errors (CheckpointError, a RuntimeError) say what is wrong: a file that is not a PyTorch
+    checkpoint (empty, text, ...), a truncated or damaged one (file and size named), or a legacy
+    pickle holding Python objects: that one loads only when `allow_pickle` is True: then the file
+    is fully unpickled (torch.load with weights_only=False, or pickle for plain .pkl files such as
+    Detectron's), which can run code stored in it: pass it only for files you trust. Numpy arrays
+    in such files become tensors. A file holding a bare state dict is returned as
+    {"model": state dict}.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise UserFileNotFoundError(f"checkpoint file not found: {path}")
+    error = not_a_checkpoint(path)
+    if error is not None:
+        raise error
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        if not allow_pickle:
-            raise RuntimeError(
-                f"cannot load {path} with torch.load(weights_only=True): it holds pickled "
-                "Python objects (or is not a torch checkpoint), and unpickling can execute "
-                "arbitrary code. "
-                "If you trust the file, load it with allow_pickle=True (e.g. "
-                "Checkpointer.load(path, allow_pickle=True)), or convert it once to a file of "
-                f"tensors only. Reason: {str(err).splitlines()[0]}") from err
+    except Exception as err:  # torch raises many types on bad bytes (KeyError, EOFError...)
+        if not (allow_pickle and holds_objects(err)):
+            raise load_error(path, err) from err
         logger.warning("Loading %s with full unpickling (allow_pickle=True)", path)
-        data = _load_pickled(path)
+        try:
+            data = _load_pickled(path)
+        except Exception as unpickle_err:
+            raise damaged(path, f"unpickling failed: {unpickle_err}") from unpickle_err
     if not isinstance(data, dict):
-        raise RuntimeError(f"{path} holds a {type(data).__name__}, expected a dict")
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, expected a dict")
     if "blobs" in data and "model" not in data:  # Detectron/Caffe2 .pkl
         data = {"model": data["blobs"]}
     if "model" not in data:
@@ -226,6 +233,8 @@ class Checkpointer:
         self.save_dir = save_dir
         self.save_to_disk = is_main_process() if save_to_disk is None else save_to_disk
         self.logger = log or logger
+        # Saved in every checkpoint, e.g. {"classes": classes_record(training set)}.
+        self.record: Dict[str, Any] = {}
 
     # -- saving
     def save(self, name: str, **extra: Any) -> Optional[str]:
@@ -246,6 +255,7 @@ class Checkpointer:
             data["optimizer"] = self.optimizer.state_dict()
         if self.scheduler is not None:
             data["scheduler"] = self.scheduler.state_dict()
+        data.update(self.record)
         data.update(extra)
         check_weights_only_safe(data)
         path = os.path.join(self.save_dir, f"{name}.pth")
@@ -275,9 +285,16 @@ class Checkpointer:
         `strict`: every model tensor must come from the file (see load_model_state). ImageNet
         backbones of torchvision and MSRA/Detectron are converted (drdet.checkpoint.weights)."""
         data = load_checkpoint_file(path, allow_pickle=allow_pickle)
+        return self._load_data(data, path, load_training_state, strict)
+
+    def _load_data(self, data: Dict[str, Any], path: str, load_training_state: bool,
+                   strict: bool) -> Dict[str, Any]:
+        """Load what load_checkpoint_file(`path`) returned (see load)."""
         self.logger.info("Loading checkpoint from %s", path)
         # ImageNet backbones (torchvision .pth, MSRA .pkl) are renamed to drdet's names here.
         state = to_drdet_state(data.pop("model"), source=path, log=self.logger)
+        check_state_classes(_strip_prefix(state, "module."), unwrap_model(self.model).state_dict(),
+                            path, data.get(CLASSES_KEY))
         load_model_state(self.model, state, self.logger, strict=strict)
         check_anchor_convention(self.model, data.pop("anchor_convention", None), path, self.logger)
         optimizer_state = data.pop("optimizer", None)
@@ -301,9 +318,37 @@ class Checkpointer:
 
     def resume(self) -> Dict[str, Any]:
         """Restore everything from the checkpoint named in save_dir/last_checkpoint and return its
-        extra state ({} when there is none, i.e. a fresh start)."""
+        extra state ({} when there is none, i.e. a fresh start). When that file is damaged
+        (truncated, not a checkpoint), the newest intact save_dir/model_XXXXXXX.pth (by
+        iteration) is used instead, with a warning naming both."""
         path = self.last_checkpoint()
         if path is None:
             self.logger.info("No checkpoint in %r: starting from scratch", self.save_dir)
             return {}
-        return self.load(path, load_training_state=True)
+        try:
+            return self.load(path, load_training_state=True)
+        except CheckpointError as err:
+            if not os.path.isfile(path):
+                raise
+            failure = err
+        for candidate in self.numbered_checkpoints():
+            if os.path.abspath(candidate) == os.path.abspath(path):
+                continue
+            try:
+                data = load_checkpoint_file(candidate)
+            except CheckpointError:
+                continue
+            self.logger.warning("The last checkpoint %s cannot be loaded (%s); resuming from "
+                                "%s, the newest intact checkpoint, instead", path, failure,
+                                candidate)
+            return self._load_data(data, candidate, load_training_state=True, strict=False)
+        raise CheckpointError(f"{failure}; and {self.save_dir} holds no other intact "
+                              "model_XXXXXXX.pth to resume from") from failure
+
+    def numbered_checkpoints(self) -> List[str]:
+        """save_dir/model_XXXXXXX.pth paths, newest (highest iteration) first."""
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        found = [(int(m.group(1)), name) for name in os.listdir(self.save_dir)
+                 for m in [_NUMBERED.match(name)] if m]
+        return [os.path.join(self.save_dir, name) for _, name in sorted(found, reverse=True)]

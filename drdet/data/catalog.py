@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from drdet.utils.errors import UserInputError
+
 from .registry import (
     DATASET_TYPES,
     DEFAULT_ROOT,
@@ -29,7 +31,7 @@ __all__ = ["DATASET_TYPES", "DEFAULT_ROOT", "ENV_ROOT", "UnknownDatasetError", "
            "get_dataset", "known_names"]
 
 
-class UnknownDatasetError(KeyError):
+class UnknownDatasetError(UserInputError, KeyError):
     """A dataset name that is neither registered nor of a registered type's ``<kind>:`` form."""
 
     def __str__(self) -> str:  # KeyError would print the message quoted

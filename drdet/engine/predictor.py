@@ -1,13 +1,15 @@
 """Predictor: one OpenCV image in, detections in that image's pixels out."""
 
-from typing import Dict
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from drdet.checkpoint import Checkpointer
+from drdet.checkpoint import CLASSES_KEY, Checkpointer, check_classes
 from drdet.data.transforms import resized_hw
 from drdet.modeling.detector import build_detector
 from drdet.modeling.inference_copy import prepare_for_inference
@@ -25,18 +27,32 @@ class Predictor:
     :func:`~drdet.modeling.inference_copy.prepare_for_inference` (FrozenBN folded into the
     convolutions, channels_last on the CPU). After changing ``model``'s weights, call
     :meth:`refresh` to make a new copy.
+
+    ``checkpoint_classes`` is the "classes" record of cfg.MODEL.WEIGHT ({"num_classes": K,
+    "names": [...]}, checked against the config's class count), or None when the weights
+    record none (or there are no weights).
     """
 
     def __init__(self, cfg):
         self.cfg = cfg.clone()
         self.device = torch.device(cfg.MODEL.DEVICE)
         self.model = build_detector(self.cfg).to(self.device).eval()
+        self.checkpoint_classes: Optional[Dict[str, Any]] = None
         if cfg.MODEL.WEIGHT:
-            Checkpointer(self.model).load(cfg.MODEL.WEIGHT, load_training_state=False, strict=True)
+            extra = Checkpointer(self.model).load(cfg.MODEL.WEIGHT, load_training_state=False,
+                                                  strict=True)
+            self.checkpoint_classes = extra.get(CLASSES_KEY)
+            check_classes(self.checkpoint_classes, cfg.MODEL.WEIGHT, self.cfg)
         self.refresh()
         self.min_size = cfg.INPUT.MIN_SIZE_TEST
         self.max_size = cfg.INPUT.MAX_SIZE_TEST
         self.to_bgr255 = cfg.INPUT.TO_BGR255
+
+    @property
+    def class_names(self) -> Optional[List[str]]:
+        """Names of labels 1..K recorded in the checkpoint (index k-1 names label k), or None."""
+        names = (self.checkpoint_classes or {}).get("names")
+        return list(names) if names else None
 
     def refresh(self) -> None:
         """Rebuilds ``inference_model`` from ``model`` (after its weights changed)."""

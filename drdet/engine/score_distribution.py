@@ -19,7 +19,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from drdet.checkpoint import load_checkpoint_file, load_model_state  # noqa: E402
+from drdet.checkpoint import (  # noqa: E402
+    CLASSES_KEY,
+    check_classes,
+    load_checkpoint_file,
+    load_model_state,
+)
 from drdet.modeling import build_detector  # noqa: E402
 
 
@@ -47,7 +52,9 @@ def collect(cfg, weights: str, dataset, num_images: int, num_background: int,
     """(foreground scores, subsampled background scores) of the model over the first
     ``num_images`` images of ``dataset``."""
     model = build_detector(cfg).to(cfg.MODEL.DEVICE).eval()
-    load_model_state(model, load_checkpoint_file(weights)["model"], strict=True)
+    data = load_checkpoint_file(weights)
+    check_classes(data.get(CLASSES_KEY), weights, cfg, dataset)
+    load_model_state(model, data["model"], strict=True)
     generator = torch.Generator().manual_seed(seed)
     count = min(num_images, len(dataset))
     per_image = -(-num_background // count)
