@@ -62,11 +62,11 @@ def check_weights_only_safe(obj: Any, where: str = "checkpoint") -> None:
 def get_rng_state() -> Dict[str, Any]:
     """RNG states of torch (CPU and every CUDA device), numpy and Python's `random`, as tensors
     and plain lists only (weights_only-loadable)."""
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
     py_version, py_state, py_gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
                   "pos": int(np_pos), "has_gauss": int(np_has_gauss),
                   "cached_gaussian": float(np_gauss)},
         "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},

@@ -166,7 +166,8 @@ def to_drdet_state(state: Mapping[str, torch.Tensor], source: str = "checkpoint"
                    for k in plain}
     else:
         converted = convert_msra_backbone(plain)
-        mapping = {k: "backbone.body." + _msra_name(k) for k in plain if _msra_name(k)}
+        msra_names = {k: _msra_name(k) for k in plain}
+        mapping = {k: "backbone.body." + name for k, name in msra_names.items() if name}
     mapped = {k: v for k, v in mapping.items() if v in converted}
     dropped = sorted(set(plain) - set(mapped) - set(converted))
     log.info("%s: %s ImageNet weights, %d tensors renamed:\n  %s", source, fmt, len(mapped),

@@ -185,7 +185,8 @@ def evaluate_datasets(cfg, model: torch.nn.Module, device: torch.device, tag: st
         folder = os.path.join(cfg.OUTPUT_DIR, "inference", safe_folder_name(name))
         if comm.is_main_process():
             os.makedirs(folder, exist_ok=True)
-        log.info("Evaluating %s on %s (%d images)", tag, name, len(loader.dataset))
+        log.info("Evaluating %s on %s (%d images)", tag, name,
+                 len(loader.dataset))  # type: ignore[arg-type]  # (a sized detection dataset)
         metrics = inference(model, loader, loader.dataset, device, output_folder=folder,
                             per_category=cfg.TEST.PER_CATEGORY_AP, bbox_aug=bbox_aug)
         if metrics is not None:
