@@ -25,7 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 
 MAKE_NOT_RUN = {"make test": "the test suite itself",
-                "make demo": "10 minutes of training; its AP is measured in the README"}
+                "make demo": "10 minutes of training; its AP is measured in the README",
+                "make compare": "tools/compare_losses.py at the demo's 600 iterations per loss "
+                                "(the README's next commands run the same tool, tiny)"}
 R50 = "configs/dr_retina/dr_R-50-FPN_1x.yaml"
 PLACEHOLDERS = [  # (regex, replacement), applied in order
     (r"--nproc_per_node=8", "--nproc_per_node=2"),
@@ -37,6 +39,10 @@ PLACEHOLDERS = [  # (regex, replacement), applied in order
     (r"--config-file FOCAL\.yaml", "--config-file configs/retinanet/retinanet_R-50-FPN_1x.yaml"),
     (r"MODEL\.WEIGHT model_final\.pth", "MODEL.WEIGHT out/dr_r50/model_final.pth"),
     (r"--weights (dr|focal)\.pth", "--weights out/dr_r50/model_final.pth"),
+    (r"--dataset coco:train\.json:images", "--dataset synthetic:8:0:128"),
+    (r"--test-dataset coco:val\.json:images", "--test-dataset synthetic:2:1:128"),
+    (r"--num-gpus 8", "--num-gpus 1"),
+    (r"--max-iter 300", "--max-iter 2"),
 ]
 TINY = ["MODEL.DEVICE", "cpu", "MODEL.RETINANET.NUM_CLASSES", "6",
         "DATASETS.TRAIN", "('synthetic:8:0:128',)", "DATASETS.TEST", "('synthetic:2:1:128',)",
@@ -56,6 +62,15 @@ EXTRA = {  # tool -> arguments appended (after TINY for the tools that take over
     "benchmark_model.py": ["--device", "cpu", "--parts", "inference", "--size", "128", "128",
                            "--batch", "1", "--warmup", "0", "--reps", "1"],
     "plot_metrics.py": [],
+    "compare_losses.py": ["--max-iter", "2", "--score-images", "2", "MODEL.DEVICE", "cpu",
+                          "MODEL.WEIGHT", "",
+                          "MODEL.RETINANET.NUM_CLASSES", "6",
+                          "DATASETS.TRAIN", "('synthetic:8:0:128',)",
+                          "DATASETS.TEST", "('synthetic:2:1:128',)",
+                          "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+                          "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+                          "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
+                          "SOLVER.WARMUP_ITERS", "0", "TEST.IMS_PER_BATCH", "2"],
 }
 
 
