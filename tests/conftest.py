@@ -1,6 +1,5 @@
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,12 +16,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
-
-
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.cuda),
-]
 
 
 @pytest.fixture(autouse=True)
@@ -56,20 +49,3 @@ def synthetic_datasets_root(tmp_path_factory):
         del os.environ["DRDET_DATASETS"]
     else:
         os.environ["DRDET_DATASETS"] = old
-
-
-def detectron_cell_anchors_inclusive(stride, sizes, ratios):
-    """Detectron's anchor enumeration written out for the tests, in its own inclusive corners:
-    a (stride x stride) reference box at (0, 0, stride - 1, stride - 1); per ratio, a box of the
-    same area with width round(sqrt(area / ratio)) and height round(width * ratio); each scaled
-    by size / stride about the reference centre."""
-    centre = (stride - 1) / 2.0
-    rows = []
-    for r in ratios:
-        w0 = np.round(np.sqrt(stride * stride / r))
-        h0 = np.round(w0 * r)
-        for size in sizes:
-            w, h = w0 * size / stride, h0 * size / stride
-            rows.append([centre - (w - 1) / 2, centre - (h - 1) / 2,
-                         centre + (w - 1) / 2, centre + (h - 1) / 2])
-    return torch.tensor(rows, dtype=torch.float64)

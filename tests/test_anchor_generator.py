@@ -1,17 +1,17 @@
-import math
-
-
 import pytest
 import torch
+from helpers.anchors import detectron_cell_anchors_inclusive
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
 from torchvision.models.detection.image_list import ImageList as TVImageList
-
-from conftest import detectron_cell_anchors_inclusive
 from torchvision.models.detection.retinanet import _default_anchorgen
 
 from drdet.config import get_cfg
-from drdet.modeling.anchor_generator import (AnchorGenerator, build_anchor_generator, cell_anchors,
-                                             maskrcnn_benchmark_cell_anchors)
+from drdet.modeling.anchor_generator import (
+    AnchorGenerator,
+    build_anchor_generator,
+    cell_anchors,
+    maskrcnn_benchmark_cell_anchors,
+)
 
 
 def _features(*sizes):

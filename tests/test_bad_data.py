@@ -15,73 +15,20 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers.bad_data import H, W, good_files, jpeg_bytes, loader_cfg, rgb_pixels, write_set
 from PIL import Image
-from yacs.config import CfgNode as CN
+from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 
 from drdet.data import build_data_loader
 from drdet.data.bad_images import TooManyBadImagesError
 from drdet.data.datasets.coco import COCODataset
-from drdet.data.image_io import (ImageReadError, ImageSizeError, MissingImageError,
-                                 read_image)
-from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
+from drdet.data.image_io import ImageReadError, ImageSizeError, MissingImageError, read_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 train_net = load_tool("train_net")
 
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
-W, H = 64, 48  # size of the images the helpers write (w x h)
-
-
-def rgb_pixels(w=W, h=H, seed=0):
-    return np.random.RandomState(seed).randint(0, 256, (h, w, 3)).astype(np.uint8)
-
-
-def jpeg_bytes(w=W, h=H, seed=0, **save_args):
-    buf = io.BytesIO()
-    Image.fromarray(rgb_pixels(w, h, seed)).save(buf, "JPEG", **save_args)
-    return buf.getvalue()
-
-
-def write_set(root, files, annotations=None, sizes=None):
-    """A COCO set in `root`: one image per entry of `files` ({file name: bytes or PIL image}),
-    ids 1, 2, ... in that order, each W x H in the json unless `sizes` {id: (w, h)} says
-    otherwise, one box per image unless `annotations` is given. Returns (json path, folder)."""
-    img_dir = root / "images"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    images = []
-    for image_id, (name, content) in enumerate(files.items(), start=1):
-        if isinstance(content, Image.Image):
-            content.save(img_dir / name)
-        elif content is not None:  # None: the file is missing
-            (img_dir / name).write_bytes(content)
-        w, h = (sizes or {}).get(image_id, (W, H))
-        images.append({"id": image_id, "file_name": name, "width": w, "height": h})
-    if annotations is None:
-        annotations = [{"id": 100 + i["id"], "image_id": i["id"], "category_id": 1,
-                        "bbox": [4, 4, 20, 16]} for i in images]
-    ann = root / "ann.json"
-    ann.write_text(json.dumps({"images": images, "annotations": annotations,
-                               "categories": [{"id": 1, "name": "thing"}]}))
-    return str(ann), str(img_dir)
-
-
-def good_files(n, ext="png"):
-    return {f"{i}.{ext}": Image.fromarray(rgb_pixels(seed=i)) for i in range(1, n + 1)}
-
-
-def loader_cfg(ann, img_dir, workers=0, max_bad=0, max_iter=4, ims=2):
-    name = f"coco:{ann}:{img_dir}"
-    cfg = CN()
-    cfg.MODEL = CN(dict(DEVICE="cpu"))
-    cfg.INPUT = CN(dict(MIN_SIZE_TRAIN=(48,), MAX_SIZE_TRAIN=64, MIN_SIZE_TEST=48,
-                        MAX_SIZE_TEST=64, TO_BGR255=True, HORIZONTAL_FLIP_PROB_TRAIN=0.0))
-    cfg.DATASETS = CN(dict(TRAIN=(name,), TEST=(name,)))
-    cfg.DATALOADER = CN(dict(NUM_WORKERS=workers, SIZE_DIVISIBILITY=32,
-                             ASPECT_RATIO_GROUPING=True, SEED=0, MAX_BAD_IMAGES=max_bad))
-    cfg.SOLVER = CN(dict(IMS_PER_BATCH=ims, MAX_ITER=max_iter))
-    cfg.TEST = CN(dict(IMS_PER_BATCH=ims))
-    return cfg
 
 
 def assert_clear(err, *needles):

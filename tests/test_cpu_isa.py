@@ -1,8 +1,8 @@
 """The CPU instruction-set selector (drdet.layers.cpu_isa, csrc/cpu/simd.h) and the vectorised
 exp of every set, checked against torch.exp in float64.
 
-ISA_PARAMS parametrises a test over every set, skipping those this CPU lacks; the kernel tests
-(test_dr_loss.py, test_sigmoid_focal_loss.py, test_winograd.py) import it.
+helpers.devices.ISA_PARAMS parametrises a test over every set, skipping those this CPU lacks; the
+kernel tests (test_dr_loss.py, test_sigmoid_focal_loss.py, test_winograd.py) use it too.
 """
 import os
 import subprocess
@@ -10,13 +10,12 @@ import sys
 
 import pytest
 import torch
+from helpers.devices import ISA_PARAMS
 
 from drdet.layers._ext import ops
 from drdet.layers.cpu_isa import CPU_ISAS, cpu_isa, set_cpu_isa, supported_cpu_isas, use_cpu_isa
 
 SUPPORTED = supported_cpu_isas()
-ISA_PARAMS = [pytest.param(name, marks=pytest.mark.skipif(
-    name not in SUPPORTED, reason=f"this CPU does not support {name}")) for name in CPU_ISAS]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLT_MIN = torch.finfo(torch.float32).tiny

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.detections import assert_same_detections
 from torch import nn
-
-from test_fusion import assert_same_detections
 
 from drdet.modeling.anchor_generator import AnchorGenerator
 from drdet.modeling.box_coder import BoxCoder
+from drdet.modeling.detector import RetinaNet
 from drdet.modeling.losses.dr import DRClassificationLoss
 from drdet.modeling.losses.focal import FocalLoss
-from drdet.modeling.detector import RetinaNet
 from drdet.modeling.matcher import Matcher
 from drdet.modeling.retinanet import RetinaNetHead, RetinaNetLossComputation, RetinaNetPostProcessor
 
@@ -276,14 +275,14 @@ def test_postprocess_without_topk_when_few_pass_the_threshold():
     """When no image has more than pre_nms_top_n entries above the threshold, the candidates
     come from one pass over the logits instead of a top-k: same candidates in the same order
     (by image, decreasing score), same detections as the per-class reference."""
-    from test_postprocess import C as C_POST
-    from test_postprocess import SIZES, _inputs, _post, _reference
+    from helpers.detections import NUM_CLASSES as C_POST
+    from helpers.detections import SIZES, post_processor, postprocess_inputs, reference_postprocess
 
     from drdet.modeling.retinanet.inference import RetinaNetPostProcessor
 
-    anchors, logits, deltas = _inputs()
+    anchors, logits, deltas = postprocess_inputs()
     big = torch.tensor([[1000.0, 1000.0]] * 2)
-    post = _post(pre_nms_top_n=10**4)
+    post = post_processor(pre_nms_top_n=10**4)
     assert int((logits[0].sigmoid() > 0.2).flatten(1).sum(1).max()) < 10**4
     boxes, scores, classes, images = post.candidates(anchors[0], logits[0], deltas[0], big)
     assert torch.equal(images, images.sort().values)
@@ -299,7 +298,7 @@ def test_postprocess_without_topk_when_few_pass_the_threshold():
 
     args = dict(score_thresh=0.2, pre_nms_top_n=10**4, nms_thresh=0.5, detections_per_img=25)
     ours = RetinaNetPostProcessor(BoxCoder(), **args)(anchors, logits, deltas, SIZES)
-    ref = _reference(anchors, logits, deltas, SIZES, **args)
+    ref = reference_postprocess(anchors, logits, deltas, SIZES, **args)
     for det, r in zip(ours, ref):
         assert len(det["scores"]) > 0
         torch.testing.assert_close(det["scores"], r["scores"])

@@ -6,77 +6,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES
+from helpers.devices import DEVICES, ISA_PARAMS
+from helpers.dr_loss import (
+    NEG_LAMBDA,
+    PAIRINGS,
+    SMOOTHINGS,
+    loss_and_grad,
+    random_inputs,
+    reference,
+)
 
 from drdet.layers import DRLoss, DRLossParams, dr_loss
 from drdet.layers._ext import ops
 from drdet.layers.cpu_isa import use_cpu_isa
-from test_cpu_isa import ISA_PARAMS
-
-NEG_LAMBDA = 0.1 / math.log(3.5)
-SMOOTHINGS = ["logistic", "quadratic", "hinge"]
-PAIRINGS = ["dr", "negonly"]
-
-
-def smooth(z, smoothing, L=6.0, rho=0.5):
-    if smoothing == "logistic":
-        return F.softplus(L * z) / L
-    if smoothing == "quadratic":
-        return torch.where(z >= rho, z, torch.where(z <= -rho, torch.zeros_like(z),
-                                                    (z + rho) ** 2 / (4 * rho)))
-    return z.clamp(min=0)
-
-
-def reference(logits, labels, group_ids=None, num_groups=None, pos_lambda=1.0,
-              neg_lambda=NEG_LAMBDA, L=6.0, margin=0.5, tau=4.0, smoothing="logistic", rho=0.5,
-              pairing="dr"):
-    """The DR loss straight from its definition, in float64, one group at a time."""
-    p = logits.double().sigmoid()
-    n, c = p.shape
-    if group_ids is None:
-        group_ids = torch.zeros(n, dtype=torch.long, device=p.device)
-    if num_groups is None:
-        num_groups = int(group_ids.max()) + 1 if n else 1
-    classes = torch.arange(1, c + 1, device=p.device)
-    losses = []
-    for g in range(num_groups):
-        rows = (group_ids == g) & (labels >= 0)
-        if not rows.any():
-            continue
-        pg, lg = p[rows], labels[rows]
-        is_pos = lg[:, None] == classes[None, :]
-        pos, neg = pg[is_pos], pg[~is_pos]
-        neg_mean = (torch.softmax(neg / neg_lambda, 0) * neg).sum() if neg.numel() else p.sum() * 0
-        if pairing == "dr":
-            pos_mean = (torch.softmax(-pos / pos_lambda, 0) * pos).sum() if pos.numel() else 1.0
-            losses.append(tau * smooth(neg_mean - pos_mean + margin, smoothing, L, rho))
-        elif pos.numel():
-            losses.append(tau * smooth(neg_mean - pos + margin, smoothing, L, rho).mean())
-        else:
-            losses.append(p.sum() * 0)
-    if not losses:
-        return p.sum() * 0
-    return torch.stack(losses).mean()
-
-
-def random_inputs(n=300, c=7, groups=None, device="cpu", dtype=torch.float32, scale=2.0,
-                  sorted_groups=True):
-    logits = (torch.randn(n, c, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
-    labels = torch.randint(-1, c + 1, (n,), device=device)
-    labels[torch.rand(n, device=device) < 0.5] = 0  # mostly background, as in detection
-    gids = None
-    if groups is not None:
-        gids = torch.randint(0, groups, (n,), device=device)
-        if sorted_groups:
-            gids = gids.sort().values
-    return logits, labels, gids
-
-
-def loss_and_grad(fn, logits, *args, **kwargs):
-    x = logits.detach().clone().requires_grad_(True)
-    loss = fn(x, *args, **kwargs)
-    (grad,) = torch.autograd.grad(loss, x)
-    return loss.detach(), grad
 
 
 @pytest.mark.parametrize("device", DEVICES)

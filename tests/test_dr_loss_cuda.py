@@ -2,7 +2,7 @@
 (DRDET_CUDA_KERNELS=v1, the verified default, and v2, not yet run on a GPU).
 
 Every public argument combination is checked on each backend against the independent float64
-pure-PyTorch reference of tests/test_dr_loss.py, and on CUDA also against the CPU kernels: group
+pure-PyTorch reference of tests/helpers/dr_loss.py, and on CUDA also against the CPU kernels: group
 ids given or not (with num_groups above 1: the CUDA gradient used to be divided by it), num_groups
 above the ids used, int32/int64 ids, unsorted ids, empty and all-ignored groups, each smoothing
 and pairing, each dtype, small lambdas. The CUDA cases skip where no GPU is visible; the CPU
@@ -14,29 +14,22 @@ import os
 
 import pytest
 import torch
-from test_dr_loss import NEG_LAMBDA, loss_and_grad, random_inputs, reference
+from helpers.devices import BACKENDS, use_backend
+from helpers.dr_loss import (
+    NEG_LAMBDA,
+    PAIRINGS,
+    SMOOTHINGS,
+    loss_and_grad,
+    random_inputs,
+    reference,
+)
 
 from drdet.layers import dr_loss, get_cuda_kernels, set_cuda_kernels
 from drdet.layers._ext import CUDA_KERNELS_ENV, ops
 
-BACKENDS = [
-    "cpu",
-    pytest.param("cuda-v1", marks=pytest.mark.cuda),
-    pytest.param("cuda-v2", marks=pytest.mark.cuda),
-]
-SMOOTHINGS = ["logistic", "quadratic", "hinge"]
-PAIRINGS = ["dr", "negonly"]
 # Columns of the statistics that do not depend on the softmax shift (csrc/dr_loss.h, enum Stat):
 # P-, P+, positives, valid rows, loss, the two gradient coefficients.
 SHIFT_FREE_STATS = [2, 5, 6, 7, 8, 9, 10]
-
-
-def use_backend(backend: str, monkeypatch) -> str:
-    """Selects the CUDA kernel version of a backend name; returns its device."""
-    if backend == "cpu":
-        return "cpu"
-    monkeypatch.setenv(CUDA_KERNELS_ENV, backend.split("-")[1])
-    return "cuda"
 
 
 @pytest.fixture(params=BACKENDS)

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from helpers.detections import assert_same_detections
 from torch import nn
 
 from drdet.layers.batch_norm import FrozenBatchNorm2d, fold_frozen_batchnorm, fuse_frozen_batchnorm
@@ -48,22 +49,6 @@ def _calibrate(model: nn.Module, images) -> nn.Module:
     for h in handles:
         h.remove()
     return model
-
-
-def assert_same_detections(det, ref, rtol=1e-4, box_atol=1e-3):
-    """``det`` and ``ref`` (dicts of "boxes", "scores", "labels") hold the same detections up to
-    float rounding: one to one, same label, box and score within ``rtol``. Two detections whose
-    scores differ by less than the rounding may come in either order."""
-    assert len(det["scores"]) == len(ref["scores"])
-    assert (det["scores"][1:] <= det["scores"][:-1]).all()
-    used = set()
-    for box, score, label in zip(ref["boxes"], ref["scores"], ref["labels"]):
-        close = ((det["labels"] == label)
-                 & torch.isclose(det["scores"], score, rtol=rtol, atol=1e-7)
-                 & torch.isclose(det["boxes"], box, rtol=rtol, atol=box_atol).all(1))
-        match = [j for j in close.nonzero().flatten().tolist() if j not in used]
-        assert match, f"no match for label {int(label)}, score {float(score)}, box {box.tolist()}"
-        used.add(match[0])
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

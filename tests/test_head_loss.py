@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import DEVICES
+from helpers.devices import DEVICES
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 from torchvision.models.detection._utils import Matcher as TVMatcher
 

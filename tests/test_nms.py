@@ -6,21 +6,10 @@ of equal scores, and so the result, is implementation-defined.
 import pytest
 import torch
 import torchvision
+from helpers.devices import DEVICES
+from helpers.nms import distinct_scores, random_boxes
 
-from conftest import DEVICES
 from drdet.layers import batched_nms, nms
-
-
-def random_boxes(n, image_size=800.0, max_size=200.0, dtype=torch.float32, device="cpu"):
-    """(n, 4) boxes (x1, y1, x2, y2) inside a square image, sides in [0, max_size)."""
-    xy = torch.rand(n, 2) * image_size
-    wh = torch.rand(n, 2) * max_size
-    return torch.cat([xy, xy + wh], 1).to(device=device, dtype=dtype)
-
-
-def distinct_scores(n, device="cpu"):
-    """(n,) float32 scores in (0, 1], all different (exactly representable)."""
-    return ((torch.randperm(n) + 1).float() / n).to(device)
 
 
 @pytest.mark.parametrize("n", [1, 2, 10, 100, 1000, 5000, 20000])

@@ -10,8 +10,8 @@ import functools
 import pytest
 import torch
 import torchvision
-from test_dr_loss_cuda import BACKENDS, use_backend
-from test_nms import distinct_scores, random_boxes
+from helpers.devices import BACKENDS, use_backend
+from helpers.nms import distinct_scores, random_boxes
 
 from drdet.layers import batched_nms, nms
 

@@ -7,12 +7,11 @@ against a float64 reference with an error bound, on every instruction-set path.
 """
 import pytest
 import torch
+from helpers.devices import DEVICES, ISA_PARAMS
 from torchvision.ops import sigmoid_focal_loss as tv_focal_loss
 
 from drdet.layers import SigmoidFocalLoss, sigmoid_focal_loss
 from drdet.layers.cpu_isa import use_cpu_isa
-from conftest import DEVICES
-from test_cpu_isa import ISA_PARAMS
 
 
 def reference_loss(logits, labels, gamma=2.0, alpha=0.25):

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import cv2
 import pytest
 import torch
-from test_bad_data import good_files, loader_cfg, write_set  # tests/ is on sys.path
+from helpers.bad_data import good_files, loader_cfg, write_set  # tests/ is on sys.path
 from tool_loader import load_tool
 
 from drdet.data import build_data_loader

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from helpers.anchors import detectron_cell_anchors_inclusive
 from torch import nn
 
-from conftest import detectron_cell_anchors_inclusive
 from drdet.checkpoint import Checkpointer, load_checkpoint_file, load_model_state
 from drdet.checkpoint.weights import COCO_CATEGORY_IDS, detect_format, to_drdet_state
 from drdet.config import get_cfg

@@ -5,6 +5,7 @@ it (ResNet, FPN, head) and a detector's training step with and without it."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.devices import ISA_PARAMS
 from torch import nn
 
 from drdet.layers import winograd
@@ -17,7 +18,6 @@ from drdet.layers.winograd import (
     set_winograd,
     winograd_conv3x3,
 )
-from test_cpu_isa import ISA_PARAMS
 
 
 def _rel(a, b):

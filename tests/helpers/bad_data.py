@@ -1,0 +1,73 @@
+"""Small COCO sets written into a temporary folder, and a minimal config for the real data loader
+over them: the building blocks of the bad-data and user-error tests."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from yacs.config import CfgNode as CN
+
+W, H = 64, 48  # size of the images the helpers write (w x h)
+
+
+def rgb_pixels(w: int = W, h: int = H, seed: int = 0) -> np.ndarray:
+    """(h, w, 3) uint8 random pixels."""
+    return np.random.RandomState(seed).randint(0, 256, (h, w, 3)).astype(np.uint8)
+
+
+def jpeg_bytes(w: int = W, h: int = H, seed: int = 0, **save_args) -> bytes:
+    """A w x h JPEG file of rgb_pixels(w, h, seed); save_args go to PIL's save."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb_pixels(w, h, seed)).save(buf, "JPEG", **save_args)
+    return buf.getvalue()
+
+
+def write_set(root: Path, files: dict[str, bytes | Image.Image | None],
+              annotations: list[dict] | None = None,
+              sizes: dict[int, tuple[int, int]] | None = None) -> tuple[str, str]:
+    """A COCO set in `root`: one image per entry of `files` ({file name: bytes or PIL image}),
+    ids 1, 2, ... in that order, each W x H in the json unless `sizes` {id: (w, h)} says
+    otherwise, one box per image unless `annotations` is given. Returns (json path, folder)."""
+    img_dir = root / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    images = []
+    for image_id, (name, content) in enumerate(files.items(), start=1):
+        if isinstance(content, Image.Image):
+            content.save(img_dir / name)
+        elif content is not None:  # None: the file is missing
+            (img_dir / name).write_bytes(content)
+        w, h = (sizes or {}).get(image_id, (W, H))
+        images.append({"id": image_id, "file_name": name, "width": w, "height": h})
+    if annotations is None:
+        annotations = [{"id": 100 + i["id"], "image_id": i["id"], "category_id": 1,
+                        "bbox": [4, 4, 20, 16]} for i in images]
+    ann = root / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations,
+                               "categories": [{"id": 1, "name": "thing"}]}))
+    return str(ann), str(img_dir)
+
+
+def good_files(n: int, ext: str = "png") -> dict[str, Image.Image]:
+    """{"1.<ext>": image, ..., "<n>.<ext>": image}: n distinct valid W x H RGB images."""
+    return {f"{i}.{ext}": Image.fromarray(rgb_pixels(seed=i)) for i in range(1, n + 1)}
+
+
+def loader_cfg(ann: str, img_dir: str, workers: int = 0, max_bad: int = 0, max_iter: int = 4,
+               ims: int = 2) -> CN:
+    """The config keys build_data_loader reads, on the CPU, for the set (ann, img_dir) as both
+    the training and the test set; images resized to 48 x 64 at most."""
+    name = f"coco:{ann}:{img_dir}"
+    cfg = CN()
+    cfg.MODEL = CN(dict(DEVICE="cpu"))
+    cfg.INPUT = CN(dict(MIN_SIZE_TRAIN=(48,), MAX_SIZE_TRAIN=64, MIN_SIZE_TEST=48,
+                        MAX_SIZE_TEST=64, TO_BGR255=True, HORIZONTAL_FLIP_PROB_TRAIN=0.0))
+    cfg.DATASETS = CN(dict(TRAIN=(name,), TEST=(name,)))
+    cfg.DATALOADER = CN(dict(NUM_WORKERS=workers, SIZE_DIVISIBILITY=32,
+                             ASPECT_RATIO_GROUPING=True, SEED=0, MAX_BAD_IMAGES=max_bad))
+    cfg.SOLVER = CN(dict(IMS_PER_BATCH=ims, MAX_ITER=max_iter))
+    cfg.TEST = CN(dict(IMS_PER_BATCH=ims))
+    return cfg
