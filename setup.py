@@ -10,6 +10,7 @@ Install with ``pip install --no-build-isolation -e .`` into an environment that 
 compiles with ``setup.py build_ext --inplace``, which rebuilds incrementally (pip's editable build
 starts from an empty folder every time).
 """
+
 import glob
 import os
 import shutil
@@ -101,9 +102,15 @@ def get_extensions():
             "-D__CUDA_NO_HALF2_OPERATORS__",
         ]
     sources = [os.path.relpath(s, ROOT) for s in sources]
-    print(f"drdet: building drdet._C with{'' if with_cuda else 'out'} CUDA"
-          + (f" (CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST="
-             f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '<torch default>')})" if with_cuda else ""))
+    print(
+        f"drdet: building drdet._C with{'' if with_cuda else 'out'} CUDA"
+        + (
+            f" (CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST="
+            f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '<torch default>')})"
+            if with_cuda
+            else ""
+        )
+    )
     return [
         extension(
             "drdet._C",
@@ -131,8 +138,16 @@ setup(
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",
     ],
-    install_requires=["yacs>=0.1.8", "pyyaml", "numpy", "pycocotools>=2.0", "opencv-python-headless",
-                      "pillow", "tqdm", "matplotlib"],
+    install_requires=[
+        "yacs>=0.1.8",
+        "pyyaml",
+        "numpy",
+        "pycocotools>=2.0",
+        "opencv-python-headless",
+        "pillow",
+        "tqdm",
+        "matplotlib",
+    ],
     ext_modules=get_extensions(),
     cmdclass=_cmdclass(),
     zip_safe=False,

@@ -121,8 +121,12 @@ def test_maskrcnn_benchmark_cell_anchors_hand_values():
     # Faster R-CNN's anchors for stride 16, sizes 128, 256, 512 (ratio 0.5, first row): in
     # inclusive corners [-84, -40, 99, 55]; drdet writes x2, y2 one more (exclusive corners).
     ours = maskrcnn_benchmark_cell_anchors([128, 256, 512], [0.5, 1.0, 2.0], stride=16)
-    torch.testing.assert_close(ours[0], torch.tensor([-84.0, -40.0, 100.0, 56.0], dtype=torch.float64))
-    torch.testing.assert_close(ours[3], torch.tensor([-56.0, -56.0, 72.0, 72.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        ours[0], torch.tensor([-84.0, -40.0, 100.0, 56.0], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        ours[3], torch.tensor([-56.0, -56.0, 72.0, 72.0], dtype=torch.float64)
+    )
     # P3's 32-px square anchor of cell (0, 0): inclusive [-12, -12, 19, 19].
     p3 = maskrcnn_benchmark_cell_anchors([32.0], [1.0], stride=8)
     torch.testing.assert_close(p3[0], torch.tensor([-12.0, -12.0, 20.0, 20.0], dtype=torch.float64))
@@ -137,14 +141,15 @@ def test_maskrcnn_benchmark_convention_every_level():
     feats = _features(*FEATURES_800)
     levels = ours(feats, PADDED_800)
     scales = [2 ** (k / 3) for k in range(3)]
-    for level, (stride, size, (h, w)) in enumerate(zip(cfg.MODEL.RETINANET.ANCHOR_STRIDES,
-                                                       cfg.MODEL.RETINANET.ANCHOR_SIZES,
-                                                       FEATURES_800)):
+    for level, (stride, size, (h, w)) in enumerate(
+        zip(cfg.MODEL.RETINANET.ANCHOR_STRIDES, cfg.MODEL.RETINANET.ANCHOR_SIZES, FEATURES_800)
+    ):
         cell = detectron_cell_anchors_inclusive(stride, [size * s for s in scales], (0.5, 1.0, 2.0))
         ys, xs = torch.meshgrid(torch.arange(h) * stride, torch.arange(w) * stride, indexing="ij")
         shifts = torch.stack([xs, ys, xs, ys], -1).reshape(-1, 1, 4).double()
-        expected = (shifts + cell[None]).reshape(-1, 4) + torch.tensor([0.0, 0.0, 1.0, 1.0],
-                                                                        dtype=torch.float64)
+        expected = (shifts + cell[None]).reshape(-1, 4) + torch.tensor(
+            [0.0, 0.0, 1.0, 1.0], dtype=torch.float64
+        )
         torch.testing.assert_close(levels[level], expected.float(), rtol=0, atol=1e-4)
         # centred on (s*j + s/2, s*i + s/2) in drdet's corners
         centres = (levels[level][:, :2] + levels[level][:, 2:]) / 2

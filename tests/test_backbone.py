@@ -1,5 +1,6 @@
 """ResNet/ResNeXt-FPN backbone: shapes, strides, parameter counts and features against
 torchvision, FrozenBN against BN, freezing, norms."""
+
 import math
 
 import pytest
@@ -10,8 +11,13 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from drdet.config import get_cfg
 from drdet.layers.batch_norm import FrozenBatchNorm2d
-from drdet.modeling.backbone import (FPN, LastLevelP6P7, ResNet, build_backbone,
-                                     convert_torchvision_resnet_state_dict)
+from drdet.modeling.backbone import (
+    FPN,
+    LastLevelP6P7,
+    ResNet,
+    build_backbone,
+    convert_torchvision_resnet_state_dict,
+)
 
 H, W = 64, 96
 
@@ -36,16 +42,21 @@ def _randomize_norm_stats(model: nn.Module) -> None:
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)
 
 
-@pytest.mark.parametrize("body,groups,width", [
-    ("R-18-FPN-RETINANET", 1, 64),
-    ("R-34-FPN-RETINANET", 1, 64),
-    ("R-50-FPN-RETINANET", 1, 64),
-    ("R-101-FPN-RETINANET", 1, 64),
-    ("R-101-FPN-RETINANET", 32, 8),
-])
+@pytest.mark.parametrize(
+    "body,groups,width",
+    [
+        ("R-18-FPN-RETINANET", 1, 64),
+        ("R-34-FPN-RETINANET", 1, 64),
+        ("R-50-FPN-RETINANET", 1, 64),
+        ("R-101-FPN-RETINANET", 1, 64),
+        ("R-101-FPN-RETINANET", 32, 8),
+    ],
+)
 def test_output_shapes_and_strides(body, groups, width):
-    cfg = _cfg(body, **{"MODEL.RESNETS.NUM_GROUPS": str(groups),
-                        "MODEL.RESNETS.WIDTH_PER_GROUP": str(width)})
+    cfg = _cfg(
+        body,
+        **{"MODEL.RESNETS.NUM_GROUPS": str(groups), "MODEL.RESNETS.WIDTH_PER_GROUP": str(width)},
+    )
     model = build_backbone(cfg).eval()
     assert model.out_channels == 256
     assert model.strides == (8, 16, 32, 64, 128)
@@ -56,8 +67,11 @@ def test_output_shapes_and_strides(body, groups, width):
         assert f.shape == (1, 256, math.ceil(H / s), math.ceil(W / s))
         assert torch.isfinite(f).all()
     # C3-C5 channels: bottleneck 512/1024/2048, basic 128/256/512.
-    expected = [128, 256, 512] if body in ("R-18-FPN-RETINANET", "R-34-FPN-RETINANET") \
+    expected = (
+        [128, 256, 512]
+        if body in ("R-18-FPN-RETINANET", "R-34-FPN-RETINANET")
         else [512, 1024, 2048]
+    )
     assert model.body.out_channels == expected
 
 
@@ -65,19 +79,28 @@ def _body_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("depth,groups,width,tv_fn", [
-    (18, 1, 64, torchvision.models.resnet18),
-    (34, 1, 64, torchvision.models.resnet34),
-    (50, 1, 64, torchvision.models.resnet50),
-    (101, 1, 64, torchvision.models.resnet101),
-    (152, 1, 64, torchvision.models.resnet152),
-    (101, 32, 8, torchvision.models.resnext101_32x8d),
-    (101, 64, 4, torchvision.models.resnext101_64x4d),
-])
+@pytest.mark.parametrize(
+    "depth,groups,width,tv_fn",
+    [
+        (18, 1, 64, torchvision.models.resnet18),
+        (34, 1, 64, torchvision.models.resnet34),
+        (50, 1, 64, torchvision.models.resnet50),
+        (101, 1, 64, torchvision.models.resnet101),
+        (152, 1, 64, torchvision.models.resnet152),
+        (101, 32, 8, torchvision.models.resnext101_32x8d),
+        (101, 64, 4, torchvision.models.resnext101_64x4d),
+    ],
+)
 def test_body_parameter_count_and_names_match_torchvision(depth, groups, width, tv_fn):
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        body = ResNet(depth, num_groups=groups, width_per_group=width, norm="BN", freeze_at=0,
-                      stride_in_1x1=False)
+        body = ResNet(
+            depth,
+            num_groups=groups,
+            width_per_group=width,
+            norm="BN",
+            freeze_at=0,
+            stride_in_1x1=False,
+        )
         tv = tv_fn()
     tv_count = _body_params(tv) - sum(p.numel() for p in tv.fc.parameters())
     assert _body_params(body) == tv_count
@@ -175,8 +198,14 @@ def test_freeze_from_config_matches_stage_count():
 
 
 def test_group_norm_backbone_builds_and_runs():
-    cfg = _cfg("R-18-FPN-RETINANET", **{"MODEL.RESNETS.NORM": "GN", "MODEL.FPN.USE_GN": "True",
-                                        "MODEL.BACKBONE.FREEZE_CONV_BODY_AT": "0"})
+    cfg = _cfg(
+        "R-18-FPN-RETINANET",
+        **{
+            "MODEL.RESNETS.NORM": "GN",
+            "MODEL.FPN.USE_GN": "True",
+            "MODEL.BACKBONE.FREEZE_CONV_BODY_AT": "0",
+        },
+    )
     model = build_backbone(cfg)
     gns = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
     assert gns and all(m.num_groups == 32 for m in gns)
@@ -191,8 +220,10 @@ def test_group_norm_backbone_builds_and_runs():
 
 
 def test_sync_bn_builds_and_runs_in_eval():
-    cfg = _cfg("R-18-FPN-RETINANET", **{"MODEL.RESNETS.NORM": "SyncBN",
-                                        "MODEL.BACKBONE.FREEZE_CONV_BODY_AT": "1"})
+    cfg = _cfg(
+        "R-18-FPN-RETINANET",
+        **{"MODEL.RESNETS.NORM": "SyncBN", "MODEL.BACKBONE.FREEZE_CONV_BODY_AT": "1"},
+    )
     model = build_backbone(cfg).eval()
     assert any(isinstance(m, nn.SyncBatchNorm) for m in model.body.layer1.modules())
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.body.stem.modules())
@@ -215,7 +246,7 @@ def test_fpn_top_down_and_p6_p7(use_c5):
     chans = [16, 32, 64]
     top = LastLevelP6P7(64 if use_c5 else 8, 8, use_c5=use_c5)
     fpn = FPN(chans, 8, top_blocks=top)
-    feats = [torch.randn(1, c, 8 // 2 ** i, 12 // 2 ** i) for i, c in enumerate(chans)]
+    feats = [torch.randn(1, c, 8 // 2**i, 12 // 2**i) for i, c in enumerate(chans)]
     out = fpn(feats)
     p3, p4, p5 = _reference_fpn(fpn, feats)
     for a, b in zip(out[:3], (p3, p4, p5)):

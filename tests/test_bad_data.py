@@ -7,6 +7,7 @@ Related cases tested elsewhere: crowd and empty boxes excluded and counted, imag
 only crowd boxes skipped in training and kept in evaluation (tests/test_data_coco.py); the
 skip-with-limit policy end to end through tools/train_net.py (test_train_skips_bad_images_*
 below)."""
+
 import io
 import json
 import logging
@@ -72,10 +73,13 @@ def test_undecodable_image(tmp_path, workers, damage, caplog):
     good = jpeg_bytes()
     sos = good.index(b"\xff\xda") + 20
     rng = np.random.RandomState(1)
-    bad = {"truncated": good[:len(good) // 2],
-           "garbage": rng.randint(0, 256, 3000).astype(np.uint8).tobytes(),
-           "garbage_scan": good[:sos] + rng.randint(0, 256, len(good) - sos).astype(np.uint8).tobytes(),
-           "empty": b""}[damage]
+    bad = {
+        "truncated": good[: len(good) // 2],
+        "garbage": rng.randint(0, 256, 3000).astype(np.uint8).tobytes(),
+        "garbage_scan": good[:sos]
+        + rng.randint(0, 256, len(good) - sos).astype(np.uint8).tobytes(),
+        "empty": b"",
+    }[damage]
     files = {f"{i}.jpg": jpeg_bytes(seed=i) for i in range(1, 5)}
     files["3.jpg"] = bad
     ann, img_dir = write_set(tmp_path, files)
@@ -111,8 +115,12 @@ def test_modes_become_8bit_rgb(tmp_path):
     wide = (np.arange(W * H, dtype=np.int64).reshape(H, W) * 21).astype(np.uint16)  # 0..64491
     Image.fromarray(wide).save(tmp_path / "probe.png")
     assert Image.open(tmp_path / "probe.png").mode == "I;16"
-    files = {"gray.png": Image.fromarray(gray), "rgba.png": Image.fromarray(rgba, "RGBA"),
-             "palette.png": palette_img, "wide.png": Image.fromarray(wide)}
+    files = {
+        "gray.png": Image.fromarray(gray),
+        "rgba.png": Image.fromarray(rgba, "RGBA"),
+        "palette.png": palette_img,
+        "wide.png": Image.fromarray(wide),
+    }
     ann, img_dir = write_set(tmp_path, files)
     ds = COCODataset(ann, img_dir, remove_images_without_annotations=False)
     got = {name: np.asarray(ds[i][0]) for i, name in enumerate(files)}
@@ -123,11 +131,11 @@ def test_modes_become_8bit_rgb(tmp_path):
     np.testing.assert_array_equal(got["palette.png"], palette_rgb)
     by_hand = np.floor(wide.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
     np.testing.assert_array_equal(got["wide.png"], np.dstack([by_hand] * 3))
-    assert got["wide.png"].max() == round(64491 * 255 / 65535) < 255   # not saturated
+    assert got["wide.png"].max() == round(64491 * 255 / 65535) < 255  # not saturated
     assert len(np.unique(got["wide.png"])) > 200
     # the loader gives (3, H, W) float tensors for every mode
     loader = build_data_loader(loader_cfg(ann, img_dir, ims=4, max_iter=1), is_train=False)
-    (images, targets, _), = list(loader)
+    ((images, targets, _),) = list(loader)
     assert [tuple(img.shape) for img in images] == [(3, 48, 64)] * 4
 
 
@@ -143,7 +151,7 @@ def exif_jpeg(stored_w, stored_h, orientation):
     corner (so that a rotation, a flip and a transposition all differ)."""
     pixels = np.zeros((stored_h, stored_w, 3), np.uint8)
     pixels[:, : stored_w // 2] = (255, 0, 0)
-    pixels[:, stored_w // 2:] = (0, 0, 255)
+    pixels[:, stored_w // 2 :] = (0, 0, 255)
     pixels[:16, :16] = (0, 255, 0)
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -163,23 +171,29 @@ def test_exif_orientation(tmp_path, frame):
     ann, img_dir = write_set(tmp_path, {"1.jpg": data}, sizes={1: size})
     ds = COCODataset(ann, img_dir, remove_images_without_annotations=True)
     if frame == "neither":
-        with pytest.raises(ImageSizeError, match=r"1\.jpg.*\(image id 1\).*annotation says 50 x 50"
-                           r".*image is 48 x 64 \(stored 64 x 48, EXIF orientation 6\)"):
+        with pytest.raises(
+            ImageSizeError,
+            match=r"1\.jpg.*\(image id 1\).*annotation says 50 x 50"
+            r".*image is 48 x 64 \(stored 64 x 48, EXIF orientation 6\)",
+        ):
             ds[0]
         return
     image, target, _ = ds[0]
     pixels = np.asarray(image).astype(int)
-    expected = np.rot90(stored, k=-1) if frame == "upright" else stored   # clockwise
+    expected = np.rot90(stored, k=-1) if frame == "upright" else stored  # clockwise
     assert image.size == size and target["orig_size"] == (size[1], size[0])
-    assert np.abs(pixels - expected).max() < 40        # JPEG: colours within a small error
+    assert np.abs(pixels - expected).max() < 40  # JPEG: colours within a small error
     torch.testing.assert_close(target["boxes"], torch.tensor([[4.0, 4.0, 24.0, 20.0]]))
 
 
 def test_image_of_another_size_than_the_json(tmp_path):
     ann, img_dir = write_set(tmp_path, good_files(2), sizes={2: (32, 24)})
     ds = COCODataset(ann, img_dir, remove_images_without_annotations=True)
-    with pytest.raises(ImageSizeError, match=r"2\.png.*\(image id 2\): the annotation says "
-                                             r"32 x 24 \(w x h\) but the image is 64 x 48"):
+    with pytest.raises(
+        ImageSizeError,
+        match=r"2\.png.*\(image id 2\): the annotation says "
+        r"32 x 24 \(w x h\) but the image is 64 x 48",
+    ):
         ds[1]
     assert read_image(os.path.join(img_dir, "2.png")).size == (64, 48)  # no size: no check
 
@@ -200,29 +214,61 @@ def _edit_json(ann, edit):
         json.dump(data, f)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d.pop("images"), r"ann\.json: no 'images' list"),
-    (lambda d: d.pop("categories"), r"ann\.json: no 'categories' list"),
-    (lambda d: d["annotations"][1].pop("bbox"), r"ann\.json: annotation id 102 has no 'bbox'"),
-    (lambda d: d["annotations"][1].pop("category_id"),
-     r"ann\.json: annotation id 102 has no 'category_id'"),
-    (lambda d: d["annotations"][1].pop("image_id"),
-     r"ann\.json: annotation id 102 has no 'image_id'"),
-    (lambda d: d["annotations"][1].pop("id"), r"ann\.json: annotation #1 \(counting from 0\) has no 'id'"),
-    (lambda d: d["annotations"][1].update(bbox=[1, 2, 3]),
-     r"ann\.json: annotation id 102 has bbox \[1, 2, 3\]; expected"),
-    (lambda d: d["annotations"][1].update(category_id=9),
-     r"ann\.json: annotation id 102 names category id 9, which is not in 'categories'"),
-    (lambda d: d["annotations"][1].update(image_id=77),
-     r"ann\.json: annotation id 102 names image id 77, which is not in 'images'"),
-    (lambda d: d["annotations"][1].update(id=101),
-     r"ann\.json: annotation id 101 appears twice"),
-    (lambda d: d["annotations"][1].update(image_id=[2]),
-     r"ann\.json: annotation id 102 has image_id \[2\]; ids are integers"),
-    (lambda d: d["images"][1].pop("file_name"), r"ann\.json: image id 2 has no 'file_name'"),
-], ids=["no-images", "no-categories", "no-bbox", "no-category_id", "no-image_id", "no-id",
-        "short-bbox", "unknown-category", "unknown-image", "duplicate-id", "list-id",
-        "no-file_name"])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.pop("images"), r"ann\.json: no 'images' list"),
+        (lambda d: d.pop("categories"), r"ann\.json: no 'categories' list"),
+        (lambda d: d["annotations"][1].pop("bbox"), r"ann\.json: annotation id 102 has no 'bbox'"),
+        (
+            lambda d: d["annotations"][1].pop("category_id"),
+            r"ann\.json: annotation id 102 has no 'category_id'",
+        ),
+        (
+            lambda d: d["annotations"][1].pop("image_id"),
+            r"ann\.json: annotation id 102 has no 'image_id'",
+        ),
+        (
+            lambda d: d["annotations"][1].pop("id"),
+            r"ann\.json: annotation #1 \(counting from 0\) has no 'id'",
+        ),
+        (
+            lambda d: d["annotations"][1].update(bbox=[1, 2, 3]),
+            r"ann\.json: annotation id 102 has bbox \[1, 2, 3\]; expected",
+        ),
+        (
+            lambda d: d["annotations"][1].update(category_id=9),
+            r"ann\.json: annotation id 102 names category id 9, which is not in 'categories'",
+        ),
+        (
+            lambda d: d["annotations"][1].update(image_id=77),
+            r"ann\.json: annotation id 102 names image id 77, which is not in 'images'",
+        ),
+        (
+            lambda d: d["annotations"][1].update(id=101),
+            r"ann\.json: annotation id 101 appears twice",
+        ),
+        (
+            lambda d: d["annotations"][1].update(image_id=[2]),
+            r"ann\.json: annotation id 102 has image_id \[2\]; ids are integers",
+        ),
+        (lambda d: d["images"][1].pop("file_name"), r"ann\.json: image id 2 has no 'file_name'"),
+    ],
+    ids=[
+        "no-images",
+        "no-categories",
+        "no-bbox",
+        "no-category_id",
+        "no-image_id",
+        "no-id",
+        "short-bbox",
+        "unknown-category",
+        "unknown-image",
+        "duplicate-id",
+        "list-id",
+        "no-file_name",
+    ],
+)
 def test_annotation_file_errors_name_file_and_id(tmp_path, edit, message):
     ann, img_dir = write_set(tmp_path, good_files(3))
     _edit_json(ann, edit)
@@ -231,9 +277,14 @@ def test_annotation_file_errors_name_file_and_id(tmp_path, edit, message):
 
 
 def test_unknown_category_of_a_crowd_box_is_an_error_too(tmp_path):
-    ann, img_dir = write_set(tmp_path, good_files(2), annotations=[
-        {"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]},
-        {"id": 6, "image_id": 2, "category_id": 4, "bbox": [1, 1, 9, 9], "iscrowd": 1}])
+    ann, img_dir = write_set(
+        tmp_path,
+        good_files(2),
+        annotations=[
+            {"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]},
+            {"id": 6, "image_id": 2, "category_id": 4, "bbox": [1, 1, 9, 9], "iscrowd": 1},
+        ],
+    )
     with pytest.raises(ValueError, match="annotation id 6 names category id 4"):
         COCODataset(ann, img_dir, remove_images_without_annotations=True)
 
@@ -248,33 +299,43 @@ def test_degenerate_and_outside_boxes_are_clipped_or_dropped_and_counted(tmp_pat
     """Zero or negative width/height and boxes wholly outside the image are dropped, boxes that
     stick out are clipped; both counted and logged (no silent wrong label: what is left is
     inside the image with positive size)."""
-    boxes = [[4, 4, 20, 16],         # kept as is
-             [50, 40, 30, 30],       # clipped to (50, 40, 64, 48)
-             [-10, -5, 20, 10],      # clipped to (0, 0, 10, 5)
-             [10, 10, 0, 5],         # zero width: dropped
-             [10, 10, -5, 5],        # negative width: dropped
-             [70, 10, 5, 5]]         # outside: dropped
+    boxes = [
+        [4, 4, 20, 16],  # kept as is
+        [50, 40, 30, 30],  # clipped to (50, 40, 64, 48)
+        [-10, -5, 20, 10],  # clipped to (0, 0, 10, 5)
+        [10, 10, 0, 5],  # zero width: dropped
+        [10, 10, -5, 5],  # negative width: dropped
+        [70, 10, 5, 5],
+    ]  # outside: dropped
     anns = [{"id": k, "image_id": 1, "category_id": 1, "bbox": b} for k, b in enumerate(boxes)]
     ann, img_dir = write_set(tmp_path, good_files(1), annotations=anns)
     caplog.set_level(logging.WARNING)
     ds = COCODataset(ann, img_dir, remove_images_without_annotations=True)
     _, target, _ = ds[0]
-    torch.testing.assert_close(target["boxes"], torch.tensor(
-        [[4.0, 4, 24, 20], [50, 40, 64, 48], [0, 0, 10, 5]]))
+    torch.testing.assert_close(
+        target["boxes"], torch.tensor([[4.0, 4, 24, 20], [50, 40, 64, 48], [0, 0, 10, 5]])
+    )
     assert target["labels"].tolist() == [1, 1, 1]
     assert ds.num_clipped_boxes == 2 and ds.num_dropped_boxes == 3
-    assert ("2 boxes clipped to their image (annotation ids 1, 2); 3 dropped" in caplog.text
-            and "(annotation ids 3, 4, 5)" in caplog.text), caplog.text
+    assert (
+        "2 boxes clipped to their image (annotation ids 1, 2); 3 dropped" in caplog.text
+        and "(annotation ids 3, 4, 5)" in caplog.text
+    ), caplog.text
 
 
 @pytest.mark.parametrize("workers", WORKERS)
 def test_images_without_usable_boxes_through_the_loader(tmp_path, workers):
     """Existing behaviour (tests/test_data_coco.py), through the loader: images with no
     annotation or only crowd ones never reach training, evaluation reads every image."""
-    ann, img_dir = write_set(tmp_path, good_files(4), annotations=[
-        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]},
-        {"id": 2, "image_id": 2, "category_id": 1, "bbox": [1, 1, 9, 9], "iscrowd": 1},
-        {"id": 3, "image_id": 4, "category_id": 1, "bbox": [2, 2, 9, 9]}])
+    ann, img_dir = write_set(
+        tmp_path,
+        good_files(4),
+        annotations=[
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [1, 1, 9, 9], "iscrowd": 1},
+            {"id": 3, "image_id": 4, "category_id": 1, "bbox": [2, 2, 9, 9]},
+        ],
+    )
     train = build_data_loader(loader_cfg(ann, img_dir, workers), is_train=True)
     trained = {t["image_id"] for _, targets, _ in train for t in targets}
     assert trained == {1, 4}
@@ -303,8 +364,12 @@ def test_skip_policy_counts_distinct_files_over_workers_and_stops_past_the_limit
     assert again == first
     with pytest.raises(TooManyBadImagesError) as err:
         list(build_data_loader(loader_cfg(ann, img_dir, workers, max_bad=1, max_iter=9), True))
-    assert_clear(err, "2 unreadable images, more than DATALOADER.MAX_BAD_IMAGES = 1",
-                 "2.png' (image id 2)", "5.png' (image id 5)")
+    assert_clear(
+        err,
+        "2 unreadable images, more than DATALOADER.MAX_BAD_IMAGES = 1",
+        "2.png' (image id 2)",
+        "5.png' (image id 5)",
+    )
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -317,24 +382,56 @@ def shapes_set(root, corrupt):
     for i in range(1, 9):
         pixels = np.full((64, 64, 3), 40, np.uint8)
         x, y = rng.randint(4, 30, 2)
-        pixels[y:y + 24, x:x + 24] = 220
+        pixels[y : y + 24, x : x + 24] = 220
         files[f"{i}.png"] = Image.fromarray(pixels)
         anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": [int(x), int(y), 24, 24]})
     files[f"{corrupt}.png"] = b"\x89PNG\r\n\x1a\n garbage"
-    ann, img_dir = write_set(root, files, annotations=anns, sizes={i: (64, 64) for i in range(1, 9)})
+    ann, img_dir = write_set(
+        root, files, annotations=anns, sizes={i: (64, 64) for i in range(1, 9)}
+    )
     return f"coco:{ann}:{img_dir}", os.path.join(img_dir, f"{corrupt}.png")
 
 
 def _train(out, dataset, max_bad):
-    argv = ["--config-file", CONFIG, "--skip-test",
-            "MODEL.DEVICE", "cpu", "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "32",
-            "MODEL.RETINANET.NUM_CONVS", "1", "MODEL.RETINANET.NUM_CLASSES", "2",
-            "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", "()",
-            "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
-            "DATALOADER.NUM_WORKERS", "1", "DATALOADER.MAX_BAD_IMAGES", str(max_bad),
-            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "5", "SOLVER.WARMUP_ITERS", "0",
-            "SOLVER.STEPS", "(100,)", "SOLVER.LOG_PERIOD", "1", "SOLVER.CHECKPOINT_PERIOD", "1000",
-            "OUTPUT_DIR", str(out)]
+    argv = [
+        "--config-file",
+        CONFIG,
+        "--skip-test",
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
+        "32",
+        "MODEL.RETINANET.NUM_CONVS",
+        "1",
+        "MODEL.RETINANET.NUM_CLASSES",
+        "2",
+        "DATASETS.TRAIN",
+        f"('{dataset}',)",
+        "DATASETS.TEST",
+        "()",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "64",
+        "DATALOADER.NUM_WORKERS",
+        "1",
+        "DATALOADER.MAX_BAD_IMAGES",
+        str(max_bad),
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        "5",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.STEPS",
+        "(100,)",
+        "SOLVER.LOG_PERIOD",
+        "1",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000",
+        "OUTPUT_DIR",
+        str(out),
+    ]
     return train_net.main(argv)
 
 
@@ -348,7 +445,9 @@ def test_train_skips_bad_images_up_to_the_limit(tmp_path):
         _train(tmp_path / "strict", dataset, 0)
     assert_clear(err, "MAX_BAD_IMAGES = 0", repr(corrupt), "(image id 3)", "cannot decode")
     assert not (tmp_path / "strict" / "model_final.pth").exists()
-    assert "Training stopped by TooManyBadImagesError" in (tmp_path / "strict" / "log.txt").read_text()
+    assert (
+        "Training stopped by TooManyBadImagesError" in (tmp_path / "strict" / "log.txt").read_text()
+    )
 
     _train(tmp_path / "lenient", dataset, 2)
     out = tmp_path / "lenient"
@@ -359,4 +458,4 @@ def test_train_skips_bad_images_up_to_the_limit(tmp_path):
     assert "1 unreadable images were skipped" in log
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2, 3, 4, 5]
-    assert records[-1]["bad_images"] == 1      # the first epoch (8 images, 5 x 2) met it
+    assert records[-1]["bad_images"] == 1  # the first epoch (8 images, 5 x 2) met it

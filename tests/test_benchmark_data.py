@@ -14,10 +14,34 @@ def test_benchmark_data_prints_and_writes_images_per_second(tmp_path):
     out_json = tmp_path / "data.json"
     env = dict(os.environ, DRDET_DATASETS=str(tmp_path / "untouched"))
     proc = subprocess.run(
-        [sys.executable, TOOL, "--synthetic-images", "6", "--synthetic-size", "128",
-         "--images", "4", "--batch", "2", "--warmup", "1", "--workers", "0,1",
-         "--json", str(out_json), "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            TOOL,
+            "--synthetic-images",
+            "6",
+            "--synthetic-size",
+            "128",
+            "--images",
+            "4",
+            "--batch",
+            "2",
+            "--warmup",
+            "1",
+            "--workers",
+            "0,1",
+            "--json",
+            str(out_json),
+            "INPUT.MIN_SIZE_TRAIN",
+            "(96,)",
+            "INPUT.MAX_SIZE_TRAIN",
+            "128",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = re.findall(r"workers (\d+): +([\d.]+) images/s", proc.stdout)
     assert [w for w, _ in lines] == ["0", "1"] and all(float(r) > 0 for _, r in lines)

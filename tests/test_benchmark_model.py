@@ -29,14 +29,32 @@ def test_benchmark_model_inference_rows_and_json(tmp_path, capsys, monkeypatch):
     out = tmp_path / "model.json"
     threads = torch.get_num_threads()
     try:
-        rows = benchmark_model.main(["--parts", "inference", "--batch", "1", "--size", "64", "96",
-                                     "--warmup", "0", "--reps", "1", "--score-thresh", "0.005",
-                                     "--json", str(out)])
+        rows = benchmark_model.main(
+            [
+                "--parts",
+                "inference",
+                "--batch",
+                "1",
+                "--size",
+                "64",
+                "96",
+                "--warmup",
+                "0",
+                "--reps",
+                "1",
+                "--score-thresh",
+                "0.005",
+                "--json",
+                str(out),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     assert len(prepared) == 1 and prepared[0].training  # the built model itself is not changed
-    assert [r[0] for r in rows] == ["inference per image (torchvision)",
-                                    "inference per image (drdet)"]
+    assert [r[0] for r in rows] == [
+        "inference per image (torchvision)",
+        "inference per image (drdet)",
+    ]
     printed = capsys.readouterr().out
     # same weights and images: both models return the same number of detections
     counts = re.search(r"detections per image: drdet \[(\d+)\], torchvision \[(\d+)\]", printed)
@@ -55,14 +73,33 @@ def test_benchmark_model_training_rows_memory_and_json(tmp_path, capsys):
     out = tmp_path / "train.json"
     threads = torch.get_num_threads()
     try:
-        rows = benchmark_model.main(["--parts", "train", "--batch", "1", "--size", "64", "96",
-                                     "--warmup", "0", "--reps", "1", "--direct-conv",
-                                     "--profile", "--json", str(out)])
+        rows = benchmark_model.main(
+            [
+                "--parts",
+                "train",
+                "--batch",
+                "1",
+                "--size",
+                "64",
+                "96",
+                "--warmup",
+                "0",
+                "--reps",
+                "1",
+                "--direct-conv",
+                "--profile",
+                "--json",
+                str(out),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
-    assert [r[0] for r in rows] == ["train step, focal (torchvision)",
-                                    "train step, focal (drdet)", "train step, DR (drdet)",
-                                    "train step, DR, direct convolutions (drdet)"]
+    assert [r[0] for r in rows] == [
+        "train step, focal (torchvision)",
+        "train step, focal (drdet)",
+        "train step, DR (drdet)",
+        "train step, DR, direct convolutions (drdet)",
+    ]
     printed = capsys.readouterr().out
     # --profile: one operator table per model; the convolutions are among the top operators
     assert printed.count("Self CPU time total") == 4 and "convolution" in printed
@@ -71,4 +108,5 @@ def test_benchmark_model_training_rows_memory_and_json(tmp_path, capsys):
         # a training step keeps at least the activations of a ResNet-50 on a 64 x 96 image
         assert written["peak_mib"] == pytest.approx(row[3]) and row[3] > 10
         assert written["ratio"] is None or written["ratio"] == pytest.approx(
-            written["ms"] / data["rows"][0]["ms"])
+            written["ms"] / data["rows"][0]["ms"]
+        )

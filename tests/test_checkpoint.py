@@ -6,13 +6,21 @@ import pytest
 import torch
 from torch import nn
 
-from drdet.checkpoint import (LAST_CHECKPOINT, Checkpointer, get_rng_state,
-                              load_checkpoint_file, load_model_state, set_rng_state)
+from drdet.checkpoint import (
+    LAST_CHECKPOINT,
+    Checkpointer,
+    get_rng_state,
+    load_checkpoint_file,
+    load_model_state,
+    set_rng_state,
+)
 from drdet.solver import WarmupMultiStepLR
 
 
 def _net():
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)
+    )
 
 
 def _train_state(steps=3):
@@ -30,7 +38,8 @@ def test_round_trip_restores_everything(tmp_path):
     net, opt, sched = _train_state()
     rng = get_rng_state()
     path = Checkpointer(net, opt, sched, str(tmp_path), save_to_disk=True).save(
-        "model_0000003", iteration=3, rng=rng, sampler={"epoch": 1, "position": 6})
+        "model_0000003", iteration=3, rng=rng, sampler={"epoch": 1, "position": 6}
+    )
     assert path == str(tmp_path / "model_0000003.pth")
     assert (tmp_path / LAST_CHECKPOINT).read_text() == "model_0000003.pth"
 
@@ -73,7 +82,9 @@ def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     assert sorted(os.listdir(tmp_path)) == [LAST_CHECKPOINT, "model_0000001.pth"]  # no temp file
     assert ckpt.last_checkpoint() == str(tmp_path / "model_0000001.pth")
-    assert Checkpointer(_net(), save_dir=str(tmp_path), save_to_disk=True).resume()["iteration"] == 1
+    assert (
+        Checkpointer(_net(), save_dir=str(tmp_path), save_to_disk=True).resume()["iteration"] == 1
+    )
 
 
 def _write_marker(path):
@@ -157,5 +168,6 @@ def test_resume_or_load_prefers_last_checkpoint(tmp_path):
     assert Checkpointer(net, save_dir=str(out), save_to_disk=True).resume_or_load(weights) == {}
     assert torch.equal(net[0].weight, src[0].weight)
     Checkpointer(net, save_dir=str(out), save_to_disk=True).save("model_0000007", iteration=7)
-    assert Checkpointer(_net(), save_dir=str(out), save_to_disk=True).resume_or_load(weights) == \
-        {"iteration": 7}
+    assert Checkpointer(_net(), save_dir=str(out), save_to_disk=True).resume_or_load(weights) == {
+        "iteration": 7
+    }

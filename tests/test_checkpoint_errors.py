@@ -1,6 +1,7 @@
 """Load errors that say what is wrong (not a checkpoint, truncated or damaged, a real legacy
 pickle), resume past a damaged last checkpoint, and the classes a checkpoint records, checked
 against the config, the dataset and the model."""
+
 import logging
 import os
 import pickle
@@ -35,8 +36,7 @@ class _Detector(nn.Module):
 
 def _saved(tmp_path, name="good.pth", legacy=False):
     path = str(tmp_path / name)
-    torch.save({"model": _Detector().state_dict()}, path,
-               _use_new_zipfile_serialization=not legacy)
+    torch.save({"model": _Detector().state_dict()}, path, _use_new_zipfile_serialization=not legacy)
     return path
 
 
@@ -80,8 +80,9 @@ def test_real_legacy_pickle_is_told_to_use_allow_pickle(tmp_path):
         pickle.dump({"blobs": {"conv1_w": torch.ones(2).numpy()}}, f, protocol=2)
     with pytest.raises(CheckpointError, match="holds pickled Python objects.*--allow-pickle"):
         load_checkpoint_file(path)
-    assert torch.equal(load_checkpoint_file(path, allow_pickle=True)["model"]["conv1_w"],
-                       torch.ones(2))
+    assert torch.equal(
+        load_checkpoint_file(path, allow_pickle=True)["model"]["conv1_w"], torch.ones(2)
+    )
 
 
 def test_convert_checkpoint_reports_a_text_file(tmp_path, capsys, monkeypatch):
@@ -91,8 +92,9 @@ def test_convert_checkpoint_reports_a_text_file(tmp_path, capsys, monkeypatch):
     tool = load_tool("convert_checkpoint")
     code = run_main(tool.main, [str(src), str(tmp_path / "out.pth")], prog="convert")
     assert code == 2
-    assert capsys.readouterr().err.startswith(f"convert: error: {src} (6 bytes) is not a PyTorch "
-                                              "checkpoint (zip or legacy pickle)")
+    assert capsys.readouterr().err.startswith(
+        f"convert: error: {src} (6 bytes) is not a PyTorch checkpoint (zip or legacy pickle)"
+    )
 
 
 def _run_dir(tmp_path):
@@ -125,8 +127,11 @@ def test_resume_with_no_intact_checkpoint_says_so(tmp_path):
 
 def test_class_count_mismatch_is_said_in_words(tmp_path):
     path = _saved(tmp_path)  # 3 classes
-    with pytest.raises(UserValueError, match="has 3 classes, config MODEL.RETINANET.NUM_CLASSES "
-                                             "is 6 \\(5 classes \\+ background\\)"):
+    with pytest.raises(
+        UserValueError,
+        match="has 3 classes, config MODEL.RETINANET.NUM_CLASSES "
+        "is 6 \\(5 classes \\+ background\\)",
+    ):
         Checkpointer(_Detector(num_classes=5)).load(path, load_training_state=False)
 
 
@@ -138,8 +143,11 @@ def test_checkpoint_records_its_classes_and_they_are_checked(tmp_path, caplog):
     assert record == {"num_classes": 3, "names": ["a", "b", "c"]}
 
     cfg = load_config(CONFIG, ["MODEL.RETINANET.NUM_CLASSES", "6"])
-    with pytest.raises(UserValueError, match=r"trained on 3 classes \[a, b, c\]; config "
-                                             r"MODEL.RETINANET.NUM_CLASSES is 6"):
+    with pytest.raises(
+        UserValueError,
+        match=r"trained on 3 classes \[a, b, c\]; config "
+        r"MODEL.RETINANET.NUM_CLASSES is 6",
+    ):
         check_classes(record, path, cfg)
     check_classes(record, path, load_config(CONFIG, ["MODEL.RETINANET.NUM_CLASSES", "4"]))
 
@@ -147,8 +155,11 @@ def test_checkpoint_records_its_classes_and_they_are_checked(tmp_path, caplog):
         name = "shapes"
         class_names = ["a", "b", "c", "d", "e"]
 
-    with pytest.raises(UserInputError, match=r"trained on 3 classes \[a, b, c\]; dataset shapes "
-                                             r"has 5 classes \[a, b, c, d, e\]"):
+    with pytest.raises(
+        UserInputError,
+        match=r"trained on 3 classes \[a, b, c\]; dataset shapes "
+        r"has 5 classes \[a, b, c, d, e\]",
+    ):
         check_classes(record, path, dataset=FiveShapes())
     FiveShapes.class_names = ["a", "b", "x"]  # same count, other names
     with pytest.raises(UserValueError, match=r"has 3 classes \[a, b, x\]"):
@@ -158,12 +169,34 @@ def test_checkpoint_records_its_classes_and_they_are_checked(tmp_path, caplog):
     assert "old.pth records no classes" in caplog.text
 
 
-TINY = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "64",
-        "MODEL.RETINANET.NUM_CONVS", "1", "DATASETS.TRAIN", "('synthetic:4:0:128',)",
-        "DATASETS.TEST", "('synthetic:2:1:128',)", "INPUT.MIN_SIZE_TRAIN", "(128,)",
-        "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-        "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "1",
-        "TEST.IMS_PER_BATCH", "2"]
+TINY = [
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
+    "64",
+    "MODEL.RETINANET.NUM_CONVS",
+    "1",
+    "DATASETS.TRAIN",
+    "('synthetic:4:0:128',)",
+    "DATASETS.TEST",
+    "('synthetic:2:1:128',)",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.MAX_ITER",
+    "1",
+    "TEST.IMS_PER_BATCH",
+    "2",
+]
 
 
 @pytest.mark.usefixtures("synthetic_datasets_root")
@@ -172,12 +205,16 @@ def test_test_net_refuses_a_dataset_with_other_classes(tmp_path):
     from drdet.modeling import build_detector
 
     overrides = TINY + ["MODEL.RETINANET.NUM_CLASSES", "4", "OUTPUT_DIR", str(tmp_path)]
-    ckpt = Checkpointer(build_detector(load_config(CONFIG, overrides)), save_dir=str(tmp_path),
-                        save_to_disk=True)
+    ckpt = Checkpointer(
+        build_detector(load_config(CONFIG, overrides)), save_dir=str(tmp_path), save_to_disk=True
+    )
     ckpt.record["classes"] = {"num_classes": 3, "names": ["cat", "dog", "cow"]}
     path = ckpt.save("model_final")
-    with pytest.raises(UserValueError, match=r"trained on 3 classes \[cat, dog, cow\]; dataset "
-                                             r"synthetic:2:1:128 has 5 classes \["):
+    with pytest.raises(
+        UserValueError,
+        match=r"trained on 3 classes \[cat, dog, cow\]; dataset "
+        r"synthetic:2:1:128 has 5 classes \[",
+    ):
         load_tool("test_net").main(["--config-file", CONFIG, "MODEL.WEIGHT", path] + overrides)
     assert not os.path.exists(tmp_path / "inference" / "synthetic_2_1_128" / "metrics.json")
 
@@ -187,8 +224,9 @@ def test_test_net_refuses_a_dataset_with_other_classes(tmp_path):
 def test_train_net_records_the_training_set_classes(tmp_path):
     from drdet.data.catalog import get_dataset
 
-    load_tool("train_net").main(["--config-file", CONFIG, "--skip-test", "OUTPUT_DIR",
-                                 str(tmp_path)] + TINY)
+    load_tool("train_net").main(
+        ["--config-file", CONFIG, "--skip-test", "OUTPUT_DIR", str(tmp_path)] + TINY
+    )
     record = torch.load(str(tmp_path / "model_final.pth"), weights_only=True)["classes"]
     names = get_dataset("synthetic:4:0:128", transforms=None, is_train=False).class_names
     assert record == {"num_classes": len(names), "names": list(names)} and len(names) == 5

@@ -21,24 +21,37 @@ def _free_port():
 
 
 def _worker(rank, world_size, port, results):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     assert comm.init_distributed(backend="gloo", timeout_minutes=1)
     try:
         gathered = comm.all_gather({"rank": rank, "ids": list(range(rank + 1))})
         to_root = comm.gather(rank * 10)
-        reduced = comm.reduce_dict({"a": torch.tensor(float(rank + 1)), "b": torch.tensor(2.0 * rank)})
+        reduced = comm.reduce_dict(
+            {"a": torch.tensor(float(rank + 1)), "b": torch.tensor(2.0 * rank)}
+        )
         summed = comm.reduce_dict({"a": torch.tensor(float(rank + 1))}, average=False)
         # rank r evaluated images r and r + 2 (a strided test sampler)
         preds = {i: {"scores": torch.tensor([float(i)])} for i in (rank, rank + 2)}
         merged = gather_predictions(preds, image_ids=[0, 1, 2, 3])
         comm.synchronize()
         results[rank] = {
-            "world": comm.get_world_size(), "rank": comm.get_rank(),
-            "local_rank": comm.get_local_rank(), "main": comm.is_main_process(),
-            "gathered": gathered, "to_root": to_root,
-            "reduced": {k: v.item() for k, v in reduced.items()}, "summed": summed["a"].item(),
-            "merged": None if merged is None else {i: p["scores"].item() for i, p in merged.items()},
+            "world": comm.get_world_size(),
+            "rank": comm.get_rank(),
+            "local_rank": comm.get_local_rank(),
+            "main": comm.is_main_process(),
+            "gathered": gathered,
+            "to_root": to_root,
+            "reduced": {k: v.item() for k, v in reduced.items()},
+            "summed": summed["a"].item(),
+            "merged": None
+            if merged is None
+            else {i: p["scores"].item() for i, p in merged.items()},
         }
     finally:
         dist.destroy_process_group()
@@ -86,8 +99,10 @@ def test_smoothed_value_and_metric_line():
     m.update(loss=torch.tensor(3.0), time=1.5, data=0.3, lr=0.02)
     line = m.format(iteration=10, max_iter=110, max_mem_mb=123.0)
     # eta = global avg time (1.0 s) * 100 remaining iterations
-    assert line == ("eta: 0:01:40  iter: 10  loss: 2.0000 (2.0000)  lr: 0.020000  "
-                    "time: 1.5000 (1.0000)  data: 0.3000 (0.2000)  max mem: 123M")
+    assert line == (
+        "eta: 0:01:40  iter: 10  loss: 2.0000 (2.0000)  lr: 0.020000  "
+        "time: 1.5000 (1.0000)  data: 0.3000 (0.2000)  max mem: 123M"
+    )
     with pytest.raises(TypeError, match="loss"):
         m.update(loss="x")
 
@@ -116,8 +131,13 @@ def test_jsonl_writer_and_logger(tmp_path, capsys):
 def _worker_one_rank_fails(rank, world_size, port, results):
     import time
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     comm.init_distributed(backend="gloo", timeout_minutes=0.02)  # 1.2 s
     if rank == 1:
         time.sleep(3)  # "hangs": never joins the collective below

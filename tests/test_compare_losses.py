@@ -1,5 +1,6 @@
 """tools/compare_losses.py: bad input, the runs it plans (against the ablation yamls loaded on
 their own), the report's tables and figures, and resuming."""
+
 import json
 import os
 import re
@@ -13,10 +14,26 @@ compare = load_tool("compare_losses")
 
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 TRAIN_SET, TEST_SET = "synthetic:4:0:128", "synthetic:3:1:128"
-TINY = ["MODEL.RETINANET.NUM_CONVS", "1", "DATALOADER.NUM_WORKERS", "0",
-        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-        "SOLVER.IMS_PER_BATCH", "2", "TEST.IMS_PER_BATCH", "2", "SOLVER.LOG_PERIOD", "1"]
+TINY = [
+    "MODEL.RETINANET.NUM_CONVS",
+    "1",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "TEST.IMS_PER_BATCH",
+    "2",
+    "SOLVER.LOG_PERIOD",
+    "1",
+]
 DATA = ["--dataset", TRAIN_SET, "--test-dataset", TEST_SET]
 
 
@@ -29,16 +46,21 @@ def _fails(argv, *patterns):
 
 def test_unknown_dataset_is_a_clear_error(tmp_path):
     _fails(["--dataset", "no_such_set", "--output-dir", str(tmp_path)], "no_such_set")
-    _fails(["--dataset", "coco:/nowhere/a.json:/nowhere", "--output-dir", str(tmp_path)],
-           "/nowhere")
+    _fails(
+        ["--dataset", "coco:/nowhere/a.json:/nowhere", "--output-dir", str(tmp_path)], "/nowhere"
+    )
     assert not os.listdir(tmp_path)  # nothing started
 
 
 def test_config_that_fixes_the_setup_or_the_loss_is_refused(tmp_path):
     fixed = tmp_path / "fixed.yaml"
     fixed.write_text(f"_BASE_: {CONFIG}\nMODEL:\n  RETINANET:\n    INFERENCE_TH: 0.3\n")
-    _fails(["--config-file", str(fixed)] + DATA, str(fixed), "MODEL.RETINANET.INFERENCE_TH",
-           "--keep-explicit")
+    _fails(
+        ["--config-file", str(fixed)] + DATA,
+        str(fixed),
+        "MODEL.RETINANET.INFERENCE_TH",
+        "--keep-explicit",
+    )
     _fails(DATA + ["MODEL.RETINANET.BG_IOU_THRESHOLD", "0.3"], "BG_IOU_THRESHOLD")
     _fails(DATA + ["MODEL.RETINANET.LOSS_TYPE", "FOCAL"], "MODEL.RETINANET.LOSS_TYPE")
     _fails(DATA + ["--losses", "DR", "NOPE"], "NOPE", "registered: .*DR")
@@ -62,16 +84,18 @@ def test_each_run_gets_its_loss_setup():
 @pytest.mark.parametrize("table", ["table1", "table2", "table3"])
 def test_ablation_runs_match_the_ablation_configs(table):
     """Each DR row's DR_LOSS equals that of the ablation yaml loaded by itself."""
-    runs = compare.plan_runs(compare.parse_args(["--ablation", table]),
-                             "MODEL.RETINANET.LOSS_TYPE")
+    runs = compare.plan_runs(compare.parse_args(["--ablation", table]), "MODEL.RETINANET.LOSS_TYPE")
     rows = compare.ABLATIONS[table]["rows"]
     assert len(runs) == len(rows)
     for run, (_, yaml_name, loss, paper_ap) in zip(runs, rows):
         cfg = load_config(CONFIG, run.opts)
         assert cfg.MODEL.RETINANET.LOSS_TYPE == loss and run.paper_ap == paper_ap
         if loss == "DR":
-            ref = os.path.join(ROOT, "configs", "ablations", yaml_name) if yaml_name else \
-                os.path.join(ROOT, "configs", "dr_retina", "dr_R-50-FPN_1x.yaml")
+            ref = (
+                os.path.join(ROOT, "configs", "ablations", yaml_name)
+                if yaml_name
+                else os.path.join(ROOT, "configs", "dr_retina", "dr_R-50-FPN_1x.yaml")
+            )
             assert cfg.MODEL.DR_LOSS == load_config(ref).MODEL.DR_LOSS, run.label
 
 
@@ -86,8 +110,9 @@ def test_paper_figures_match_the_ablation_headers():
 
 
 def test_grouping_runs():
-    runs = compare.plan_runs(compare.parse_args(["--ablation", "grouping"]),
-                             "MODEL.RETINANET.LOSS_TYPE")
+    runs = compare.plan_runs(
+        compare.parse_args(["--ablation", "grouping"]), "MODEL.RETINANET.LOSS_TYPE"
+    )
     assert [load_config(CONFIG, r.opts).MODEL.DR_LOSS.GROUPING for r in runs] == ["image", "batch"]
 
 
@@ -99,8 +124,9 @@ def _parse_table(text):
 
 
 def test_ablation_table_layout():
-    runs = compare.plan_runs(compare.parse_args(["--ablation", "table3"]),
-                             "MODEL.RETINANET.LOSS_TYPE")
+    runs = compare.plan_runs(
+        compare.parse_args(["--ablation", "table3"]), "MODEL.RETINANET.LOSS_TYPE"
+    )
     results = {r.name: {m: 0.1 * (k + 1) for m in compare.METRICS} for k, r in enumerate(runs)}
     results[runs[0].name]["APl"] = -1.0
     header, rows = _parse_table("\n".join(compare.ablation_table("table3", runs, results)))

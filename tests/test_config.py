@@ -1,5 +1,6 @@
 """Config: independent copies, strict merges whose errors name the key, _BASE_, validation,
 the DR lambda mapping, and every yaml under configs/ loads, validates and builds a backbone."""
+
 import glob
 import math
 import os
@@ -60,8 +61,18 @@ def test_merge_from_list_wrong_type_names_it():
 
 def test_merge_from_list_coerces_literals():
     cfg = get_cfg()
-    cfg.merge_from_list(["SOLVER.BASE_LR", "1", "INPUT.MIN_SIZE_TRAIN", "[640, 800]",
-                         "MODEL.RETINANET.LOSS_TYPE", "DR", "OUTPUT_DIR", "123"])
+    cfg.merge_from_list(
+        [
+            "SOLVER.BASE_LR",
+            "1",
+            "INPUT.MIN_SIZE_TRAIN",
+            "[640, 800]",
+            "MODEL.RETINANET.LOSS_TYPE",
+            "DR",
+            "OUTPUT_DIR",
+            "123",
+        ]
+    )
     assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float)
     assert cfg.INPUT.MIN_SIZE_TRAIN == (640, 800)
     assert cfg.MODEL.RETINANET.LOSS_TYPE == "DR"
@@ -72,7 +83,7 @@ def test_merge_from_file_unknown_key_and_wrong_type_name_it(tmp_path):
     bad_key = _write(tmp_path, "a.yaml", "MODEL:\n  RESNETS:\n    DEPTH: 50\n")
     with pytest.raises(KeyError, match=r"MODEL\.RESNETS\.DEPTH"):
         get_cfg().merge_from_file(bad_key)
-    bad_type = _write(tmp_path, "b.yaml", "SOLVER:\n  IMS_PER_BATCH: \"sixteen\"\n")
+    bad_type = _write(tmp_path, "b.yaml", 'SOLVER:\n  IMS_PER_BATCH: "sixteen"\n')
     with pytest.raises(ValueError, match=r"SOLVER\.IMS_PER_BATCH"):
         get_cfg().merge_from_file(bad_type)
     group_as_value = _write(tmp_path, "c.yaml", "MODEL:\n  DR_LOSS: 3\n")
@@ -88,11 +99,17 @@ def test_yaml_is_loaded_safely(tmp_path):
 
 def test_base_inheritance_is_recursive_and_relative(tmp_path):
     (tmp_path / "sub").mkdir()
-    _write(tmp_path, "base.yaml", "SOLVER:\n  BASE_LR: 0.02\n  MAX_ITER: 10\n"
-                                  "MODEL:\n  RETINANET:\n    NUM_CLASSES: 5\n")
+    _write(
+        tmp_path,
+        "base.yaml",
+        "SOLVER:\n  BASE_LR: 0.02\n  MAX_ITER: 10\nMODEL:\n  RETINANET:\n    NUM_CLASSES: 5\n",
+    )
     _write(tmp_path, "mid.yaml", "_BASE_: base.yaml\nSOLVER:\n  MAX_ITER: 20\n")
-    child = _write(tmp_path / "sub", "child.yaml",
-                   "_BASE_: ../mid.yaml\nMODEL:\n  RETINANET:\n    LOSS_TYPE: DR\n")
+    child = _write(
+        tmp_path / "sub",
+        "child.yaml",
+        "_BASE_: ../mid.yaml\nMODEL:\n  RETINANET:\n    LOSS_TYPE: DR\n",
+    )
     cfg = get_cfg()
     cfg.merge_from_file(child)
     assert cfg.SOLVER.BASE_LR == 0.02  # from the grandparent
@@ -100,30 +117,33 @@ def test_base_inheritance_is_recursive_and_relative(tmp_path):
     assert cfg.MODEL.RETINANET.NUM_CLASSES == 5 and cfg.MODEL.RETINANET.LOSS_TYPE == "DR"
 
 
-@pytest.mark.parametrize("key,value", [
-    ("MODEL.RETINANET.LOSS_TYPE", "dr"),
-    ("MODEL.DR_LOSS.SMOOTHING", "softplus"),
-    ("MODEL.DR_LOSS.PAIRING", "all"),
-    ("MODEL.DR_LOSS.GROUPING", "gpu"),
-    ("MODEL.RESNETS.NORM", "LN"),
-    ("MODEL.BACKBONE.CONV_BODY", "R-50-C4"),
-    ("MODEL.BACKBONE.FREEZE_CONV_BODY_AT", "6"),
-    ("MODEL.DR_LOSS.H_NEG", "0.5"),
-    ("MODEL.DR_LOSS.NEG_LAMBDA", "0.0"),
-    ("MODEL.DR_LOSS.POS_LAMBDA", "-1.0"),
-    ("MODEL.DR_LOSS.L", "0.0"),
-    ("MODEL.DR_LOSS.TAU", "0.0"),
-    ("MODEL.DR_LOSS.RHO", "0.0"),
-    ("MODEL.DR_LOSS.MARGIN", "-0.1"),
-    ("MODEL.DR_LOSS.H_POS", "1.0"),
-    ("MODEL.RETINANET.ANCHOR_CONVENTION", "detectron"),
-    ("SOLVER.WARMUP_METHOD", "exp"),
-    ("SOLVER.LR_SCHEDULER", "poly"),
-    ("MODEL.RETINANET.PRIOR_PROB", "1.0"),
-    ("MODEL.RETINANET.BG_IOU_THRESHOLD", "0.6"),
-    ("MODEL.RESNETS.RES5_DILATION", "2"),
-    ("SOLVER.STEPS", "(80000, 60000)"),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("MODEL.RETINANET.LOSS_TYPE", "dr"),
+        ("MODEL.DR_LOSS.SMOOTHING", "softplus"),
+        ("MODEL.DR_LOSS.PAIRING", "all"),
+        ("MODEL.DR_LOSS.GROUPING", "gpu"),
+        ("MODEL.RESNETS.NORM", "LN"),
+        ("MODEL.BACKBONE.CONV_BODY", "R-50-C4"),
+        ("MODEL.BACKBONE.FREEZE_CONV_BODY_AT", "6"),
+        ("MODEL.DR_LOSS.H_NEG", "0.5"),
+        ("MODEL.DR_LOSS.NEG_LAMBDA", "0.0"),
+        ("MODEL.DR_LOSS.POS_LAMBDA", "-1.0"),
+        ("MODEL.DR_LOSS.L", "0.0"),
+        ("MODEL.DR_LOSS.TAU", "0.0"),
+        ("MODEL.DR_LOSS.RHO", "0.0"),
+        ("MODEL.DR_LOSS.MARGIN", "-0.1"),
+        ("MODEL.DR_LOSS.H_POS", "1.0"),
+        ("MODEL.RETINANET.ANCHOR_CONVENTION", "detectron"),
+        ("SOLVER.WARMUP_METHOD", "exp"),
+        ("SOLVER.LR_SCHEDULER", "poly"),
+        ("MODEL.RETINANET.PRIOR_PROB", "1.0"),
+        ("MODEL.RETINANET.BG_IOU_THRESHOLD", "0.6"),
+        ("MODEL.RESNETS.RES5_DILATION", "2"),
+        ("SOLVER.STEPS", "(80000, 60000)"),
+    ],
+)
 def test_validate_rejects_bad_values_naming_the_key(key, value):
     cfg = get_cfg()
     cfg.merge_from_list([key, value])
@@ -133,8 +153,9 @@ def test_validate_rejects_bad_values_naming_the_key(key, value):
 
 def test_basic_block_bodies_reject_groups():
     cfg = get_cfg()
-    cfg.merge_from_list(["MODEL.BACKBONE.CONV_BODY", "R-18-FPN-RETINANET",
-                         "MODEL.RESNETS.NUM_GROUPS", "32"])
+    cfg.merge_from_list(
+        ["MODEL.BACKBONE.CONV_BODY", "R-18-FPN-RETINANET", "MODEL.RESNETS.NUM_GROUPS", "32"]
+    )
     with pytest.raises(ValueError, match=r"MODEL\.RESNETS\.NUM_GROUPS"):
         validate_cfg(cfg)
 
@@ -161,11 +182,14 @@ def test_enumerations_come_from_the_implementing_modules():
     assert table["SOLVER.WARMUP_METHOD"] is WARMUP_METHODS
 
 
-@pytest.mark.parametrize("key,value", [
-    ("MODEL.RETINANET_ON", "True"),
-    ("MODEL.RETINANET.STRADDLE_THRESH", "-1"),
-    ("TEST.EXPECTED_RESULTS", "[]"),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("MODEL.RETINANET_ON", "True"),
+        ("MODEL.RETINANET.STRADDLE_THRESH", "-1"),
+        ("TEST.EXPECTED_RESULTS", "[]"),
+    ],
+)
 def test_removed_keys_load_with_a_warning(tmp_path, caplog, key, value):
     cfg = get_cfg()
     with caplog.at_level("WARNING", logger="drdet.config.config"):
@@ -200,11 +224,14 @@ def test_dr_loss_lambdas_follow_the_papers_h_mapping():
 
 def test_config_glob_is_not_empty():
     names = {os.path.relpath(p, os.path.join(ROOT, "configs")) for p in CONFIGS}
-    for required in ("dr_retina/dr_R-50-FPN_1x.yaml", "dr_retina/dr_R-101-FPN_2x.yaml",
-                     "dr_retina/dr_X-101-32x8d-FPN_1.5x.yaml",
-                     "dr_retina/dr_R-50-FPN_1x_input_400.yaml",
-                     "retinanet/retinanet_R-50-FPN_1x.yaml",
-                     "synthetic/dr_R-18-FPN_synthetic.yaml"):
+    for required in (
+        "dr_retina/dr_R-50-FPN_1x.yaml",
+        "dr_retina/dr_R-101-FPN_2x.yaml",
+        "dr_retina/dr_X-101-32x8d-FPN_1.5x.yaml",
+        "dr_retina/dr_R-50-FPN_1x_input_400.yaml",
+        "retinanet/retinanet_R-50-FPN_1x.yaml",
+        "synthetic/dr_R-18-FPN_synthetic.yaml",
+    ):
         assert required in names
 
 
@@ -214,7 +241,8 @@ def test_every_config_loads_and_validates(path):
     cfg.merge_from_file(path)
     validate_cfg(cfg)
     if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" and (
-            "dr_retina" in path or "ablations" in path or "synthetic/dr_" in path):
+        "dr_retina" in path or "ablations" in path or "synthetic/dr_" in path
+    ):
         r = cfg.MODEL.RETINANET
         assert r.LOSS_TYPE == "DR" and r.PRIOR_PROB == 0.5
         assert (r.FG_IOU_THRESHOLD, r.BG_IOU_THRESHOLD) == (0.5, 0.5)
@@ -225,6 +253,7 @@ def test_paper_settings_of_the_main_configs():
         cfg = get_cfg()
         cfg.merge_from_file(os.path.join(ROOT, "configs", rel))
         return cfg
+
     r50 = load("dr_retina/dr_R-50-FPN_1x.yaml")
     assert r50.MODEL.RETINANET.INFERENCE_TH == 0.2 and r50.SOLVER.MAX_ITER == 90000
     r101 = load("dr_retina/dr_R-101-FPN_2x.yaml")

@@ -1,6 +1,7 @@
 """The worked examples of CONTRIBUTING.md run as written: its python blocks, in order, register a
 loss, a backbone, a detector, a dataset type and an evaluator, and a check then trains, runs and
 evaluates through the config alone (in a subprocess, so the registrations do not leak)."""
+
 import os
 import re
 import subprocess
@@ -8,7 +9,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CHECK = '''
+CHECK = """
 import torch
 from drdet.config import get_cfg, validate_cfg
 from drdet.data import get_dataset
@@ -55,7 +56,7 @@ metrics = evaluate_predictions(by_form, predictions)
 assert metrics["dets_per_image"] == 1.0, metrics
 assert list(metrics)[:6] == ["AP", "AP50", "AP75", "APs", "APm", "APl"], metrics
 print("CONTRIBUTING OK")
-'''
+"""
 
 
 def test_contributing_examples_run(tmp_path):
@@ -64,9 +65,18 @@ def test_contributing_examples_run(tmp_path):
     assert len(blocks) == 5
     script = tmp_path / "examples.py"
     script.write_text("import os\n" + "\n".join(blocks) + CHECK)
-    env = dict(os.environ, DRDET_DATASETS=str(tmp_path / "datasets"),
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        DRDET_DATASETS=str(tmp_path / "datasets"),
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CONTRIBUTING OK" in result.stdout

@@ -4,6 +4,7 @@ exp of every set, checked against torch.exp in float64.
 helpers.devices.ISA_PARAMS parametrises a test over every set, skipping those this CPU lacks; the
 kernel tests (test_dr_loss.py, test_sigmoid_focal_loss.py, test_winograd.py) use it too.
 """
+
 import os
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def _expected_from_environment():
 
 
 def test_supported_sets_are_a_prefix_of_all_sets():
-    assert SUPPORTED == list(CPU_ISAS[:len(SUPPORTED)]) and SUPPORTED[0] == "baseline"
+    assert SUPPORTED == list(CPU_ISAS[: len(SUPPORTED)]) and SUPPORTED[0] == "baseline"
 
 
 def test_default_is_the_best_set_the_environment_allows():
@@ -48,9 +49,15 @@ def test_default_is_the_best_set_the_environment_allows():
     assert cpu_isa() == _expected_from_environment()
 
 
-@pytest.mark.parametrize("env,expected", [({}, None), ({"DRDET_NO_AVX512": "1"}, "avx2"),
-                                          ({"DRDET_NO_AVX2": "1"}, "baseline"),
-                                          ({"DRDET_NO_AVX2": "0"}, None)])
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({}, None),
+        ({"DRDET_NO_AVX512": "1"}, "avx2"),
+        ({"DRDET_NO_AVX2": "1"}, "baseline"),
+        ({"DRDET_NO_AVX2": "0"}, None),
+    ],
+)
 def test_environment_variables_at_import(env, expected):
     best = SUPPORTED[-1]
     if expected is None or CPU_ISAS.index(expected) > CPU_ISAS.index(best):
@@ -59,7 +66,12 @@ def test_environment_variables_at_import(env, expected):
     clean["PYTHONPATH"] = os.pathsep.join([ROOT, clean.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, "-c", "import drdet.layers as L; print(L.cpu_isa())"],
-        env=dict(clean, **env), cwd=ROOT, capture_output=True, text=True, timeout=120)
+        env=dict(clean, **env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == expected
 
@@ -80,7 +92,7 @@ def test_unknown_or_unsupported_sets_are_refused():
     before = cpu_isa()
     with pytest.raises(RuntimeError, match="unknown instruction set 'sse9'.*baseline, avx2"):
         set_cpu_isa("sse9")
-    for name in CPU_ISAS[len(SUPPORTED):]:
+    for name in CPU_ISAS[len(SUPPORTED) :]:
         with pytest.raises(RuntimeError, match=f"does not support {name}"):
             set_cpu_isa(name)
     assert cpu_isa() == before
@@ -104,8 +116,9 @@ def test_vector_exp_against_float64(isa):
     x = _exp_inputs()
     with use_cpu_isa(isa):
         y = ops._cpu_exp(x)
-        special = ops._cpu_exp(torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30,
-                                             -1e30]))
+        special = ops._cpu_exp(
+            torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -1e30])
+        )
     ref = torch.exp(x.double())
     normal = (ref >= FLT_MIN) & (ref <= torch.finfo(torch.float32).max)
     rel = ((y.double() - ref).abs() / ref)[normal]

@@ -1,4 +1,5 @@
 """COCODataset and the catalog: label maps, crowd/empty boxes, image filtering, errors."""
+
 import json
 import os
 
@@ -15,12 +16,15 @@ CATEGORIES = [{"id": 90, "name": "zebra"}, {"id": 3, "name": "car"}, {"id": 7, "
 
 def make_coco(root, annotations, images=None):
     """Tiny COCO-format set: sparse category ids 3, 7, 90; images of 100 x 80 (w x h)."""
-    images = images or [{"id": i, "file_name": f"{i}.png", "width": 100, "height": 80}
-                        for i in (1, 2, 3)]
+    images = images or [
+        {"id": i, "file_name": f"{i}.png", "width": 100, "height": 80} for i in (1, 2, 3)
+    ]
     img_dir = root / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     for info in images:
-        Image.new("RGB", (info["width"], info["height"]), (10, 20, 30)).save(img_dir / info["file_name"])
+        Image.new("RGB", (info["width"], info["height"]), (10, 20, 30)).save(
+            img_dir / info["file_name"]
+        )
     anns = [{"id": k + 1, "area": 1.0, "iscrowd": 0, **a} for k, a in enumerate(annotations)]
     path = root / "ann.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": CATEGORIES}))
@@ -30,11 +34,11 @@ def make_coco(root, annotations, images=None):
 ANNOTATIONS = [
     {"image_id": 1, "category_id": 7, "bbox": [10, 10, 20, 30]},
     {"image_id": 1, "category_id": 3, "bbox": [0, 0, 50, 50], "iscrowd": 1},
-    {"image_id": 1, "category_id": 90, "bbox": [90, 70, 30, 30]},   # clipped to 90,70,100,80
-    {"image_id": 1, "category_id": 3, "bbox": [120, 10, 10, 10]},   # outside: empty after clip
-    {"image_id": 1, "category_id": 3, "bbox": [5, 5, 0, 10]},       # zero width
+    {"image_id": 1, "category_id": 90, "bbox": [90, 70, 30, 30]},  # clipped to 90,70,100,80
+    {"image_id": 1, "category_id": 3, "bbox": [120, 10, 10, 10]},  # outside: empty after clip
+    {"image_id": 1, "category_id": 3, "bbox": [5, 5, 0, 10]},  # zero width
     {"image_id": 2, "category_id": 7, "bbox": [5, 5, 10, 10], "iscrowd": 1},  # crowd only
-]                                                                   # image 3: no annotation
+]  # image 3: no annotation
 
 
 @pytest.fixture
@@ -73,7 +77,7 @@ def test_images_without_boxes_skipped_in_training_kept_in_evaluation(coco_files)
     test = COCODataset(*coco_files, remove_images_without_annotations=False)
     assert train.ids == [1]
     assert test.ids == [1, 2, 3]
-    _, target, _ = test[1]   # image 2: crowd only
+    _, target, _ = test[1]  # image 2: crowd only
     assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
     assert test.get_img_info(2)["id"] == 3
 
@@ -116,8 +120,15 @@ def test_catalog_errors_list_names_and_root(tmp_path, monkeypatch):
     with pytest.raises(KeyError) as err:
         catalog.get_dataset("coco_2099_train", None, True)
     message = str(err.value)
-    for name in ("coco_2017_train", "coco_2014_minival", "coco_2014_valminusminival",
-                 "coco_2017_test-dev", "voc_2007_test", "voc_2012_trainval", "synthetic_val"):
+    for name in (
+        "coco_2017_train",
+        "coco_2014_minival",
+        "coco_2014_valminusminival",
+        "coco_2017_test-dev",
+        "voc_2007_test",
+        "voc_2012_trainval",
+        "synthetic_val",
+    ):
         assert name in message
     with pytest.raises(FileNotFoundError) as err:
         catalog.get_dataset("coco_2017_val", None, False)

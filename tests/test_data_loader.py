@@ -1,4 +1,5 @@
 """build_data_loader from a yacs cfg: batch structure, grouping, world-size split, resume."""
+
 import json
 
 import pytest
@@ -21,24 +22,50 @@ def coco_name(tmp_path):
         pixels = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8).numpy()
         Image.fromarray(pixels).save(img_dir / f"{i}.png")
         images.append({"id": i, "file_name": f"{i}.png", "width": w, "height": h})
-        anns.append({"id": 2 * i, "image_id": i, "category_id": 1 + i % 2, "iscrowd": 0,
-                     "bbox": [5, 6, 20, 30], "area": 600})
-        anns.append({"id": 2 * i + 1, "image_id": i, "category_id": 2, "iscrowd": 0,
-                     "bbox": [w - 10, h - 10, 30, 30], "area": 900})   # clipped to 10 x 10
+        anns.append(
+            {
+                "id": 2 * i,
+                "image_id": i,
+                "category_id": 1 + i % 2,
+                "iscrowd": 0,
+                "bbox": [5, 6, 20, 30],
+                "area": 600,
+            }
+        )
+        anns.append(
+            {
+                "id": 2 * i + 1,
+                "image_id": i,
+                "category_id": 2,
+                "iscrowd": 0,
+                "bbox": [w - 10, h - 10, 30, 30],
+                "area": 900,
+            }
+        )  # clipped to 10 x 10
     cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
-    (tmp_path / "ann.json").write_text(json.dumps({"images": images, "annotations": anns,
-                                                   "categories": cats}))
+    (tmp_path / "ann.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": cats})
+    )
     return f"coco:{tmp_path / 'ann.json'}:{img_dir}"
 
 
 def make_cfg(name, grouping=True, ims_train=2, ims_test=3, max_iter=6):
     cfg = CN()
     cfg.MODEL = CN(dict(DEVICE="cpu"))
-    cfg.INPUT = CN(dict(MIN_SIZE_TRAIN=(64, 72), MAX_SIZE_TRAIN=100, MIN_SIZE_TEST=64,
-                        MAX_SIZE_TEST=100, TO_BGR255=True, HORIZONTAL_FLIP_PROB_TRAIN=0.5))
+    cfg.INPUT = CN(
+        dict(
+            MIN_SIZE_TRAIN=(64, 72),
+            MAX_SIZE_TRAIN=100,
+            MIN_SIZE_TEST=64,
+            MAX_SIZE_TEST=100,
+            TO_BGR255=True,
+            HORIZONTAL_FLIP_PROB_TRAIN=0.5,
+        )
+    )
     cfg.DATASETS = CN(dict(TRAIN=(name,), TEST=(name,)))
-    cfg.DATALOADER = CN(dict(NUM_WORKERS=0, SIZE_DIVISIBILITY=32, ASPECT_RATIO_GROUPING=grouping,
-                             SEED=0))
+    cfg.DATALOADER = CN(
+        dict(NUM_WORKERS=0, SIZE_DIVISIBILITY=32, ASPECT_RATIO_GROUPING=grouping, SEED=0)
+    )
     cfg.SOLVER = CN(dict(IMS_PER_BATCH=ims_train, MAX_ITER=max_iter))
     cfg.TEST = CN(dict(IMS_PER_BATCH=ims_test))
     return cfg
@@ -63,15 +90,17 @@ def test_train_batches_have_the_documented_structure(coco_name):
             boxes = target["boxes"]
             assert boxes.dtype == torch.float32 and boxes.shape == (2, 4)
             assert (boxes[:, 2:] > boxes[:, :2]).all()
-            assert (boxes[:, 0::2] <= w).all() and (boxes[:, 1::2] <= h).all() and (boxes >= 0).all()
+            assert (
+                (boxes[:, 0::2] <= w).all() and (boxes[:, 1::2] <= h).all() and (boxes >= 0).all()
+            )
             # the clipped 10 x 10 corner box, scaled to the resized image
             widths = sorted((boxes[:, 2] - boxes[:, 0]).tolist())
             torch.testing.assert_close(widths[0], 10 * w / info["width"], rtol=1e-5, atol=1e-4)
             assert target["labels"].dtype == torch.int64
             assert set(target["labels"].tolist()) <= {1, 2}
-            assert image.max() > 1.0                  # BGR 0-255
+            assert image.max() > 1.0  # BGR 0-255
             orientation.add(info["width"] >= info["height"])
-        assert len(orientation) == 1                  # aspect-ratio grouping
+        assert len(orientation) == 1  # aspect-ratio grouping
 
 
 def test_test_loader_covers_every_image_once_over_two_ranks(coco_name):
@@ -79,8 +108,8 @@ def test_test_loader_covers_every_image_once_over_two_ranks(coco_name):
     seen = []
     for rank in (0, 1):
         loader = build_data_loader(cfg, is_train=False, rank=rank, world_size=2)
-        for images, targets, indices in loader:
-            assert len(images) <= 1                   # TEST.IMS_PER_BATCH 2 over 2 ranks
+        for images, _targets, indices in loader:
+            assert len(images) <= 1  # TEST.IMS_PER_BATCH 2 over 2 ranks
             seen += indices
             for image in images:
                 assert min(image.shape[1:]) == 64 or max(image.shape[1:]) == 100
@@ -98,7 +127,9 @@ def test_batch_must_divide_over_ranks(coco_name):
 def test_resumed_loader_continues_the_same_sequence(coco_name, grouping):
     cfg = make_cfg(coco_name, grouping=grouping, max_iter=9)
     full = [idx for _, _, idx in build_data_loader(cfg, True, rank=1, world_size=2)]
-    resumed = [idx for _, _, idx in build_data_loader(cfg, True, start_iter=4, rank=1, world_size=2)]
+    resumed = [
+        idx for _, _, idx in build_data_loader(cfg, True, start_iter=4, rank=1, world_size=2)
+    ]
     assert len(full) == 9 and resumed == full[4:]
     other = [idx for _, _, idx in build_data_loader(cfg, True, rank=0, world_size=2)]
     assert other != full

@@ -1,11 +1,16 @@
 """Samplers: determinism, disjoint shards, resume, grouping, inference shards."""
+
 import itertools
 
 import pytest
 import torch
 
-from drdet.data.samplers import (GroupedBatchSampler, InferenceSampler, IterationBasedBatchSampler,
-                                 TrainingSampler)
+from drdet.data.samplers import (
+    GroupedBatchSampler,
+    InferenceSampler,
+    IterationBasedBatchSampler,
+    TrainingSampler,
+)
 
 
 def take(iterable, n):
@@ -17,11 +22,14 @@ def test_training_stream_is_deterministic_and_epochs_are_permutations():
     assert a == take(TrainingSampler(13, seed=7), 39)
     assert a != take(TrainingSampler(13, seed=8), 39)
     for epoch in range(3):
-        assert sorted(a[13 * epoch:13 * (epoch + 1)]) == list(range(13))
+        assert sorted(a[13 * epoch : 13 * (epoch + 1)]) == list(range(13))
     assert a[:13] != a[13:26]  # a new permutation each epoch
     # Independent reference: a torch generator seeded the same way, randperm per epoch.
     g = torch.Generator().manual_seed(7)
-    assert a[:26] == torch.randperm(13, generator=g).tolist() + torch.randperm(13, generator=g).tolist()
+    assert (
+        a[:26]
+        == torch.randperm(13, generator=g).tolist() + torch.randperm(13, generator=g).tolist()
+    )
     assert take(TrainingSampler(5, shuffle=False), 7) == [0, 1, 2, 3, 4, 0, 1]
 
 
@@ -31,16 +39,22 @@ def test_two_ranks_get_disjoint_shards_covering_the_data():
     r0 = take(TrainingSampler(size, seed=3, rank=0, world_size=2), 2 * size)
     r1 = take(TrainingSampler(size, seed=3, rank=1, world_size=2), 2 * size)
     assert r0 == full[0::2] and r1 == full[1::2]
-    for epoch in range(4):                       # each epoch: 5 + 5 distinct indices, all 10
+    for epoch in range(4):  # each epoch: 5 + 5 distinct indices, all 10
         half = size // 2
-        e0, e1 = set(r0[epoch * half:(epoch + 1) * half]), set(r1[epoch * half:(epoch + 1) * half])
+        e0, e1 = (
+            set(r0[epoch * half : (epoch + 1) * half]),
+            set(r1[epoch * half : (epoch + 1) * half]),
+        )
         assert not e0 & e1 and e0 | e1 == set(range(size))
 
 
 def _train_batches(start_iter, rank=0, world_size=1, group_ids=None, num_iters=25):
     sampler = TrainingSampler(11, seed=5, rank=rank, world_size=world_size)
-    return list(IterationBasedBatchSampler(GroupedBatchSampler(sampler, group_ids, 3, True),
-                                           num_iters, start_iter))
+    return list(
+        IterationBasedBatchSampler(
+            GroupedBatchSampler(sampler, group_ids, 3, True), num_iters, start_iter
+        )
+    )
 
 
 @pytest.mark.parametrize("group_ids", [None, [0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0]])
@@ -64,15 +78,18 @@ def test_grouped_batches_share_a_group_and_keep_stream_order():
     # Reference: the per-group subsequences of the stream, cut into consecutive triples.
     for g in (0, 1):
         sub = [i for i in stream if group_ids[i] == g]
-        expected = [sub[k:k + 3] for k in range(0, len(sub) - len(sub) % 3, 3)]
+        expected = [sub[k : k + 3] for k in range(0, len(sub) - len(sub) % 3, 3)]
         assert [b for b in batches if group_ids[b[0]] == g] == expected
 
 
 def test_grouped_finite_sampler_emits_leftovers_unless_dropped():
     batches = list(GroupedBatchSampler(range(7), [0, 1, 0, 1, 0, 0, 1], 2))
     assert batches == [[0, 2], [1, 3], [4, 5], [6]]
-    assert list(GroupedBatchSampler(range(7), [0, 1, 0, 1, 0, 0, 1], 2, drop_uneven=True)) == \
-        [[0, 2], [1, 3], [4, 5]]
+    assert list(GroupedBatchSampler(range(7), [0, 1, 0, 1, 0, 0, 1], 2, drop_uneven=True)) == [
+        [0, 2],
+        [1, 3],
+        [4, 5],
+    ]
     assert list(GroupedBatchSampler(range(5), None, 2)) == [[0, 1], [2, 3], [4]]
     assert len(GroupedBatchSampler(range(5), None, 2)) == 3
 

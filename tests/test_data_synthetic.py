@@ -1,4 +1,5 @@
 """Synthetic dataset: determinism, statistics, atomic and concurrent generation, catalog names."""
+
 import json
 import os
 import subprocess
@@ -20,8 +21,10 @@ def test_same_seed_gives_byte_identical_json_and_images(tmp_path):
     json_a = open(os.path.join(a, "annotations.json"), "rb").read()
     assert json_a == open(os.path.join(b, "annotations.json"), "rb").read()
     for name in ("000000.jpg", "000011.jpg"):
-        assert open(os.path.join(a, "images", name), "rb").read() == \
-            open(os.path.join(b, "images", name), "rb").read()
+        assert (
+            open(os.path.join(a, "images", name), "rb").read()
+            == open(os.path.join(b, "images", name), "rb").read()
+        )
     c = ensure_dataset(SyntheticSpec(num_images=12, seed=4), str(tmp_path / "c"))
     assert open(os.path.join(c, "annotations.json"), "rb").read() != json_a
     data = json.loads(json_a)
@@ -34,12 +37,12 @@ def test_statistics_classes_small_objects_imbalance():
     labels = np.array([o["category_id"] for o in objects])
     sides = np.array([max(o["bbox"][2:]) for o in objects])
     counts = np.bincount(labels, minlength=6)[1:]
-    assert set(labels.tolist()) == {1, 2, 3, 4, 5}               # all five classes occur
-    assert counts[0] > 2.5 * counts[4]                          # imbalance: circles >> rings
-    assert (sides <= 12).mean() > 0.1                           # many small objects...
-    assert sides.min() >= 4 and sides.max() > 60                # ...and some large ones
+    assert set(labels.tolist()) == {1, 2, 3, 4, 5}  # all five classes occur
+    assert counts[0] > 2.5 * counts[4]  # imbalance: circles >> rings
+    assert (sides <= 12).mean() > 0.1  # many small objects...
+    assert sides.min() >= 4 and sides.max() > 60  # ...and some large ones
     assert 2.5 < len(objects) / spec.num_images < 6
-    for o in objects:                                           # boxes inside the image
+    for o in objects:  # boxes inside the image
         x, y, w, h = o["bbox"]
         assert x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= 256 and y + h <= 256
 
@@ -51,17 +54,20 @@ def _mask_box(kind, cx, cy, extent, angle):
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=float)
 
 
-@pytest.mark.parametrize("kind, angle, expected", [
-    # extent 40 at centre (100.3, 120.6); expected boxes from the geometry, within the
-    # 1.5 px that rasterisation (cv2 fills every pixel the outline touches) may add
-    ("circle", 0.0, [80.3, 100.6, 120.3, 140.6]),
-    ("ring", 0.0, [80.3, 100.6, 120.3, 140.6]),
-    ("square", 0.0, [80.3, 100.6, 120.3, 140.6]),
-    ("square", np.pi / 4, [80.3, 100.6, 120.3, 140.6]),      # rotated, still fits the extent
-    ("cross", 0.0, [80.3, 100.6, 120.3, 140.6]),
-    # vertex up, circumradius 20: half width 20 sin 60 = 17.32, from -20 to +10 vertically
-    ("triangle", 0.0, [100.3 - 17.32, 100.6, 100.3 + 17.32, 130.6]),
-])
+@pytest.mark.parametrize(
+    "kind, angle, expected",
+    [
+        # extent 40 at centre (100.3, 120.6); expected boxes from the geometry, within the
+        # 1.5 px that rasterisation (cv2 fills every pixel the outline touches) may add
+        ("circle", 0.0, [80.3, 100.6, 120.3, 140.6]),
+        ("ring", 0.0, [80.3, 100.6, 120.3, 140.6]),
+        ("square", 0.0, [80.3, 100.6, 120.3, 140.6]),
+        ("square", np.pi / 4, [80.3, 100.6, 120.3, 140.6]),  # rotated, still fits the extent
+        ("cross", 0.0, [80.3, 100.6, 120.3, 140.6]),
+        # vertex up, circumradius 20: half width 20 sin 60 = 17.32, from -20 to +10 vertically
+        ("triangle", 0.0, [100.3 - 17.32, 100.6, 100.3 + 17.32, 130.6]),
+    ],
+)
 def test_shape_extent_matches_geometry(kind, angle, expected):
     np.testing.assert_allclose(_mask_box(kind, 100.3, 120.6, 40.0, angle), expected, atol=1.5)
 
@@ -87,17 +93,32 @@ def test_interrupted_generation_leaves_nothing_half_written(tmp_path, monkeypatc
 
 def test_concurrent_generators_agree(tmp_path):
     out = tmp_path / "shared"
-    cmd = [sys.executable, "-m", "drdet.data.datasets.synthetic", "--out", str(out),
-           "--num-images", "12", "--seed", "3"]
-    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "drdet.data.datasets.synthetic",
+        "--out",
+        str(out),
+        "--num-images",
+        "12",
+        "--seed",
+        "3",
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err.decode()
     reference = ensure_dataset(SMALL, str(tmp_path / "reference"))
-    assert open(out / "annotations.json", "rb").read() == \
-        open(os.path.join(reference, "annotations.json"), "rb").read()
-    assert sorted(os.listdir(out / "images")) == sorted(os.listdir(os.path.join(reference, "images")))
+    assert (
+        open(out / "annotations.json", "rb").read()
+        == open(os.path.join(reference, "annotations.json"), "rb").read()
+    )
+    assert sorted(os.listdir(out / "images")) == sorted(
+        os.listdir(os.path.join(reference, "images"))
+    )
     leftovers = [p for p in os.listdir(tmp_path) if ".tmp-" in p]
     assert leftovers == []
 
@@ -111,8 +132,10 @@ def test_catalog_generates_synthetic_on_first_use(tmp_path, monkeypatch):
     assert image.size == (256, 256) and len(target["boxes"]) > 0
     assert synthetic.SYNTHETIC_DATASETS["synthetic_train"]["num_images"] == 600
     assert synthetic.SYNTHETIC_DATASETS["synthetic_val"]["num_images"] == 100
-    assert synthetic.SYNTHETIC_DATASETS["synthetic_val"]["seed"] != \
-        synthetic.SYNTHETIC_DATASETS["synthetic_train"]["seed"]
+    assert (
+        synthetic.SYNTHETIC_DATASETS["synthetic_val"]["seed"]
+        != synthetic.SYNTHETIC_DATASETS["synthetic_train"]["seed"]
+    )
     assert catalog.DATASET_TYPES.get("synthetic").names is synthetic.SYNTHETIC_DATASETS
 
 

@@ -1,4 +1,5 @@
 """Transforms and image reading: resize rule, flip, tensor format, EXIF, channel conversion."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,24 +7,34 @@ from PIL import Image
 from yacs.config import CfgNode as CN
 
 from drdet.data.image_io import read_image
-from drdet.data.transforms import (Compose, RandomHorizontalFlip, Resize, ToTensor,
-                                   build_transforms, hflip_boxes, resized_hw)
+from drdet.data.transforms import (
+    Compose,
+    RandomHorizontalFlip,
+    Resize,
+    ToTensor,
+    build_transforms,
+    hflip_boxes,
+    resized_hw,
+)
 
 
-@pytest.mark.parametrize("hw, min_size, max_size, expected", [
-    # 480x640, short side -> 800, long = int(800 * 640 / 480) = int(1066.67)
-    ((480, 640), 800, 1333, (800, 1066)),
-    # 500x1500: 800 would make the long side 2400 > 1333 -> short = round(1333 * 500 / 1500) = 444
-    ((500, 1500), 800, 1333, (444, 1332)),
-    # portrait 640x427: long = int(600 * 640 / 427) = int(899.297)
-    ((640, 427), 600, 1000, (899, 600)),
-    # short side already 800: unchanged
-    ((800, 1000), 800, 1333, (800, 1000)),
-    # no cap
-    ((100, 400), 200, None, (200, 800)),
-    # square, capped: round(300 * 1) = 300
-    ((512, 512), 800, 300, (300, 300)),
-])
+@pytest.mark.parametrize(
+    "hw, min_size, max_size, expected",
+    [
+        # 480x640, short side -> 800, long = int(800 * 640 / 480) = int(1066.67)
+        ((480, 640), 800, 1333, (800, 1066)),
+        # 500x1500: 800 would make the long side 2400 > 1333 -> short = round(1333 * 500 / 1500) = 444
+        ((500, 1500), 800, 1333, (444, 1332)),
+        # portrait 640x427: long = int(600 * 640 / 427) = int(899.297)
+        ((640, 427), 600, 1000, (899, 600)),
+        # short side already 800: unchanged
+        ((800, 1000), 800, 1333, (800, 1000)),
+        # no cap
+        ((100, 400), 200, None, (200, 800)),
+        # square, capped: round(300 * 1) = 300
+        ((512, 512), 800, 300, (300, 300)),
+    ],
+)
 def test_resize_rule_golden_values(hw, min_size, max_size, expected):
     assert resized_hw(*hw, min_size, max_size) == expected
 
@@ -40,20 +51,23 @@ def test_resize_scales_boxes_and_sets_size():
 def test_resize_picks_among_min_sizes():
     g = torch.Generator().manual_seed(0)
     resize = Resize((100, 120, 140), 1000, generator=g)
-    sizes = {resize(Image.new("RGB", (50, 40)), {"boxes": torch.zeros(0, 4)})[1]["size"][0]
-             for _ in range(40)}
+    sizes = {
+        resize(Image.new("RGB", (50, 40)), {"boxes": torch.zeros(0, 4)})[1]["size"][0]
+        for _ in range(40)
+    }
     assert sizes == {100, 120, 140}
 
 
 def test_flip_boxes_hand_computed():
     boxes = torch.tensor([[10.0, 20.0, 30.0, 40.0], [0.0, 0.0, 100.0, 5.0]])
-    torch.testing.assert_close(hflip_boxes(boxes, 100),
-                               torch.tensor([[70.0, 20.0, 90.0, 40.0], [0.0, 0.0, 100.0, 5.0]]))
+    torch.testing.assert_close(
+        hflip_boxes(boxes, 100), torch.tensor([[70.0, 20.0, 90.0, 40.0], [0.0, 0.0, 100.0, 5.0]])
+    )
 
 
 def test_random_flip_moves_pixels_and_boxes_together():
     pixels = np.zeros((20, 100, 3), np.uint8)
-    pixels[5:15, 10:30] = 255                       # a white block at x 10..30
+    pixels[5:15, 10:30] = 255  # a white block at x 10..30
     target = {"boxes": torch.tensor([[10.0, 5.0, 30.0, 15.0]])}
     out, t = RandomHorizontalFlip(1.0)(Image.fromarray(pixels), target)
     x1, y1, x2, y2 = t["boxes"][0].int().tolist()
@@ -65,7 +79,7 @@ def test_random_flip_moves_pixels_and_boxes_together():
 
 
 def test_to_tensor_formats():
-    pixels = np.array([[[10, 20, 30], [40, 50, 60]]], np.uint8)    # 1 x 2 RGB
+    pixels = np.array([[[10, 20, 30], [40, 50, 60]]], np.uint8)  # 1 x 2 RGB
     bgr, _ = ToTensor(to_bgr255=True)(Image.fromarray(pixels), {})
     assert bgr.shape == (3, 1, 2) and bgr.dtype == torch.float32
     assert bgr[:, 0, 1].tolist() == [60.0, 50.0, 40.0]
@@ -75,33 +89,41 @@ def test_to_tensor_formats():
 
 def test_build_transforms_from_cfg():
     cfg = CN()
-    cfg.INPUT = CN(dict(MIN_SIZE_TRAIN=(64,), MAX_SIZE_TRAIN=100, MIN_SIZE_TEST=32,
-                        MAX_SIZE_TEST=50, TO_BGR255=False, HORIZONTAL_FLIP_PROB_TRAIN=1.0))
+    cfg.INPUT = CN(
+        dict(
+            MIN_SIZE_TRAIN=(64,),
+            MAX_SIZE_TRAIN=100,
+            MIN_SIZE_TEST=32,
+            MAX_SIZE_TEST=50,
+            TO_BGR255=False,
+            HORIZONTAL_FLIP_PROB_TRAIN=1.0,
+        )
+    )
     train, test = build_transforms(cfg, True), build_transforms(cfg, False)
     assert isinstance(train, Compose)
     image = Image.new("RGB", (80, 40), (255, 0, 0))
     target = {"boxes": torch.tensor([[0.0, 0.0, 20.0, 10.0]]), "size": (40, 80)}
     x, t = train(image, target)
-    assert x.shape == (3, 50, 100) and t["size"] == (50, 100)    # capped by MAX_SIZE_TRAIN
+    assert x.shape == (3, 50, 100) and t["size"] == (50, 100)  # capped by MAX_SIZE_TRAIN
     torch.testing.assert_close(t["boxes"], torch.tensor([[75.0, 0.0, 100.0, 12.5]]))  # flipped
-    assert x[0].max() == 1.0                                       # RGB 0-1
+    assert x[0].max() == 1.0  # RGB 0-1
     x, t = test(image, target)
     assert x.shape == (3, 25, 50)
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    pixels = np.zeros((20, 40, 3), np.uint8)        # stored 40 wide, 20 high
-    pixels[:, :20] = (255, 0, 0)                    # left half red
-    pixels[:, 20:] = (0, 0, 255)                    # right half blue
+    pixels = np.zeros((20, 40, 3), np.uint8)  # stored 40 wide, 20 high
+    pixels[:, :20] = (255, 0, 0)  # left half red
+    pixels[:, 20:] = (0, 0, 255)  # right half blue
     exif = Image.Exif()
-    exif[0x0112] = 6                                # "rotate 90 CW to display"
+    exif[0x0112] = 6  # "rotate 90 CW to display"
     path = tmp_path / "rotated.jpg"
     Image.fromarray(pixels).save(path, exif=exif, quality=100)
     image = read_image(str(path))
-    assert image.size == (20, 40)                   # displayed 20 wide, 40 high
+    assert image.size == (20, 40)  # displayed 20 wide, 40 high
     shown = np.asarray(image).astype(int)
-    assert shown[5, 10, 0] > 200 and shown[5, 10, 2] < 60     # top: red (the stored left)
-    assert shown[35, 10, 2] > 200 and shown[35, 10, 0] < 60   # bottom: blue
+    assert shown[5, 10, 0] > 200 and shown[5, 10, 2] < 60  # top: red (the stored left)
+    assert shown[35, 10, 2] > 200 and shown[35, 10, 0] < 60  # bottom: blue
 
 
 def test_grayscale_and_rgba_become_rgb(tmp_path):

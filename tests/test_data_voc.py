@@ -1,4 +1,5 @@
 """VOCDataset: XML parsing, 1-based corners, difficult objects, COCO view for evaluation."""
+
 import pytest
 import torch
 from PIL import Image
@@ -11,9 +12,13 @@ def _xml(width, height, objects):
     objs = "".join(
         f"<object><name>{n}</name><pose>Left</pose><truncated>0</truncated>"
         f"<difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b, d in objects)
-    return (f"<annotation><folder>VOC2007</folder><size><width>{width}</width>"
-            f"<height>{height}</height><depth>3</depth></size>{objs}</annotation>")
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for n, b, d in objects
+    )
+    return (
+        f"<annotation><folder>VOC2007</folder><size><width>{width}</width>"
+        f"<height>{height}</height><depth>3</depth></size>{objs}</annotation>"
+    )
 
 
 @pytest.fixture
@@ -23,7 +28,7 @@ def voc_root(tmp_path):
         (root / sub).mkdir(parents=True)
     records = {
         "000005": (60, 40, [("dog", (1, 2, 30, 20), 0), ("person", (10, 5, 60, 40), 1)]),
-        "000007": (50, 70, [("cat", (5, 5, 20, 20), 1)]),   # difficult only
+        "000007": (50, 70, [("cat", (5, 5, 20, 20), 1)]),  # difficult only
     }
     for stem, (w, h, objs) in records.items():
         (root / "Annotations" / f"{stem}.xml").write_text(_xml(w, h, objs))
@@ -43,7 +48,7 @@ def test_parse_voc_xml_corners_and_difficult(voc_root):
     assert (rec["height"], rec["width"]) == (40, 60)
     # 1-based inclusive corners: (xmin - 1, ymin - 1, xmax, ymax).
     assert rec["boxes"].tolist() == [[0, 1, 30, 20], [9, 4, 60, 40]]
-    assert rec["labels"].tolist() == [12, 15]        # dog, person
+    assert rec["labels"].tolist() == [12, 15]  # dog, person
     assert rec["difficult"].tolist() == [False, True]
 
 

@@ -1,6 +1,7 @@
 """drdet.layers.dr_loss against an independent float64 pure-PyTorch implementation of the
 paper's formula (masks + softmax, one group at a time), hand-computed cases, gradcheck, the
 appendix-A gradient, edge cases, CUDA vs CPU, opcheck and torch.compile."""
+
 import math
 
 import pytest
@@ -27,8 +28,9 @@ from drdet.layers.cpu_isa import use_cpu_isa
 @pytest.mark.parametrize("grouping", ["none", "sorted", "unsorted"])
 def test_matches_reference(device, smoothing, pairing, grouping):
     groups = None if grouping == "none" else 3
-    logits, labels, gids = random_inputs(groups=groups, device=device,
-                                         sorted_groups=grouping == "sorted")
+    logits, labels, gids = random_inputs(
+        groups=groups, device=device, sorted_groups=grouping == "sorted"
+    )
     kw = dict(smoothing=smoothing, pairing=pairing, rho=0.3)
     loss, grad = loss_and_grad(dr_loss, logits, labels, gids, **kw)
     ref_loss, ref_grad = loss_and_grad(reference, logits.double(), labels, gids, **kw)
@@ -77,22 +79,34 @@ def test_hand_computed_two_levels():
     expected = tau * math.log1p(math.exp(L * z)) / L
     got = dr_loss(logits, labels, pos_lambda=lam_p, neg_lambda=lam_n, tau=tau, L=L, margin=m)
     assert got.item() == pytest.approx(expected, rel=1e-12)
-    negonly = tau * sum(math.log1p(math.exp(L * (neg_mean - pj + m))) / L
-                        for pj in (0.75, 0.25)) / 2
-    got = dr_loss(logits, labels, pos_lambda=lam_p, neg_lambda=lam_n, tau=tau, L=L, margin=m,
-                  pairing="negonly")
+    negonly = (
+        tau * sum(math.log1p(math.exp(L * (neg_mean - pj + m))) / L for pj in (0.75, 0.25)) / 2
+    )
+    got = dr_loss(
+        logits,
+        labels,
+        pos_lambda=lam_p,
+        neg_lambda=lam_n,
+        tau=tau,
+        L=L,
+        margin=m,
+        pairing="negonly",
+    )
     assert got.item() == pytest.approx(negonly, rel=1e-12)
 
 
 @pytest.mark.parametrize("smoothing", SMOOTHINGS)
 @pytest.mark.parametrize("pairing", PAIRINGS)
 def test_gradcheck(smoothing, pairing):
-    logits, labels, gids = random_inputs(n=12, c=3, groups=2, dtype=torch.float64,
-                                         sorted_groups=False)
+    logits, labels, gids = random_inputs(
+        n=12, c=3, groups=2, dtype=torch.float64, sorted_groups=False
+    )
     labels[0], labels[1] = 1, 0  # at least one positive and one negative row
     x = logits.requires_grad_(True)
-    fn = lambda t: dr_loss(t, labels, gids, num_groups=2, smoothing=smoothing,  # noqa: E731
-                           pairing=pairing, rho=0.7)
+
+    def fn(t):
+        return dr_loss(t, labels, gids, num_groups=2, smoothing=smoothing, pairing=pairing, rho=0.7)
+
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-7)
 
 
@@ -118,6 +132,7 @@ def test_appendix_a_gradient():
 
 
 # ---------------------------------------------------------------- edge cases
+
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_group_without_positive_uses_p_plus_one(device):
@@ -211,8 +226,9 @@ def test_fixed_and_row_max_shift_paths(device, inv_lambda, c):
     kw = dict(neg_lambda=1.0 / inv_lambda, pos_lambda=1.0 / inv_lambda)
     for pairing in PAIRINGS:
         loss, grad = loss_and_grad(dr_loss, logits, labels, gids, pairing=pairing, **kw)
-        ref_loss, ref_grad = loss_and_grad(reference, logits.double(), labels, gids,
-                                           pairing=pairing, **kw)
+        ref_loss, ref_grad = loss_and_grad(
+            reference, logits.double(), labels, gids, pairing=pairing, **kw
+        )
         torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-7)
 
@@ -239,8 +255,9 @@ def test_low_precision_inputs(device, dtype):
     assert loss.dtype == dtype and grad.dtype == dtype
     tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
     torch.testing.assert_close(loss.double(), ref_loss, rtol=tol, atol=tol)
-    torch.testing.assert_close(grad.double(), ref_grad, rtol=4 * tol,
-                               atol=4 * tol * ref_grad.abs().max().item())
+    torch.testing.assert_close(
+        grad.double(), ref_grad, rtol=4 * tol, atol=4 * tol * ref_grad.abs().max().item()
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -260,8 +277,9 @@ def test_non_contiguous_inputs(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_unsorted_group_ids_equal_sorted(device):
-    logits, labels, gids = random_inputs(n=120, c=4, groups=4, device=device, dtype=torch.float64,
-                                         sorted_groups=False)
+    logits, labels, gids = random_inputs(
+        n=120, c=4, groups=4, device=device, dtype=torch.float64, sorted_groups=False
+    )
     perm = torch.argsort(gids)
     loss, grad = loss_and_grad(dr_loss, logits, labels, gids)
     loss_s, grad_s = loss_and_grad(dr_loss, logits[perm], labels[perm], gids[perm])
@@ -294,45 +312,89 @@ def test_deterministic_across_thread_counts():
 def test_module_matches_function():
     logits, labels, gids = random_inputs(groups=2)
     module = DRLoss(neg_lambda=0.2, smoothing="quadratic", rho=0.4, pairing="negonly")
-    expected = dr_loss(logits, labels, gids, neg_lambda=0.2, smoothing="quadratic", rho=0.4,
-                       pairing="negonly")
+    expected = dr_loss(
+        logits, labels, gids, neg_lambda=0.2, smoothing="quadratic", rho=0.4, pairing="negonly"
+    )
     torch.testing.assert_close(module(logits, labels, gids), expected)
     assert "negonly" in repr(module)
 
 
 def test_params_object_and_keywords_are_the_same_loss():
     logits, labels, gids = random_inputs(groups=3)
-    params = DRLossParams(pos_lambda=0.7, neg_lambda=0.05, L=4.0, margin=0.3, tau=2.0,
-                          smoothing="quadratic", rho=0.6, pairing="negonly")
-    expected = reference(logits, labels, gids, 3, pos_lambda=0.7, neg_lambda=0.05, L=4.0,
-                         margin=0.3, tau=2.0, smoothing="quadratic", rho=0.6, pairing="negonly")
+    params = DRLossParams(
+        pos_lambda=0.7,
+        neg_lambda=0.05,
+        L=4.0,
+        margin=0.3,
+        tau=2.0,
+        smoothing="quadratic",
+        rho=0.6,
+        pairing="negonly",
+    )
+    expected = reference(
+        logits,
+        labels,
+        gids,
+        3,
+        pos_lambda=0.7,
+        neg_lambda=0.05,
+        L=4.0,
+        margin=0.3,
+        tau=2.0,
+        smoothing="quadratic",
+        rho=0.6,
+        pairing="negonly",
+    )
     torch.testing.assert_close(dr_loss(logits, labels, gids, params=params).double(), expected)
     torch.testing.assert_close(DRLoss(params)(logits, labels, gids).double(), expected)
     # keywords replace fields of params; the rest keeps params' values
-    hinge = reference(logits, labels, gids, 3, pos_lambda=0.7, neg_lambda=0.05, L=4.0,
-                      margin=0.3, tau=2.0, smoothing="hinge", rho=0.6, pairing="negonly")
+    hinge = reference(
+        logits,
+        labels,
+        gids,
+        3,
+        pos_lambda=0.7,
+        neg_lambda=0.05,
+        L=4.0,
+        margin=0.3,
+        tau=2.0,
+        smoothing="hinge",
+        rho=0.6,
+        pairing="negonly",
+    )
     torch.testing.assert_close(
-        dr_loss(logits, labels, gids, params=params, smoothing="hinge").double(), hinge)
+        dr_loss(logits, labels, gids, params=params, smoothing="hinge").double(), hinge
+    )
     assert params.smoothing == "quadratic"  # frozen, not modified by the override
 
 
 def test_params_defaults_and_op_argument_order():
     params = DRLossParams()
-    assert params.as_op_args() == (1.0, 0.1 / math.log(3.5), 6.0, 0.5, 4.0, "logistic", 0.5,
-                                   "dr")
+    assert params.as_op_args() == (1.0, 0.1 / math.log(3.5), 6.0, 0.5, 4.0, "logistic", 0.5, "dr")
     # the op's schema lists the parameters in the dataclass' field order
     schema = ops.dr_loss_forward.default._schema
     names = [a.name for a in schema.arguments][4:]
-    assert names == ["pos_lambda", "neg_lambda", "L", "margin", "tau", "smoothing", "rho",
-                     "pairing"]
+    assert names == [
+        "pos_lambda",
+        "neg_lambda",
+        "L",
+        "margin",
+        "tau",
+        "smoothing",
+        "rho",
+        "pairing",
+    ]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(tau=0.0), "tau must be"),
-    (dict(margin=-0.5), "margin must be"),
-    (dict(L=float("inf")), "L must be"),
-    (dict(rho=-1.0), "rho must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(tau=0.0), "tau must be"),
+        (dict(margin=-0.5), "margin must be"),
+        (dict(L=float("inf")), "L must be"),
+        (dict(rho=-1.0), "rho must be"),
+    ],
+)
 def test_params_validate_once_naming_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match) as err:
         DRLossParams(**kwargs)
@@ -351,15 +413,19 @@ def test_unknown_keyword_is_a_type_error():
 
 # ---------------------------------------------------------------- invalid input
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(pos_lambda=0.0), "pos_lambda"),
-    (dict(neg_lambda=-1.0), "neg_lambda"),
-    (dict(L=0.0), "L must be"),
-    (dict(smoothing="cubic"), "smoothing"),
-    (dict(pairing="all"), "pairing"),
-    (dict(smoothing="quadratic", rho=0.0), "rho"),
-    (dict(num_groups=0), "num_groups"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(pos_lambda=0.0), "pos_lambda"),
+        (dict(neg_lambda=-1.0), "neg_lambda"),
+        (dict(L=0.0), "L must be"),
+        (dict(smoothing="cubic"), "smoothing"),
+        (dict(pairing="all"), "pairing"),
+        (dict(smoothing="quadratic", rho=0.0), "rho"),
+        (dict(num_groups=0), "num_groups"),
+    ],
+)
 def test_bad_parameters(kwargs, match):
     logits, labels, _ = random_inputs(n=10, c=3)
     with pytest.raises(ValueError, match=match):
@@ -386,12 +452,12 @@ def test_bad_inputs():
 
 # ---------------------------------------------------------------- CUDA vs CPU, dispatcher
 
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
 @pytest.mark.parametrize("pairing", PAIRINGS)
 def test_cuda_matches_cpu(dtype, pairing):
-    logits, labels, gids = random_inputs(n=3000, c=80, groups=4, dtype=dtype,
-                                         sorted_groups=False)
+    logits, labels, gids = random_inputs(n=3000, c=80, groups=4, dtype=dtype, sorted_groups=False)
     cpu = loss_and_grad(dr_loss, logits, labels, gids, pairing=pairing)
     gpu = loss_and_grad(dr_loss, logits.cuda(), labels.cuda(), gids.cuda(), pairing=pairing)
     tol = 1e-3 if dtype == torch.float16 else 1e-5
@@ -402,8 +468,20 @@ def test_cuda_matches_cpu(dtype, pairing):
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     logits, labels, gids = random_inputs(n=40, c=5, groups=2, device=device)
-    args = (logits.requires_grad_(True), labels, gids, 2, 1.0, NEG_LAMBDA, 6.0, 0.5, 4.0,
-            "logistic", 0.5, "dr")
+    args = (
+        logits.requires_grad_(True),
+        labels,
+        gids,
+        2,
+        1.0,
+        NEG_LAMBDA,
+        6.0,
+        0.5,
+        4.0,
+        "logistic",
+        0.5,
+        "dr",
+    )
     torch.library.opcheck(ops.dr_loss_forward.default, args)
     args_negonly = args[:9] + ("quadratic", 0.5, "negonly")
     torch.library.opcheck(ops.dr_loss_forward.default, args_negonly)

@@ -1,4 +1,5 @@
 """The training loop's guards and hooks, and the multi-scale / flip test, on small stand-ins."""
+
 import math
 
 import pytest
@@ -37,8 +38,18 @@ def _batches():
 
 def _setup(tmp_path, nan_at):
     cfg = get_cfg()
-    cfg.merge_from_list(["SOLVER.MAX_ITER", 5, "SOLVER.WARMUP_ITERS", 0, "SOLVER.LOG_PERIOD", 1,
-                         "OUTPUT_DIR", str(tmp_path)])
+    cfg.merge_from_list(
+        [
+            "SOLVER.MAX_ITER",
+            5,
+            "SOLVER.WARMUP_ITERS",
+            0,
+            "SOLVER.LOG_PERIOD",
+            1,
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ]
+    )
     model = _ToyDetector(nan_at)
     opt = make_optimizer(cfg, model)
     sched = make_lr_scheduler(cfg, opt)
@@ -73,10 +84,16 @@ def test_finite_run_writes_final_checkpoint_and_metrics(tmp_path):
 
 
 def test_merge_detections_keeps_best_per_class():
-    a = {"boxes": torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]]),
-         "scores": torch.tensor([0.9, 0.3]), "labels": torch.tensor([1, 2])}
-    b = {"boxes": torch.tensor([[1.0, 0, 10, 10], [0, 0, 10, 10]]),
-         "scores": torch.tensor([0.8, 0.7]), "labels": torch.tensor([1, 2])}
+    a = {
+        "boxes": torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]]),
+        "scores": torch.tensor([0.9, 0.3]),
+        "labels": torch.tensor([1, 2]),
+    }
+    b = {
+        "boxes": torch.tensor([[1.0, 0, 10, 10], [0, 0, 10, 10]]),
+        "scores": torch.tensor([0.8, 0.7]),
+        "labels": torch.tensor([1, 2]),
+    }
     merged = merge_detections([a, b], nms_thresh=0.5, max_detections=10)
     # class 1: 0.8 box overlaps the 0.9 box (IoU 0.9) -> suppressed; class 2 boxes are disjoint
     assert merged["scores"].tolist() == pytest.approx([0.9, 0.7, 0.3])
@@ -92,8 +109,13 @@ class _FixedDetector(nn.Module):
         for img, (h, w) in zip(images, original_sizes):
             sh, sw = h / img.shape[1], w / img.shape[2]
             box = torch.tensor([[0.0, 0.0, img.shape[2] / 4, img.shape[1] / 2]])
-            out.append({"boxes": box * torch.tensor([sw, sh, sw, sh]),
-                        "scores": torch.tensor([0.5]), "labels": torch.tensor([1])})
+            out.append(
+                {
+                    "boxes": box * torch.tensor([sw, sh, sw, sh]),
+                    "scores": torch.tensor([0.5]),
+                    "labels": torch.tensor([1]),
+                }
+            )
         return out
 
 
@@ -191,8 +213,9 @@ def test_user_hook_runs_after_the_builtin_actions_of_every_iteration(tmp_path):
 def test_a_hook_can_end_the_run_and_after_train_runs_on_failure(tmp_path):
     cfg, model, opt, sched, ckpt = _setup(tmp_path, nan_at=-1)
     hook = _RecordingHook(tmp_path, stop_at=3)
-    assert do_train(cfg, model, _batches(), opt, sched, ckpt, torch.device("cpu"),
-                    hooks=[hook]) == 3
+    assert (
+        do_train(cfg, model, _batches(), opt, sched, ckpt, torch.device("cpu"), hooks=[hook]) == 3
+    )
     assert hook.iterations == [1, 2, 3] and hook.events[-1] == ("after_train", 3)
     assert not (tmp_path / "model_final.pth").exists()
 
@@ -211,10 +234,13 @@ def test_should_stop_saves_the_current_iteration_and_returns_it(tmp_path):
         polls.append(1)
         return len(polls) >= 2
 
-    assert do_train(cfg, model, _batches(), opt, sched, ckpt, torch.device("cpu"),
-                    should_stop=should_stop) == 2
+    assert (
+        do_train(
+            cfg, model, _batches(), opt, sched, ckpt, torch.device("cpu"), should_stop=should_stop
+        )
+        == 2
+    )
     saved = torch.load(tmp_path / "model_0000002.pth", weights_only=True)
     assert saved["iteration"] == 2 and "rng" in saved
     torch.testing.assert_close(saved["model"]["w"], model.w.detach())
     assert not (tmp_path / "model_final.pth").exists()
-

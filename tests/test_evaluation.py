@@ -7,8 +7,14 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from drdet.evaluation import (evaluate_coco, evaluate_voc, gather_predictions, merge_predictions,
-                              predictions_to_coco_results, voc_ap)
+from drdet.evaluation import (
+    evaluate_coco,
+    evaluate_voc,
+    gather_predictions,
+    merge_predictions,
+    predictions_to_coco_results,
+    voc_ap,
+)
 
 # Non-contiguous json category ids 1, 3, 7 <-> contiguous labels 1, 2, 3.
 CONTIGUOUS_TO_JSON = {1: 1, 2: 3, 3: 7}
@@ -22,15 +28,24 @@ GT_BOXES = {
 
 def _coco_gt():
     dataset = {
-        "images": [{"id": i, "width": 256, "height": 256, "file_name": f"{i}.jpg"} for i in GT_BOXES],
+        "images": [
+            {"id": i, "width": 256, "height": 256, "file_name": f"{i}.jpg"} for i in GT_BOXES
+        ],
         "categories": [{"id": c, "name": n} for c, n in [(1, "cat"), (3, "dog"), (7, "bird")]],
         "annotations": [],
     }
     for image_id, boxes in GT_BOXES.items():
         for cat, x1, y1, x2, y2 in boxes:
-            dataset["annotations"].append({
-                "id": len(dataset["annotations"]) + 1, "image_id": image_id, "category_id": cat,
-                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            dataset["annotations"].append(
+                {
+                    "id": len(dataset["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
     coco = COCO()
     coco.dataset = copy.deepcopy(dataset)
     coco.createIndex()
@@ -42,16 +57,28 @@ def _perfect_predictions(shift=0.0):
     json_to_contiguous = {v: k for k, v in CONTIGUOUS_TO_JSON.items()}
     preds = {}
     for image_id, boxes in GT_BOXES.items():
-        b = torch.tensor([[x1 + shift * (x2 - x1), y1, x2 + shift * (x2 - x1), y2]
-                          for _, x1, y1, x2, y2 in boxes])
-        preds[image_id] = {"boxes": b, "scores": torch.full((len(boxes),), 0.9),
-                           "labels": torch.tensor([json_to_contiguous[c] for c, *_ in boxes])}
+        b = torch.tensor(
+            [
+                [x1 + shift * (x2 - x1), y1, x2 + shift * (x2 - x1), y2]
+                for _, x1, y1, x2, y2 in boxes
+            ]
+        )
+        preds[image_id] = {
+            "boxes": b,
+            "scores": torch.full((len(boxes),), 0.9),
+            "labels": torch.tensor([json_to_contiguous[c] for c, *_ in boxes]),
+        }
     return preds
 
 
 def test_perfect_predictions_give_ap_one(tmp_path):
-    metrics = evaluate_coco(_coco_gt(), _perfect_predictions(), CONTIGUOUS_TO_JSON,
-                            output_folder=str(tmp_path), per_category=True)
+    metrics = evaluate_coco(
+        _coco_gt(),
+        _perfect_predictions(),
+        CONTIGUOUS_TO_JSON,
+        output_folder=str(tmp_path),
+        per_category=True,
+    )
     for key in ("AP", "AP50", "AP75", "APm", "APl", "AP-cat", "AP-dog", "AP-bird"):
         assert metrics[key] == pytest.approx(1.0), key
     assert metrics["APs"] == -1.0  # no small ground truth: pycocotools' "undefined"
@@ -75,10 +102,17 @@ def _direct_cocoeval(preds):
     coco_gt = _coco_gt()
     results = []
     for image_id, p in preds.items():
-        for (x1, y1, x2, y2), s, l in zip(p["boxes"].tolist(), p["scores"].tolist(),
-                                          p["labels"].tolist()):
-            results.append({"image_id": image_id, "category_id": CONTIGUOUS_TO_JSON[l],
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
+        for (x1, y1, x2, y2), s, l in zip(
+            p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist()
+        ):
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": CONTIGUOUS_TO_JSON[l],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": s,
+                }
+            )
     ev = COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
     ev.evaluate()
     ev.accumulate()
@@ -97,9 +131,11 @@ def test_random_predictions_match_pycocotools():
         k = 6
         xy = torch.rand(k, 2, generator=g) * 150
         wh = 20 + torch.rand(k, 2, generator=g) * 100
-        preds[image_id] = {"boxes": torch.cat([xy, xy + wh], 1),
-                           "scores": torch.rand(k, generator=g),
-                           "labels": torch.randint(1, 4, (k,), generator=g)}
+        preds[image_id] = {
+            "boxes": torch.cat([xy, xy + wh], 1),
+            "scores": torch.rand(k, generator=g),
+            "labels": torch.randint(1, 4, (k,), generator=g),
+        }
     # add the true boxes at low scores so that AP is neither 0 nor 1
     for image_id, p in _perfect_predictions(shift=0.05).items():
         for key in ("boxes", "scores", "labels"):
@@ -111,27 +147,42 @@ def test_random_predictions_match_pycocotools():
 
 
 def test_category_id_mapping_round_trip():
-    preds = {1: {"boxes": np.array([[1.0, 2.0, 11.0, 22.0]]), "scores": np.array([0.5]),
-                 "labels": np.array([2])},
-             3: {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)}}
+    preds = {
+        1: {
+            "boxes": np.array([[1.0, 2.0, 11.0, 22.0]]),
+            "scores": np.array([0.5]),
+            "labels": np.array([2]),
+        },
+        3: {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)},
+    }
     results = predictions_to_coco_results(preds, CONTIGUOUS_TO_JSON)
-    assert results == [{"image_id": 1, "category_id": 3, "bbox": [1.0, 2.0, 10.0, 20.0],
-                        "score": 0.5}]
+    assert results == [
+        {"image_id": 1, "category_id": 3, "bbox": [1.0, 2.0, 10.0, 20.0], "score": 0.5}
+    ]
     json_to_contiguous = {v: k for k, v in CONTIGUOUS_TO_JSON.items()}
     assert [json_to_contiguous[r["category_id"]] for r in results] == [2]
     # A wrong map (labels shifted by one class) must ruin the AP of the right boxes.
     wrong = {1: 3, 2: 7, 3: 1}
     assert evaluate_coco(_coco_gt(), _perfect_predictions(), wrong)["AP"] == pytest.approx(0.0)
     with pytest.raises(ValueError, match=r"labels \[4\]"):
-        predictions_to_coco_results({1: {"boxes": np.zeros((1, 4)), "scores": np.ones(1),
-                                         "labels": np.array([4])}}, CONTIGUOUS_TO_JSON)
+        predictions_to_coco_results(
+            {1: {"boxes": np.zeros((1, 4)), "scores": np.ones(1), "labels": np.array([4])}},
+            CONTIGUOUS_TO_JSON,
+        )
 
 
 def test_empty_predictions_give_zero(tmp_path):
-    empty = {i: {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
-                 "labels": torch.zeros(0, dtype=torch.int64)} for i in GT_BOXES}
-    metrics = evaluate_coco(_coco_gt(), empty, CONTIGUOUS_TO_JSON, output_folder=str(tmp_path),
-                            per_category=True)
+    empty = {
+        i: {
+            "boxes": torch.zeros(0, 4),
+            "scores": torch.zeros(0),
+            "labels": torch.zeros(0, dtype=torch.int64),
+        }
+        for i in GT_BOXES
+    }
+    metrics = evaluate_coco(
+        _coco_gt(), empty, CONTIGUOUS_TO_JSON, output_folder=str(tmp_path), per_category=True
+    )
     assert all(v == 0.0 for v in metrics.values()) and "AP-bird" in metrics
     assert (tmp_path / "bbox.json").read_text() == "[]"
 
@@ -166,12 +217,20 @@ def test_merge_predictions_checks_each_image_once():
 
 def test_voc_ap_hand_computed():
     # One class; image 1 has a normal and a difficult box, image 2 one box: 2 positives.
-    gt = {1: {"boxes": [[0, 0, 10, 10], [20, 20, 30, 30]], "labels": [1, 1],
-              "difficult": [False, True]},
-          2: {"boxes": [[0, 0, 10, 10], [50, 50, 60, 60]], "labels": [1, 3], "difficult": [0, 0]}}
+    gt = {
+        1: {
+            "boxes": [[0, 0, 10, 10], [20, 20, 30, 30]],
+            "labels": [1, 1],
+            "difficult": [False, True],
+        },
+        2: {"boxes": [[0, 0, 10, 10], [50, 50, 60, 60]], "labels": [1, 3], "difficult": [0, 0]},
+    }
     preds = {
-        1: {"boxes": [[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 9]],
-            "scores": [0.9, 0.7, 0.5], "labels": [1, 1, 1]},
+        1: {
+            "boxes": [[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 9]],
+            "scores": [0.9, 0.7, 0.5],
+            "labels": [1, 1, 1],
+        },
         2: {"boxes": [[5, 5, 15, 15], [0, 0, 10, 10]], "scores": [0.8, 0.6], "labels": [1, 1]},
     }
     # score order: .9 TP, .8 FP (IoU 25/175), .7 difficult (ignored), .6 TP, .5 FP (duplicate)
@@ -185,5 +244,6 @@ def test_voc_ap_hand_computed():
     assert np.isnan(out["ap"][2])  # no ground truth of class 2
     assert out["ap"][3] == 0.0  # ground truth, no detection
     assert out07["mAP"] == pytest.approx(ap07 / 2)
-    assert voc_ap(np.array([0.5, 1.0]), np.array([1.0, 0.5]), use_07_metric=False) == \
-        pytest.approx(0.75)
+    assert voc_ap(np.array([0.5, 1.0]), np.array([1.0, 0.5]), use_07_metric=False) == pytest.approx(
+        0.75
+    )

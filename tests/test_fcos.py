@@ -26,17 +26,28 @@ INF = math.inf
 
 def _assign(points, sizes, ranges, boxes, radius=0.0, valid=None):
     boxes = torch.tensor(boxes, dtype=torch.float32)[None]
-    valid = torch.ones(boxes.shape[:2], dtype=torch.bool) if valid is None else \
-        torch.tensor([valid])
-    return assign_locations(torch.tensor(points, dtype=torch.float32),
-                            torch.tensor(sizes, dtype=torch.float32),
-                            torch.tensor(ranges, dtype=torch.float32), boxes, valid, radius)[0]
+    valid = (
+        torch.ones(boxes.shape[:2], dtype=torch.bool) if valid is None else torch.tensor([valid])
+    )
+    return assign_locations(
+        torch.tensor(points, dtype=torch.float32),
+        torch.tensor(sizes, dtype=torch.float32),
+        torch.tensor(ranges, dtype=torch.float32),
+        boxes,
+        valid,
+        radius,
+    )[0]
 
 
 # ---------------------------------------------------------------- assignment
 def test_level_ranges():
     assert level_ranges((64, 128, 256, 512), 5) == [
-        (0.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, INF)]
+        (0.0, 64.0),
+        (64.0, 128.0),
+        (128.0, 256.0),
+        (256.0, 512.0),
+        (512.0, INF),
+    ]
     with pytest.raises(ValueError, match="5 levels need 4"):
         level_ranges((64, 128), 5)
 
@@ -106,15 +117,20 @@ def test_centerness_values():
 
 def test_locations_of_each_convention():
     feats = [torch.zeros(1, 1, 2, 3), torch.zeros(1, 1, 1, 2)]
-    points = [(a[:, :2] + a[:, 2:]) / 2
-              for a in location_generator([8, 16], "exact")(feats, (16, 24))]
+    points = [
+        (a[:, :2] + a[:, 2:]) / 2 for a in location_generator([8, 16], "exact")(feats, (16, 24))
+    ]
     assert points[0].tolist() == [[0, 0], [8, 0], [16, 0], [0, 8], [8, 8], [16, 8]]
     assert points[1].tolist() == [[0, 0], [16, 0]]
-    shifted = [(a[:, :2] + a[:, 2:]) / 2
-               for a in location_generator([8, 16], "maskrcnn_benchmark")(feats, (16, 24))]
+    shifted = [
+        (a[:, :2] + a[:, 2:]) / 2
+        for a in location_generator([8, 16], "maskrcnn_benchmark")(feats, (16, 24))
+    ]
     assert shifted[1].tolist() == [[8, 8], [24, 8]]
-    tv = [(a[:, :2] + a[:, 2:]) / 2
-          for a in location_generator([8, 16], "torchvision")(feats, (16, 24))]
+    tv = [
+        (a[:, :2] + a[:, 2:]) / 2
+        for a in location_generator([8, 16], "torchvision")(feats, (16, 24))
+    ]
     assert tv[1].tolist() == [[0, 0], [12, 0]]  # 24 // 2 = 12 px between columns
 
 
@@ -130,13 +146,18 @@ class _Recorder:
 
 def _one_level(num_images=2, height=4, width=5, stride=8, num_classes=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.arange(height) * stride, torch.arange(width) * stride,
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height) * stride, torch.arange(width) * stride, indexing="ij"
+    )
     points = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).float()
     n = points.shape[0]
-    return ([points], [stride], [torch.randn(num_images, n, num_classes, generator=g)],
-            [torch.rand(num_images, n, 4, generator=g) * 20],
-            [torch.randn(num_images, n, generator=g)])
+    return (
+        [points],
+        [stride],
+        [torch.randn(num_images, n, num_classes, generator=g)],
+        [torch.rand(num_images, n, 4, generator=g) * 20],
+        [torch.randn(num_images, n, generator=g)],
+    )
 
 
 def test_labels_normalizer_and_box_losses_by_hand():
@@ -144,8 +165,10 @@ def test_labels_normalizer_and_box_losses_by_hand():
     recorder = _Recorder()
     loss = FCOSLossComputation(3, recorder, [(0, INF)], center_sampling_radius=0.0)
     # image 0: one box covering (8, 8) and (16, 8) only; image 1: none.
-    targets = [{"boxes": torch.tensor([[4.0, 5.0, 20.0, 12.0]]), "labels": torch.tensor([2])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 5.0, 20.0, 12.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
     out = loss(points, strides, cls, dist, ctr, targets)
     labels, normalizer = recorder.calls[0]
     expected = torch.zeros(2, 20, dtype=torch.int64)
@@ -159,8 +182,9 @@ def test_labels_normalizer_and_box_losses_by_hand():
         pred = torch.tensor([[x - l_, y - t_, x + r_, y + b_]])
         reg += float(iou_loss(pred, box, "giou"))
         lt = (x - 4.0, y - 5.0, 20.0 - x, 12.0 - y)
-        target = math.sqrt(min(lt[0], lt[2]) / max(lt[0], lt[2])
-                           * min(lt[1], lt[3]) / max(lt[1], lt[3]))
+        target = math.sqrt(
+            min(lt[0], lt[2]) / max(lt[0], lt[2]) * min(lt[1], lt[3]) / max(lt[1], lt[3])
+        )
         bce += float(F.binary_cross_entropy_with_logits(ctr[0][0, idx], torch.tensor(target)))
     assert out["loss_reg"].item() == pytest.approx(reg / 2, rel=1e-5)
     assert out["loss_centerness"].item() == pytest.approx(bce / 2, rel=1e-5)
@@ -187,8 +211,14 @@ def test_images_without_boxes():
     assert out["loss_reg"].item() == 0.0 and out["loss_centerness"].item() == 0.0
     sum(out.values()).backward()  # a graph without positives still backpropagates
     with pytest.raises(ValueError, match="image 1 of the batch.*degenerate"):
-        loss(points, strides, cls, dist, ctr,
-             [empty, {"boxes": torch.tensor([[5.0, 5.0, 5.0, 9.0]]), "labels": torch.tensor([1])}])
+        loss(
+            points,
+            strides,
+            cls,
+            dist,
+            ctr,
+            [empty, {"boxes": torch.tensor([[5.0, 5.0, 5.0, 9.0]]), "labels": torch.tensor([1])}],
+        )
 
 
 def _dr_reference(logits, labels, pos_lambda, neg_lambda, L, margin, tau):
@@ -212,15 +242,20 @@ def test_dr_loss_on_fcos_ranks_location_class_entries_per_image():
     cfg.merge_from_list(["MODEL.DR_LOSS.GROUPING", "image"])
     points, strides, cls, dist, ctr = _one_level(num_images=2, seed=4)
     loss = FCOSLossComputation(3, build_dr_loss(cfg), [(0, INF)], center_sampling_radius=0.0)
-    targets = [{"boxes": torch.tensor([[4.0, 5.0, 20.0, 12.0], [20.0, 10.0, 36.0, 30.0]]),
-                "labels": torch.tensor([2, 3])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    targets = [
+        {
+            "boxes": torch.tensor([[4.0, 5.0, 20.0, 12.0], [20.0, 10.0, 36.0, 30.0]]),
+            "labels": torch.tensor([2, 3]),
+        },
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
     out = loss(points, strides, cls, dist, ctr, targets)
     labels = loss.prepare_targets(points, strides, targets)["labels"]
     assert int((labels > 0).sum()) >= 4
     d = cfg.MODEL.DR_LOSS
-    expected = _dr_reference(torch.cat(cls, 1).double(), labels, d.POS_LAMBDA, d.NEG_LAMBDA,
-                             d.L, d.MARGIN, d.TAU)
+    expected = _dr_reference(
+        torch.cat(cls, 1).double(), labels, d.POS_LAMBDA, d.NEG_LAMBDA, d.L, d.MARGIN, d.TAU
+    )
     assert out["loss_cls"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -236,22 +271,42 @@ def test_centerness_weighted_scores():
 # ---------------------------------------------------------------- the detector from a config
 def _cfg(*overrides):
     cfg = get_cfg()
-    cfg.merge_from_list([
-        "MODEL.META_ARCHITECTURE", "FCOS", "MODEL.DEVICE", "cpu",
-        "MODEL.BACKBONE.CONV_BODY", "R-18-FPN-RETINANET", "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
-        32, "MODEL.FCOS.NUM_CONVS", 1, "MODEL.RETINANET.NUM_CLASSES", 4,
-        "MODEL.RETINANET.USE_C5", False, "MODEL.GROUP_NORM.NUM_GROUPS", 8, *overrides])
+    cfg.merge_from_list(
+        [
+            "MODEL.META_ARCHITECTURE",
+            "FCOS",
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.BACKBONE.CONV_BODY",
+            "R-18-FPN-RETINANET",
+            "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
+            32,
+            "MODEL.FCOS.NUM_CONVS",
+            1,
+            "MODEL.RETINANET.NUM_CLASSES",
+            4,
+            "MODEL.RETINANET.USE_C5",
+            False,
+            "MODEL.GROUP_NORM.NUM_GROUPS",
+            8,
+            *overrides,
+        ]
+    )
     return validate_cfg(cfg)
 
 
 @pytest.mark.parametrize("loss_type", ["FOCAL", "DR"])
 def test_detector_trains_and_predicts(loss_type):
     model = build_detector(_cfg("MODEL.FCOS.LOSS_TYPE", loss_type)).train()
-    assert type(model.loss.cls_loss).__name__ == {"FOCAL": "FocalLoss",
-                                                  "DR": "DRClassificationLoss"}[loss_type]
+    assert (
+        type(model.loss.cls_loss).__name__
+        == {"FOCAL": "FocalLoss", "DR": "DRClassificationLoss"}[loss_type]
+    )
     images = [torch.rand(3, 96, 128) * 255, torch.rand(3, 128, 96) * 255]
-    targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([2])},
-               {"boxes": torch.tensor([[10.0, 8.0, 30.0, 90.0]]), "labels": torch.tensor([3])}]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.tensor([[10.0, 8.0, 30.0, 90.0]]), "labels": torch.tensor([3])},
+    ]
     losses = model(images, targets)
     assert set(losses) == {"loss_cls", "loss_reg", "loss_centerness"}
     assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_reg"] > 0

@@ -11,11 +11,11 @@ import torch
 import torchvision
 from torch import nn
 
+from drdet.checkpoint import load_checkpoint_file, load_model_state
+from drdet.checkpoint.fcos_conversion import convert_torchvision_fcos
 from drdet.config import get_cfg
 from drdet.engine.predictor import Predictor
 from drdet.modeling import build_detector
-from drdet.checkpoint.fcos_conversion import convert_torchvision_fcos
-from drdet.checkpoint import load_checkpoint_file, load_model_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TV_CONFIG = os.path.join(ROOT, "configs", "torchvision", "fcos_resnet50_fpn_torchvision.yaml")
@@ -29,7 +29,8 @@ def _datasets(tmp_path, monkeypatch):
 
 def _converter():
     spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", os.path.join(ROOT, "tools", "convert_checkpoint.py"))
+        "convert_checkpoint", os.path.join(ROOT, "tools", "convert_checkpoint.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -40,7 +41,8 @@ def _torchvision_fcos(num_classes: int = 80):
     statistics away from identity, head weights that spread the scores over (0, 1)."""
     torch.manual_seed(0)
     tv = torchvision.models.detection.fcos_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=num_classes, min_size=H, max_size=256)
+        weights=None, weights_backbone=None, num_classes=num_classes, min_size=H, max_size=256
+    )
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for m in tv.modules():
@@ -92,36 +94,45 @@ def test_converted_state_dict_names():
     state = convert_torchvision_fcos(tv.state_dict())
     _, model = _drdet(92)
     assert set(state) == set(model.state_dict())
-    assert torch.equal(state["head.centerness.weight"],
-                       tv.state_dict()["head.regression_head.bbox_ctrness.weight"])
+    assert torch.equal(
+        state["head.centerness.weight"], tv.state_dict()["head.regression_head.bbox_ctrness.weight"]
+    )
     assert torch.equal(state["head.scales"], torch.ones(5))
     picked = convert_torchvision_fcos(tv.state_dict(), class_columns=[5, 1])
-    assert torch.equal(picked["head.cls_logits.bias"],
-                       tv.head.classification_head.cls_logits.bias[[5, 1]])
+    assert torch.equal(
+        picked["head.cls_logits.bias"], tv.head.classification_head.cls_logits.bias[[5, 1]]
+    )
     with pytest.raises(KeyError, match="head.regression_head.extra"):
-        convert_torchvision_fcos({**tv.state_dict(),
-                                  "head.regression_head.extra.weight": torch.zeros(1)})
+        convert_torchvision_fcos(
+            {**tv.state_dict(), "head.regression_head.extra.weight": torch.zeros(1)}
+        )
 
 
 def test_head_outputs_and_locations_match(converted):
     tv, _, model, _ = converted
     g = torch.Generator().manual_seed(5)
     x = torchvision.transforms.functional.normalize(
-        torch.rand(1, 3, H, W, generator=g), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        torch.rand(1, 3, H, W, generator=g), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    )
     tv_features, tv_out, features, (cls, dist, ctr) = _features_and_heads(tv, model, x)
     for ours, theirs in zip(features, tv_features):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(torch.cat(cls, 1), tv_out["cls_logits"], rtol=0, atol=1e-3)
-    torch.testing.assert_close(torch.cat(ctr, 1), tv_out["bbox_ctrness"][..., 0],
-                               rtol=0, atol=1e-3)
+    torch.testing.assert_close(torch.cat(ctr, 1), tv_out["bbox_ctrness"][..., 0], rtol=0, atol=1e-3)
     # torchvision's regression is in units of the anchor side (= the level's stride).
-    strides = torch.cat([torch.full((f.shape[-2] * f.shape[-1], 1), float(s))
-                         for f, s in zip(features, (8, 16, 32, 64, 128))])
-    torch.testing.assert_close(torch.cat(dist, 1), tv_out["bbox_regression"] * strides,
-                               rtol=1e-4, atol=1e-2)
+    strides = torch.cat(
+        [
+            torch.full((f.shape[-2] * f.shape[-1], 1), float(s))
+            for f, s in zip(features, (8, 16, 32, 64, 128))
+        ]
+    )
+    torch.testing.assert_close(
+        torch.cat(dist, 1), tv_out["bbox_regression"] * strides, rtol=1e-4, atol=1e-2
+    )
     assert torch.cat(cls, 1).std() > 0.5 and (torch.cat(dist, 1) > 0).float().mean() > 0.2
     anchors = tv.anchor_generator(
-        torchvision.models.detection.image_list.ImageList(x, [(H, W)]), tv_features)[0]
+        torchvision.models.detection.image_list.ImageList(x, [(H, W)]), tv_features
+    )[0]
     ours = torch.cat(model.locations(features, (H, W)))
     assert torch.equal(ours, (anchors[:, :2] + anchors[:, 2:]) / 2)
     assert ours[-1].tolist() == [96.0, 0.0]  # P7 of a 192-px-wide batch: torchvision's stride 96
@@ -132,12 +143,12 @@ def test_detections_match_after_nms(converted):
     post-processing) against torchvision's model on the same pixels."""
     tv, cfg, _, out = converted
     cfg = cfg.clone()
-    cfg.merge_from_list(["MODEL.WEIGHT", out, "INPUT.MIN_SIZE_TEST", H,
-                         "INPUT.MAX_SIZE_TEST", 256])
+    cfg.merge_from_list(["MODEL.WEIGHT", out, "INPUT.MIN_SIZE_TEST", H, "INPUT.MAX_SIZE_TEST", 256])
     predictor = Predictor(cfg)
     g = torch.Generator().manual_seed(5)
-    bgr = [torch.randint(0, 256, (H, W, 3), generator=g, dtype=torch.uint8).numpy()
-           for _ in range(2)]
+    bgr = [
+        torch.randint(0, 256, (H, W, 3), generator=g, dtype=torch.uint8).numpy() for _ in range(2)
+    ]
     rgb = [torch.from_numpy(b[..., ::-1].copy()).permute(2, 0, 1).float() / 255 for b in bgr]
     with torch.no_grad():
         theirs = tv(rgb)
@@ -183,21 +194,23 @@ def test_focal_losses_equal_torchvisions(converted):
         ours = model.loss(points, model.head.strides, cls, dist, ctr, targets)
         tv_features = list(tv.backbone(x).values())
         anchors = tv.anchor_generator(
-            torchvision.models.detection.image_list.ImageList(x, [(H, W)] * 2), tv_features)
-        sizes = torch.cat([torch.full((p.shape[0], 1), float(s))
-                           for p, s in zip(points, (8, 16, 32, 64, 128))])
-        head_outputs = {"cls_logits": torch.cat(cls, 1),
-                        "bbox_regression": torch.cat(dist, 1) / sizes,
-                        "bbox_ctrness": torch.cat(ctr, 1)[..., None]}
+            torchvision.models.detection.image_list.ImageList(x, [(H, W)] * 2), tv_features
+        )
+        sizes = torch.cat(
+            [torch.full((p.shape[0], 1), float(s)) for p, s in zip(points, (8, 16, 32, 64, 128))]
+        )
+        head_outputs = {
+            "cls_logits": torch.cat(cls, 1),
+            "bbox_regression": torch.cat(dist, 1) / sizes,
+            "bbox_ctrness": torch.cat(ctr, 1)[..., None],
+        }
         tv_targets = [{"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets]
-        theirs = tv.compute_loss(tv_targets, head_outputs, anchors,
-                                 [p.shape[0] for p in points])
+        theirs = tv.compute_loss(tv_targets, head_outputs, anchors, [p.shape[0] for p in points])
         labels = model.loss.prepare_targets(points, model.head.strides, targets)["labels"]
     assert 10 < int((labels > 0).sum()) < labels.numel() // 2
     torch.testing.assert_close(ours["loss_cls"], theirs["classification"], rtol=1e-4, atol=0)
     torch.testing.assert_close(ours["loss_reg"], theirs["bbox_regression"], rtol=1e-4, atol=0)
-    torch.testing.assert_close(ours["loss_centerness"], theirs["bbox_ctrness"], rtol=1e-4,
-                               atol=0)
+    torch.testing.assert_close(ours["loss_centerness"], theirs["bbox_ctrness"], rtol=1e-4, atol=0)
 
 
 def test_fcos_source_name_and_anchor_convention(converted, tmp_path):
@@ -223,13 +236,31 @@ def test_benchmark_model_compares_fcos(capsys):
 
     threads = torch.get_num_threads()
     try:
-        rows = benchmark_model.main(["--model", "fcos", "--parts", "inference", "--batch", "1",
-                                     "--size", "64", "96", "--warmup", "0", "--reps", "1",
-                                     "--score-thresh", "0.005"])
+        rows = benchmark_model.main(
+            [
+                "--model",
+                "fcos",
+                "--parts",
+                "inference",
+                "--batch",
+                "1",
+                "--size",
+                "64",
+                "96",
+                "--warmup",
+                "0",
+                "--reps",
+                "1",
+                "--score-thresh",
+                "0.005",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
-    assert [r[0] for r in rows] == ["inference per image (torchvision)",
-                                    "inference per image (drdet)"]
+    assert [r[0] for r in rows] == [
+        "inference per image (torchvision)",
+        "inference per image (drdet)",
+    ]
     printed = capsys.readouterr().out
     assert printed.startswith("fcos;")
     counts = re.search(r"detections per image: drdet \[(\d+)\], torchvision \[(\d+)\]", printed)

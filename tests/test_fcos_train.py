@@ -22,27 +22,52 @@ CONFIGS = {
     "DR": os.path.join(ROOT, "configs", "synthetic", "dr_fcos_R-18-FPN_synthetic.yaml"),
 }
 TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.FCOS.NUM_CONVS", "1",
-    "DATASETS.TRAIN", f"('{TRAIN_SET}',)",
-    "DATASETS.TEST", f"('{TEST_SET}',)",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-    "INPUT.HORIZONTAL_FLIP_PROB_TRAIN", "0.0",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.01", "SOLVER.WARMUP_ITERS", "0",
-    "SOLVER.MAX_ITER", "30", "SOLVER.STEPS", "(100,)", "SOLVER.CHECKPOINT_PERIOD", "1000",
-    "SOLVER.LOG_PERIOD", "1", "TEST.IMS_PER_BATCH", "5",
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.FCOS.NUM_CONVS",
+    "1",
+    "DATASETS.TRAIN",
+    f"('{TRAIN_SET}',)",
+    "DATASETS.TEST",
+    f"('{TEST_SET}',)",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "INPUT.HORIZONTAL_FLIP_PROB_TRAIN",
+    "0.0",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.IMS_PER_BATCH",
+    "4",
+    "SOLVER.BASE_LR",
+    "0.01",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "SOLVER.MAX_ITER",
+    "30",
+    "SOLVER.STEPS",
+    "(100,)",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "1000",
+    "SOLVER.LOG_PERIOD",
+    "1",
+    "TEST.IMS_PER_BATCH",
+    "5",
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["FOCAL", "DR"])
 def test_fcos_trains_and_evaluates(loss_type, tmp_path):
-    results = train_net.main(["--config-file", CONFIGS[loss_type], *TINY,
-                              "OUTPUT_DIR", str(tmp_path)])
-    records = [json.loads(line)
-               for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    results = train_net.main(
+        ["--config-file", CONFIGS[loss_type], *TINY, "OUTPUT_DIR", str(tmp_path)]
+    )
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 30 and {"loss_cls", "loss_reg", "loss_centerness"} <= set(records[0])
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5

@@ -42,8 +42,11 @@ def _calibrate(model: nn.Module, images) -> nn.Module:
         bn.weight.copy_(torch.rand(bn.num_features, generator=gen) * 0.5 + 0.75)
         bn.bias.copy_(torch.randn(bn.num_features, generator=gen) * 0.1)
 
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules()
-               if isinstance(m, FrozenBatchNorm2d)]
+    handles = [
+        m.register_forward_pre_hook(hook)
+        for m in model.modules()
+        if isinstance(m, FrozenBatchNorm2d)
+    ]
     with torch.no_grad():
         model.eval()(images)
     for h in handles:
@@ -55,11 +58,14 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-@pytest.mark.parametrize("bias,groups,stride,dilation", [
-    (False, 1, 1, 1), (True, 1, 2, 1), (False, 4, 1, 2), (False, 1, 2, 1)])
+@pytest.mark.parametrize(
+    "bias,groups,stride,dilation",
+    [(False, 1, 1, 1), (True, 1, 2, 1), (False, 4, 1, 2), (False, 1, 2, 1)],
+)
 def test_fold_equals_conv_then_frozen_bn(bias, groups, stride, dilation):
-    conv = nn.Conv2d(8, 16, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups,
-                     bias=bias)
+    conv = nn.Conv2d(
+        8, 16, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups, bias=bias
+    )
     bn = _randomize(FrozenBatchNorm2d(16, eps=1e-3))
     before = {k: v.clone() for k, v in {**conv.state_dict(), **bn.state_dict()}.items()}
     fused = fold_frozen_batchnorm(conv, bn)
@@ -83,8 +89,11 @@ def test_fold_rejects_mismatched_layers():
 
 @pytest.mark.parametrize("depth,groups,width", [(18, 1, 64), (50, 1, 64), (50, 4, 4)])
 def test_fuse_resnet_folds_every_frozen_bn(depth, groups, width):
-    body = _randomize(ResNet(depth=depth, num_groups=groups, width_per_group=width,
-                             norm="FrozenBN", freeze_at=2).eval())
+    body = _randomize(
+        ResNet(
+            depth=depth, num_groups=groups, width_per_group=width, norm="FrozenBN", freeze_at=2
+        ).eval()
+    )
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         ref = body(x)
@@ -130,7 +139,10 @@ def _detector(overrides=()):
 
 def _images():
     gen = torch.Generator().manual_seed(2)
-    return [torch.rand(3, 96, 128, generator=gen) * 255, torch.rand(3, 128, 96, generator=gen) * 255]
+    return [
+        torch.rand(3, 96, 128, generator=gen) * 255,
+        torch.rand(3, 128, 96, generator=gen) * 255,
+    ]
 
 
 def _head_outputs(model: nn.Module, images, dtype=torch.float32) -> torch.Tensor:
@@ -165,8 +177,9 @@ def test_prepare_for_inference_same_detections_same_state_dict(conv_body):
     assert isinstance(stem_conv, PackedConv2d)
     assert stem_conv.conv.weight.is_contiguous(memory_format=torch.channels_last)
     # every convolution is packed (each PackedConv2d holds the nn.Conv2d it replaces)
-    assert sum(isinstance(m, nn.Conv2d) for m in fast.modules()) == \
-        sum(isinstance(m, PackedConv2d) for m in fast.modules())
+    assert sum(isinstance(m, nn.Conv2d) for m in fast.modules()) == sum(
+        isinstance(m, PackedConv2d) for m in fast.modules()
+    )
     assert not any(p.requires_grad for p in fast.parameters())
 
     # Head outputs: within 1e-4 of their largest magnitude, and as close to a float64 run of the
@@ -212,11 +225,14 @@ def test_run_inference_uses_the_inference_copy(monkeypatch):
     assert_same_detections(preds[3], ref)
 
 
-@pytest.mark.parametrize("stride,groups,dilation,bias", [
-    (1, 1, 1, True), (2, 1, 1, False), (1, 4, 1, True), (1, 1, 2, False)])
+@pytest.mark.parametrize(
+    "stride,groups,dilation,bias",
+    [(1, 1, 1, True), (2, 1, 1, False), (1, 4, 1, True), (1, 1, 2, False)],
+)
 def test_packed_conv_equals_conv_for_any_input_shape(stride, groups, dilation, bias):
-    conv = nn.Conv2d(8, 16, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups,
-                     bias=bias).requires_grad_(False)
+    conv = nn.Conv2d(
+        8, 16, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups, bias=bias
+    ).requires_grad_(False)
     packed = PackedConv2d(conv)
     with torch.no_grad():
         # packed at the first shape, then reused for others, NCHW or channels_last inputs

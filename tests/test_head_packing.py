@@ -1,5 +1,6 @@
 """The RetinaNet head with its levels packed on one canvas (drdet/layers/level_packing.py) against
 the same layers run on each level alone (float64, forward and backward)."""
+
 from __future__ import annotations
 
 import itertools
@@ -19,8 +20,9 @@ SIZES = [(13, 21), (7, 11), (4, 6), (2, 3), (1, 2)]
 
 def _head(use_gn: bool, channels: int = 16, num_convs: int = 2) -> RetinaNetHead:
     torch.manual_seed(0)
-    head = RetinaNetHead(channels, num_classes=3, num_anchors=2, num_convs=num_convs,
-                         use_gn=use_gn, gn_groups=4).double()
+    head = RetinaNetHead(
+        channels, num_classes=3, num_anchors=2, num_convs=num_convs, use_gn=use_gn, gn_groups=4
+    ).double()
     head.pack_levels = True  # also in CPU training, where "auto" runs the levels one by one
     with torch.no_grad():  # weights far from the init, so that every term matters
         for p in head.parameters():
@@ -30,16 +32,20 @@ def _head(use_gn: bool, channels: int = 16, num_convs: int = 2) -> RetinaNetHead
 
 def _features(batch: int = 2, channels: int = 16, sizes=SIZES):
     torch.manual_seed(1)
-    return [torch.randn(batch, channels, h, w, dtype=torch.float64, requires_grad=True)
-            for h, w in sizes]
+    return [
+        torch.randn(batch, channels, h, w, dtype=torch.float64, requires_grad=True)
+        for h, w in sizes
+    ]
 
 
 def _reference(head: RetinaNetHead, features):
     """Each level through torch's own modules alone, flattened as the head documents it:
     (B, A * K, H, W) -> (B, H * W * A, K)."""
+
     def flat(x, k):
         b, _, h, w = x.shape
         return x.reshape(b, -1, k, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, k)
+
     cls = [flat(head.cls_logits(head.cls_tower(f)), head.num_classes) for f in features]
     box = [flat(head.bbox_pred(head.bbox_tower(f)), 4) for f in features]
     return cls, box
@@ -59,7 +65,7 @@ def test_layout_keeps_levels_apart():
     owner = torch.full((height + 2, width + 2), -1)  # a one-pixel frame around the canvas
     for level, ((h, w), (r, c)) in enumerate(zip(layout.sizes, layout.offsets)):
         assert r >= 0 and c >= 0 and r + h <= height and c + w <= width
-        region = owner[r + 1:r + h + 1, c + 1:c + w + 1]
+        region = owner[r + 1 : r + h + 1, c + 1 : c + w + 1]
         assert (region == -1).all(), "levels overlap"
         region.fill_(level)
     # No pixel of a level has a pixel of another level among its 8 neighbours.
@@ -127,8 +133,9 @@ def test_packed_group_norm_per_level_and_image():
     packed, canvas = PackedLevels.pack(maps)
     out = packed_group_norm(canvas, packed, norm)
     for got, m in zip(packed.unpack(out), maps):
-        torch.testing.assert_close(got, F.group_norm(m, 4, norm.weight, norm.bias, norm.eps),
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            got, F.group_norm(m, 4, norm.weight, norm.bias, norm.eps), rtol=1e-10, atol=1e-10
+        )
     assert float(packed.mask(out).detach().sub(out).abs().max()) == 0.0  # the gaps stay zero
 
 
@@ -146,11 +153,22 @@ def test_packed_group_norm_under_autocast_matches_the_level_alone():
 
 def test_state_dict_unchanged():
     head = _head(True, num_convs=1)
-    assert sorted(head.state_dict()) == sorted([
-        "cls_tower.0.weight", "cls_tower.0.bias", "cls_tower.1.weight", "cls_tower.1.bias",
-        "bbox_tower.0.weight", "bbox_tower.0.bias", "bbox_tower.1.weight", "bbox_tower.1.bias",
-        "cls_logits.weight", "cls_logits.bias", "bbox_pred.weight", "bbox_pred.bias",
-    ])
+    assert sorted(head.state_dict()) == sorted(
+        [
+            "cls_tower.0.weight",
+            "cls_tower.0.bias",
+            "cls_tower.1.weight",
+            "cls_tower.1.bias",
+            "bbox_tower.0.weight",
+            "bbox_tower.0.bias",
+            "bbox_tower.1.weight",
+            "bbox_tower.1.bias",
+            "cls_logits.weight",
+            "cls_logits.bias",
+            "bbox_pred.weight",
+            "bbox_pred.bias",
+        ]
+    )
 
 
 def test_auto_packing_rule():

@@ -1,9 +1,10 @@
 """Imports inside drdet point down the layers: a module may import its own package or a package
 of a lower layer, never one of its own layer or above (read with `ast`, function-level imports
 included, so that no import cycle or upward dependency hides in a function body)."""
+
 import ast
 import os
-from typing import Dict, Iterator, List, Tuple
+from collections.abc import Iterator
 
 import pytest
 
@@ -12,23 +13,28 @@ PACKAGE = os.path.join(ROOT, "drdet")
 
 # Lower numbers are lower layers. config reads the registries of modeling to validate a config;
 # checkpoint converts weights with the backbone's own conversion.
-LAYERS: Dict[str, int] = {
+LAYERS: dict[str, int] = {
     "_C": 0,  # the compiled extension
     "utils": 0,
-    "structures": 1, "layers": 1,
-    "modeling": 2, "data": 2, "solver": 2, "evaluation": 2,
-    "config": 3, "checkpoint": 3,
+    "structures": 1,
+    "layers": 1,
+    "modeling": 2,
+    "data": 2,
+    "solver": 2,
+    "evaluation": 2,
+    "config": 3,
+    "checkpoint": 3,
     "engine": 4,
     "": 5,  # drdet/__init__.py and top-level modules of drdet
 }
 
 
 def _module_name(path: str) -> str:
-    rel = os.path.relpath(path, ROOT)[:-len(".py")].split(os.sep)
+    rel = os.path.relpath(path, ROOT)[: -len(".py")].split(os.sep)
     return ".".join(rel[:-1] if rel[-1] == "__init__" else rel)
 
 
-def drdet_imports(source: str, module: str, is_package: bool) -> Iterator[Tuple[int, str]]:
+def drdet_imports(source: str, module: str, is_package: bool) -> Iterator[tuple[int, str]]:
     """(line, imported module) of every import of a drdet module in `source` (the text of
     `module`), relative imports resolved."""
     for node in ast.walk(ast.parse(source)):
@@ -37,7 +43,7 @@ def drdet_imports(source: str, module: str, is_package: bool) -> Iterator[Tuple[
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = module.split(".") if is_package else module.split(".")[:-1]
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 names = [".".join(base + ([node.module] if node.module else []))]
             else:
                 names = [node.module or ""]
@@ -55,7 +61,7 @@ def _package_of(module: str) -> str:
     return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else ""
 
 
-def upward_imports(source: str, module: str, is_package: bool) -> List[str]:
+def upward_imports(source: str, module: str, is_package: bool) -> list[str]:
     """'module:line imports target' for each import of `module` that does not point down."""
     own = _package_of(module)
     bad = []
@@ -66,7 +72,7 @@ def upward_imports(source: str, module: str, is_package: bool) -> List[str]:
     return bad
 
 
-def _sources() -> Iterator[Tuple[str, str, bool]]:
+def _sources() -> Iterator[tuple[str, str, bool]]:
     for folder, _, files in os.walk(PACKAGE):
         for name in sorted(files):
             if name.endswith(".py"):
@@ -76,31 +82,56 @@ def _sources() -> Iterator[Tuple[str, str, bool]]:
 
 
 def test_every_package_has_a_layer():
-    packages = {entry for entry in os.listdir(PACKAGE)
-                if os.path.isfile(os.path.join(PACKAGE, entry, "__init__.py"))}
+    packages = {
+        entry
+        for entry in os.listdir(PACKAGE)
+        if os.path.isfile(os.path.join(PACKAGE, entry, "__init__.py"))
+    }
     assert packages <= set(LAYERS), f"place the new packages in LAYERS: {packages - set(LAYERS)}"
 
 
 def test_imports_point_down_the_layers():
-    bad = [b for source, module, is_pkg in _sources() for b in upward_imports(source, module,
-                                                                               is_pkg)]
+    bad = [
+        b for source, module, is_pkg in _sources() for b in upward_imports(source, module, is_pkg)
+    ]
     assert not bad, "upward or sideways imports:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("module,source,expected", [
-    ("drdet.utils.visualize", "def f():\n    from drdet.data.catalog import get_dataset\n",
-     ["drdet.utils.visualize:2 imports drdet.data.catalog"]),
-    ("drdet.modeling.detector", "import drdet.engine.trainer as t\n",
-     ["drdet.modeling.detector:1 imports drdet.engine.trainer"]),
-    ("drdet.data.build", "from drdet.modeling import build_detector\n",  # same layer
-     ["drdet.data.build:1 imports drdet.modeling"]),
-    ("drdet.utils.io", "from ..engine import defaults\n",
-     ["drdet.utils.io:1 imports drdet.engine"]),
-    ("drdet.layers.nms", "from drdet import modeling\n",
-     ["drdet.layers.nms:1 imports drdet.modeling"]),
-    ("drdet.engine.trainer", "from drdet.checkpoint import Checkpointer\nfrom . import hooks\n",
-     []),
-    ("drdet.layers._ext", "from drdet import _C\n", []),
-])
+@pytest.mark.parametrize(
+    "module,source,expected",
+    [
+        (
+            "drdet.utils.visualize",
+            "def f():\n    from drdet.data.catalog import get_dataset\n",
+            ["drdet.utils.visualize:2 imports drdet.data.catalog"],
+        ),
+        (
+            "drdet.modeling.detector",
+            "import drdet.engine.trainer as t\n",
+            ["drdet.modeling.detector:1 imports drdet.engine.trainer"],
+        ),
+        (
+            "drdet.data.build",
+            "from drdet.modeling import build_detector\n",  # same layer
+            ["drdet.data.build:1 imports drdet.modeling"],
+        ),
+        (
+            "drdet.utils.io",
+            "from ..engine import defaults\n",
+            ["drdet.utils.io:1 imports drdet.engine"],
+        ),
+        (
+            "drdet.layers.nms",
+            "from drdet import modeling\n",
+            ["drdet.layers.nms:1 imports drdet.modeling"],
+        ),
+        (
+            "drdet.engine.trainer",
+            "from drdet.checkpoint import Checkpointer\nfrom . import hooks\n",
+            [],
+        ),
+        ("drdet.layers._ext", "from drdet import _C\n", []),
+    ],
+)
 def test_the_checker_flags_upward_and_sideways_imports(module, source, expected):
     assert upward_imports(source, module, is_package=False) == expected

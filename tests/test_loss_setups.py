@@ -1,5 +1,6 @@
 """Each classification loss brings its own setup (drdet/modeling/losses/setup.py): config loading
 applies the setup of the loss a config names under the config's explicit keys."""
+
 import glob
 import os
 
@@ -12,8 +13,7 @@ from drdet.modeling.losses.setup import loss_setup, loss_type_key
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DR_DEMO = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 FOCAL_DEMO = os.path.join(ROOT, "configs", "synthetic", "retinanet_R-18-FPN_synthetic.yaml")
-KEYS = ("LOSS_TYPE", "PRIOR_PROB", "FG_IOU_THRESHOLD", "BG_IOU_THRESHOLD", "INFERENCE_TH",
-        "NMS_TH")
+KEYS = ("LOSS_TYPE", "PRIOR_PROB", "FG_IOU_THRESHOLD", "BG_IOU_THRESHOLD", "INFERENCE_TH", "NMS_TH")
 DR = ("DR", 0.5, 0.5, 0.5, 0.2, 0.5)  # the released Dr. Retina configs
 FOCAL = ("FOCAL", 0.01, 0.5, 0.4, 0.05, 0.4)  # maskrcnn-benchmark's RetinaNet
 
@@ -44,7 +44,13 @@ BEFORE = {
     "configs/synthetic/dr_R-18-FPN_synthetic.yaml": DR,
     "configs/synthetic/retinanet_R-18-FPN_synthetic.yaml": FOCAL,  # new: the focal demo
     "configs/torchvision/retinanet_resnet50_fpn_torchvision.yaml": (
-        "FOCAL", 0.01, 0.5, 0.4, 0.05, 0.5),
+        "FOCAL",
+        0.01,
+        0.5,
+        0.4,
+        0.05,
+        0.5,
+    ),
     "configs/voc/dr_R-50-FPN_voc07.yaml": DR,
     "configs/voc/retinanet_R-50-FPN_voc07.yaml": FOCAL,
 }
@@ -71,8 +77,10 @@ def fcos_setup_of(cfg):
 
 
 def test_the_table_covers_every_shipped_config():
-    shipped = {os.path.relpath(p, ROOT)
-               for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)}
+    shipped = {
+        os.path.relpath(p, ROOT)
+        for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
+    }
     assert shipped == set(BEFORE) | set(FCOS_BEFORE)
 
 
@@ -86,10 +94,14 @@ def test_effective_fcos_setup_of_every_fcos_config_is_unchanged(rel):
 def test_switching_the_fcos_loss_switches_its_prior():
     focal = os.path.join(ROOT, "configs", "synthetic", "fcos_R-18-FPN_synthetic.yaml")
     dr = os.path.join(ROOT, "configs", "synthetic", "dr_fcos_R-18-FPN_synthetic.yaml")
-    assert fcos_setup_of(load_config(focal, ["MODEL.FCOS.LOSS_TYPE", "DR"])) == FCOS_BEFORE[
-        "configs/synthetic/dr_fcos_R-18-FPN_synthetic.yaml"]
-    assert fcos_setup_of(load_config(dr, ["MODEL.FCOS.LOSS_TYPE", "FOCAL"])) == FCOS_BEFORE[
-        "configs/synthetic/fcos_R-18-FPN_synthetic.yaml"]
+    assert (
+        fcos_setup_of(load_config(focal, ["MODEL.FCOS.LOSS_TYPE", "DR"]))
+        == FCOS_BEFORE["configs/synthetic/dr_fcos_R-18-FPN_synthetic.yaml"]
+    )
+    assert (
+        fcos_setup_of(load_config(dr, ["MODEL.FCOS.LOSS_TYPE", "FOCAL"]))
+        == FCOS_BEFORE["configs/synthetic/fcos_R-18-FPN_synthetic.yaml"]
+    )
 
 
 @pytest.mark.parametrize("rel", sorted(BEFORE))
@@ -131,8 +143,9 @@ def test_explicit_keys_override_the_setup():
     cfg = load_config(r101, ["MODEL.RETINANET.LOSS_TYPE", "FOCAL"])
     assert setup_of(cfg) == ("FOCAL", 0.01, 0.5, 0.4, 0.1, 0.4)
     # command-line key wins over the setup and the yaml
-    cfg = load_config(FOCAL_DEMO, ["MODEL.RETINANET.PRIOR_PROB", "0.2",
-                                   "MODEL.RETINANET.LOSS_TYPE", "DR"])
+    cfg = load_config(
+        FOCAL_DEMO, ["MODEL.RETINANET.PRIOR_PROB", "0.2", "MODEL.RETINANET.LOSS_TYPE", "DR"]
+    )
     assert setup_of(cfg) == ("DR", 0.2, 0.5, 0.5, 0.2, 0.5)
 
 

@@ -3,6 +3,7 @@
 Scores are made tie-free (a random permutation of distinct values): with ties, the visiting order
 of equal scores, and so the result, is implementation-defined.
 """
+
 import pytest
 import torch
 import torchvision
@@ -43,10 +44,13 @@ def test_dense_clusters_match_torchvision():
     boxes, scores = torch.cat([xy, xy + wh], 1), distinct_scores(n)
     class_ids = torch.randint(0, 4, (n,))
     for threshold in (0.3, 0.5, 0.8):
-        assert torch.equal(nms(boxes, scores, threshold),
-                           torchvision.ops.nms(boxes, scores, threshold))
-        assert torch.equal(batched_nms(boxes, scores, class_ids, threshold),
-                           torchvision.ops.batched_nms(boxes, scores, class_ids, threshold))
+        assert torch.equal(
+            nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold)
+        )
+        assert torch.equal(
+            batched_nms(boxes, scores, class_ids, threshold),
+            torchvision.ops.batched_nms(boxes, scores, class_ids, threshold),
+        )
 
 
 def test_float64_matches_torchvision():
@@ -61,18 +65,22 @@ def test_half_boxes_are_computed_in_float32(dtype):
     # Same rounded coordinates, IoU in float32.
     expected = torchvision.ops.nms(boxes.float(), scores, 0.5)
     assert torch.equal(nms(boxes, scores, 0.5), expected)
-    assert torch.equal(batched_nms(boxes, scores, class_ids, 0.5),
-                       torchvision.ops.batched_nms(boxes.float(), scores, class_ids, 0.5))
+    assert torch.equal(
+        batched_nms(boxes, scores, class_ids, 0.5),
+        torchvision.ops.batched_nms(boxes.float(), scores, class_ids, 0.5),
+    )
 
 
 def test_hand_made_cases():
-    boxes = torch.tensor([
-        [0.0, 0.0, 10.0, 10.0],    # 0: score 0.9, kept
-        [1.0, 1.0, 11.0, 11.0],    # 1: IoU with 0 = 81 / 119 = 0.68 -> suppressed at 0.5
-        [0.0, 0.0, 10.0, 5.0],     # 2: IoU with 0 = 50 / 100 = 0.5, not > 0.5 -> kept
-        [20.0, 20.0, 30.0, 30.0],  # 3: disjoint -> kept
-        [10.0, 0.0, 20.0, 10.0],   # 4: touches 0 along an edge, IoU 0 -> kept even at 0
-    ])
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # 0: score 0.9, kept
+            [1.0, 1.0, 11.0, 11.0],  # 1: IoU with 0 = 81 / 119 = 0.68 -> suppressed at 0.5
+            [0.0, 0.0, 10.0, 5.0],  # 2: IoU with 0 = 50 / 100 = 0.5, not > 0.5 -> kept
+            [20.0, 20.0, 30.0, 30.0],  # 3: disjoint -> kept
+            [10.0, 0.0, 20.0, 10.0],  # 4: touches 0 along an edge, IoU 0 -> kept even at 0
+        ]
+    )
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.95])
     assert nms(boxes, scores, 0.5).tolist() == [4, 0, 2, 3]
     # 0.5 < IoU(0, 1) = 0.68: suppressed at 0.6 but not at 0.7.
@@ -98,14 +106,16 @@ def test_identical_boxes_keep_only_the_best():
 
 
 def test_zero_area_boxes_match_torchvision():
-    boxes = torch.tensor([
-        [5.0, 5.0, 5.0, 5.0],     # a point
-        [5.0, 5.0, 5.0, 5.0],     # the same point: 0 / 0, never suppresses (torchvision)
-        [0.0, 0.0, 10.0, 10.0],   # contains the point: IoU 0
-        [2.0, 3.0, 8.0, 3.0],     # a horizontal segment
-        [2.0, 3.0, 8.0, 3.0],
-        [9.0, 9.0, 4.0, 4.0],     # inverted corners (negative width and height)
-    ])
+    boxes = torch.tensor(
+        [
+            [5.0, 5.0, 5.0, 5.0],  # a point
+            [5.0, 5.0, 5.0, 5.0],  # the same point: 0 / 0, never suppresses (torchvision)
+            [0.0, 0.0, 10.0, 10.0],  # contains the point: IoU 0
+            [2.0, 3.0, 8.0, 3.0],  # a horizontal segment
+            [2.0, 3.0, 8.0, 3.0],
+            [9.0, 9.0, 4.0, 4.0],  # inverted corners (negative width and height)
+        ]
+    )
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     for threshold in (0.0, 0.5, 1.0):
         expected = torchvision.ops.nms(boxes, scores, threshold)
@@ -132,28 +142,35 @@ def test_non_contiguous_inputs():
     wide = boxes.repeat_interleave(2, dim=1)[:, ::2]  # the same boxes, column stride 2
     strided_scores = scores[::2]
     assert not wide.is_contiguous() and not strided_scores.is_contiguous()
-    assert torch.equal(nms(wide, strided_scores, 0.5),
-                       torchvision.ops.nms(wide.contiguous(), strided_scores.contiguous(), 0.5))
+    assert torch.equal(
+        nms(wide, strided_scores, 0.5),
+        torchvision.ops.nms(wide.contiguous(), strided_scores.contiguous(), 0.5),
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty_input(device):
     boxes = torch.zeros(0, 4, device=device)
     scores = torch.zeros(0, device=device)
-    for kept in (nms(boxes, scores, 0.5),
-                 batched_nms(boxes, scores, torch.zeros(0, dtype=torch.long, device=device), 0.5)):
+    for kept in (
+        nms(boxes, scores, 0.5),
+        batched_nms(boxes, scores, torch.zeros(0, dtype=torch.long, device=device), 0.5),
+    ):
         assert kept.shape == (0,) and kept.dtype == torch.int64 and kept.device.type == device
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda b, s, c: nms(b[:, :3], s, 0.5), r"boxes must be \(N, 4\)"),
-    (lambda b, s, c: nms(b, s[:-1], 0.5), r"scores must be \(N,\)"),
-    (lambda b, s, c: nms(b.long(), s, 0.5), "boxes must be a floating-point"),
-    (lambda b, s, c: nms(b, s.long(), 0.5), "scores must be a floating-point"),
-    (lambda b, s, c: nms(b, s, float("nan")), "iou_threshold must be finite"),
-    (lambda b, s, c: batched_nms(b, s, c[:-1], 0.5), r"class_ids must be \(N,\)"),
-    (lambda b, s, c: batched_nms(b, s, c.float(), 0.5), "class_ids must be an integer"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda b, s, c: nms(b[:, :3], s, 0.5), r"boxes must be \(N, 4\)"),
+        (lambda b, s, c: nms(b, s[:-1], 0.5), r"scores must be \(N,\)"),
+        (lambda b, s, c: nms(b.long(), s, 0.5), "boxes must be a floating-point"),
+        (lambda b, s, c: nms(b, s.long(), 0.5), "scores must be a floating-point"),
+        (lambda b, s, c: nms(b, s, float("nan")), "iou_threshold must be finite"),
+        (lambda b, s, c: batched_nms(b, s, c[:-1], 0.5), r"class_ids must be \(N,\)"),
+        (lambda b, s, c: batched_nms(b, s, c.float(), 0.5), "class_ids must be an integer"),
+    ],
+)
 def test_bad_inputs_raise(call, message):
     boxes, scores = random_boxes(10), distinct_scores(10)
     class_ids = torch.zeros(10, dtype=torch.long)
@@ -182,6 +199,7 @@ def test_torch_compile_traces_the_ops():
 
 # --- CUDA kernels against the CPU kernels ------------------------------------------------------
 
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 20000])
 @pytest.mark.parametrize("num_classes", [1, 80])
@@ -202,8 +220,10 @@ def test_cuda_matches_cpu_other_dtypes(dtype):
     boxes, scores = random_boxes(3000, dtype=dtype), distinct_scores(3000)
     class_ids = torch.randint(0, 7, (3000,))
     assert torch.equal(nms(boxes.cuda(), scores.cuda(), 0.5).cpu(), nms(boxes, scores, 0.5))
-    assert torch.equal(batched_nms(boxes.cuda(), scores.cuda(), class_ids.cuda(), 0.5).cpu(),
-                       batched_nms(boxes, scores, class_ids, 0.5))
+    assert torch.equal(
+        batched_nms(boxes.cuda(), scores.cuda(), class_ids.cuda(), 0.5).cpu(),
+        batched_nms(boxes, scores, class_ids, 0.5),
+    )
 
 
 @pytest.mark.cuda
@@ -211,8 +231,10 @@ def test_cuda_matches_torchvision_and_checks_devices():
     boxes, scores = random_boxes(5000, device="cuda"), distinct_scores(5000, "cuda")
     class_ids = torch.randint(0, 80, (5000,), device="cuda")
     assert torch.equal(nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
-    assert torch.equal(batched_nms(boxes, scores, class_ids, 0.5),
-                       torchvision.ops.batched_nms(boxes, scores, class_ids, 0.5))
+    assert torch.equal(
+        batched_nms(boxes, scores, class_ids, 0.5),
+        torchvision.ops.batched_nms(boxes, scores, class_ids, 0.5),
+    )
     with pytest.raises(RuntimeError, match="scores must be on the device of boxes"):
         nms(boxes, scores.cpu(), 0.5)
     torch.library.opcheck(torch.ops.drdet.batched_nms, (boxes, scores, class_ids, 0.5))

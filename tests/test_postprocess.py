@@ -40,7 +40,7 @@ def test_against_per_class_loop_reference(device):
     ours = post_processor(**args)(*on_device, SIZES)
     ours = [{k: v.cpu() for k, v in d.items()} for d in ours]
     ref = reference_postprocess(anchors, logits, deltas, SIZES, **args)
-    for i, ((h, w), det, r) in enumerate(zip(SIZES, ours, ref)):
+    for (h, w), det, r in zip(SIZES, ours, ref):
         assert 0 < len(det["scores"]) <= 25
         assert (det["scores"][1:] <= det["scores"][:-1]).all()
         b = det["boxes"]

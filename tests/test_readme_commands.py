@@ -10,6 +10,7 @@ command of an unknown kind fails the test until this file says how to run it. Wh
 - ``make test`` (this suite itself) and ``make demo`` (10 min of training, measured in the
   README) are not run: MAKE_NOT_RUN.
 """
+
 import os
 import re
 import shlex
@@ -24,10 +25,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 
-MAKE_NOT_RUN = {"make test": "the test suite itself",
-                "make demo": "10 minutes of training; its AP is measured in the README",
-                "make compare": "tools/compare_losses.py at the demo's 600 iterations per loss "
-                                "(the README's next commands run the same tool, tiny)"}
+MAKE_NOT_RUN = {
+    "make test": "the test suite itself",
+    "make demo": "10 minutes of training; its AP is measured in the README",
+    "make compare": "tools/compare_losses.py at the demo's 600 iterations per loss "
+    "(the README's next commands run the same tool, tiny)",
+}
 R50 = "configs/dr_retina/dr_R-50-FPN_1x.yaml"
 PLACEHOLDERS = [  # (regex, replacement), applied in order
     (r"--nproc_per_node=8", "--nproc_per_node=2"),
@@ -44,33 +47,102 @@ PLACEHOLDERS = [  # (regex, replacement), applied in order
     (r"--num-gpus 8", "--num-gpus 1"),
     (r"--max-iter 300", "--max-iter 2"),
 ]
-TINY = ["MODEL.DEVICE", "cpu", "MODEL.RETINANET.NUM_CLASSES", "6",
-        "DATASETS.TRAIN", "('synthetic:8:0:128',)", "DATASETS.TEST", "('synthetic:2:1:128',)",
-        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-        "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2",
-        "SOLVER.WARMUP_ITERS", "0", "TEST.IMS_PER_BATCH", "2"]
+TINY = [
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.RETINANET.NUM_CLASSES",
+    "6",
+    "DATASETS.TRAIN",
+    "('synthetic:8:0:128',)",
+    "DATASETS.TEST",
+    "('synthetic:2:1:128',)",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.MAX_ITER",
+    "2",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "TEST.IMS_PER_BATCH",
+    "2",
+]
 EXTRA = {  # tool -> arguments appended (after TINY for the tools that take overrides)
     "train_net.py": TINY + ["MODEL.WEIGHT", ""],  # no ImageNet file here
     "test_net.py": TINY + ["TEST.BBOX_AUG.SCALES", "(96, 128)"],  # ignored unless ENABLED
     "demo.py": TINY,
     "plot_score_distribution.py": TINY + ["--num-images", "2", "--num-background", "1000"],
     "analyze_model.py": TINY,
-    "benchmark_data.py": TINY + ["--synthetic-images", "4", "--synthetic-size", "128",
-                                 "--images", "4", "--workers", "0", "--warmup", "1"],
+    "benchmark_data.py": TINY
+    + [
+        "--synthetic-images",
+        "4",
+        "--synthetic-size",
+        "128",
+        "--images",
+        "4",
+        "--workers",
+        "0",
+        "--warmup",
+        "1",
+    ],
     "benchmark_ops.py": ["--quick", "--device", "cpu", "--reps", "1", "--repeat", "1"],
-    "benchmark_model.py": ["--device", "cpu", "--parts", "inference", "--size", "128", "128",
-                           "--batch", "1", "--warmup", "0", "--reps", "1"],
+    "benchmark_model.py": [
+        "--device",
+        "cpu",
+        "--parts",
+        "inference",
+        "--size",
+        "128",
+        "128",
+        "--batch",
+        "1",
+        "--warmup",
+        "0",
+        "--reps",
+        "1",
+    ],
     "plot_metrics.py": [],
-    "compare_losses.py": ["--max-iter", "2", "--score-images", "2", "MODEL.DEVICE", "cpu",
-                          "MODEL.WEIGHT", "",
-                          "MODEL.RETINANET.NUM_CLASSES", "6",
-                          "DATASETS.TRAIN", "('synthetic:8:0:128',)",
-                          "DATASETS.TEST", "('synthetic:2:1:128',)",
-                          "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-                          "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-                          "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
-                          "SOLVER.WARMUP_ITERS", "0", "TEST.IMS_PER_BATCH", "2"],
+    "compare_losses.py": [
+        "--max-iter",
+        "2",
+        "--score-images",
+        "2",
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.WEIGHT",
+        "",
+        "MODEL.RETINANET.NUM_CLASSES",
+        "6",
+        "DATASETS.TRAIN",
+        "('synthetic:8:0:128',)",
+        "DATASETS.TEST",
+        "('synthetic:2:1:128',)",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(128,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "128",
+        "INPUT.MIN_SIZE_TEST",
+        "128",
+        "INPUT.MAX_SIZE_TEST",
+        "128",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "TEST.IMS_PER_BATCH",
+        "2",
+    ],
 }
 
 
@@ -102,8 +174,10 @@ def command_argv(command: str):
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone"] + argv[1:]
         script = next(a for a in argv if a.endswith(".py"))
     else:
-        raise AssertionError(f"README command of an unknown kind: {command!r}; say in "
-                             "tests/test_readme_commands.py how to run it")
+        raise AssertionError(
+            f"README command of an unknown kind: {command!r}; say in "
+            "tests/test_readme_commands.py how to run it"
+        )
     tool = os.path.basename(script)
     assert tool in EXTRA, f"README runs {tool}: add its small-size arguments to EXTRA"
     return argv + EXTRA[tool]
@@ -123,8 +197,9 @@ def _scratch_folder(tmp_path):
         os.symlink(os.path.join(ROOT, name), tmp_path / name)
     (tmp_path / "images").mkdir()
     rng = np.random.default_rng(0)
-    cv2.imwrite(str(tmp_path / "images" / "a.jpg"),
-                rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    cv2.imwrite(
+        str(tmp_path / "images" / "a.jpg"), rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    )
     (tmp_path / "out").mkdir()
     os.symlink("dr_r50", tmp_path / "out" / "focal_r50")  # plot_metrics compares two runs
 
@@ -132,18 +207,25 @@ def _scratch_folder(tmp_path):
 @pytest.mark.slow
 def test_readme_commands_run_as_written(tmp_path):
     _scratch_folder(tmp_path)
-    env = dict(os.environ, PYTHONPATH=ROOT, DRDET_DATASETS=str(tmp_path / "datasets"),
-               OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT,
+        DRDET_DATASETS=str(tmp_path / "datasets"),
+        OMP_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+    )
     ran = []
     for command in readme_commands():
         argv = command_argv(command)
         if argv is None:
             continue
-        proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=900)
+        proc = subprocess.run(
+            argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        )
         assert proc.returncode == 0, (
             f"README command failed: {command}\nran: {shlex.join(argv)}\n"
-            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
         ran.append(command)
     assert os.path.isfile(tmp_path / "out" / "dr_r50" / "model_final.pth")
     assert os.path.isfile(tmp_path / "vis" / "detections.json")

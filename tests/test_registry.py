@@ -45,11 +45,22 @@ def bce_registered():
 
 def _tiny_cfg(loss_type):
     cfg = get_cfg()
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.BACKBONE.CONV_BODY", "R-18-FPN-RETINANET",
-        "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 32, "MODEL.RETINANET.NUM_CONVS", 1,
-        "MODEL.RETINANET.NUM_CLASSES", 4, "MODEL.RETINANET.LOSS_TYPE", loss_type,
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.BACKBONE.CONV_BODY",
+            "R-18-FPN-RETINANET",
+            "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
+            32,
+            "MODEL.RETINANET.NUM_CONVS",
+            1,
+            "MODEL.RETINANET.NUM_CLASSES",
+            4,
+            "MODEL.RETINANET.LOSS_TYPE",
+            loss_type,
+        ]
+    )
     return validate_cfg(cfg)
 
 
@@ -59,8 +70,10 @@ def test_a_registered_loss_trains_the_detector(bce_registered):
     images = [torch.rand(3, 64, 96) * 255, torch.rand(3, 96, 64) * 255]
     targets = [
         {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([2])},
-        {"boxes": torch.tensor([[10.0, 8.0, 30.0, 90.0], [0.0, 0.0, 60.0, 20.0]]),
-         "labels": torch.tensor([1, 3])},
+        {
+            "boxes": torch.tensor([[10.0, 8.0, 30.0, 90.0], [0.0, 0.0, 60.0, 20.0]]),
+            "labels": torch.tensor([1, 3]),
+        },
     ]
     # The loss the detector reports is the BCE of its own logits against its own matching.
     captured = {}
@@ -75,13 +88,18 @@ def test_a_registered_loss_trains_the_detector(bce_registered):
     assert bce_registered[0].calls == 1
     cls_logits, _ = captured["out"]
     logits = torch.cat(cls_logits, dim=1).detach()
-    anchors = torch.cat(model.anchor_generator(
-        model.backbone(model.preprocess(images).tensors), model.preprocess(images).tensors.shape[-2:]))
+    anchors = torch.cat(
+        model.anchor_generator(
+            model.backbone(model.preprocess(images).tensors),
+            model.preprocess(images).tensors.shape[-2:],
+        )
+    )
     labels, positives, _ = model.loss.prepare_targets(anchors, targets)
     keep = labels >= 0
     onehot = (labels[keep][:, None] == torch.arange(1, 4)).float()
     expected = F.binary_cross_entropy_with_logits(logits[keep], onehot, reduction="sum") / (
-        positives.shape[0] + len(images))
+        positives.shape[0] + len(images)
+    )
     torch.testing.assert_close(losses["loss_cls"].detach(), expected)
     sum(losses.values()).backward()
     assert model.head.cls_logits.weight.grad.abs().sum() > 0
@@ -95,11 +113,14 @@ def test_config_accepts_registered_names_and_rejects_others(bce_registered):
         validate_cfg(cfg)
 
 
-@pytest.mark.parametrize("registry, key, builtin", [
-    (META_ARCHITECTURES, "MODEL.META_ARCHITECTURE", "RetinaNet"),
-    (BACKBONES, "MODEL.BACKBONE.CONV_BODY", "R-50-FPN-RETINANET"),
-    (CLASSIFICATION_LOSSES, "MODEL.RETINANET.LOSS_TYPE", "DR"),
-])
+@pytest.mark.parametrize(
+    "registry, key, builtin",
+    [
+        (META_ARCHITECTURES, "MODEL.META_ARCHITECTURE", "RetinaNet"),
+        (BACKBONES, "MODEL.BACKBONE.CONV_BODY", "R-50-FPN-RETINANET"),
+        (CLASSIFICATION_LOSSES, "MODEL.RETINANET.LOSS_TYPE", "DR"),
+    ],
+)
 def test_builtin_components_are_registered_under_their_config_key(registry, key, builtin):
     assert builtin in registry and key in registry.config_keys
     cfg = get_cfg()
@@ -135,8 +156,10 @@ class ToyDataset:
 
     def __init__(self, name, num_images):
         self.name = name
-        self.boxes = {i + 1: torch.tensor([[20.0 * k, 5.0, 20.0 * k + 10, 15.0]
-                                           for k in range(i + 1)]) for i in range(num_images)}
+        self.boxes = {
+            i + 1: torch.tensor([[20.0 * k, 5.0, 20.0 * k + 10, 15.0] for k in range(i + 1)])
+            for i in range(num_images)
+        }
 
     def __len__(self):
         return len(self.boxes)
@@ -170,9 +193,16 @@ def toy_recall(dataset, predictions, output_folder=None, per_category=False):
 
 @pytest.fixture
 def toy_registered():
-    DATASET_TYPES.register("toy", DatasetType(
-        form="toy:<num images>", from_parts=toy_from_parts, max_parts=1,
-        names={"toy_three": {"num_images": 3}}, from_entry=toy_from_entry))
+    DATASET_TYPES.register(
+        "toy",
+        DatasetType(
+            form="toy:<num images>",
+            from_parts=toy_from_parts,
+            max_parts=1,
+            names={"toy_three": {"num_images": 3}},
+            from_entry=toy_from_entry,
+        ),
+    )
     EVALUATORS.register("toy_recall", toy_recall)
     EVALUATORS.register("toy_count", lambda dataset, predictions, **_: {"images": len(predictions)})
     yield
@@ -208,10 +238,16 @@ def test_a_registered_evaluator_scores_the_datasets_that_name_it(toy_registered,
 
     dataset = get_dataset("toy:2", None, is_train=False)  # image 1: 1 box, image 2: 2 boxes
     predictions = {
-        1: {"boxes": torch.tensor([[1.0, 5.0, 11.0, 15.0]]),  # IoU 9/11 with the box: found
-            "scores": torch.tensor([0.9]), "labels": torch.tensor([1])},
-        2: {"boxes": torch.tensor([[26.0, 5.0, 36.0, 15.0]]),  # IoU 4/16 with box 2: missed
-            "scores": torch.tensor([0.8]), "labels": torch.tensor([1])},
+        1: {
+            "boxes": torch.tensor([[1.0, 5.0, 11.0, 15.0]]),  # IoU 9/11 with the box: found
+            "scores": torch.tensor([0.9]),
+            "labels": torch.tensor([1]),
+        },
+        2: {
+            "boxes": torch.tensor([[26.0, 5.0, 36.0, 15.0]]),  # IoU 4/16 with box 2: missed
+            "scores": torch.tensor([0.8]),
+            "labels": torch.tensor([1]),
+        },
     }
     metrics = evaluate_predictions(dataset, predictions, output_folder=str(tmp_path))
     assert list(metrics) == ["toy_recall", "images"]  # in the dataset's order

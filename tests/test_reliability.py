@@ -7,6 +7,7 @@ a 64-px COCO-format set of 8 images, a ResNet-18 of 32-channel width):
 - two gloo processes running the real training loop, one failing at iteration 2 (raising, or
   hanging): the other exits with an error within SOLVER.DIST_TIMEOUT_MINUTES instead of waiting.
 """
+
 import itertools
 import json
 import os
@@ -20,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 
 from drdet.utils.io import TMP_PREFIX
-from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,25 +42,54 @@ def shapes_dataset(root):
     for i in range(1, 9):
         pixels = np.full((64, 64, 3), 40, np.uint8)
         x, y = (int(v) for v in rng.randint(4, 36, 2))
-        pixels[y:y + 24, x:x + 24] = 220
+        pixels[y : y + 24, x : x + 24] = 220
         Image.fromarray(pixels).save(img_dir / f"{i}.png")
         images.append({"id": i, "file_name": f"{i}.png", "width": 64, "height": 64})
         anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": [x, y, 24, 24]})
-    (root / "ann.json").write_text(json.dumps(
-        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "square"}]}))
+    (root / "ann.json").write_text(
+        json.dumps(
+            {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "square"}]}
+        )
+    )
     return f"coco:{root / 'ann.json'}:{img_dir}"
 
 
 def tiny(dataset):
     return [
-        "MODEL.DEVICE", "cpu", "MODEL.RETINANET.NUM_CLASSES", "2", "MODEL.RETINANET.NUM_CONVS", "1",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", "32", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-        "MODEL.RESNETS.WIDTH_PER_GROUP", "32", "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "32",
-        "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", "()",
-        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
-        "INPUT.HORIZONTAL_FLIP_PROB_TRAIN", "0.0", "DATALOADER.NUM_WORKERS", "0",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "(1000,)",
-        "SOLVER.LOG_PERIOD", "1",
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.RETINANET.NUM_CLASSES",
+        "2",
+        "MODEL.RETINANET.NUM_CONVS",
+        "1",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS",
+        "32",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS",
+        "32",
+        "MODEL.RESNETS.WIDTH_PER_GROUP",
+        "32",
+        "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
+        "32",
+        "DATASETS.TRAIN",
+        f"('{dataset}',)",
+        "DATASETS.TEST",
+        "()",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "64",
+        "INPUT.HORIZONTAL_FLIP_PROB_TRAIN",
+        "0.0",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.STEPS",
+        "(1000,)",
+        "SOLVER.LOG_PERIOD",
+        "1",
     ]
 
 
@@ -96,7 +126,7 @@ def _named_iteration(out):
         name = (out / "last_checkpoint").read_text().strip()
     except FileNotFoundError:
         return -1
-    return int(name[len("model_"):-len(".pth")])
+    return int(name[len("model_") : -len(".pth")])
 
 
 def _temporaries(out):
@@ -104,9 +134,18 @@ def _temporaries(out):
 
 
 def _start_training(out, dataset, log_name, resume=True):
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", CONFIG,
-           "--skip-test"] + (["--resume"] if resume else []) + tiny(dataset) + [
-           "SOLVER.MAX_ITER", "1000", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(out)]
+    cmd = (
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "train_net.py"),
+            "--config-file",
+            CONFIG,
+            "--skip-test",
+        ]
+        + (["--resume"] if resume else [])
+        + tiny(dataset)
+        + ["SOLVER.MAX_ITER", "1000", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(out)]
+    )
     log = open(out.parent / log_name, "w")
     return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
 
@@ -125,8 +164,12 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_matches(t
     # 1. During the first iteration, before any checkpoint: nothing to resume, --resume starts
     #    from scratch.
     proc = _start_training(out, dataset, "1.log", resume=False)
-    _wait(lambda: (out / "log.txt").exists()
-          and "Start training" in (out / "log.txt").read_text(), [proc], 120, "training to start")
+    _wait(
+        lambda: (out / "log.txt").exists() and "Start training" in (out / "log.txt").read_text(),
+        [proc],
+        120,
+        "training to start",
+    )
     _kill(proc)
     assert not (out / "last_checkpoint").exists()
 
@@ -135,18 +178,24 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_matches(t
     #    (Tried again, resuming, in the unlikely case that the write ended before the kill.)
     for attempt in range(3):
         proc = _start_training(out, dataset, f"2.{attempt}.log")
-        _wait(lambda: (out / "last_checkpoint").exists()
-              and any(n.startswith(TMP_PREFIX + "model_") for n in os.listdir(out)),
-              [proc], 120, "a checkpoint being written")
+        _wait(
+            lambda: (
+                (out / "last_checkpoint").exists()
+                and any(n.startswith(TMP_PREFIX + "model_") for n in os.listdir(out))
+            ),
+            [proc],
+            120,
+            "a checkpoint being written",
+        )
         _kill(proc)
         at_kill = _checkpoint_iteration(out)
         left = [n for n in _temporaries(out) if n.startswith(TMP_PREFIX + "model_")]
         if left:
             break
-    assert len(left) == 1, os.listdir(out)   # killed mid-write, not after the rename
-    written = int(left[0][len(TMP_PREFIX + "model_"):].split(".")[0])
+    assert len(left) == 1, os.listdir(out)  # killed mid-write, not after the rename
+    written = int(left[0][len(TMP_PREFIX + "model_") :].split(".")[0])
     assert at_kill == written - 1 and not (out / f"model_{written:07d}.pth").exists()
-    assert "No checkpoint in" in (tmp_path / "2.0.log").read_text()   # step 1 left none
+    assert "No checkpoint in" in (tmp_path / "2.0.log").read_text()  # step 1 left none
 
     # 3. Between checkpoints: right after one is complete, in the next iteration.
     proc = _start_training(out, dataset, "3.log")
@@ -159,9 +208,11 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_matches(t
 
     # 4. --resume to the end, in this process.
     end = at_kill + 2
-    train_net.main(["--config-file", CONFIG, "--skip-test", "--resume"] + tiny(dataset)
-                   + ["SOLVER.MAX_ITER", str(end), "SOLVER.CHECKPOINT_PERIOD", "1",
-                      "OUTPUT_DIR", str(out)])
+    train_net.main(
+        ["--config-file", CONFIG, "--skip-test", "--resume"]
+        + tiny(dataset)
+        + ["SOLVER.MAX_ITER", str(end), "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(out)]
+    )
     assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == end
     assert f"Start training from iteration {at_kill} " in (out / "log.txt").read_text()
@@ -170,9 +221,18 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_matches(t
     # 5. The same weights as a run never interrupted (same data order and RNG streams; the
     #    killed runs used other threads, hence a float tolerance rather than bit equality).
     ref = tmp_path / "uninterrupted"
-    train_net.main(["--config-file", CONFIG, "--skip-test"] + tiny(dataset)
-                   + ["SOLVER.MAX_ITER", str(end), "SOLVER.CHECKPOINT_PERIOD", str(end),
-                      "OUTPUT_DIR", str(ref)])
+    train_net.main(
+        ["--config-file", CONFIG, "--skip-test"]
+        + tiny(dataset)
+        + [
+            "SOLVER.MAX_ITER",
+            str(end),
+            "SOLVER.CHECKPOINT_PERIOD",
+            str(end),
+            "OUTPUT_DIR",
+            str(ref),
+        ]
+    )
     resumed = torch.load(out / "model_final.pth", weights_only=True)["model"]
     uninterrupted = torch.load(ref / "model_final.pth", weights_only=True)["model"]
     assert resumed.keys() == uninterrupted.keys()
@@ -219,15 +279,41 @@ def _start_two_ranks(tmp_path, dataset, mode, *extra):
     port = _free_port()
     procs = []
     for rank in (0, 1):
-        env = dict(_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        args = ["--config-file", CONFIG, "--skip-test"] + tiny(dataset) + [
-            "SOLVER.IMS_PER_BATCH", "4",  # 2 per rank (GroupNorm needs 2 values at P7's 1 x 1)
-            "SOLVER.MAX_ITER", "50", "SOLVER.CHECKPOINT_PERIOD", "1000",
-            "SOLVER.DIST_TIMEOUT_MINUTES", "0.05", "OUTPUT_DIR", str(tmp_path / "out")] + list(extra)
+        env = dict(
+            _env(),
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        args = (
+            ["--config-file", CONFIG, "--skip-test"]
+            + tiny(dataset)
+            + [
+                "SOLVER.IMS_PER_BATCH",
+                "4",  # 2 per rank (GroupNorm needs 2 values at P7's 1 x 1)
+                "SOLVER.MAX_ITER",
+                "50",
+                "SOLVER.CHECKPOINT_PERIOD",
+                "1000",
+                "SOLVER.DIST_TIMEOUT_MINUTES",
+                "0.05",
+                "OUTPUT_DIR",
+                str(tmp_path / "out"),
+            ]
+            + list(extra)
+        )
         log = open(tmp_path / f"rank{rank}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, str(script)] + args, cwd=ROOT, env=env,
-                                      stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script)] + args,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     return procs
 
 
@@ -257,11 +343,13 @@ def test_a_failing_rank_makes_the_other_exit_within_the_timeout(tmp_path, mode):
         waited = time.monotonic() - started
         text = log0.read_text()
         assert rc != 0, text[-3000:]
-        assert waited < 3 + 30, waited   # the timeout, and a margin for a loaded machine
-        assert "Training stopped by" in text and "at iteration 2 on rank 0 of 2" in text, text[-3000:]
+        assert waited < 3 + 30, waited  # the timeout, and a margin for a loaded machine
+        assert "Training stopped by" in text and "at iteration 2 on rank 0 of 2" in text, text[
+            -3000:
+        ]
         if mode == "hang":
-            assert rank1.poll() is None   # rank 0 did not wait for rank 1 to end
-            assert "Timed out waiting 3000ms" in text   # gloo applied DIST_TIMEOUT_MINUTES 0.05
+            assert rank1.poll() is None  # rank 0 did not wait for rank 1 to end
+            assert "Timed out waiting 3000ms" in text  # gloo applied DIST_TIMEOUT_MINUTES 0.05
         else:
             assert "injected failure on rank 1" in (tmp_path / "rank1.log").read_text()
     finally:
@@ -286,8 +374,10 @@ def test_a_bad_image_on_one_rank_stops_both_at_the_same_iteration(tmp_path):
         logs = [(tmp_path / f"rank{r}.log").read_text() for r in (0, 1)]
         assert codes == [1, 1], logs[0][-2000:] + logs[1][-2000:]
         for rank, text in enumerate(logs):
-            assert "TooManyBadImagesError: Training stopped at iteration 1 at an unreadable " \
-                   f"image (DATALOADER.MAX_BAD_IMAGES = 0: none allowed) (rank {rank} of 2)" in text
+            assert (
+                "TooManyBadImagesError: Training stopped at iteration 1 at an unreadable "
+                f"image (DATALOADER.MAX_BAD_IMAGES = 0: none allowed) (rank {rank} of 2)" in text
+            )
             assert "Timed out" not in text and "closed by peer" not in text
         assert f"{str(bad)!r} (image id {index + 1}): cannot decode" in logs[1]
         assert "none in this process: see the logs of the other ranks" in logs[0]

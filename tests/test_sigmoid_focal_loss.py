@@ -5,6 +5,7 @@ torchvision.ops.sigmoid_focal_loss(reduction="none") over the non-ignored rows. 
 kernels (AVX-512 / AVX2 loops with polynomial exp and log1p) are also checked entry by entry
 against a float64 reference with an error bound, on every instruction-set path.
 """
+
 import pytest
 import torch
 from helpers.devices import DEVICES, ISA_PARAMS
@@ -39,8 +40,9 @@ def loss_and_grad(fn, logits, labels, **kw):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("gamma,alpha", [(2.0, 0.25), (0.0, 0.25), (0.5, 0.75), (3.0, 0.0),
-                                         (1.0, 1.0)])
+@pytest.mark.parametrize(
+    "gamma,alpha", [(2.0, 0.25), (0.0, 0.25), (0.5, 0.75), (3.0, 0.0), (1.0, 1.0)]
+)
 def test_matches_torchvision(device, gamma, alpha):
     logits, labels = random_case(300, 11, device)
     loss, grad = loss_and_grad(sigmoid_focal_loss, logits, labels, gamma=gamma, alpha=alpha)
@@ -146,8 +148,9 @@ def test_empty_input(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_int32_labels(device):
     logits, labels = random_case(50, 6, device)
-    torch.testing.assert_close(sigmoid_focal_loss(logits, labels.int()),
-                               sigmoid_focal_loss(logits, labels))
+    torch.testing.assert_close(
+        sigmoid_focal_loss(logits, labels.int()), sigmoid_focal_loss(logits, labels)
+    )
 
 
 def test_gradcheck():
@@ -155,18 +158,21 @@ def test_gradcheck():
     logits.requires_grad_(True)
     for gamma, alpha in [(2.0, 0.25), (0.5, 0.6)]:
         assert torch.autograd.gradcheck(
-            lambda x: sigmoid_focal_loss(x, labels, gamma=gamma, alpha=alpha), (logits,))
+            lambda x, g=gamma, a=alpha: sigmoid_focal_loss(x, labels, gamma=g, alpha=a), (logits,)
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     logits, labels = random_case(30, 4, device, dtype=torch.float32)
     torch.library.opcheck(torch.ops.drdet.sigmoid_focal_loss, (logits, labels, 2.0, 0.25))
-    torch.library.opcheck(torch.ops.drdet.sigmoid_focal_loss,
-                          (logits.requires_grad_(True), labels, 2.0, 0.25))
+    torch.library.opcheck(
+        torch.ops.drdet.sigmoid_focal_loss, (logits.requires_grad_(True), labels, 2.0, 0.25)
+    )
     grad_loss = torch.tensor(0.5, device=device)
-    torch.library.opcheck(torch.ops.drdet.sigmoid_focal_loss_backward,
-                          (grad_loss, logits.detach(), labels, 2.0, 0.25))
+    torch.library.opcheck(
+        torch.ops.drdet.sigmoid_focal_loss_backward, (grad_loss, logits.detach(), labels, 2.0, 0.25)
+    )
 
 
 def test_torch_compile_traces_the_op():
@@ -186,19 +192,23 @@ def test_torch_compile_traces_the_op():
 def test_module():
     logits, labels = random_case(33, 9)
     module = SigmoidFocalLoss(gamma=1.5, alpha=0.4)
-    torch.testing.assert_close(module(logits, labels),
-                               reference_loss(logits, labels, gamma=1.5, alpha=0.4))
+    torch.testing.assert_close(
+        module(logits, labels), reference_loss(logits, labels, gamma=1.5, alpha=0.4)
+    )
     assert "gamma=1.5" in repr(module)
 
 
-@pytest.mark.parametrize("make_args,message", [
-    (lambda x, y: (x[0], y), "logits must be"),
-    (lambda x, y: (x, y[:-1]), "labels must be"),
-    (lambda x, y: (x.long(), y), "logits must be float"),
-    (lambda x, y: (x, y.float()), "labels must be int"),
-    (lambda x, y: (x, torch.full_like(y, 6)), r"labels must be in \[-1, C\]"),
-    (lambda x, y: (x, torch.full_like(y, -2)), r"labels must be in \[-1, C\]"),
-])
+@pytest.mark.parametrize(
+    "make_args,message",
+    [
+        (lambda x, y: (x[0], y), "logits must be"),
+        (lambda x, y: (x, y[:-1]), "labels must be"),
+        (lambda x, y: (x.long(), y), "logits must be float"),
+        (lambda x, y: (x, y.float()), "labels must be int"),
+        (lambda x, y: (x, torch.full_like(y, 6)), r"labels must be in \[-1, C\]"),
+        (lambda x, y: (x, torch.full_like(y, -2)), r"labels must be in \[-1, C\]"),
+    ],
+)
 def test_bad_inputs_raise(make_args, message):
     logits, labels = random_case(8, 5)
     with pytest.raises(RuntimeError, match=message):
@@ -232,7 +242,7 @@ def test_cuda_matches_cpu(dtype):
 
 # --- the float32 CPU kernels (vector loops) against float64, entry by entry ---------------------
 
-EPS32 = 2.0 ** -24  # float32 rounding unit
+EPS32 = 2.0**-24  # float32 rounding unit
 TINY32 = torch.finfo(torch.float32).tiny  # results below the smallest normal float may be 0
 
 
@@ -276,8 +286,32 @@ def assert_within_float_rounding(logits, labels, gamma, alpha):
     assert abs(loss.item() - ref_loss.sum().item()) <= loss_bound, (loss.item(), ref_loss.sum())
 
 
-EXTREME_LOGITS = [0.0, -0.0, 1e-30, -1e-30, 1e-6, -1e-6, 15.0, -15.0, 20.5, -20.5, 87.0, -87.0,
-                  87.4, -87.4, 88.8, -88.8, 100.0, -100.0, 104.0, -104.0, 1e4, -1e4, 1e30, -1e30]
+EXTREME_LOGITS = [
+    0.0,
+    -0.0,
+    1e-30,
+    -1e-30,
+    1e-6,
+    -1e-6,
+    15.0,
+    -15.0,
+    20.5,
+    -20.5,
+    87.0,
+    -87.0,
+    87.4,
+    -87.4,
+    88.8,
+    -88.8,
+    100.0,
+    -100.0,
+    104.0,
+    -104.0,
+    1e4,
+    -1e4,
+    1e30,
+    -1e30,
+]
 
 
 @pytest.mark.parametrize("gamma", [0.0, 1.5, 2.0])
@@ -292,8 +326,9 @@ def test_float32_kernels_within_float_rounding(gamma, alpha):
         labels = torch.randint(-1, num_classes + 1, (num_rows,), generator=gen)
         extreme = torch.rand(num_rows, num_classes, generator=gen) < 0.2
         picks = torch.randint(0, len(EXTREME_LOGITS), (num_rows, num_classes), generator=gen)
-        logits = torch.where(extreme, torch.tensor(EXTREME_LOGITS, dtype=torch.float64)[picks],
-                             logits).float()
+        logits = torch.where(
+            extreme, torch.tensor(EXTREME_LOGITS, dtype=torch.float64)[picks], logits
+        ).float()
         if num_classes % 2:
             labels = labels.int()
         assert_within_float_rounding(logits, labels, gamma, alpha)
@@ -304,10 +339,14 @@ def test_float32_kernels_over_the_logit_range(gamma):
     """Every 1/1000 of a unit in [-110, 110], logarithmically spaced small logits and the
     extremes, each as a negative and as a positive; the sum over 320k x 2 entries takes several
     threads (the forward reduces in double across rows)."""
-    xs = torch.cat([torch.linspace(-110, 110, 220001, dtype=torch.float64),
-                    torch.logspace(-30, 2, 20001, dtype=torch.float64),
-                    -torch.logspace(-30, 2, 20001, dtype=torch.float64),
-                    torch.tensor(EXTREME_LOGITS, dtype=torch.float64)]).float()
+    xs = torch.cat(
+        [
+            torch.linspace(-110, 110, 220001, dtype=torch.float64),
+            torch.logspace(-30, 2, 20001, dtype=torch.float64),
+            -torch.logspace(-30, 2, 20001, dtype=torch.float64),
+            torch.tensor(EXTREME_LOGITS, dtype=torch.float64),
+        ]
+    ).float()
     xs = xs[: xs.numel() // 4 * 4]
     for label in (0, 4, 2, -1):  # columns 0-3: negatives, a positive at 3 or 1, ignored
         logits = xs.reshape(-1, 4)
@@ -317,10 +356,12 @@ def test_float32_kernels_over_the_logit_range(gamma):
     sample = xs[::100]
     for label in (0, 1):
         labels = torch.full((1,), label)
-        losses = torch.stack([sigmoid_focal_loss(v.view(1, 1), labels, gamma, 0.25)
-                              for v in sample])
-        ref, _, softplus_neg_z = entry_reference(sample[:, None], labels.expand(len(sample)),
-                                                 gamma, 0.25)
+        losses = torch.stack(
+            [sigmoid_focal_loss(v.view(1, 1), labels, gamma, 0.25) for v in sample]
+        )
+        ref, _, softplus_neg_z = entry_reference(
+            sample[:, None], labels.expand(len(sample)), gamma, 0.25
+        )
         bound = 16 * EPS32 * (1.0 + gamma * softplus_neg_z[:, 0]) * ref[:, 0] + 2 * TINY32
         worst = ((losses.double() - ref[:, 0]).abs() / bound).max().item()
         assert worst <= 1.0, f"loss error {worst:.2f} x the bound (gamma={gamma}, label={label})"
@@ -331,9 +372,10 @@ def test_float32_kernels_limits_and_nan():
     wrong_negatives = 0.75 * (100.0 + 1e4 + 3e38)
     # Confidently right entries cost 0 with gradient 0; confidently wrong ones cost alpha_t * |x|
     # with gradient 1 - alpha for a negative, -alpha for a positive (column 1 at -100).
-    for label, expected, expected_grad in [(0, wrong_negatives, [0.75, 0.0, 0.75, 0.0, 0.75]),
-                                           (2, wrong_negatives + 25.0, [0.75, -0.25, 0.75, 0.0,
-                                                                        0.75])]:
+    for label, expected, expected_grad in [
+        (0, wrong_negatives, [0.75, 0.0, 0.75, 0.0, 0.75]),
+        (2, wrong_negatives + 25.0, [0.75, -0.25, 0.75, 0.0, 0.75]),
+    ]:
         loss, grad = loss_and_grad(sigmoid_focal_loss, x, torch.tensor([label]))
         torch.testing.assert_close(loss.double(), torch.tensor(expected, dtype=torch.float64))
         torch.testing.assert_close(grad, torch.tensor([expected_grad]))

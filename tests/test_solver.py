@@ -5,8 +5,13 @@ import torch
 from torch import nn
 
 from drdet.config import get_cfg
-from drdet.solver import (WarmupCosineLR, WarmupMultiStepLR, make_lr_scheduler, make_optimizer,
-                          param_groups)
+from drdet.solver import (
+    WarmupCosineLR,
+    WarmupMultiStepLR,
+    make_lr_scheduler,
+    make_optimizer,
+    param_groups,
+)
 
 
 def _solver_cfg(**overrides):
@@ -54,8 +59,12 @@ def _one_group_optimizer(lr=0.01):
 
 def test_param_groups_split_bias_norm_frozen():
     net = _Net()
-    groups = {g["name"]: g for g in param_groups(net, 0.01, 1e-4, bias_lr_factor=2.0,
-                                                  weight_decay_bias=0.0, weight_decay_norm=0.5)}
+    groups = {
+        g["name"]: g
+        for g in param_groups(
+            net, 0.01, 1e-4, bias_lr_factor=2.0, weight_decay_bias=0.0, weight_decay_norm=0.5
+        )
+    }
     ids = lambda g: {id(p) for p in g["params"]}  # noqa: E731
     assert ids(groups["weight"]) == {id(net.conv.weight), id(net.fc.weight)}
     assert ids(groups["norm"]) == {id(net.gn.weight)}
@@ -80,8 +89,14 @@ def test_make_optimizer_norm_decay_defaults_to_weight_decay():
 
 def test_multistep_linear_warmup_hand_computed():
     opt = _one_group_optimizer(0.01)
-    sched = WarmupMultiStepLR(opt, milestones=[6, 8], gamma=0.1, warmup_factor=1 / 3,
-                              warmup_iters=4, warmup_method="linear")
+    sched = WarmupMultiStepLR(
+        opt,
+        milestones=[6, 8],
+        gamma=0.1,
+        warmup_factor=1 / 3,
+        warmup_iters=4,
+        warmup_method="linear",
+    )
     got = _lrs(sched, opt, 10)
     # t < 4: 0.01 * (1/3 * (1 - t/4) + t/4)
     want = [0.01 * (1 / 3 * (1 - t / 4) + t / 4) for t in range(4)]
@@ -93,7 +108,9 @@ def test_multistep_linear_warmup_hand_computed():
 def test_constant_warmup_and_bias_group_scaled():
     net = _Net()
     opt = make_optimizer(_solver_cfg(WARMUP_METHOD="constant", WARMUP_ITERS=3, STEPS=(5,)), net)
-    sched = make_lr_scheduler(_solver_cfg(WARMUP_METHOD="constant", WARMUP_ITERS=3, STEPS=(5,)), opt)
+    sched = make_lr_scheduler(
+        _solver_cfg(WARMUP_METHOD="constant", WARMUP_ITERS=3, STEPS=(5,)), opt
+    )
     bias = next(g for g in opt.param_groups if g["name"] == "bias")
     seen = []
     for _ in range(7):
@@ -139,11 +156,14 @@ def test_scheduler_state_dict_resume():
     assert _lrs(sched2, opt2, 3) == pytest.approx(_lrs(sched, opt, 3))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(milestones=[5, 3]), "milestones"),
-    (dict(milestones=[5], warmup_method="exp"), "warmup_method"),
-    (dict(milestones=[5], warmup_factor=0.0), "warmup_factor"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(milestones=[5, 3]), "milestones"),
+        (dict(milestones=[5], warmup_method="exp"), "warmup_method"),
+        (dict(milestones=[5], warmup_factor=0.0), "warmup_factor"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         WarmupMultiStepLR(_one_group_optimizer(), **kwargs)

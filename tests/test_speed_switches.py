@@ -1,5 +1,6 @@
 """The SPEED.* switches (drdet/engine/speed.py): off by default, validated, and neutral for
 checkpoints (same keys, same values, loadable with the switches flipped)."""
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,11 @@ def _cfg(*opts):
 def test_switches_are_off_by_default_and_validated():
     speed = get_cfg().SPEED
     assert (speed.CHANNELS_LAST, speed.COMPILE, speed.CUDNN_BENCHMARK, speed.DEFER_CHECKS) == (
-        False, False, False, False)
+        False,
+        False,
+        False,
+        False,
+    )
     assert speed.AMP_DTYPE == "float16"  # SOLVER.AMP's behaviour before the key
     cfg = get_cfg()
     cfg.merge_from_list(["SPEED.AMP_DTYPE", "fp8"])
@@ -66,8 +71,7 @@ def _model(**opts):
 def test_channels_last_checkpoint_loads_without_it(tmp_path):
     saved = to_channels_last(_model())
     weights4d = [p for p in saved.parameters() if p.dim() == 4]
-    assert weights4d and all(p.is_contiguous(memory_format=torch.channels_last)
-                             for p in weights4d)
+    assert weights4d and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights4d)
     seen = []
     saved.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     image = [torch.rand(3, 64, 96) * 255]
@@ -110,12 +114,20 @@ def test_compile_keeps_state_dict_keys(tmp_path):
     assert list(saved) == keys and not any("_orig_mod" in k for k in saved)
 
 
-@pytest.mark.parametrize("loss_type", [
-    "FOCAL",
-    pytest.param("DR", marks=pytest.mark.xfail(
-        strict=True, reason="the DR op returns the logits' dtype (bfloat16 under AMP): its "
-        "statistics accumulate in float32 but the value is rounded (csrc/, not this task)")),
-])
+@pytest.mark.parametrize(
+    "loss_type",
+    [
+        "FOCAL",
+        pytest.param(
+            "DR",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="the DR op returns the logits' dtype (bfloat16 under AMP): its "
+                "statistics accumulate in float32 but the value is rounded (csrc/, not this task)",
+            ),
+        ),
+    ],
+)
 def test_classification_loss_value_is_float32_for_bfloat16_logits(loss_type):
     cfg = get_cfg()
     cfg.merge_from_list(["MODEL.RETINANET.LOSS_TYPE", loss_type, "MODEL.RETINANET.NUM_CLASSES", 4])
@@ -151,25 +163,55 @@ def test_train_net_with_switches_matches_without(tmp_path):
     from tool_loader import load_tool  # tests/ is on sys.path under pytest
 
     train_net = load_tool("train_net")
-    tiny = ["--config-file", CONFIG, "--skip-test",
-            "MODEL.DEVICE", "cpu", "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "64",
-            "MODEL.RETINANET.NUM_CONVS", "1", "DATASETS.TRAIN", "('synthetic:8:0:128',)",
-            "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-            "INPUT.HORIZONTAL_FLIP_PROB_TRAIN", "0.0", "DATALOADER.NUM_WORKERS", "0",
-            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "(100,)",
-            "SOLVER.MAX_ITER", "4", "SOLVER.LOG_PERIOD", "2", "SOLVER.CHECKPOINT_PERIOD", "1000"]
+    tiny = [
+        "--config-file",
+        CONFIG,
+        "--skip-test",
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
+        "64",
+        "MODEL.RETINANET.NUM_CONVS",
+        "1",
+        "DATASETS.TRAIN",
+        "('synthetic:8:0:128',)",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(128,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "128",
+        "INPUT.HORIZONTAL_FLIP_PROB_TRAIN",
+        "0.0",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.STEPS",
+        "(100,)",
+        "SOLVER.MAX_ITER",
+        "4",
+        "SOLVER.LOG_PERIOD",
+        "2",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000",
+    ]
     plain, fast = tmp_path / "plain", tmp_path / "fast"
     train_net.main(tiny + ["OUTPUT_DIR", str(plain)])
-    train_net.main(tiny + ["OUTPUT_DIR", str(fast), "SPEED.CHANNELS_LAST", "True",
-                           "SPEED.DEFER_CHECKS", "True"])
+    train_net.main(
+        tiny
+        + ["OUTPUT_DIR", str(fast), "SPEED.CHANNELS_LAST", "True", "SPEED.DEFER_CHECKS", "True"]
+    )
     want = torch.load(plain / "model_final.pth", weights_only=True)["model"]
     got = torch.load(fast / "model_final.pth", weights_only=True)["model"]
     assert list(got) == list(want)
     for key in want:  # channels_last convolutions round differently: ~3e-5 after 4 steps
-        torch.testing.assert_close(got[key], want[key], rtol=1e-3, atol=2e-4,
-                                   msg=lambda m, key=key: f"{key}: {m}")
+        torch.testing.assert_close(
+            got[key], want[key], rtol=1e-3, atol=2e-4, msg=lambda m, key=key: f"{key}: {m}"
+        )
     records = [json.loads(line) for line in open(fast / "metrics.jsonl")]
     assert [r["iteration"] for r in records] == [2, 4] and all("loss" in r for r in records)
-    model = build_detector(_cfg("MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 64,
-                                "MODEL.RETINANET.NUM_CONVS", 1))
+    model = build_detector(
+        _cfg("MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 64, "MODEL.RETINANET.NUM_CONVS", 1)
+    )
     Checkpointer(model, save_dir=str(fast)).load(str(fast / "model_final.pth"))

@@ -7,6 +7,7 @@ On the CPU every tensor is a host tensor, so the CPU test counts the Python-leve
 where in drdet they happen; a new read in the step shows up as a new site. The CUDA test counts
 the real synchronisations with ``torch.cuda.set_sync_debug_mode``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -26,8 +27,17 @@ from drdet.solver import make_lr_scheduler, make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
-READS = ["item", "__bool__", "__float__", "__int__", "__index__", "tolist", "nonzero", "cpu",
-         "numpy"]
+READS = [
+    "item",
+    "__bool__",
+    "__float__",
+    "__int__",
+    "__index__",
+    "tolist",
+    "nonzero",
+    "cpu",
+    "numpy",
+]
 
 # The reads left in a RetinaNet step with SPEED.DEFER_CHECKS, between two flushes:
 # the host-side check of the loader's (CPU) targets, no device sync on a GPU ...
@@ -39,8 +49,19 @@ POSITIVES = ("loss.py", "prepare_targets", "nonzero")
 def _cfg(*opts):
     cfg = get_cfg()
     cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(["SOLVER.WARMUP_ITERS", 0, "SOLVER.LOG_PERIOD", 4,
-                         "SOLVER.CHECKPOINT_PERIOD", 0, "SOLVER.MAX_ITER", 100, *opts])
+    cfg.merge_from_list(
+        [
+            "SOLVER.WARMUP_ITERS",
+            0,
+            "SOLVER.LOG_PERIOD",
+            4,
+            "SOLVER.CHECKPOINT_PERIOD",
+            0,
+            "SOLVER.MAX_ITER",
+            100,
+            *opts,
+        ]
+    )
     return cfg
 
 
@@ -55,8 +76,10 @@ def _retinanet_step(device, *opts):
 def _batch(bad_box: bool = False):
     images = [torch.rand(3, 64, 96) * 255 for _ in range(2)]
     boxes = torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 10.0, 60.0, 50.0]])
-    targets = [{"boxes": boxes.clone(), "labels": torch.tensor([1, 3]), "image_id": 10 + i}
-               for i in range(2)]
+    targets = [
+        {"boxes": boxes.clone(), "labels": torch.tensor([1, 3]), "image_id": 10 + i}
+        for i in range(2)
+    ]
     if bad_box:
         targets[1]["boxes"][1, 2] = 5.0  # x2 < x1
     return images, targets
@@ -78,6 +101,7 @@ class _ReadCounter:
                     self.sites[(os.path.basename(frame.filename), frame.name, name)] += 1
                     break
             return original(tensor, *args, **kwargs)
+
         return counted
 
 
@@ -93,8 +117,10 @@ def test_cpu_step_reads_back_only_the_known_values(monkeypatch):
 
     immediate(2, *_batch())
     assert dict(counter.sites) == {
-        HOST_TARGET_CHECK: 1, POSITIVES: 1,
-        ("train_step.py", "__call__", "cpu"): 1, ("train_step.py", "__call__", "tolist"): 1,
+        HOST_TARGET_CHECK: 1,
+        POSITIVES: 1,
+        ("train_step.py", "__call__", "cpu"): 1,
+        ("train_step.py", "__call__", "tolist"): 1,
         ("train_step.py", "__call__", "__bool__"): 1,  # isfinite(grad_norm): CLIP_GRADIENTS on
     }
     for iteration in (2, 3):  # LOG_PERIOD 4: no flush
@@ -104,9 +130,12 @@ def test_cpu_step_reads_back_only_the_known_values(monkeypatch):
         assert dict(counter.sites) == {HOST_TARGET_CHECK: 1, POSITIVES: 1}
     counter.sites.clear()
     values, _ = deferred(4, *_batch())
-    assert dict(counter.sites) == {HOST_TARGET_CHECK: 1, POSITIVES: 1,
-                                   ("train_step.py", "read", "cpu"): 1,
-                                   ("train_step.py", "read", "tolist"): 1}
+    assert dict(counter.sites) == {
+        HOST_TARGET_CHECK: 1,
+        POSITIVES: 1,
+        ("train_step.py", "read", "cpu"): 1,
+        ("train_step.py", "read", "tolist"): 1,
+    }
     assert set(values) == {"loss_cls", "loss_reg", "loss", "grad_norm"}
 
 
@@ -114,8 +143,11 @@ def test_cpu_step_reads_back_only_the_known_values(monkeypatch):
 def test_bad_target_is_named_before_any_update_with_deferred_checks():
     step = _retinanet_step("cpu", "SPEED.DEFER_CHECKS", True)
     before = [p.detach().clone() for p in step.model.parameters()]
-    with pytest.raises(ValueError, match=r"image 1 of the batch \(image_id 11\): box 1 .* "
-                                         "degenerate"):
+    with pytest.raises(
+        ValueError,
+        match=r"image 1 of the batch \(image_id 11\): box 1 .* "
+        "degenerate",
+    ):
         step(1, *_batch(bad_box=True))
     assert all(torch.equal(a, p) for a, p in zip(before, step.model.parameters()))
 

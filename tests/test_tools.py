@@ -1,6 +1,7 @@
 """The user-facing tools on a tiny synthetic set: demo (images, folder, video), score
 distribution, metric curves, model analysis; outputs checked against the model's own
 predictions, torchvision's IoU and hand counts."""
+
 import json
 import os
 
@@ -8,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 from torch import nn
 from torchvision.ops import box_iou
 
@@ -16,7 +18,6 @@ from drdet.data.transforms import build_transforms
 from drdet.engine.defaults import load_config
 from drdet.engine.predictor import Predictor
 from drdet.modeling import build_detector
-from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,12 +31,20 @@ pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 TRAIN_SET, TEST_SET = "synthetic:4:0:128", "synthetic:3:1:128"
 TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "64",
-    "MODEL.RETINANET.NUM_CONVS", "1",
-    "DATASETS.TRAIN", f"('{TRAIN_SET}',)",
-    "DATASETS.TEST", f"('{TEST_SET}',)",
-    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
+    "64",
+    "MODEL.RETINANET.NUM_CONVS",
+    "1",
+    "DATASETS.TRAIN",
+    f"('{TRAIN_SET}',)",
+    "DATASETS.TEST",
+    f"('{TEST_SET}',)",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
 ]
 
 
@@ -48,8 +57,10 @@ def _checkpoint(path, seed, config=CONFIG):
 def _focal_config(folder):
     """The synthetic config with RetinaNet's focal loss, prior 0.01 and matcher 0.5 / 0.4."""
     path = folder / "focal.yaml"
-    path.write_text(f'_BASE_: "{CONFIG}"\nMODEL:\n  RETINANET:\n    LOSS_TYPE: "FOCAL"\n'
-                    "    PRIOR_PROB: 0.01\n    BG_IOU_THRESHOLD: 0.4\n")
+    path.write_text(
+        f'_BASE_: "{CONFIG}"\nMODEL:\n  RETINANET:\n    LOSS_TYPE: "FOCAL"\n'
+        "    PRIOR_PROB: 0.01\n    BG_IOU_THRESHOLD: 0.4\n"
+    )
     return str(path)
 
 
@@ -76,8 +87,12 @@ def _check_against_predictor(records, images, weights, threshold):
         expected = predictor(image)
         keep = expected["scores"] >= threshold
         assert len(record["scores"]) == int(keep.sum())
-        np.testing.assert_allclose(np.array(record["boxes"]).reshape(-1, 4),
-                                   expected["boxes"][keep].numpy(), rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(
+            np.array(record["boxes"]).reshape(-1, 4),
+            expected["boxes"][keep].numpy(),
+            rtol=1e-5,
+            atol=1e-3,
+        )
         np.testing.assert_allclose(record["scores"], expected["scores"][keep].numpy(), rtol=1e-5)
         assert record["labels"] == expected["labels"][keep].tolist()
         assert record["class_names"] == [class_names[k - 1] for k in record["labels"]]
@@ -90,14 +105,25 @@ def test_demo_on_folder_and_file(weights, tmp_path):
     extra = tmp_path / "extra.png"
     cv2.imwrite(str(extra), cv2.resize(cv2.imread(files[0]), (160, 96)))  # another size
     out = tmp_path / "out"
-    records = demo.main(["--config-file", CONFIG, "--input", image_dir[0], str(extra),
-                         "--output", str(out), "--confidence-threshold", "0.3"]
-                        + TINY + ["MODEL.WEIGHT", weights])
+    records = demo.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--input",
+            image_dir[0],
+            str(extra),
+            "--output",
+            str(out),
+            "--confidence-threshold",
+            "0.3",
+        ]
+        + TINY
+        + ["MODEL.WEIGHT", weights]
+    )
     saved = json.loads((out / "detections.json").read_text())
     assert saved == json.loads(json.dumps(records))
     assert [r["file"] for r in saved] == files + [str(extra)]
-    n = _check_against_predictor(saved, [cv2.imread(f) for f in files + [str(extra)]],
-                                 weights, 0.3)
+    n = _check_against_predictor(saved, [cv2.imread(f) for f in files + [str(extra)]], weights, 0.3)
     assert n > 0  # the untrained DR head (prior 0.5) scores many anchors above 0.3
 
 
@@ -120,8 +146,22 @@ def test_demo_on_video(weights, tmp_path):
     capture.release()
     assert len(frames) == 3
     out = tmp_path / "out"
-    demo.main(["--config-file", CONFIG, "--video", path, "--max-frames", "2", "--output",
-               str(out), "--confidence-threshold", "0.4"] + TINY + ["MODEL.WEIGHT", weights])
+    demo.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--video",
+            path,
+            "--max-frames",
+            "2",
+            "--output",
+            str(out),
+            "--confidence-threshold",
+            "0.4",
+        ]
+        + TINY
+        + ["MODEL.WEIGHT", weights]
+    )
     saved = json.loads((out / "detections.json").read_text())
     assert [r["file"] for r in saved] == [f"{path}#0", f"{path}#1"]
     _check_against_predictor(saved, frames[:2], weights, 0.4)
@@ -129,6 +169,7 @@ def test_demo_on_video(weights, tmp_path):
 
 class _FakeCamera:
     """Stands in for cv2.VideoCapture(index) of a camera: endless frames, or none when absent."""
+
     opened = []
 
     def __init__(self, source):
@@ -151,29 +192,59 @@ class _FakeCamera:
 def test_demo_on_webcam(weights, tmp_path, monkeypatch):
     monkeypatch.setattr(demo.cv2, "VideoCapture", _FakeCamera)
     out = tmp_path / "out"
-    demo.main(["--config-file", CONFIG, "--webcam", "0", "--max-frames", "3", "--output",
-               str(out), "--confidence-threshold", "0.4"] + TINY + ["MODEL.WEIGHT", weights])
+    demo.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--webcam",
+            "0",
+            "--max-frames",
+            "3",
+            "--output",
+            str(out),
+            "--confidence-threshold",
+            "0.4",
+        ]
+        + TINY
+        + ["MODEL.WEIGHT", weights]
+    )
     camera = _FakeCamera.opened[-1]
     assert camera.source == 0 and camera.count == 3 and camera.released  # stops at the limit
     saved = json.loads((out / "detections.json").read_text())
     assert [r["file"] for r in saved] == ["0#0", "0#1", "0#2"]
     _check_against_predictor(saved, [camera.frames[i] for i in range(3)], weights, 0.4)
     with pytest.raises(ValueError, match="cannot open video source 1"):
-        demo.main(["--config-file", CONFIG, "--webcam", "1", "--max-frames", "3", "--output",
-                   str(out)] + TINY + ["MODEL.WEIGHT", weights])
+        demo.main(
+            ["--config-file", CONFIG, "--webcam", "1", "--max-frames", "3", "--output", str(out)]
+            + TINY
+            + ["MODEL.WEIGHT", weights]
+        )
     with pytest.raises(SystemExit):  # a camera never ends: a frame limit is required
         demo.main(["--config-file", CONFIG, "--webcam", "0", "--output", str(out)])
 
 
 def test_demo_bad_input(weights, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
-        demo.main(["--config-file", CONFIG, "--input", str(tmp_path / "nope.jpg"), "--output",
-                   str(tmp_path)] + TINY + ["MODEL.WEIGHT", weights])
+        demo.main(
+            [
+                "--config-file",
+                CONFIG,
+                "--input",
+                str(tmp_path / "nope.jpg"),
+                "--output",
+                str(tmp_path),
+            ]
+            + TINY
+            + ["MODEL.WEIGHT", weights]
+        )
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="bad.jpg"):
-        demo.main(["--config-file", CONFIG, "--input", str(bad), "--output",
-                   str(tmp_path / "o")] + TINY + ["MODEL.WEIGHT", weights])
+        demo.main(
+            ["--config-file", CONFIG, "--input", str(bad), "--output", str(tmp_path / "o")]
+            + TINY
+            + ["MODEL.WEIGHT", weights]
+        )
 
 
 def _reference_anchor_scores(model, cfg, image, target):
@@ -207,10 +278,29 @@ def test_score_distribution_matches_independent_matching(tmp_path):
     w1, w2 = _checkpoint(tmp_path / "a.pth", 1), _checkpoint(tmp_path / "b.pth", 2, focal)
     out = tmp_path / "scores.png"
     results = plot_score_distribution.main(
-        ["--config-file", CONFIG, "--weights", w1, "--label", "DR",
-         "--config-file", focal, "--weights", w2, "--label", "focal",
-         "--num-images", "2", "--num-background", "10000000", "--output", str(out),
-         "--opts"] + TINY)
+        [
+            "--config-file",
+            CONFIG,
+            "--weights",
+            w1,
+            "--label",
+            "DR",
+            "--config-file",
+            focal,
+            "--weights",
+            w2,
+            "--label",
+            "focal",
+            "--num-images",
+            "2",
+            "--num-background",
+            "10000000",
+            "--output",
+            str(out),
+            "--opts",
+        ]
+        + TINY
+    )
     _png_ok(out)
     assert [r[0] for r in results] == ["DR", "focal"]
     dataset = get_dataset(TEST_SET, build_transforms(cfgs[0], is_train=False), is_train=False)
@@ -229,9 +319,22 @@ def test_score_distribution_matches_independent_matching(tmp_path):
         np.testing.assert_allclose(np.sort(bg), np.sort(ref_bg), rtol=1e-5)
     assert results[0][1].mean() > 0.3 > results[1][1].mean()  # prior 0.5 vs 0.01
     # Subsampling keeps exactly the requested number of background scores.
-    few = plot_score_distribution.main(["--config-file", CONFIG, "--weights", w1,
-                                        "--num-images", "2", "--num-background", "100",
-                                        "--output", str(tmp_path / "s.png"), "--opts"] + TINY)
+    few = plot_score_distribution.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--weights",
+            w1,
+            "--num-images",
+            "2",
+            "--num-background",
+            "100",
+            "--output",
+            str(tmp_path / "s.png"),
+            "--opts",
+        ]
+        + TINY
+    )
     assert few[0][2].size == 100 and set(few[0][2]) <= set(results[0][2])
 
 
@@ -240,8 +343,16 @@ def test_plot_metrics(tmp_path):
     for k, (scale, ap) in enumerate(((1.0, 0.2), (2.0, 0.1))):
         run = tmp_path / f"run{k}"
         run.mkdir()
-        lines = [{"iteration": i, "loss": scale / i, "loss_cls": 0.6 * scale / i,
-                  "loss_reg": 0.4 * scale / i, "lr": 0.01} for i in (1, 2, 3, 4)]
+        lines = [
+            {
+                "iteration": i,
+                "loss": scale / i,
+                "loss_cls": 0.6 * scale / i,
+                "loss_reg": 0.4 * scale / i,
+                "lr": 0.01,
+            }
+            for i in (1, 2, 3, 4)
+        ]
         lines.insert(2, {"iteration": 2, f"eval/{TEST_SET}": {"AP": ap, "AP50": 2 * ap}})
         lines.append({"iteration": 4, f"eval/{TEST_SET}": {"AP": 2 * ap, "AP50": 3 * ap}})
         (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
@@ -264,8 +375,16 @@ def _hand_conv_flops(module, image):
 
     def hook(conv, inputs, output):
         kh, kw = conv.kernel_size
-        total.append(2 * conv.in_channels // conv.groups * kh * kw * output.shape[1]
-                     * output.shape[2] * output.shape[3])
+        total.append(
+            2
+            * conv.in_channels
+            // conv.groups
+            * kh
+            * kw
+            * output.shape[1]
+            * output.shape[2]
+            * output.shape[3]
+        )
 
     handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
     with torch.no_grad():
@@ -287,7 +406,8 @@ def test_analyze_model_counts():
     assert report["head"]["params"] == sum(p.numel() for p in model.head.parameters())
     image = torch.zeros(1, 3, 96, 128)  # a multiple of 32: no padding
     assert report["backbone"]["gflops"] * 1e9 == pytest.approx(
-        _hand_conv_flops(model.backbone.body, image), rel=1e-9)
+        _hand_conv_flops(model.backbone.body, image), rel=1e-9
+    )
     parts = sum(report[p]["gflops"] for p in ("backbone", "fpn", "head"))
     assert report["total"]["gflops"] == pytest.approx(parts, rel=1e-9)
 

@@ -1,5 +1,6 @@
 """The library pieces tools/train_net.py uses around the loop: the stop request by signal, the
 removal of an interrupted run's temporary files, and the NUM_CLASSES check."""
+
 import logging
 import os
 import signal
@@ -35,15 +36,20 @@ def test_remove_stale_temporary_files_keeps_everything_else(tmp_path, caplog):
         removed = remove_stale_temporary_files(str(tmp_path), logging.getLogger("drdet"))
     assert removed == sorted(stale)
     assert sorted(os.listdir(tmp_path)) == sorted(
-        [TMP_PREFIX + "folder", "model_final.pth", "notes.tmp"])
+        [TMP_PREFIX + "folder", "model_final.pth", "notes.tmp"]
+    )
     assert "Removed 2 temporary files" in caplog.text
     assert remove_stale_temporary_files(str(tmp_path), logging.getLogger("drdet")) == []
 
 
 def test_check_num_classes_counts_the_background():
     cfg = get_cfg()
-    parts = SimpleNamespace(datasets=[SimpleNamespace(name="a", num_classes=20),
-                                      SimpleNamespace(name="b", num_classes=3)])
+    parts = SimpleNamespace(
+        datasets=[
+            SimpleNamespace(name="a", num_classes=20),
+            SimpleNamespace(name="b", num_classes=3),
+        ]
+    )
     cfg.MODEL.RETINANET.NUM_CLASSES = 21  # 20 categories + background
     check_num_classes(cfg, parts)
     cfg.MODEL.RETINANET.NUM_CLASSES = 20

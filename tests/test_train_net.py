@@ -1,6 +1,7 @@
 """End-to-end training and evaluation through tools/train_net.py and tools/test_net.py on a tiny
 synthetic set (CPU): resume equals an uninterrupted run, two gloo processes under torchrun equal
 one process on the same global batch, distributed evaluation sees every image exactly once."""
+
 import json
 import os
 import signal
@@ -10,11 +11,11 @@ import sys
 
 import pytest
 import torch
+from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 
 from drdet.engine.defaults import load_config, seed_everything
 from drdet.engine.hooks import HookBase
 from drdet.modeling import build_detector
-from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,19 +27,44 @@ pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 TRAIN_SET, TEST_SET = "synthetic:16:0:128", "synthetic:5:1:128"
 TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "64",
-    "MODEL.RETINANET.NUM_CONVS", "1",
-    "DATASETS.TRAIN", f"('{TRAIN_SET}',)",
-    "DATASETS.TEST", f"('{TEST_SET}',)",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-    "INPUT.HORIZONTAL_FLIP_PROB_TRAIN", "0.0",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.01", "SOLVER.WARMUP_ITERS", "0",
-    "SOLVER.STEPS", "(100,)", "SOLVER.CHECKPOINT_PERIOD", "1000", "SOLVER.LOG_PERIOD", "1",
-    "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
-    "TEST.IMS_PER_BATCH", "2",
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
+    "64",
+    "MODEL.RETINANET.NUM_CONVS",
+    "1",
+    "DATASETS.TRAIN",
+    f"('{TRAIN_SET}',)",
+    "DATASETS.TEST",
+    f"('{TEST_SET}',)",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "INPUT.HORIZONTAL_FLIP_PROB_TRAIN",
+    "0.0",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.IMS_PER_BATCH",
+    "4",
+    "SOLVER.BASE_LR",
+    "0.01",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "SOLVER.STEPS",
+    "(100,)",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "1000",
+    "SOLVER.LOG_PERIOD",
+    "1",
+    "SOLVER.CLIP_GRADIENTS.ENABLED",
+    "False",
+    "TEST.IMS_PER_BATCH",
+    "2",
 ]
 
 
@@ -59,9 +85,19 @@ def _free_port():
 
 def _torchrun(script, args, output_dir, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           os.path.join(ROOT, "tools", script)] + args + ["OUTPUT_DIR", str(output_dir)]
+    cmd = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            os.path.join(ROOT, "tools", script),
+        ]
+        + args
+        + ["OUTPUT_DIR", str(output_dir)]
+    )
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -83,7 +119,6 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert [r["iteration"] for r in records] == [1, 2, 3, 4]
 
 
-
 def test_a_user_hook_added_through_main_sees_every_iteration(tmp_path):
     class RecordLoss(HookBase):
         def __init__(self):
@@ -93,8 +128,12 @@ def test_a_user_hook_added_through_main_sees_every_iteration(tmp_path):
             self.seen.append((self.trainer.iteration, self.trainer.values["loss"]))
 
     hook = RecordLoss()
-    train_net.main(["--config-file", CONFIG, "--skip-test"] + TINY
-                   + ["SOLVER.MAX_ITER", "3", "OUTPUT_DIR", str(tmp_path)], hooks=[hook])
+    train_net.main(
+        ["--config-file", CONFIG, "--skip-test"]
+        + TINY
+        + ["SOLVER.MAX_ITER", "3", "OUTPUT_DIR", str(tmp_path)],
+        hooks=[hook],
+    )
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [it for it, _ in hook.seen] == [r["iteration"] for r in records] == [1, 2, 3]
     # the hook sees the step's loss of the iteration: with LOG_PERIOD 1, the logged latest value
@@ -107,8 +146,11 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     (losses are normalised by counts averaged over the ranks), so the weights agree; both ranks
     end identical; the final evaluation on 5 images over 2 ranks sees each image once."""
     _train(tmp_path / "single", "SOLVER.MAX_ITER", "2")
-    args = ["--config-file", CONFIG] + TINY + [
-        "SOLVER.MAX_ITER", "2", "MODEL.RETINANET.INFERENCE_TH", "0.0"]
+    args = (
+        ["--config-file", CONFIG]
+        + TINY
+        + ["SOLVER.MAX_ITER", "2", "MODEL.RETINANET.INFERENCE_TH", "0.0"]
+    )
     proc = _torchrun("train_net.py", args, tmp_path / "ddp")
     assert "Parameters identical on all 2 ranks" in proc.stdout + proc.stderr
 
@@ -136,17 +178,40 @@ def test_short_training_learns(tmp_path):
     """300 iterations on 200 synthetic 128-px images lift AP50 on 30 held-out images far above the
     untrained model's. Measured on the 2-core CPU: AP50 0.282 after training (53 s); the margin
     asserted leaves room for run-to-run variation."""
-    common = ["--config-file", CONFIG, "MODEL.DEVICE", "cpu",
-              "DATASETS.TRAIN", "('synthetic:200:0:128',)", "DATASETS.TEST", "('synthetic:30:1:128',)",
-              "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-              "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-              "DATALOADER.NUM_WORKERS", "0", "SOLVER.STEPS", "(250,)", "SOLVER.WARMUP_ITERS", "50",
-              "SOLVER.LOG_PERIOD", "50", "SOLVER.CHECKPOINT_PERIOD", "1000"]
+    common = [
+        "--config-file",
+        CONFIG,
+        "MODEL.DEVICE",
+        "cpu",
+        "DATASETS.TRAIN",
+        "('synthetic:200:0:128',)",
+        "DATASETS.TEST",
+        "('synthetic:30:1:128',)",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(128,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "128",
+        "INPUT.MIN_SIZE_TEST",
+        "128",
+        "INPUT.MAX_SIZE_TEST",
+        "128",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SOLVER.STEPS",
+        "(250,)",
+        "SOLVER.WARMUP_ITERS",
+        "50",
+        "SOLVER.LOG_PERIOD",
+        "50",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000",
+    ]
     cfg = load_config(CONFIG, common[2:])
     seed_everything(cfg.DATALOADER.SEED)  # the initialisation train_net starts from
     torch.save({"model": build_detector(cfg).state_dict()}, tmp_path / "init.pth")
-    untrained = test_net.main(common + ["MODEL.WEIGHT", str(tmp_path / "init.pth"),
-                                        "OUTPUT_DIR", str(tmp_path / "a")])
+    untrained = test_net.main(
+        common + ["MODEL.WEIGHT", str(tmp_path / "init.pth"), "OUTPUT_DIR", str(tmp_path / "a")]
+    )
     trained = train_net.main(common + ["SOLVER.MAX_ITER", "300", "OUTPUT_DIR", str(tmp_path / "b")])
     before = untrained["synthetic:30:1:128"]["AP50"]
     after = trained["synthetic:30:1:128"]["AP50"]
@@ -159,10 +224,25 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches(tmp_path):
     """SIGTERM during training: the iteration finishes, a checkpoint is written, the process exits
     143 (128 + SIGTERM); --resume from it ends with the weights of an uninterrupted run."""
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", CONFIG,
-           "--skip-test"] + TINY + ["SOLVER.MAX_ITER", "10000", "OUTPUT_DIR", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cmd = (
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "train_net.py"),
+            "--config-file",
+            CONFIG,
+            "--skip-test",
+        ]
+        + TINY
+        + ["SOLVER.MAX_ITER", "10000", "OUTPUT_DIR", str(out)]
+    )
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)

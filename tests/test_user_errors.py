@@ -2,6 +2,7 @@
 image, the modes of the files drdet writes under a umask, convert_checkpoint.py refusing to
 overwrite, a training set with no usable box, the exit status of a run stopped by a signal, and
 warnings that name the annotation ids and image files at fault."""
+
 import json
 import logging
 import os
@@ -36,18 +37,40 @@ pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 TRAIN_SET, TEST_SET = "synthetic:4:0:128", "synthetic:2:1:128"
 TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", "64",
-    "MODEL.RETINANET.NUM_CONVS", "1",
-    "DATASETS.TRAIN", f"('{TRAIN_SET}',)",
-    "DATASETS.TEST", f"('{TEST_SET}',)",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-    "INPUT.HORIZONTAL_FLIP_PROB_TRAIN", "0.0",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "(100,)",
-    "SOLVER.CHECKPOINT_PERIOD", "1000", "SOLVER.LOG_PERIOD", "1",
-    "TEST.IMS_PER_BATCH", "2",
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
+    "64",
+    "MODEL.RETINANET.NUM_CONVS",
+    "1",
+    "DATASETS.TRAIN",
+    f"('{TRAIN_SET}',)",
+    "DATASETS.TEST",
+    f"('{TEST_SET}',)",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "INPUT.HORIZONTAL_FLIP_PROB_TRAIN",
+    "0.0",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "SOLVER.STEPS",
+    "(100,)",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "1000",
+    "SOLVER.LOG_PERIOD",
+    "1",
+    "TEST.IMS_PER_BATCH",
+    "2",
 ]
 
 
@@ -88,8 +111,20 @@ def test_demo_skips_unreadable_images_and_lists_other_entries(weights, tmp_path,
     (folder / "sub").mkdir()
     out = tmp_path / "out"
     caplog.set_level(logging.INFO)
-    records = demo.main(["--config-file", CONFIG, "--input", str(folder), "--output", str(out),
-                         "--confidence-threshold", "0.3"] + TINY + ["MODEL.WEIGHT", weights])
+    records = demo.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--input",
+            str(folder),
+            "--output",
+            str(out),
+            "--confidence-threshold",
+            "0.3",
+        ]
+        + TINY
+        + ["MODEL.WEIGHT", weights]
+    )
     saved = json.loads((out / "detections.json").read_text())
     assert [r["file"] for r in saved] == [str(folder / "a.png"), str(folder / "c.png")]
     assert saved == json.loads(json.dumps(records))
@@ -119,8 +154,11 @@ def test_demo_writes_what_it_processed_when_a_later_image_fails(weights, tmp_pat
     monkeypatch.setattr(demo.cv2, "imwrite", imwrite)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="cannot write"):
-        demo.main(["--config-file", CONFIG, "--input", *files, "--output", str(out)]
-                  + TINY + ["MODEL.WEIGHT", weights])
+        demo.main(
+            ["--config-file", CONFIG, "--input", *files, "--output", str(out)]
+            + TINY
+            + ["MODEL.WEIGHT", weights]
+        )
     saved = json.loads((out / "detections.json").read_text())
     assert [r["file"] for r in saved] == files[:1]
 
@@ -130,8 +168,11 @@ def test_demo_with_only_unreadable_images_names_them(weights, tmp_path):
     bad.write_bytes(b"not an image")
     out = tmp_path / "o"
     with pytest.raises(ValueError, match="bad.jpg"):
-        demo.main(["--config-file", CONFIG, "--input", str(bad), "--output", str(out)]
-                  + TINY + ["MODEL.WEIGHT", weights])
+        demo.main(
+            ["--config-file", CONFIG, "--input", str(bad), "--output", str(out)]
+            + TINY
+            + ["MODEL.WEIGHT", weights]
+        )
     assert json.loads((out / "detections.json").read_text()) == []
 
 
@@ -154,13 +195,22 @@ def test_training_outputs_follow_the_umask(tmp_path, mask, expected):
     gives under the umask."""
     out = tmp_path / "out"
     with umask(mask):
-        train_net.main(["--config-file", CONFIG] + TINY
-                       + ["SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(out)])
-    written = {os.path.relpath(os.path.join(d, f), out): mode(os.path.join(d, f))
-               for d, _, files in os.walk(out) for f in files}
+        train_net.main(
+            ["--config-file", CONFIG] + TINY + ["SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(out)]
+        )
+    written = {
+        os.path.relpath(os.path.join(d, f), out): mode(os.path.join(d, f))
+        for d, _, files in os.walk(out)
+        for f in files
+    }
     names = {os.path.basename(p) for p in written}
-    assert {"model_final.pth", "last_checkpoint", "config.yaml", "bbox.json",
-            "metrics.json"} <= names, written
+    assert {
+        "model_final.pth",
+        "last_checkpoint",
+        "config.yaml",
+        "bbox.json",
+        "metrics.json",
+    } <= names, written
     assert written == {p: expected for p in written}
 
 
@@ -208,10 +258,15 @@ def test_coco_training_set_without_usable_boxes_says_why(tmp_path):
     """Four images: no annotation, crowd only, a box outside the image, a zero-width box: the
     error names the file, the image count and each reason's count instead of the sampler's
     'non-empty dataset'."""
-    ann, img_dir = write_set(tmp_path, good_files(4), annotations=[
-        {"id": 11, "image_id": 2, "category_id": 1, "bbox": [1, 1, 9, 9], "iscrowd": 1},
-        {"id": 12, "image_id": 3, "category_id": 1, "bbox": [200, 10, 5, 5]},
-        {"id": 13, "image_id": 4, "category_id": 1, "bbox": [10, 10, 0, 5]}])
+    ann, img_dir = write_set(
+        tmp_path,
+        good_files(4),
+        annotations=[
+            {"id": 11, "image_id": 2, "category_id": 1, "bbox": [1, 1, 9, 9], "iscrowd": 1},
+            {"id": 12, "image_id": 3, "category_id": 1, "bbox": [200, 10, 5, 5]},
+            {"id": 13, "image_id": 4, "category_id": 1, "bbox": [10, 10, 0, 5]},
+        ],
+    )
     with pytest.raises(ValueError) as err:
         build_data_loader(loader_cfg(ann, img_dir), is_train=True)
     message = str(err.value)
@@ -234,11 +289,14 @@ def _voc_set(root, objects):
         (root / sub).mkdir(parents=True)
     stems = [f"{i:06d}" for i in range(1, len(objects) + 1)]
     for stem, objs in zip(stems, objects):
-        body = "".join(f"<object><name>{n}</name><difficult>{int(d)}</difficult><bndbox><xmin>2"
-                       "</xmin><ymin>2</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>"
-                       for n, d in objs)
+        body = "".join(
+            f"<object><name>{n}</name><difficult>{int(d)}</difficult><bndbox><xmin>2"
+            "</xmin><ymin>2</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>"
+            for n, d in objs
+        )
         (root / "Annotations" / f"{stem}.xml").write_text(
-            f"<annotation><size><width>32</width><height>32</height></size>{body}</annotation>")
+            f"<annotation><size><width>32</width><height>32</height></size>{body}</annotation>"
+        )
     (root / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(stems) + "\n")
     return str(root / "ImageSets" / "Main" / "trainval.txt")
 
@@ -272,9 +330,12 @@ class _SendSignal(HookBase):
 def test_a_run_stopped_by_a_signal_exits_128_plus_the_signal(tmp_path, signum, status):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        train_net.main(["--config-file", CONFIG, "--skip-test"] + TINY
-                       + ["SOLVER.MAX_ITER", "50", "OUTPUT_DIR", str(out)],
-                       hooks=[_SendSignal(signum)])
+        train_net.main(
+            ["--config-file", CONFIG, "--skip-test"]
+            + TINY
+            + ["SOLVER.MAX_ITER", "50", "OUTPUT_DIR", str(out)],
+            hooks=[_SendSignal(signum)],
+        )
     assert exit_info.value.code == status
     name = (out / "last_checkpoint").read_text().strip()  # written before the exit
     assert torch.load(out / name, weights_only=True)["iteration"] == 2
@@ -282,11 +343,17 @@ def test_a_run_stopped_by_a_signal_exits_128_plus_the_signal(tmp_path, signum, s
 
 # ----------------------------------------------------------------------------- named warnings
 def test_clipped_and_dropped_boxes_are_named_by_annotation_id(tmp_path, caplog):
-    boxes = {21: [4, 4, 20, 16], 22: [50, 40, 30, 30], 23: [10, 10, 0, 5],
-             24: [70, 10, 5, 5], 25: [-1, 2, 3, 3]}
+    boxes = {
+        21: [4, 4, 20, 16],
+        22: [50, 40, 30, 30],
+        23: [10, 10, 0, 5],
+        24: [70, 10, 5, 5],
+        25: [-1, 2, 3, 3],
+    }
     anns = [{"id": k, "image_id": 1, "category_id": 1, "bbox": b} for k, b in boxes.items()]
-    anns += [{"id": 100 + k, "image_id": 1, "category_id": 1, "bbox": [60, 0, 9, 9]}
-             for k in range(8)]  # eight more clipped: only the first few ids are named
+    anns += [
+        {"id": 100 + k, "image_id": 1, "category_id": 1, "bbox": [60, 0, 9, 9]} for k in range(8)
+    ]  # eight more clipped: only the first few ids are named
     ann, img_dir = write_set(tmp_path, good_files(1), annotations=anns)
     caplog.set_level(logging.WARNING)
     COCODataset(ann, img_dir, remove_images_without_annotations=True)

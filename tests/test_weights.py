@@ -1,6 +1,7 @@
 """Foreign weights: torchvision RetinaNet and maskrcnn-benchmark checkpoints through
 tools/convert_checkpoint.py, torchvision and MSRA ImageNet backbones through MODEL.WEIGHT.
 References: torchvision's own models run on the same tensors, and the source tensors by name."""
+
 import importlib.util
 import logging
 import math
@@ -34,7 +35,8 @@ def _datasets(tmp_path, monkeypatch):
 
 def _converter():
     spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", os.path.join(ROOT, "tools", "convert_checkpoint.py"))
+        "convert_checkpoint", os.path.join(ROOT, "tools", "convert_checkpoint.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -56,7 +58,8 @@ def _randomize(model: nn.Module, cls_bias: float) -> None:
 def _torchvision_retinanet(num_classes: int, tmp_path):
     torch.manual_seed(0)
     tv = torchvision.models.detection.retinanet_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=num_classes, min_size=H, max_size=256)
+        weights=None, weights_backbone=None, num_classes=num_classes, min_size=H, max_size=256
+    )
     _randomize(tv, cls_bias=-2.5)
     tv.eval()
     path = str(tmp_path / f"tv_{num_classes}.pth")
@@ -93,8 +96,9 @@ def test_torchvision_head_outputs_match_before_nms(tv_converted):
     images = torch.stack(_images()[:1])
     # The same normalised, unpadded-size tensor into both networks, bypassing torchvision's
     # transform (its normalisation is checked by the full-detection test).
-    x = torchvision.transforms.functional.normalize(images, [0.485, 0.456, 0.406],
-                                                    [0.229, 0.224, 0.225])
+    x = torchvision.transforms.functional.normalize(
+        images, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    )
     with torch.no_grad():
         tv_features = list(tv.backbone(x).values())
         tv_out = tv.head(tv_features)
@@ -104,8 +108,11 @@ def test_torchvision_head_outputs_match_before_nms(tv_converted):
     for ours, theirs in zip(features, tv_features):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     cls_logits, box_deltas = torch.cat(cls_logits, 1), torch.cat(box_deltas, 1)
-    assert cls_logits.shape == tv_out["cls_logits"].shape == (1, 9 * sum(
-        f.shape[-2] * f.shape[-1] for f in features), 80)
+    assert (
+        cls_logits.shape
+        == tv_out["cls_logits"].shape
+        == (1, 9 * sum(f.shape[-2] * f.shape[-1] for f in features), 80)
+    )
     torch.testing.assert_close(cls_logits, tv_out["cls_logits"], rtol=0, atol=1e-3)
     torch.testing.assert_close(box_deltas, tv_out["bbox_regression"], rtol=0, atol=1e-3)
     assert cls_logits.std() > 0.5  # the heads really compute something
@@ -115,8 +122,9 @@ def _bgr_uint8_images():
     """Two (H, W, 3) uint8 BGR images (what drdet.Predictor takes) and the same pixels as
     torchvision's input, RGB 0-1 tensors."""
     g = torch.Generator().manual_seed(5)
-    bgr = [torch.randint(0, 256, (H, W, 3), generator=g, dtype=torch.uint8).numpy()
-           for _ in range(2)]
+    bgr = [
+        torch.randint(0, 256, (H, W, 3), generator=g, dtype=torch.uint8).numpy() for _ in range(2)
+    ]
     rgb = [torch.from_numpy(b[..., ::-1].copy()).permute(2, 0, 1).float() / 255 for b in bgr]
     return bgr, rgb
 
@@ -129,8 +137,9 @@ def test_torchvision_anchors_are_torchvisions(tv_converted):
     x = torch.zeros(1, 3, H, W)
     with torch.no_grad():
         feats = list(tv.backbone(x).values())
-    theirs = tv.anchor_generator(torchvision.models.detection.image_list.ImageList(
-        x, [(H, W)]), feats)[0]
+    theirs = tv.anchor_generator(
+        torchvision.models.detection.image_list.ImageList(x, [(H, W)]), feats
+    )[0]
     ours = torch.cat(model.anchor_generator(feats, (H, W)))
     assert torch.equal(ours, theirs)
 
@@ -142,8 +151,18 @@ def test_torchvision_detections_match_after_nms(tv_converted, tmp_path):
     out = str(tmp_path / "drdet.pth")
     _converter().convert_file(path, out)
     cfg = cfg.clone()
-    cfg.merge_from_list(["MODEL.WEIGHT", out, "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", H,
-                         "INPUT.MAX_SIZE_TEST", 256])
+    cfg.merge_from_list(
+        [
+            "MODEL.WEIGHT",
+            out,
+            "MODEL.DEVICE",
+            "cpu",
+            "INPUT.MIN_SIZE_TEST",
+            H,
+            "INPUT.MAX_SIZE_TEST",
+            256,
+        ]
+    )
     predictor = Predictor(cfg)
     bgr, rgb = _bgr_uint8_images()
     with torch.no_grad():
@@ -219,8 +238,9 @@ def _mrcnn_retinanet_state(model: nn.Module, num_convs: int):
                 names.update({f"module.{base}bn{i}.{p}": f"{base}bn{i}.{p}" for p in bn})
             if b == 0:
                 names[f"module.{base}downsample.0.weight"] = f"{base}downsample.0.weight"
-                names.update({f"module.{base}downsample.1.{p}": f"{base}downsample.1.{p}"
-                              for p in bn})
+                names.update(
+                    {f"module.{base}downsample.1.{p}": f"{base}downsample.1.{p}" for p in bn}
+                )
     for k in (2, 3, 4):
         for kind in ("inner", "layer"):
             for p in ("weight", "bias"):
@@ -244,8 +264,7 @@ def _mrcnn_retinanet_state(model: nn.Module, num_convs: int):
 
 def test_maskrcnn_benchmark_checkpoint_every_tensor_from_its_key(tmp_path):
     cfg = get_cfg()  # maskrcnn-benchmark's network conventions are drdet's defaults
-    cfg.merge_from_list(["MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 64,
-                         "MODEL.RETINANET.NUM_CONVS", 1])
+    cfg.merge_from_list(["MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 64, "MODEL.RETINANET.NUM_CONVS", 1])
     model = build_detector(cfg)
     state, names = _mrcnn_retinanet_state(model, num_convs=1)
     assert detect_format(state) == "maskrcnn_benchmark"
@@ -286,14 +305,17 @@ def _maskrcnn_benchmark_detections(cls_logits, box_deltas, cfg, image_hw):
     clamp = math.log(1000.0 / 16)
     scales = [rc.OCTAVE ** (k / rc.SCALES_PER_OCTAVE) for k in range(rc.SCALES_PER_OCTAVE)]
     boxes, scores, labels = [], [], []
-    for logits, deltas, stride, size in zip(cls_logits, box_deltas, rc.ANCHOR_STRIDES,
-                                            rc.ANCHOR_SIZES):
-        cell = detectron_cell_anchors_inclusive(stride, [size * k for k in scales],
-                                                rc.ASPECT_RATIOS)
+    for logits, deltas, stride, size in zip(
+        cls_logits, box_deltas, rc.ANCHOR_STRIDES, rc.ANCHOR_SIZES
+    ):
+        cell = detectron_cell_anchors_inclusive(
+            stride, [size * k for k in scales], rc.ASPECT_RATIOS
+        )
         cells_w = width // stride + (width % stride > 0)
         cells_h = height // stride + (height % stride > 0)
-        ys, xs = torch.meshgrid(torch.arange(cells_h) * stride, torch.arange(cells_w) * stride,
-                                indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(cells_h) * stride, torch.arange(cells_w) * stride, indexing="ij"
+        )
         shifts = torch.stack([xs, ys, xs, ys], -1).reshape(-1, 1, 4).double()
         anchors = (shifts + cell[None]).reshape(-1, 4)
         assert anchors.shape[0] == logits.shape[0]
@@ -321,8 +343,12 @@ def _maskrcnn_benchmark_detections(cls_logits, box_deltas, cfg, image_hw):
             i, idx = idx[0], idx[1:]
             keep.append(int(i))
             b, rest = boxes[i], boxes[idx]
-            iw = (torch.minimum(b[2], rest[:, 2]) - torch.maximum(b[0], rest[:, 0]) + 1).clamp(min=0)
-            ih = (torch.minimum(b[3], rest[:, 3]) - torch.maximum(b[1], rest[:, 1]) + 1).clamp(min=0)
+            iw = (torch.minimum(b[2], rest[:, 2]) - torch.maximum(b[0], rest[:, 0]) + 1).clamp(
+                min=0
+            )
+            ih = (torch.minimum(b[3], rest[:, 3]) - torch.maximum(b[1], rest[:, 1]) + 1).clamp(
+                min=0
+            )
             area = lambda x: (x[..., 2] - x[..., 0] + 1) * (x[..., 3] - x[..., 1] + 1)  # noqa
             inter = iw * ih
             idx = idx[inter / (area(b) + area(rest) - inter) <= rc.NMS_TH]
@@ -337,11 +363,24 @@ def test_maskrcnn_benchmark_detections_match_after_nms(tmp_path):
     maskrcnn-benchmark's detections: its boxes with x2, y2 one more (exclusive corners)."""
     cfg = get_cfg()
     cfg.merge_from_file(os.path.join(ROOT, "configs", "dr_retina", "dr_R-50-FPN_1x.yaml"))
-    cfg.merge_from_list(["MODEL.WEIGHT", "", "MODEL.DEVICE", "cpu",
-                         "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 64,
-                         "MODEL.RETINANET.NUM_CONVS", 1,
-                         "MODEL.RETINANET.ANCHOR_CONVENTION", "maskrcnn_benchmark",
-                         "INPUT.MIN_SIZE_TEST", H, "INPUT.MAX_SIZE_TEST", 256])
+    cfg.merge_from_list(
+        [
+            "MODEL.WEIGHT",
+            "",
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
+            64,
+            "MODEL.RETINANET.NUM_CONVS",
+            1,
+            "MODEL.RETINANET.ANCHOR_CONVENTION",
+            "maskrcnn_benchmark",
+            "INPUT.MIN_SIZE_TEST",
+            H,
+            "INPUT.MAX_SIZE_TEST",
+            256,
+        ]
+    )
     source = build_detector(cfg).eval()
     _randomize_drdet(source, cls_bias=-4.0)
     own = source.state_dict()
@@ -360,14 +399,16 @@ def test_maskrcnn_benchmark_detections_match_after_nms(tmp_path):
         with torch.no_grad():
             logits, deltas = source.head(source.backbone(source.preprocess([tensor]).tensors))
         boxes, scores, labels = _maskrcnn_benchmark_detections(
-            [x[0] for x in logits], [x[0] for x in deltas], cfg, (H, W))
+            [x[0] for x in logits], [x[0] for x in deltas], cfg, (H, W)
+        )
         assert len(boxes) > 20
         assert ours["boxes"].shape == boxes.shape
         torch.testing.assert_close(ours["scores"].double(), scores, rtol=0, atol=1e-3)
         # Equal scores may come in another order: pair each detection with one of the same
         # label, box (x2, y2 one more in drdet's corners) and score.
-        theirs = torch.cat([boxes + torch.tensor([0, 0, 1.0, 1.0], dtype=torch.float64),
-                            scores[:, None]], 1)
+        theirs = torch.cat(
+            [boxes + torch.tensor([0, 0, 1.0, 1.0], dtype=torch.float64), scores[:, None]], 1
+        )
         mine = torch.cat([ours["boxes"].double(), ours["scores"].double()[:, None]], 1)
         diff = (mine[:, None] - theirs[None]).abs().amax(-1)
         diff[ours["labels"][:, None] != labels[None]] = math.inf
@@ -384,8 +425,15 @@ def test_maskrcnn_benchmark_detections_match_after_nms(tmp_path):
 # ----------------------------------------------------------------------------- ImageNet backbones
 def _r50_detector(**overrides):
     cfg = get_cfg()
-    cfg.merge_from_list(["MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 64, "MODEL.RETINANET.NUM_CONVS", 1,
-                         *[x for kv in overrides.items() for x in kv]])
+    cfg.merge_from_list(
+        [
+            "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
+            64,
+            "MODEL.RETINANET.NUM_CONVS",
+            1,
+            *[x for kv in overrides.items() for x in kv],
+        ]
+    )
     return build_detector(cfg).eval()
 
 
@@ -434,8 +482,11 @@ def _msra_blobs(model):
     """Detectron's R-50.pkl blob names (hand-written layout), shapes from drdet's body."""
     own = model.state_dict()
     body = "backbone.body."
-    names = {"conv1_w": "stem.conv1.weight", "res_conv1_bn_s": "stem.bn1.weight",
-             "res_conv1_bn_b": "stem.bn1.bias"}
+    names = {
+        "conv1_w": "stem.conv1.weight",
+        "res_conv1_bn_s": "stem.bn1.weight",
+        "res_conv1_bn_b": "stem.bn1.bias",
+    }
     for stage, blocks in zip(range(2, 6), (3, 4, 6, 3)):
         for b in range(blocks):
             for letter, i in zip("abc", (1, 2, 3)):
@@ -445,11 +496,18 @@ def _msra_blobs(model):
                 names[pre + "_bn_b"] = dst + f"bn{i}.bias"
             if b == 0:
                 pre, dst = f"res{stage}_0_branch1", f"layer{stage - 1}.0.downsample."
-                names.update({pre + "_w": dst + "0.weight", pre + "_bn_s": dst + "1.weight",
-                              pre + "_bn_b": dst + "1.bias"})
+                names.update(
+                    {
+                        pre + "_w": dst + "0.weight",
+                        pre + "_bn_s": dst + "1.weight",
+                        pre + "_bn_b": dst + "1.bias",
+                    }
+                )
     rng = np.random.default_rng(0)
-    blobs = {k: rng.standard_normal(tuple(own[body + v].shape)).astype(np.float32)
-             for k, v in names.items()}
+    blobs = {
+        k: rng.standard_normal(tuple(own[body + v].shape)).astype(np.float32)
+        for k, v in names.items()
+    }
     blobs["fc1000_w"] = rng.standard_normal((1000, 2048)).astype(np.float32)
     blobs["fc1000_b"] = rng.standard_normal(1000).astype(np.float32)
     return blobs, {k: body + v for k, v in names.items()}
@@ -468,11 +526,18 @@ def test_msra_pickle_loads_only_with_opt_in_and_maps_to_the_body(tmp_path, caplo
     assert "res2_0_branch2a_w -> backbone.body.layer1.0.conv1.weight" in caplog.text
     own = model.state_dict()
     body_keys = {k for k in own if k.startswith("backbone.body.")}
-    norms = {k.rsplit(".", 1)[0] for k in names.values() if k.endswith("bn1.weight")
-             or k.endswith("bn2.weight") or k.endswith("bn3.weight") or k.endswith("1.weight")
-             and "downsample" in k}
-    assert body_keys == set(names.values()) | {n + s for n in norms
-                                               for s in (".running_mean", ".running_var")}
+    norms = {
+        k.rsplit(".", 1)[0]
+        for k in names.values()
+        if k.endswith("bn1.weight")
+        or k.endswith("bn2.weight")
+        or k.endswith("bn3.weight")
+        or k.endswith("1.weight")
+        and "downsample" in k
+    }
+    assert body_keys == set(names.values()) | {
+        n + s for n in norms for s in (".running_mean", ".running_var")
+    }
     for blob, key in names.items():
         assert torch.equal(own[key], torch.from_numpy(blobs[blob])), (blob, key)
     for n in norms:
@@ -481,21 +546,27 @@ def test_msra_pickle_loads_only_with_opt_in_and_maps_to_the_body(tmp_path, caplo
     # The stem computes Caffe2's affine: relu(conv(x) * s + b), then a 3x3/2 max pool.
     x = torch.randn(1, 3, 32, 32)
     w, s, b = (torch.from_numpy(blobs[k]) for k in ("conv1_w", "res_conv1_bn_s", "res_conv1_bn_b"))
-    reference = F.max_pool2d(F.relu(F.conv2d(x, w, stride=2, padding=3) * s[:, None, None]
-                                    + b[:, None, None]), 3, 2, 1)
+    reference = F.max_pool2d(
+        F.relu(F.conv2d(x, w, stride=2, padding=3) * s[:, None, None] + b[:, None, None]), 3, 2, 1
+    )
     with torch.no_grad():
         torch.testing.assert_close(model.backbone.body.stem(x), reference, rtol=1e-4, atol=1e-4)
 
 
 def test_detect_format_from_keys():
     t = torch.zeros(1)
-    assert detect_format({"conv1.weight": t, "layer1.0.conv1.weight": t, "fc.weight": t}) \
+    assert (
+        detect_format({"conv1.weight": t, "layer1.0.conv1.weight": t, "fc.weight": t})
         == "torchvision_resnet"
+    )
     assert detect_format({"conv1_w": t, "res2_0_branch2a_w": t}) == "msra"
     assert detect_format({"module.rpn.head.cls_logits.weight": t}) == "maskrcnn_benchmark"
-    assert detect_format({"head.classification_head.cls_logits.weight": t}) \
-        == "torchvision_retinanet"
-    assert detect_format({"backbone.body.stem.conv1.weight": t, "head.cls_logits.weight": t}) \
+    assert (
+        detect_format({"head.classification_head.cls_logits.weight": t}) == "torchvision_retinanet"
+    )
+    assert (
+        detect_format({"backbone.body.stem.conv1.weight": t, "head.cls_logits.weight": t})
         == "drdet"
+    )
     state = {"backbone.body.stem.conv1.weight": t}
     assert to_drdet_state(state) == state

@@ -2,6 +2,7 @@
 torch's direct convolution (F.conv2d), in float64 (where both are exact to rounding) and float32,
 forward and every gradient, several maps per call, every tile-border case; the modules that use
 it (ResNet, FPN, head) and a detector's training step with and without it."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,8 +35,11 @@ def test_levels_match_conv2d_float64_forward_and_gradients(with_bias):
     gen = torch.Generator().manual_seed(0)
     xs = [torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True) for s in SHAPES]
     w = torch.randn(7, 5, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(7, generator=gen, dtype=torch.float64, requires_grad=True) if with_bias \
+    b = (
+        torch.randn(7, generator=gen, dtype=torch.float64, requires_grad=True)
+        if with_bias
         else None
+    )
     ys = conv3x3_levels(xs, w, b)
     refs = [F.conv2d(x, w, b, padding=1) for x in xs]
     for y, r in zip(ys, refs):
@@ -52,12 +56,13 @@ def test_levels_match_conv2d_float64_forward_and_gradients(with_bias):
 
 def test_gradcheck():
     gen = torch.Generator().manual_seed(1)
-    xs = [torch.randn(2, 3, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True),
-          torch.randn(1, 3, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)]
+    xs = [
+        torch.randn(2, 3, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True),
+        torch.randn(1, 3, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True),
+    ]
     w = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, generator=gen, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda w, b, *xs: tuple(conv3x3_levels(xs, w, b)),
-                                    (w, b, *xs))
+    assert torch.autograd.gradcheck(lambda w, b, *xs: tuple(conv3x3_levels(xs, w, b)), (w, b, *xs))
 
 
 def test_float32_error_is_float32_rounding():
@@ -103,8 +108,10 @@ def test_second_derivative_raises():
 
 def test_unused_output_gets_a_zero_gradient():
     gen = torch.Generator().manual_seed(4)
-    xs = [torch.randn(1, 2, 4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
-          for _ in range(2)]
+    xs = [
+        torch.randn(1, 2, 4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+        for _ in range(2)
+    ]
     w = torch.randn(3, 2, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     ys = conv3x3_levels(xs, w)
     gx0, gx1, gw = torch.autograd.grad(ys[0].sum(), xs + [w], allow_unused=True)
@@ -118,8 +125,10 @@ def test_every_instruction_set_copy(isa):
     """The AVX-512, AVX2 and baseline copies of the tile transforms (drdet.layers.cpu_isa
     chooses one) each give the float64 result, forward and gradients."""
     g = torch.Generator().manual_seed(0)
-    xs = [torch.randn(2, 70, 9, 11, generator=g, dtype=torch.float64, requires_grad=True),
-          torch.randn(1, 70, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)]
+    xs = [
+        torch.randn(2, 70, 9, 11, generator=g, dtype=torch.float64, requires_grad=True),
+        torch.randn(1, 70, 5, 3, generator=g, dtype=torch.float64, requires_grad=True),
+    ]
     w = torch.randn(6, 70, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     with use_cpu_isa(isa):
         ys = conv3x3_levels(xs, w)
@@ -141,16 +150,18 @@ def test_bad_arguments_name_the_map():
     with pytest.raises(RuntimeError, match=r"bias must be a \(2,\)"):
         ops.winograd_conv3x3([torch.zeros(1, 4, 4, 4)], u, torch.zeros(3))
     with pytest.raises(RuntimeError, match=r"grads\[0\] must be \(N, K, H, W\)"):
-        ops.winograd_conv3x3_backward([torch.zeros(1, 3, 4, 4)], [torch.zeros(1, 4, 4, 4)], u,
-                                      True, True)
+        ops.winograd_conv3x3_backward(
+            [torch.zeros(1, 3, 4, 4)], [torch.zeros(1, 4, 4, 4)], u, True, True
+        )
 
 
 def test_unsupported_inputs_take_the_direct_convolution():
     x = torch.randn(1, 2, 4, 4, dtype=torch.float16)
     w = torch.randn(3, 2, 3, 3, dtype=torch.float16)
     assert not winograd.winograd_supported(x, w)
-    assert torch.equal(winograd_conv3x3(x.float(), w.float()),
-                       conv3x3_levels([x.float()], w.float())[0])
+    assert torch.equal(
+        winograd_conv3x3(x.float(), w.float()), conv3x3_levels([x.float()], w.float())[0]
+    )
     y = conv3x3_levels([x], w)[0]  # float16: F.conv2d
     assert y.dtype == torch.float16 and y.shape == (1, 3, 4, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -194,8 +205,12 @@ def test_module_uses_winograd_only_where_it_qualifies(monkeypatch):
 def test_apply_levels_convolves_all_levels_in_one_call(monkeypatch):
     calls = _conv_calls(monkeypatch)
     torch.manual_seed(0)
-    tower = nn.Sequential(WinogradConv2d(128, 128, 3, padding=1), nn.GroupNorm(32, 128),
-                          nn.ReLU(), WinogradConv2d(128, 128, 3, padding=1))
+    tower = nn.Sequential(
+        WinogradConv2d(128, 128, 3, padding=1),
+        nn.GroupNorm(32, 128),
+        nn.ReLU(),
+        WinogradConv2d(128, 128, 3, padding=1),
+    )
     levels = [torch.randn(2, 128, s, s) for s in (40, 20, 10, 5, 3)]  # 278 tiles
     out = apply_levels(tower, levels)
     assert calls == [5, 5]
@@ -209,15 +224,26 @@ def _detector(winograd_on, overrides=()):
     from drdet.modeling.detector import build_detector
 
     cfg = get_cfg()
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.RETINANET.NUM_CLASSES", 5,
-                         "MODEL.BACKBONE.CONV_BODY", "R-18-FPN-RETINANET",
-                         "MODEL.CPU_WINOGRAD", winograd_on, *overrides])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.RETINANET.NUM_CLASSES",
+            5,
+            "MODEL.BACKBONE.CONV_BODY",
+            "R-18-FPN-RETINANET",
+            "MODEL.CPU_WINOGRAD",
+            winograd_on,
+            *overrides,
+        ]
+    )
     torch.manual_seed(0)
     return build_detector(cfg).train()
 
 
-@pytest.mark.parametrize("overrides", [(), ("MODEL.RETINANET.USE_GN", True,
-                                            "MODEL.RETINANET.LOSS_TYPE", "DR")])
+@pytest.mark.parametrize(
+    "overrides", [(), ("MODEL.RETINANET.USE_GN", True, "MODEL.RETINANET.LOSS_TYPE", "DR")]
+)
 def test_detector_training_step_with_and_without_winograd(overrides, monkeypatch):
     """Same losses (to float32 rounding) and gradients with MODEL.CPU_WINOGRAD on and off; the
     head convolves all levels in one call per layer; the state dicts are interchangeable."""
@@ -226,8 +252,13 @@ def test_detector_training_step_with_and_without_winograd(overrides, monkeypatch
     direct.load_state_dict(fast.state_dict())
     gen = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 256, 320, generator=gen) * 255 for _ in range(2)]  # P3: 160 tiles
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 90.0, 100.0], [50.0, 40.0, 150.0, 120.0]]),
-                "labels": torch.tensor([1, 3])} for _ in range(2)]
+    targets = [
+        {
+            "boxes": torch.tensor([[10.0, 20.0, 90.0, 100.0], [50.0, 40.0, 150.0, 120.0]]),
+            "labels": torch.tensor([1, 3]),
+        }
+        for _ in range(2)
+    ]
     grads = []
     losses = []
     for model in (fast, direct):
@@ -252,8 +283,9 @@ def test_opcheck_and_torch_compile():
     torch.library.opcheck(ops.winograd_conv3x3.default, (xs, u, torch.randn(4, generator=gen)))
     grads = [torch.randn(x.shape[0], 4, *x.shape[2:], generator=gen) for x in xs]
     for input_grad, weight_grad in ((True, True), (False, True), (True, False)):
-        torch.library.opcheck(ops.winograd_conv3x3_backward.default,
-                              (grads, xs, u, input_grad, weight_grad))
+        torch.library.opcheck(
+            ops.winograd_conv3x3_backward.default, (grads, xs, u, input_grad, weight_grad)
+        )
 
     def step(x, w):
         return winograd_conv3x3(x * 2.0, w).square().sum()

@@ -1,5 +1,6 @@
 """Loads a command-line tool of tools/ as a module, by its path, for the tests that run its main():
 no sys.path entry for tools/, so library code is always imported from drdet."""
+
 import importlib.util
 import os
 import sys
@@ -13,8 +14,9 @@ def load_tool(name: str) -> ModuleType:
     module_name = f"drdet_tool_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name,
-                                                  os.path.join(ROOT, "tools", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        module_name, os.path.join(ROOT, "tools", f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:

@@ -12,9 +12,10 @@ here: one multiply-add is 2 FLOPs (a 3x3 conv with C_in inputs and C_out outputs
 padded to a multiple of DATALOADER.SIZE_DIVISIBILITY as in training and testing; no resize is
 applied (give the size the network sees, e.g. 800 x 1216 for COCO's 1x setting).
 """
+
 import os
 import sys
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,8 +23,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from drdet.engine.defaults import (default_argument_parser, load_config,  # noqa: E402
-                                   parse_tool_args)
+from drdet.engine.defaults import default_argument_parser, load_config, parse_tool_args  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 from drdet.utils.errors import run_main  # noqa: E402
 
@@ -33,8 +33,14 @@ PARTS = (("backbone", "backbone.body"), ("fpn", "backbone.fpn"), ("head", "head"
 
 def parse_args(argv=None):
     parser = default_argument_parser(__doc__)
-    parser.add_argument("--input-size", nargs=2, type=int, default=(800, 1216),
-                        metavar=("H", "W"), help="image height and width (default 800 1216)")
+    parser.add_argument(
+        "--input-size",
+        nargs=2,
+        type=int,
+        default=(800, 1216),
+        metavar=("H", "W"),
+        help="image height and width (default 800 1216)",
+    )
     args = parse_tool_args(parser, argv)
     if min(args.input_size) <= 0:
         parser.error(f"--input-size must be positive, got {args.input_size}")
@@ -45,7 +51,7 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def count_flops(module: nn.Module, *inputs) -> Dict[str, int]:
+def count_flops(module: nn.Module, *inputs) -> dict[str, int]:
     """FLOPs (2 per multiply-add) of ``module(*inputs)`` under torch.no_grad, per submodule:
     {"": total, "<dotted submodule name>": its FLOPs, ...}."""
     counter = FlopCounterMode(display=False)
@@ -56,7 +62,7 @@ def count_flops(module: nn.Module, *inputs) -> Dict[str, int]:
     for name, per_op in counter.get_flop_counts().items():
         if name == "Global":
             continue
-        key = "" if name == top else name[len(top) + 1:] if name.startswith(top + ".") else name
+        key = "" if name == top else name[len(top) + 1 :] if name.startswith(top + ".") else name
         flops[key] = int(sum(per_op.values()))
     flops.setdefault("", int(counter.get_total_flops()))
     return flops
@@ -75,7 +81,7 @@ def forward_flops(model: nn.Module, input_size: Sequence[int]) -> int:
         model.train(training)
 
 
-def analyze(model: nn.Module, input_size: Sequence[int]) -> Dict[str, Dict[str, float]]:
+def analyze(model: nn.Module, input_size: Sequence[int]) -> dict[str, dict[str, float]]:
     """{"total"|"backbone"|"fpn"|"head": {"params": count, "gflops": GFLOPs}} of the detector
     ``model`` on one (3, H, W) image in eval mode (the model is left in eval mode)."""
     model.eval()
@@ -85,12 +91,14 @@ def analyze(model: nn.Module, input_size: Sequence[int]) -> Dict[str, Dict[str, 
     flops = count_flops(model, [image])
     report = {"total": {"params": count_parameters(model), "gflops": flops[""] / 1e9}}
     for shown, path in PARTS:
-        report[shown] = {"params": count_parameters(model.get_submodule(path)),
-                         "gflops": flops.get(path, 0) / 1e9}
+        report[shown] = {
+            "params": count_parameters(model.get_submodule(path)),
+            "gflops": flops.get(path, 0) / 1e9,
+        }
     return report
 
 
-def main(argv=None) -> Dict[str, Dict[str, float]]:
+def main(argv=None) -> dict[str, dict[str, float]]:
     args = parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
     model = build_detector(cfg)

@@ -22,6 +22,7 @@ machine's load average before and after, and writes the figures to --json when g
 KEY VALUE pairs (before, between or after the flags) override the config (e.g.
 INPUT.MIN_SIZE_TRAIN "(640,)").
 """
+
 import json
 import math
 import os
@@ -35,8 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from drdet.data import build_data_loader  # noqa: E402
-from drdet.engine.defaults import (default_argument_parser, load_config,  # noqa: E402
-                                   parse_tool_args)
+from drdet.engine.defaults import default_argument_parser, load_config, parse_tool_args  # noqa: E402
 from drdet.utils.errors import run_main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,15 +45,25 @@ CONFIG = os.path.join(ROOT, "configs", "dr_retina", "dr_R-50-FPN_1x.yaml")
 
 def parse_args(argv=None):
     parser = default_argument_parser(__doc__, config_file=False)
-    parser.add_argument("--config-file", default=CONFIG, metavar="FILE",
-                        help="yaml config whose INPUT / DATALOADER settings are used "
-                             "(default: configs/dr_retina/dr_R-50-FPN_1x.yaml)")
-    parser.add_argument("--dataset", default=None,
-                        help="dataset name (default: a synthetic set in a temporary folder)")
+    parser.add_argument(
+        "--config-file",
+        default=CONFIG,
+        metavar="FILE",
+        help="yaml config whose INPUT / DATALOADER settings are used "
+        "(default: configs/dr_retina/dr_R-50-FPN_1x.yaml)",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset name (default: a synthetic set in a temporary folder)",
+    )
     parser.add_argument("--synthetic-images", type=int, default=200)
     parser.add_argument("--synthetic-size", type=int, default=640, help="pixels (square)")
-    parser.add_argument("--workers", default="0,1,2",
-                        help="comma-separated DATALOADER.NUM_WORKERS values to measure")
+    parser.add_argument(
+        "--workers",
+        default="0,1,2",
+        help="comma-separated DATALOADER.NUM_WORKERS values to measure",
+    )
     parser.add_argument("--batch", type=int, default=2, help="images per batch (one process)")
     parser.add_argument("--images", type=int, default=100, help="timed images per setting")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches per setting")
@@ -73,9 +83,20 @@ def measure(cfg, dataset: str, workers: int, batch: int, images: int, warmup: in
     batches = math.ceil(images / batch)
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.merge_from_list(["DATASETS.TRAIN", (dataset,), "DATALOADER.NUM_WORKERS", workers,
-                         "SOLVER.IMS_PER_BATCH", batch, "SOLVER.MAX_ITER", warmup + batches,
-                         "MODEL.DEVICE", "cpu"])
+    cfg.merge_from_list(
+        [
+            "DATASETS.TRAIN",
+            (dataset,),
+            "DATALOADER.NUM_WORKERS",
+            workers,
+            "SOLVER.IMS_PER_BATCH",
+            batch,
+            "SOLVER.MAX_ITER",
+            warmup + batches,
+            "MODEL.DEVICE",
+            "cpu",
+        ]
+    )
     cfg.freeze()
     start = time.perf_counter()
     loader = build_data_loader(cfg, is_train=True, rank=0, world_size=1)
@@ -97,9 +118,15 @@ def measure(cfg, dataset: str, workers: int, batch: int, images: int, warmup: in
         pixels += sum(img.shape[-2] * img.shape[-1] for img in batch_images)
     seconds = time.perf_counter() - start
     del stream, loader  # stops the workers
-    return {"workers": workers, "images": count, "seconds": seconds,
-            "images_per_s": count / seconds, "ms_per_image": 1e3 * seconds / count,
-            "mean_megapixels": pixels / count / 1e6, "startup_and_warmup_s": warm_s}
+    return {
+        "workers": workers,
+        "images": count,
+        "seconds": seconds,
+        "images_per_s": count / seconds,
+        "ms_per_image": 1e3 * seconds / count,
+        "mean_megapixels": pixels / count / 1e6,
+        "startup_and_warmup_s": warm_s,
+    }
 
 
 def main(argv=None):
@@ -115,30 +142,44 @@ def main(argv=None):
             dataset = f"synthetic:{args.synthetic_images}:0:{args.synthetic_size}"
             start = time.perf_counter()
             from drdet.data.catalog import get_dataset
+
             get_dataset(dataset, None, True)  # generates the JPEG files and the json
             print(f"generated {dataset} in {temp_root} ({time.perf_counter() - start:.1f} s)")
         load_before = os.getloadavg()
-        print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads "
-              f"{torch.get_num_threads()}; config {os.path.relpath(args.config_file)}; "
-              f"dataset {dataset}; INPUT.MIN_SIZE_TRAIN {tuple(cfg.INPUT.MIN_SIZE_TRAIN)}, "
-              f"MAX_SIZE_TRAIN {cfg.INPUT.MAX_SIZE_TRAIN}; batch {args.batch}; "
-              f"load average {load_before[0]:.2f}")
+        print(
+            f"torch {torch.__version__}, {os.cpu_count()} CPUs, torch threads "
+            f"{torch.get_num_threads()}; config {os.path.relpath(args.config_file)}; "
+            f"dataset {dataset}; INPUT.MIN_SIZE_TRAIN {tuple(cfg.INPUT.MIN_SIZE_TRAIN)}, "
+            f"MAX_SIZE_TRAIN {cfg.INPUT.MAX_SIZE_TRAIN}; batch {args.batch}; "
+            f"load average {load_before[0]:.2f}"
+        )
         results = []
         for workers in args.workers:
             r = measure(cfg, dataset, workers, args.batch, args.images, args.warmup)
             results.append(r)
-            print(f"  workers {workers}: {r['images_per_s']:7.1f} images/s "
-                  f"({r['ms_per_image']:.1f} ms / image, {r['images']} images, "
-                  f"{r['mean_megapixels']:.2f} Mpx each after resizing)")
+            print(
+                f"  workers {workers}: {r['images_per_s']:7.1f} images/s "
+                f"({r['ms_per_image']:.1f} ms / image, {r['images']} images, "
+                f"{r['mean_megapixels']:.2f} Mpx each after resizing)"
+            )
         load_after = os.getloadavg()
         print(f"load average after: {load_after[0]:.2f}")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"torch": torch.__version__, "cpus": os.cpu_count(),
-                           "config": args.config_file, "dataset": dataset, "batch": args.batch,
-                           "overrides": list(args.opts), "load_average": [load_before[0],
-                                                                          load_after[0]],
-                           "results": results}, f, indent=1)
+                json.dump(
+                    {
+                        "torch": torch.__version__,
+                        "cpus": os.cpu_count(),
+                        "config": args.config_file,
+                        "dataset": dataset,
+                        "batch": args.batch,
+                        "overrides": list(args.opts),
+                        "load_average": [load_before[0], load_after[0]],
+                        "results": results,
+                    },
+                    f,
+                    indent=1,
+                )
         return results
     finally:
         if temp_root is not None:

@@ -55,6 +55,7 @@ Times are medians over --reps runs after --warmup runs; drdet's and torchvision'
 and their inference calls, alternate so that a change of machine load hits both. The last
 column is drdet / torchvision (< 1: drdet is faster). --json writes the figures to a file.
 """
+
 import argparse
 import json
 import os
@@ -68,20 +69,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from analyze_model import forward_flops  # noqa: E402
 from benchmark_ops import _cpu_peak_start, _cpu_peak_stop, timed_call  # noqa: E402  (tools/ is on sys.path when run as a script)
-from drdet.engine.defaults import load_config  # noqa: E402
-from drdet.utils.errors import run_main  # noqa: E402
-from drdet.modeling import build_detector  # noqa: E402
+
 from drdet.checkpoint.fcos_conversion import convert_torchvision_fcos  # noqa: E402
 from drdet.checkpoint.weights import convert_torchvision_retinanet  # noqa: E402
+from drdet.engine.defaults import load_config  # noqa: E402
+from drdet.modeling import build_detector  # noqa: E402
 from drdet.modeling.inference_copy import prepare_for_inference  # noqa: E402
+from drdet.utils.errors import run_main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "torchvision", "retinanet_resnet50_fpn_torchvision.yaml")
 # --model: (drdet config, config node of the head's keys, converter, NMS threshold)
 MODELS = {
     "retinanet": (CONFIG, "MODEL.RETINANET", convert_torchvision_retinanet, 0.5),
-    "fcos": (os.path.join(ROOT, "configs", "torchvision", "fcos_resnet50_fpn_torchvision.yaml"),
-             "MODEL.FCOS", convert_torchvision_fcos, 0.6),
+    "fcos": (
+        os.path.join(ROOT, "configs", "torchvision", "fcos_resnet50_fpn_torchvision.yaml"),
+        "MODEL.FCOS",
+        convert_torchvision_fcos,
+        0.6,
+    ),
 }
 
 
@@ -110,20 +116,42 @@ def peak_tflops(device_name: str, amp: bool):
 PRE_NMS_TOP_N, NMS_THRESH, DETECTIONS_PER_IMG = 1000, 0.5, 100
 
 
-def drdet_model(device, loss_type, size, score_thresh=0.05, torchvision_state=None,
-                winograd=True, arch="retinanet"):
+def drdet_model(
+    device,
+    loss_type,
+    size,
+    score_thresh=0.05,
+    torchvision_state=None,
+    winograd=True,
+    arch="retinanet",
+):
     """drdet's RetinaNet (`arch` "fcos": FCOS) in torchvision's conventions; with
     `torchvision_state` (a torchvision_model's state dict) holding its weights; `winograd`:
     MODEL.CPU_WINOGRAD."""
     config, node, convert, nms_thresh = MODELS[arch]
-    cfg = load_config(config, [
-        "MODEL.CPU_WINOGRAD", str(winograd),
-        "MODEL.DEVICE", device.type, f"{node}.LOSS_TYPE", loss_type,
-        f"{node}.INFERENCE_TH", str(score_thresh),
-        f"{node}.PRE_NMS_TOP_N", str(PRE_NMS_TOP_N),
-        f"{node}.NMS_TH", str(nms_thresh),
-        "TEST.DETECTIONS_PER_IMG", str(DETECTIONS_PER_IMG),
-        "INPUT.MIN_SIZE_TEST", str(min(size)), "INPUT.MAX_SIZE_TEST", str(max(size))])
+    cfg = load_config(
+        config,
+        [
+            "MODEL.CPU_WINOGRAD",
+            str(winograd),
+            "MODEL.DEVICE",
+            device.type,
+            f"{node}.LOSS_TYPE",
+            loss_type,
+            f"{node}.INFERENCE_TH",
+            str(score_thresh),
+            f"{node}.PRE_NMS_TOP_N",
+            str(PRE_NMS_TOP_N),
+            f"{node}.NMS_TH",
+            str(nms_thresh),
+            "TEST.DETECTIONS_PER_IMG",
+            str(DETECTIONS_PER_IMG),
+            "INPUT.MIN_SIZE_TEST",
+            str(min(size)),
+            "INPUT.MAX_SIZE_TEST",
+            str(max(size)),
+        ],
+    )
     model = build_detector(cfg)
     if torchvision_state is not None:
         state = convert(torchvision_state, class_columns=range(1, 81))
@@ -140,25 +168,37 @@ def torchvision_model(device, size, score_thresh=0.05, arch="retinanet"):
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None,
-                                   norm_layer=FrozenBatchNorm2d, trainable_layers=3,
-                                   returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet50",
+        weights=None,
+        norm_layer=FrozenBatchNorm2d,
+        trainable_layers=3,
+        returned_layers=[2, 3, 4],
+        extra_blocks=LastLevelP6P7(256, 256),
+    )
     # num_classes counts torchvision's unused label 0: 80 object classes -> 81.
     detector = FCOS if arch == "fcos" else RetinaNet
-    model = detector(backbone, num_classes=81, min_size=min(size), max_size=max(size),
-                     score_thresh=score_thresh, nms_thresh=MODELS[arch][3],
-                     detections_per_img=DETECTIONS_PER_IMG, topk_candidates=PRE_NMS_TOP_N)
+    model = detector(
+        backbone,
+        num_classes=81,
+        min_size=min(size),
+        max_size=max(size),
+        score_thresh=score_thresh,
+        nms_thresh=MODELS[arch][3],
+        detections_per_img=DETECTIONS_PER_IMG,
+        topk_candidates=PRE_NMS_TOP_N,
+    )
     return model.to(device)
 
 
-def model_pair(device, size, score_thresh, loss_types=("FOCAL",), winograd=True,
-               arch="retinanet"):
+def model_pair(device, size, score_thresh, loss_types=("FOCAL",), winograd=True, arch="retinanet"):
     """(torchvision model, {loss type: drdet model}) with the same initial weights (seed 0)."""
     torch.manual_seed(0)
     tv = torchvision_model(device, size, score_thresh, arch)
     state = {k: v.cpu() for k, v in tv.state_dict().items()}
-    return tv, {t: drdet_model(device, t, size, score_thresh, state, winograd, arch)
-                for t in loss_types}
+    return tv, {
+        t: drdet_model(device, t, size, score_thresh, state, winograd, arch) for t in loss_types
+    }
 
 
 def batch(device, n, size, num_boxes=10, seed=0):
@@ -251,37 +291,77 @@ def _amp_dtype(name, device):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--model", default="retinanet", choices=sorted(MODELS),
-                        help="the detector compared (default retinanet)")
-    parser.add_argument("--batch", "--batch-size", type=int, default=None,
-                        help="images per step (e.g. 8, 16, 32); default: 2 on CPU, 8 on CUDA")
-    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="default: 512 512 on CPU, 800 1344 on CUDA (a multiple of 32)")
+    parser.add_argument(
+        "--model",
+        default="retinanet",
+        choices=sorted(MODELS),
+        help="the detector compared (default retinanet)",
+    )
+    parser.add_argument(
+        "--batch",
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per step (e.g. 8, 16, 32); default: 2 on CPU, 8 on CUDA",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="default: 512 512 on CPU, 800 1344 on CUDA (a multiple of 32)",
+    )
     parser.add_argument("--amp", action="store_true", help="torch.autocast (CUDA)")
-    parser.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16", "auto"],
-                        help="autocast dtype with --amp (auto: bfloat16 where the card has it)")
-    parser.add_argument("--cudnn-benchmark", action="store_true",
-                        help="torch.backends.cudnn.benchmark (cuDNN's autotuner)")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="channels_last for both models' training step and torchvision's "
-                             "inference too (drdet's inference copy is channels_last on the CPU "
-                             "anyway)")
-    parser.add_argument("--parts", default="train,inference",
-                        help="comma-separated subset of train,inference")
-    parser.add_argument("--score-thresh", type=float, default=0.05,
-                        help="inference score threshold of both models (default 0.05)")
-    parser.add_argument("--unprepared", action="store_true",
-                        help="also time drdet's model as built, in eval mode, without "
-                             "prepare_for_inference (the effect of the inference copy)")
-    parser.add_argument("--direct-conv", action="store_true",
-                        help="also time drdet's DR training step with MODEL.CPU_WINOGRAD False "
-                             "(oneDNN's direct convolutions: the effect of the Winograd ones)")
-    parser.add_argument("--profile", action="store_true",
-                        help="after the timing, print torch.profiler's top operators (self CPU "
-                             "time) of one training step of each model")
+    parser.add_argument(
+        "--amp-dtype",
+        default="float16",
+        choices=["float16", "bfloat16", "auto"],
+        help="autocast dtype with --amp (auto: bfloat16 where the card has it)",
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="torch.backends.cudnn.benchmark (cuDNN's autotuner)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels_last for both models' training step and torchvision's "
+        "inference too (drdet's inference copy is channels_last on the CPU "
+        "anyway)",
+    )
+    parser.add_argument(
+        "--parts", default="train,inference", help="comma-separated subset of train,inference"
+    )
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        default=0.05,
+        help="inference score threshold of both models (default 0.05)",
+    )
+    parser.add_argument(
+        "--unprepared",
+        action="store_true",
+        help="also time drdet's model as built, in eval mode, without "
+        "prepare_for_inference (the effect of the inference copy)",
+    )
+    parser.add_argument(
+        "--direct-conv",
+        action="store_true",
+        help="also time drdet's DR training step with MODEL.CPU_WINOGRAD False "
+        "(oneDNN's direct convolutions: the effect of the Winograd ones)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timing, print torch.profiler's top operators (self CPU "
+        "time) of one training step of each model",
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
@@ -304,41 +384,63 @@ def main(argv=None):
     size = tuple(args.size or ((512, 512) if device.type == "cpu" else (800, 1344)))
     torch.manual_seed(0)
     images, targets = batch(device, n, size)
-    where = torch.cuda.get_device_name() if device.type == "cuda" else \
-        f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.model}; torch {torch.__version__}; {where}; batch {n} at {size[0]}x{size[1]}; "
-          f"amp {args.amp}{f' ({amp_dtype})' if args.amp else ''}; "
-          f"score threshold {args.score_thresh}")
+    where = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{args.model}; torch {torch.__version__}; {where}; batch {n} at {size[0]}x{size[1]}; "
+        f"amp {args.amp}{f' ({amp_dtype})' if args.amp else ''}; "
+        f"score threshold {args.score_thresh}"
+    )
     peak = peak_tflops(where, args.amp) if device.type == "cuda" else None
 
     # Both models take the same RGB 0-1 tensors and normalise them the same way.
     rows = []  # (label, seconds, ratio or None)
     if "train" in parts:
-        tv, models = model_pair(device, size, args.score_thresh, ("FOCAL", "DR"),
-                                arch=args.model)
+        tv, models = model_pair(device, size, args.score_thresh, ("FOCAL", "DR"), arch=args.model)
         models = {"focal": models["FOCAL"], "DR": models["DR"]}
         step_flops = 3 * n * forward_flops(models["DR"], size)
         if args.direct_conv:
             models["DR, direct convolutions"] = model_pair(
-                device, size, args.score_thresh, ("DR",), winograd=False,
-                arch=args.model)[1]["DR"]
+                device, size, args.score_thresh, ("DR",), winograd=False, arch=args.model
+            )[1]["DR"]
         if args.channels_last:
             tv = tv.to(memory_format=torch.channels_last)
             models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
         # The steps alternate, like the inference calls below.
         steps = {"torchvision": train_step_fn(tv, images, targets, device, args.amp, amp_dtype)}
-        steps.update({name: train_step_fn(m, images, targets, device, args.amp, amp_dtype)
-                      for name, m in models.items()})
+        steps.update(
+            {
+                name: train_step_fn(m, images, targets, device, args.amp, amp_dtype)
+                for name, m in models.items()
+            }
+        )
         t = timed_alternating(steps, device, args.warmup, args.reps)
         mem = {name: peak_memory_mib(fn, device) for name, fn in steps.items()}
         if args.profile:
             for name, fn in steps.items():
                 print_profile(f"training step, {name}", fn, device)
-        rows.append(("train step, focal (torchvision)", t["torchvision"], None,
-                     mem["torchvision"], step_flops))
+        rows.append(
+            (
+                "train step, focal (torchvision)",
+                t["torchvision"],
+                None,
+                mem["torchvision"],
+                step_flops,
+            )
+        )
         for name in models:
-            rows.append((f"train step, {name} (drdet)", t[name], t[name] / t["torchvision"],
-                         mem[name], step_flops))
+            rows.append(
+                (
+                    f"train step, {name} (drdet)",
+                    t[name],
+                    t[name] / t["torchvision"],
+                    mem[name],
+                    step_flops,
+                )
+            )
     if "inference" in parts:
         # fresh models (the training steps above changed the weights)
         tv, ours = model_pair(device, size, args.score_thresh, arch=args.model)
@@ -350,61 +452,117 @@ def main(argv=None):
         start = time.perf_counter()
         drdet_inference = prepare_for_inference(ours)
         prepare_s = time.perf_counter() - start
-        fns = {"drdet": inference_fn(drdet_inference, images, device, args.amp, amp_dtype),
-               "torchvision": inference_fn(tv, images, device, args.amp, amp_dtype)}
+        fns = {
+            "drdet": inference_fn(drdet_inference, images, device, args.amp, amp_dtype),
+            "torchvision": inference_fn(tv, images, device, args.amp, amp_dtype),
+        }
         if args.unprepared:
-            fns["drdet unprepared"] = inference_fn(ours.eval(), images, device, args.amp,
-                                                   amp_dtype)
+            fns["drdet unprepared"] = inference_fn(ours.eval(), images, device, args.amp, amp_dtype)
         dets = {name: fn() for name, fn in fns.items()}
         counts = {name: [len(d["scores"]) for d in out] for name, out in dets.items()}
         # same weights, same images: the same scores (the boxes move by up to about a pixel,
         # torchvision's anchors being rounded to integers)
-        score_diff = max((float((a["scores"] - b["scores"]).abs().max()) for a, b in
-                          zip(dets["drdet"], dets["torchvision"])
-                          if len(a["scores"]) == len(b["scores"]) > 0), default=float("nan"))
+        score_diff = max(
+            (
+                float((a["scores"] - b["scores"]).abs().max())
+                for a, b in zip(dets["drdet"], dets["torchvision"])
+                if len(a["scores"]) == len(b["scores"]) > 0
+            ),
+            default=float("nan"),
+        )
         t = timed_alternating(fns, device, args.warmup, args.reps)
         mem = {name: peak_memory_mib(fn, device) for name, fn in fns.items()}  # per batch
-        rows.append(("inference per image (torchvision)", t["torchvision"] / n, None,
-                     mem["torchvision"], image_flops))
-        rows.append(("inference per image (drdet)", t["drdet"] / n,
-                     t["drdet"] / t["torchvision"], mem["drdet"], image_flops))
+        rows.append(
+            (
+                "inference per image (torchvision)",
+                t["torchvision"] / n,
+                None,
+                mem["torchvision"],
+                image_flops,
+            )
+        )
+        rows.append(
+            (
+                "inference per image (drdet)",
+                t["drdet"] / n,
+                t["drdet"] / t["torchvision"],
+                mem["drdet"],
+                image_flops,
+            )
+        )
         if args.unprepared:
-            rows.append(("  same, without prepare_for_inference", t["drdet unprepared"] / n,
-                         t["drdet unprepared"] / t["torchvision"], mem["drdet unprepared"],
-                         image_flops))
-        print(f"  detections per image: drdet {counts['drdet']}, torchvision "
-              f"{counts['torchvision']} (largest score difference {score_diff:.1e}); drdet's "
-              f"prepare_for_inference (once per model) {prepare_s * 1e3:.0f} ms")
+            rows.append(
+                (
+                    "  same, without prepare_for_inference",
+                    t["drdet unprepared"] / n,
+                    t["drdet unprepared"] / t["torchvision"],
+                    mem["drdet unprepared"],
+                    image_flops,
+                )
+            )
+        print(
+            f"  detections per image: drdet {counts['drdet']}, torchvision "
+            f"{counts['torchvision']} (largest score difference {score_diff:.1e}); drdet's "
+            f"prepare_for_inference (once per model) {prepare_s * 1e3:.0f} ms"
+        )
     work = {label.split(" (")[0]: flops for label, _, _, _, flops in rows}
-    print("  FLOPs (tools/analyze_model.py's count): "
-          + "; ".join(f"{what} {flops / 1e9:,.0f} GFLOP" for what, flops in work.items())
-          + (" (a training step: 3x the forward of the batch)" if "train" in parts else "")
-          + (f"; card's dense {'bf16/fp16' if args.amp else 'TF32'} peak {peak:.0f} TFLOP/s"
-             if peak else ""))
-    print(f"  {'':<44} {'time':>12} {'peak memory':>15} {'TFLOP/s':>9}"
-          + (f" {'of peak':>8}" if peak else "") + "   ratio drdet / torchvision (time)")
+    print(
+        "  FLOPs (tools/analyze_model.py's count): "
+        + "; ".join(f"{what} {flops / 1e9:,.0f} GFLOP" for what, flops in work.items())
+        + (" (a training step: 3x the forward of the batch)" if "train" in parts else "")
+        + (
+            f"; card's dense {'bf16/fp16' if args.amp else 'TF32'} peak {peak:.0f} TFLOP/s"
+            if peak
+            else ""
+        )
+    )
+    print(
+        f"  {'':<44} {'time':>12} {'peak memory':>15} {'TFLOP/s':>9}"
+        + (f" {'of peak':>8}" if peak else "")
+        + "   ratio drdet / torchvision (time)"
+    )
     for label, seconds, ratio, mib, flops in rows:
         tflops = flops / seconds / 1e12
-        print(f"  {label:<44} {seconds * 1e3:9.1f} ms {mib:11.0f} MiB {tflops:9.3g}"
-              + (f" {tflops / peak:8.1%}" if peak else "")
-              + (f"   {ratio:.2f}" if ratio else ""))
+        print(
+            f"  {label:<44} {seconds * 1e3:9.1f} ms {mib:11.0f} MiB {tflops:9.3g}"
+            + (f" {tflops / peak:8.1%}" if peak else "")
+            + (f"   {ratio:.2f}" if ratio else "")
+        )
     peak_mib = None
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
         print(f"  peak memory {peak_mib:.0f} MiB (all runs)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "torch": torch.__version__, "device": where,
-                       "batch": n, "size": size,
-                       "amp": args.amp, "score_thresh": args.score_thresh,
-                       "warmup": args.warmup, "reps": args.reps,
-                       "amp_dtype": str(amp_dtype), "peak_tflops": peak,
-                       "rows": [{"what": label, "ms": seconds * 1e3, "ratio": ratio,
-                                 "peak_mib": mib, "tflops": flops / seconds / 1e12,
-                                 "fraction_of_peak": (flops / seconds / 1e12 / peak
-                                                      if peak else None)}
-                                for label, seconds, ratio, mib, flops in rows],
-                       "peak_memory_mib": peak_mib}, f, indent=1)
+            json.dump(
+                {
+                    "model": args.model,
+                    "torch": torch.__version__,
+                    "device": where,
+                    "batch": n,
+                    "size": size,
+                    "amp": args.amp,
+                    "score_thresh": args.score_thresh,
+                    "warmup": args.warmup,
+                    "reps": args.reps,
+                    "amp_dtype": str(amp_dtype),
+                    "peak_tflops": peak,
+                    "rows": [
+                        {
+                            "what": label,
+                            "ms": seconds * 1e3,
+                            "ratio": ratio,
+                            "peak_mib": mib,
+                            "tflops": flops / seconds / 1e12,
+                            "fraction_of_peak": (flops / seconds / 1e12 / peak if peak else None),
+                        }
+                        for label, seconds, ratio, mib, flops in rows
+                    ],
+                    "peak_memory_mib": peak_mib,
+                },
+                f,
+                indent=1,
+            )
     return rows
 
 

@@ -25,6 +25,7 @@
   in one call, the class predictor, a ResNet res3 layer; then layers that WinogradConv2d's
   limits leave to the direct convolution (few tiles, few channels), timed on both paths.
 """
+
 import argparse
 import functools
 import math
@@ -63,10 +64,11 @@ def card_bandwidth(args):
     bus_bits = getattr(props, "memory_bus_width", 0) or 0
     bandwidth = 2.0 * clock_khz * 1e3 * bus_bits / 8  # double data rate
     if 100e9 <= bandwidth <= 50e12:
-        return bandwidth, (f"device properties: 2 x {clock_khz / 1e3:.0f} MHz x {bus_bits}-bit "
-                           "bus")
-    return H200_BANDWIDTH_GBS * 1e9, ("assumed: the H200's 4800 GB/s (the device properties "
-                                      "give no memory clock; set --bandwidth-gbs)")
+        return bandwidth, (f"device properties: 2 x {clock_khz / 1e3:.0f} MHz x {bus_bits}-bit bus")
+    return H200_BANDWIDTH_GBS * 1e9, (
+        "assumed: the H200's 4800 GB/s (the device properties "
+        "give no memory clock; set --bandwidth-gbs)"
+    )
 
 
 def floor_fraction(num_bytes, seconds, args, device):
@@ -92,8 +94,17 @@ def with_version(version, fn):
         set_cuda_kernels(previous)
 
 
-def masked_dr_loss(logits, labels, group_ids, num_groups, pos_lambda=1.0, neg_lambda=NEG_LAMBDA,
-                   L=6.0, margin=0.5, tau=4.0):
+def masked_dr_loss(
+    logits,
+    labels,
+    group_ids,
+    num_groups,
+    pos_lambda=1.0,
+    neg_lambda=NEG_LAMBDA,
+    L=6.0,
+    margin=0.5,
+    tau=4.0,
+):
     """The DR loss computed like the released code: (N, C) masks, gathers and a softmax."""
     classes = torch.arange(1, logits.shape[1] + 1, device=logits.device)
     losses = []
@@ -157,8 +168,9 @@ _cpu_prof = None
 
 def _cpu_peak_start():
     global _cpu_prof
-    _cpu_prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                       profile_memory=True)
+    _cpu_prof = torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    )
     _cpu_prof.__enter__()
 
 
@@ -179,16 +191,23 @@ def _cpu_peak_stop():
 def bench_dr_loss(device, args):
     """Prints the DR loss table for one device."""
     reps = 1 if args.quick else args.reps
-    print(f"\nDR loss forward+backward on {device} "
-          f"({torch.get_num_threads()} threads)" if device == "cpu" else
-          f"\nDR loss forward+backward on {torch.cuda.get_device_name()}")
-    print(f"{'images x anchors x classes':>28} {'impl':>8} {'time ms':>9} {'peak MiB':>9} "
-          f"{'speed-up':>9}")
+    print(
+        f"\nDR loss forward+backward on {device} ({torch.get_num_threads()} threads)"
+        if device == "cpu"
+        else f"\nDR loss forward+backward on {torch.cuda.get_device_name()}"
+    )
+    print(
+        f"{'images x anchors x classes':>28} {'impl':>8} {'time ms':>9} {'peak MiB':>9} "
+        f"{'speed-up':>9}"
+    )
     if device == "cpu":
         sizes = [(2, 100_000, 80, "image")] + ([] if args.quick else [(2, 200_000, 80, "image")])
     else:  # the shapes of issue 15
-        sizes = [(2, 200_000, 80, "image"), (16, 200_000, 80, "image"),
-                 (16, 200_000, 80, "one group")]
+        sizes = [
+            (2, 200_000, 80, "image"),
+            (16, 200_000, 80, "image"),
+            (16, 200_000, 80, "one group"),
+        ]
     gen = torch.Generator().manual_seed(0)
     for images, anchors, classes, grouping in sizes:
         n = images * anchors
@@ -205,17 +224,26 @@ def bench_dr_loss(device, args):
         floor_bytes = 3 * logits.numel() * logits.element_size() + 2 * n * (8 + 8)
         t_ref, m_ref = _time_fwd_bwd(masked_dr_loss, logits, labels, gids, groups, device, reps)
         shape = f"{images} x {anchors // 1000}k x {classes}" + (
-            "" if grouping == "image" else ", 1 group")
+            "" if grouping == "image" else ", 1 group"
+        )
         mib = 1 / 2**20
         print(f"{shape:>28} {'masked':>8} {t_ref * 1e3:9.1f} {m_ref * mib:9.1f}")
         for version in cuda_versions(device):
-            t_drd, m_drd = with_version(version, functools.partial(
-                _time_fwd_bwd, _fused, logits, labels, gids, groups, device, reps))
+            t_drd, m_drd = with_version(
+                version,
+                functools.partial(
+                    _time_fwd_bwd, _fused, logits, labels, gids, groups, device, reps
+                ),
+            )
             impl = "drdet" if version is None else f"drdet {version}"
-            print(f"{shape:>28} {impl:>8} {t_drd * 1e3:9.2f} {m_drd * mib:9.1f} "
-                  f"{t_ref / t_drd:8.1f}x {floor_fraction(floor_bytes, t_drd, args, device)}")
-        print(f"{'':>28} (logits: {logits.numel() * logits.element_size() * mib:.1f} MiB; "
-              f"the gradient is one more)")
+            print(
+                f"{shape:>28} {impl:>8} {t_drd * 1e3:9.2f} {m_drd * mib:9.1f} "
+                f"{t_ref / t_drd:8.1f}x {floor_fraction(floor_bytes, t_drd, args, device)}"
+            )
+        print(
+            f"{'':>28} (logits: {logits.numel() * logits.element_size() * mib:.1f} MiB; "
+            f"the gradient is one more)"
+        )
 
 
 def timed_call(fn, device) -> float:
@@ -237,8 +265,10 @@ def measure(fn, device, repeat, warmup=1):
 
 
 def report(op, size, ours_ms, ref_ms, ref_name, floor=""):
-    print(f"  {op:<14} {size:<42} drdet {ours_ms:9.3f} ms   {ref_name} {ref_ms:9.3f} ms   "
-          f"ratio {ours_ms / ref_ms:5.2f}" + (f"   {floor}" if floor else ""))
+    print(
+        f"  {op:<14} {size:<42} drdet {ours_ms:9.3f} ms   {ref_name} {ref_ms:9.3f} ms   "
+        f"ratio {ours_ms / ref_ms:5.2f}" + (f"   {floor}" if floor else "")
+    )
 
 
 def random_boxes(n, device, image_size=800.0, max_size=200.0):
@@ -262,32 +292,53 @@ def bench_nms(device, args):
         single = (boxes, scores, 0.5)
         batched = (boxes, scores, class_ids, 0.5)
         ref = measure(functools.partial(torchvision.ops.nms, *single), device, repeat)
-        ref_batched = measure(functools.partial(torchvision.ops.batched_nms, *batched), device,
-                              repeat)
+        ref_batched = measure(
+            functools.partial(torchvision.ops.batched_nms, *batched), device, repeat
+        )
         for version in cuda_versions(device):
             label = f"{n} boxes" + ("" if version is None else f", kernels {version}")
-            ours = with_version(version, functools.partial(
-                measure, functools.partial(nms, *single), device, repeat))
-            report("nms", label, ours, ref, "torchvision",
-                   floor_fraction(floor_bytes, ours / 1e3, args, device))
-            ours = with_version(version, functools.partial(
-                measure, functools.partial(batched_nms, *batched), device, repeat))
-            report("batched_nms", label, ours, ref_batched, "torchvision",
-                   floor_fraction(floor_bytes, ours / 1e3, args, device))
+            ours = with_version(
+                version, functools.partial(measure, functools.partial(nms, *single), device, repeat)
+            )
+            report(
+                "nms",
+                label,
+                ours,
+                ref,
+                "torchvision",
+                floor_fraction(floor_bytes, ours / 1e3, args, device),
+            )
+            ours = with_version(
+                version,
+                functools.partial(
+                    measure, functools.partial(batched_nms, *batched), device, repeat
+                ),
+            )
+            report(
+                "batched_nms",
+                label,
+                ours,
+                ref_batched,
+                "torchvision",
+                floor_fraction(floor_bytes, ours / 1e3, args, device),
+            )
 
 
 def bench_focal(device, args):
     """Sigmoid focal loss forward + backward vs torchvision's Python implementation."""
     images, anchors, classes = 2, (20_000 if args.quick and device.type == "cpu" else 100_000), 80
     n = images * anchors
-    print(f"Sigmoid focal loss fwd+bwd on {device} ({images} x {anchors} anchors x {classes} "
-          f"classes, float32)")
+    print(
+        f"Sigmoid focal loss fwd+bwd on {device} ({images} x {anchors} anchors x {classes} "
+        f"classes, float32)"
+    )
     torch.manual_seed(0)
     logits = torch.randn(n, classes, device=device, requires_grad=True)
     # RetinaNet-like labels: ~1% foreground, ~10% ignored, the rest background.
     u = torch.rand(n, device=device)
-    labels = torch.where(u < 0.01, torch.randint(1, classes + 1, (n,), device=device),
-                         torch.where(u < 0.11, -1, 0))
+    labels = torch.where(
+        u < 0.01, torch.randint(1, classes + 1, (n,), device=device), torch.where(u < 0.11, -1, 0)
+    )
     targets = torch.zeros(n, classes + 1, device=device)
     targets[torch.arange(n, device=device), labels.clamp(min=0)] = 1.0
     targets = targets[:, 1:].contiguous()
@@ -305,9 +356,14 @@ def bench_focal(device, args):
     repeat = 3 if device.type == "cpu" else args.repeat
     ours_ms = measure(ours, device, repeat)
     floor_bytes = 3 * logits.numel() * logits.element_size() + 2 * n * 8
-    report("focal fwd+bwd", f"{images}x{anchors}x{classes}", ours_ms,
-           measure(reference, device, repeat), "torchvision",
-           floor_fraction(floor_bytes, ours_ms / 1e3, args, device))
+    report(
+        "focal fwd+bwd",
+        f"{images}x{anchors}x{classes}",
+        ours_ms,
+        measure(reference, device, repeat),
+        "torchvision",
+        floor_fraction(floor_bytes, ours_ms / 1e3, args, device),
+    )
 
 
 def bench_winograd(device, args):
@@ -318,14 +374,20 @@ def bench_winograd(device, args):
     p3 = [(64, 64)]
     levels = [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4)]
     # (label, batch, input channels, output channels, map sizes)
-    cases = [("head layer, P3", 2, 256, 256, p3), ("head layer, P3-P7", 2, 256, 256, levels),
-             ("class predictor, P3-P7", 2, 256, 720, levels), ("res3 layer", 2, 128, 128, p3)]
+    cases = [
+        ("head layer, P3", 2, 256, 256, p3),
+        ("head layer, P3-P7", 2, 256, 256, levels),
+        ("class predictor, P3-P7", 2, 256, 720, levels),
+        ("res3 layer", 2, 128, 128, p3),
+    ]
     # Layers that WinogradConv2d's limits (MIN_TILES, MIN_IN_CHANNELS, MIN_OUT_CHANNELS in
     # drdet/layers/winograd.py) leave to the direct convolution, timed on both paths anyway.
-    below_limits = [("P5 alone: 32 tiles", 2, 256, 256, [(16, 16)]),
-                    ("64 channels, batch 4", 4, 64, 64, [(64, 64)]),
-                    ("box predictor, P3", 2, 256, 36, p3),
-                    ("res5 layer: 32 tiles", 2, 512, 512, [(16, 16)])]
+    below_limits = [
+        ("P5 alone: 32 tiles", 2, 256, 256, [(16, 16)]),
+        ("64 channels, batch 4", 4, 64, 64, [(64, 64)]),
+        ("box predictor, P3", 2, 256, 36, p3),
+        ("res5 layer: 32 tiles", 2, 512, 512, [(16, 16)]),
+    ]
     cases = cases[:1] if args.quick else cases + below_limits
     torch.manual_seed(0)
     for label, n, c_in, c_out, sizes in cases:
@@ -336,32 +398,50 @@ def bench_winograd(device, args):
         weight = (torch.randn(c_out, c_in, 3, 3) * 0.02).requires_grad_()
         grads = [torch.randn(n, c_out, h, w).to(memory_format=cl) for h, w in sizes]
 
-        def run(fn):
+        def run(fn, grads=grads):
             outs = fn()
             torch.autograd.backward(outs, grads)
 
-        ours = measure(lambda: run(lambda: conv3x3_levels(xs, weight)), device, args.reps + 2)
-        ref = measure(lambda: run(lambda: [F.conv2d(x, weight, padding=1) for x in xs]), device,
-                      args.reps + 2)
+        def ours_call(xs=xs, weight=weight):
+            return conv3x3_levels(xs, weight)
+
+        def ref_call(xs=xs, weight=weight):
+            return [F.conv2d(x, weight, padding=1) for x in xs]
+
+        ours = measure(lambda: run(ours_call), device, args.reps + 2)
+        ref = measure(lambda: run(ref_call), device, args.reps + 2)
         report("conv3x3 f+b", f"{label} {c_in}->{c_out}", ours, ref, "direct")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="all", choices=["all", "cpu", "cuda"],
-                        help="where to run ('all': CPU, and CUDA when a GPU is visible)")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer repetitions and the smallest sizes on the CPU")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device",
+        default="all",
+        choices=["all", "cpu", "cuda"],
+        help="where to run ('all': CPU, and CUDA when a GPU is visible)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repetitions and the smallest sizes on the CPU"
+    )
     parser.add_argument("--reps", type=int, default=3, help="timed DR-loss repetitions (median)")
     parser.add_argument("--repeat", type=int, default=10, help="timed NMS calls (median)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
-    parser.add_argument("--ops", default="dr,nms,focal",
-                        help="comma-separated subset of dr,nms,focal,winograd to run")
-    parser.add_argument("--bandwidth-gbs", type=float, default=None,
-                        help="the GPU's memory bandwidth in GB/s for the floor fractions "
-                             "(default: from the device properties, else the H200's "
-                             f"{H200_BANDWIDTH_GBS:.0f})")
+    parser.add_argument(
+        "--ops",
+        default="dr,nms,focal",
+        help="comma-separated subset of dr,nms,focal,winograd to run",
+    )
+    parser.add_argument(
+        "--bandwidth-gbs",
+        type=float,
+        default=None,
+        help="the GPU's memory bandwidth in GB/s for the floor fractions "
+        "(default: from the device properties, else the H200's "
+        f"{H200_BANDWIDTH_GBS:.0f})",
+    )
     args = parser.parse_args(argv)
     args.bandwidth = None
     torch.set_num_threads(args.threads)
@@ -372,13 +452,17 @@ def main(argv=None):
             raise SystemExit("--device cuda: no CUDA GPU is visible")
         print("no CUDA GPU visible: CPU only")
         devices.remove("cuda")
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"{torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"{torch.get_num_threads()} CPU threads"
+        + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else "")
+    )
     if "cuda" in devices:
         args.bandwidth, source = card_bandwidth(args)
-        print(f"memory floor: {args.bandwidth / 1e9:.0f} GB/s ({source}); CUDA kernels timed: "
-              f"{', '.join(CUDA_VERSIONS)} (in use: {get_cuda_kernels()})")
+        print(
+            f"memory floor: {args.bandwidth / 1e9:.0f} GB/s ({source}); CUDA kernels timed: "
+            f"{', '.join(CUDA_VERSIONS)} (in use: {get_cuda_kernels()})"
+        )
     for name in devices:
         if "dr" in ops:
             bench_dr_loss(name, args)

@@ -19,6 +19,7 @@ its last checkpoint. Trailing KEY VALUE pairs override the config of every run.
 applied to --config-file) and prints the paper's table layout with the paper's COCO minival AP
 beside the measured figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,6 +48,7 @@ ABLATIONS_DIR = os.path.join(ROOT, "configs", "ablations")
 class Run:
     """One training run: its folder name, its label in the tables, its own config overrides and
     the paper's COCO minival AP for it (ablations)."""
+
     name: str
     label: str
     opts: list[str]
@@ -57,58 +59,107 @@ class Run:
 # The paper's Tables 1-3 (R-50-FPN 1x, COCO minival AP): (row label columns, ablation yaml or
 # None for the unchanged DR config, loss, paper AP). "Focal" is the loss switched to FOCAL.
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "table1": {"header": ("h+", "h-"), "rows": [
-        (("e", "e"), "dr_R-50-FPN_1x_hpos-e_hneg-e.yaml", "DR", 37.1),
-        (("e", "3.5"), "dr_R-50-FPN_1x_hpos-e_hneg-3.5.yaml", "DR", 37.4),
-        (("e", "5.5"), "dr_R-50-FPN_1x_hpos-e_hneg-5.5.yaml", "DR", 37.2),
-        (("e", "20"), "dr_R-50-FPN_1x_hpos-e_hneg-20.yaml", "DR", 36.6),
-        (("5.5", "3.5"), "dr_R-50-FPN_1x_hpos-5.5_hneg-3.5.yaml", "DR", 36.7),
-        (("20", "3.5"), "dr_R-50-FPN_1x_hpos-20_hneg-3.5.yaml", "DR", 35.6)]},
-    "table2": {"header": ("Loss",), "rows": [
-        (("Focal",), None, "FOCAL", 36.1),
-        (("Hinge",), "dr_R-50-FPN_1x_hinge.yaml", "DR", 35.8),
-        (("rho = 0.2",), "dr_R-50-FPN_1x_quadratic_rho-0.2.yaml", "DR", 36.9),
-        (("rho = 0.5",), "dr_R-50-FPN_1x_quadratic_rho-0.5.yaml", "DR", 37.2),
-        (("L = 4",), "dr_R-50-FPN_1x_logistic_L-4.yaml", "DR", 37.2),
-        (("L = 6",), "dr_R-50-FPN_1x_logistic_L-6.yaml", "DR", 37.4),
-        (("L = 8",), "dr_R-50-FPN_1x_logistic_L-8.yaml", "DR", 37.1),
-        (("L = 10",), "dr_R-50-FPN_1x_logistic_L-10.yaml", "DR", 36.8)]},
-    "table3": {"header": ("Pairing",), "rows": [
-        (("Focal",), None, "FOCAL", 36.1),
-        (("NegOnly",), "dr_R-50-FPN_1x_negonly.yaml", "DR", 37.0),
-        (("DR",), None, "DR", 37.4)]},
+    "table1": {
+        "header": ("h+", "h-"),
+        "rows": [
+            (("e", "e"), "dr_R-50-FPN_1x_hpos-e_hneg-e.yaml", "DR", 37.1),
+            (("e", "3.5"), "dr_R-50-FPN_1x_hpos-e_hneg-3.5.yaml", "DR", 37.4),
+            (("e", "5.5"), "dr_R-50-FPN_1x_hpos-e_hneg-5.5.yaml", "DR", 37.2),
+            (("e", "20"), "dr_R-50-FPN_1x_hpos-e_hneg-20.yaml", "DR", 36.6),
+            (("5.5", "3.5"), "dr_R-50-FPN_1x_hpos-5.5_hneg-3.5.yaml", "DR", 36.7),
+            (("20", "3.5"), "dr_R-50-FPN_1x_hpos-20_hneg-3.5.yaml", "DR", 35.6),
+        ],
+    },
+    "table2": {
+        "header": ("Loss",),
+        "rows": [
+            (("Focal",), None, "FOCAL", 36.1),
+            (("Hinge",), "dr_R-50-FPN_1x_hinge.yaml", "DR", 35.8),
+            (("rho = 0.2",), "dr_R-50-FPN_1x_quadratic_rho-0.2.yaml", "DR", 36.9),
+            (("rho = 0.5",), "dr_R-50-FPN_1x_quadratic_rho-0.5.yaml", "DR", 37.2),
+            (("L = 4",), "dr_R-50-FPN_1x_logistic_L-4.yaml", "DR", 37.2),
+            (("L = 6",), "dr_R-50-FPN_1x_logistic_L-6.yaml", "DR", 37.4),
+            (("L = 8",), "dr_R-50-FPN_1x_logistic_L-8.yaml", "DR", 37.1),
+            (("L = 10",), "dr_R-50-FPN_1x_logistic_L-10.yaml", "DR", 36.8),
+        ],
+    },
+    "table3": {
+        "header": ("Pairing",),
+        "rows": [
+            (("Focal",), None, "FOCAL", 36.1),
+            (("NegOnly",), "dr_R-50-FPN_1x_negonly.yaml", "DR", 37.0),
+            (("DR",), None, "DR", 37.4),
+        ],
+    },
     # The published numbers (37.4 at R-50 1x) came from the released code's per-GPU batch.
-    "grouping": {"header": ("MODEL.DR_LOSS.GROUPING",), "rows": [
-        (("image",), None, "DR", None),
-        (("batch",), None, "DR", 37.4)]},
+    "grouping": {
+        "header": ("MODEL.DR_LOSS.GROUPING",),
+        "rows": [(("image",), None, "DR", None), (("batch",), None, "DR", 37.4)],
+    },
 }
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE",
-                        help=f"yaml config of the model and data (default {DEFAULT_CONFIG})")
-    parser.add_argument("--dataset", metavar="NAME",
-                        help="training set: a registered name or a coco:/voc:/synthetic: form "
-                             "(default: the config's DATASETS.TRAIN)")
-    parser.add_argument("--test-dataset", metavar="NAME",
-                        help="evaluation set (default: the config's DATASETS.TEST, or --dataset)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config-file",
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
+        help=f"yaml config of the model and data (default {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="training set: a registered name or a coco:/voc:/synthetic: form "
+        "(default: the config's DATASETS.TRAIN)",
+    )
+    parser.add_argument(
+        "--test-dataset",
+        metavar="NAME",
+        help="evaluation set (default: the config's DATASETS.TEST, or --dataset)",
+    )
     parser.add_argument("--output-dir", default=os.path.join("output", "compare"), metavar="DIR")
-    parser.add_argument("--losses", nargs=2, default=["DR", "FOCAL"], metavar="LOSS",
-                        help="the two classification losses compared (default DR FOCAL)")
-    parser.add_argument("--max-iter", type=int, metavar="N",
-                        help="iterations per run; SOLVER.STEPS, WARMUP_ITERS and "
-                             "CHECKPOINT_PERIOD scale with it (default: the config's)")
-    parser.add_argument("--num-gpus", type=int, default=0, metavar="N",
-                        help="GPUs per run (N > 1 through torchrun); 0: the config's device")
-    parser.add_argument("--ablation", choices=sorted(ABLATIONS),
-                        help="run the paper's ablation instead of DR vs focal")
-    parser.add_argument("--score-images", type=int, default=50, metavar="N",
-                        help="test images for the score distributions (default 50)")
-    parser.add_argument("--keep-explicit", action="store_true",
-                        help="let the config's own prior/matcher/threshold keys apply to both "
-                             "losses (by default such a config is refused)")
+    parser.add_argument(
+        "--losses",
+        nargs=2,
+        default=["DR", "FOCAL"],
+        metavar="LOSS",
+        help="the two classification losses compared (default DR FOCAL)",
+    )
+    parser.add_argument(
+        "--max-iter",
+        type=int,
+        metavar="N",
+        help="iterations per run; SOLVER.STEPS, WARMUP_ITERS and "
+        "CHECKPOINT_PERIOD scale with it (default: the config's)",
+    )
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=0,
+        metavar="N",
+        help="GPUs per run (N > 1 through torchrun); 0: the config's device",
+    )
+    parser.add_argument(
+        "--ablation",
+        choices=sorted(ABLATIONS),
+        help="run the paper's ablation instead of DR vs focal",
+    )
+    parser.add_argument(
+        "--score-images",
+        type=int,
+        default=50,
+        metavar="N",
+        help="test images for the score distributions (default 50)",
+    )
+    parser.add_argument(
+        "--keep-explicit",
+        action="store_true",
+        help="let the config's own prior/matcher/threshold keys apply to both "
+        "losses (by default such a config is refused)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for all runs")
     args = parser.parse_args(argv)
     if args.opts and args.opts[0] == "--":
@@ -141,23 +192,32 @@ def scaled_schedule(cfg, max_iter: int) -> list[str]:
     """SOLVER overrides that run the config's schedule in ``max_iter`` iterations."""
     factor = max_iter / cfg.SOLVER.MAX_ITER
     steps = tuple(sorted({max(1, min(max_iter, round(s * factor))) for s in cfg.SOLVER.STEPS}))
-    return ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", repr(steps),
-            "SOLVER.WARMUP_ITERS", str(max(0, min(max_iter - 1, round(
-                cfg.SOLVER.WARMUP_ITERS * factor)))),
-            "SOLVER.CHECKPOINT_PERIOD", str(max(1, max_iter // 3))]
+    return [
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.STEPS",
+        repr(steps),
+        "SOLVER.WARMUP_ITERS",
+        str(max(0, min(max_iter - 1, round(cfg.SOLVER.WARMUP_ITERS * factor)))),
+        "SOLVER.CHECKPOINT_PERIOD",
+        str(max(1, max_iter // 3)),
+    ]
 
 
 def loss_key_of(config_file: str, opts: Sequence[str]) -> str:
     """The loss key of the config's meta-architecture; a clear error when it has none."""
     from drdet.config.loss_setup import named_loss
 
-    meta, key, _ = named_loss(load_yaml_with_base(config_file), list(opts),
-                              get_cfg().MODEL.META_ARCHITECTURE)
+    meta, key, _ = named_loss(
+        load_yaml_with_base(config_file), list(opts), get_cfg().MODEL.META_ARCHITECTURE
+    )
     node = get_cfg()
     for part in key.split("."):
         if part not in node:
-            fail(f"{config_file}: meta-architecture {meta!r} has no loss key {key}, so the tool "
-                 f"cannot switch its classification loss")
+            fail(
+                f"{config_file}: meta-architecture {meta!r} has no loss key {key}, so the tool "
+                f"cannot switch its classification loss"
+            )
         node = node[part]
     return key
 
@@ -174,8 +234,9 @@ def num_classes_key(loss_key: str) -> str:
     return key
 
 
-def check_switchable(config_file: str, opts: Sequence[str], loss_key: str, losses: Sequence[str],
-                     keep_explicit: bool) -> None:
+def check_switchable(
+    config_file: str, opts: Sequence[str], loss_key: str, losses: Sequence[str], keep_explicit: bool
+) -> None:
     """Refuses what would make the two runs differ in more than the loss and its setup."""
     import drdet.modeling  # noqa: F401  (registers the losses and their setups)
     from drdet.modeling.losses.setup import setup_keys
@@ -190,8 +251,10 @@ def check_switchable(config_file: str, opts: Sequence[str], loss_key: str, losse
     fixed = sorted(set(flat_keys(load_yaml_with_base(config_file))) & set(setup_keys(meta)))
     fixed += sorted(set(list(opts)[0::2]) & set(setup_keys(meta)))
     if fixed and not keep_explicit:
-        fail(f"{config_file} (or the overrides) fixes {', '.join(fixed)}, which each loss sets "
-             f"to its own value; remove them, or pass --keep-explicit to use them for both")
+        fail(
+            f"{config_file} (or the overrides) fixes {', '.join(fixed)}, which each loss sets "
+            f"to its own value; remove them, or pass --keep-explicit to use them for both"
+        )
 
 
 def plan_runs(args: argparse.Namespace, loss_key: str) -> list[Run]:
@@ -212,13 +275,15 @@ def plan_runs(args: argparse.Namespace, loss_key: str) -> list[Run]:
         if args.ablation == "grouping":
             opts += ["MODEL.DR_LOSS.GROUPING", labels[0]]
         name = safe_folder_name(f"{k}_{'_'.join(labels)}")
-        runs.append(Run(name, " / ".join(labels), opts, paper_ap,
-                        dict(zip(table["header"], labels))))
+        runs.append(
+            Run(name, " / ".join(labels), opts, paper_ap, dict(zip(table["header"], labels)))
+        )
     return runs
 
 
 class Progress:
     """Prints the overall stage, and each run's iteration and ETA from its log lines."""
+
     ETA = re.compile(r"eta: (\S+)\s+iter: (\d+)")
 
     def __init__(self, total: int) -> None:
@@ -232,26 +297,44 @@ class Progress:
     def line(self, label: str, text: str, max_iter: int) -> None:
         match = self.ETA.search(text)
         if match:
-            print(f"  [{self.stage}/{self.total} {label}] iteration {match.group(2)}/{max_iter}, "
-                  f"ETA {match.group(1)}", flush=True)
+            print(
+                f"  [{self.stage}/{self.total} {label}] iteration {match.group(2)}/{max_iter}, "
+                f"ETA {match.group(1)}",
+                flush=True,
+            )
 
 
 def train_command(args: argparse.Namespace, run_opts: list[str], resume: bool) -> list[str]:
     script = os.path.join(ROOT, "tools", "train_net.py")
     launcher = [sys.executable]
     if args.num_gpus > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone",
-                     f"--nproc_per_node={args.num_gpus}"]
-    return launcher + [script, "--config-file", args.config_file] + \
-        (["--resume"] if resume else []) + run_opts
+        launcher += [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={args.num_gpus}",
+        ]
+    return (
+        launcher
+        + [script, "--config-file", args.config_file]
+        + (["--resume"] if resume else [])
+        + run_opts
+    )
 
 
 def result_file(run_dir: str, test_name: str) -> str:
     return os.path.join(run_dir, "inference", safe_folder_name(test_name), "metrics.json")
 
 
-def train(args: argparse.Namespace, run: Run, opts: list[str], run_dir: str, test_name: str,
-          max_iter: int, progress: Progress) -> dict[str, float]:
+def train(
+    args: argparse.Namespace,
+    run: Run,
+    opts: list[str],
+    run_dir: str,
+    test_name: str,
+    max_iter: int,
+    progress: Progress,
+) -> dict[str, float]:
     """Trains and evaluates one run (skipped when finished, resumed when half-finished)."""
     done = result_file(run_dir, test_name)
     if os.path.isfile(done) and os.path.isfile(os.path.join(run_dir, "model_final.pth")):
@@ -263,9 +346,17 @@ def train(args: argparse.Namespace, run: Run, opts: list[str], run_dir: str, tes
     os.makedirs(run_dir, exist_ok=True)
     command = train_command(args, opts + ["OUTPUT_DIR", run_dir], resume)
     log_path = os.path.join(run_dir, "compare_stdout.log")
-    with open(log_path, "a") as log, subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=os.getcwd(),
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}) as child:
+    with (
+        open(log_path, "a") as log,
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=os.getcwd(),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        ) as child,
+    ):
         assert child.stdout is not None
         for text in child.stdout:
             log.write(text)
@@ -274,8 +365,10 @@ def train(args: argparse.Namespace, run: Run, opts: list[str], run_dir: str, tes
     if child.returncode != 0 or not os.path.isfile(done):
         with open(log_path) as f:
             tail = "".join(f.readlines()[-15:])
-        fail(f"the {run.label} run failed (exit {child.returncode}); its log {log_path} ends:\n"
-             f"{tail}\nrun the same command again to resume it")
+        fail(
+            f"the {run.label} run failed (exit {child.returncode}); its log {log_path} ends:\n"
+            f"{tail}\nrun the same command again to resume it"
+        )
     with open(done) as f:
         return json.load(f)
 
@@ -287,16 +380,23 @@ def check_same_comparison(output_dir: str, settings: dict[str, Any]) -> None:
         with open(path) as f:
             before = json.load(f)
         if before != settings:
-            fail(f"{output_dir} holds a comparison with other settings ({path}): pass another "
-                 f"--output-dir or delete it")
+            fail(
+                f"{output_dir} holds a comparison with other settings ({path}): pass another "
+                f"--output-dir or delete it"
+            )
     else:
         os.makedirs(output_dir, exist_ok=True)
         with open(path, "w") as f:
             json.dump(settings, f, indent=1)
 
 
-def score_figure(args: argparse.Namespace, runs: list[Run], run_opts: dict[str, list[str]],
-                 test_name: str, output: str) -> None:
+def score_figure(
+    args: argparse.Namespace,
+    runs: list[Run],
+    run_opts: dict[str, list[str]],
+    test_name: str,
+    output: str,
+) -> None:
     """The paper's Fig. 4/5 for the runs, on the first --score-images test images."""
     from drdet.data.catalog import get_dataset
     from drdet.data.transforms import build_transforms
@@ -314,6 +414,7 @@ def score_figure(args: argparse.Namespace, runs: list[Run], run_opts: dict[str, 
 
 def metrics_table(runs: list[Run], results: dict[str, dict[str, float]]) -> list[str]:
     """Markdown AP table, runs side by side; with two runs, the difference (first - second)."""
+
     def cell(value: float) -> str:
         return f"{100 * value:.1f}" if value >= 0 else "n/a"
 
@@ -330,30 +431,54 @@ def metrics_table(runs: list[Run], results: dict[str, dict[str, float]]) -> list
     return lines
 
 
-def ablation_table(name: str, runs: list[Run], results: dict[str, dict[str, float]]
-                   ) -> list[str]:
+def ablation_table(name: str, runs: list[Run], results: dict[str, dict[str, float]]) -> list[str]:
     """The paper's layout: its row labels, its COCO minival AP, then the measured metrics."""
-    header = list(ABLATIONS[name]["header"]) + ["paper AP (COCO)"] + [
-        f"{m} (measured)" for m in METRICS]
+    header = (
+        list(ABLATIONS[name]["header"]) + ["paper AP (COCO)"] + [f"{m} (measured)" for m in METRICS]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         paper = "-" if run.paper_ap is None else f"{run.paper_ap:.1f}"
-        measured = [f"{100 * results[run.name].get(m, -1.0):.1f}"
-                    if results[run.name].get(m, -1.0) >= 0 else "n/a" for m in METRICS]
+        measured = [
+            f"{100 * results[run.name].get(m, -1.0):.1f}"
+            if results[run.name].get(m, -1.0) >= 0
+            else "n/a"
+            for m in METRICS
+        ]
         lines.append("| " + " | ".join(list(run.columns.values()) + [paper] + measured) + " |")
     return lines
 
 
-def write_report(args: argparse.Namespace, runs: list[Run], results: dict[str, dict[str, float]],
-                 test_name: str, figures: dict[str, str], seconds: float) -> str:
-    title = (f"Paper ablation {args.ablation}" if args.ablation
-             else f"{runs[0].label} vs {runs[1].label}")
-    table = (ablation_table(args.ablation, runs, results) if args.ablation
-             else metrics_table(runs, results))
-    lines = [f"# {title} on {test_name}", "",
-             f"Config `{args.config_file}`, overrides `{' '.join(args.opts) or '-'}`; each run in "
-             f"its own folder under `{args.output_dir}`; COCO metric (%) on `{test_name}`. "
-             f"This invocation took {seconds / 60:.1f} min.", ""] + table + [""]
+def write_report(
+    args: argparse.Namespace,
+    runs: list[Run],
+    results: dict[str, dict[str, float]],
+    test_name: str,
+    figures: dict[str, str],
+    seconds: float,
+) -> str:
+    title = (
+        f"Paper ablation {args.ablation}"
+        if args.ablation
+        else f"{runs[0].label} vs {runs[1].label}"
+    )
+    table = (
+        ablation_table(args.ablation, runs, results)
+        if args.ablation
+        else metrics_table(runs, results)
+    )
+    lines = (
+        [
+            f"# {title} on {test_name}",
+            "",
+            f"Config `{args.config_file}`, overrides `{' '.join(args.opts) or '-'}`; each run in "
+            f"its own folder under `{args.output_dir}`; COCO metric (%) on `{test_name}`. "
+            f"This invocation took {seconds / 60:.1f} min.",
+            "",
+        ]
+        + table
+        + [""]
+    )
     for caption, file_name in figures.items():
         lines += [f"## {caption}", "", f"![{caption}]({file_name})", ""]
     path = os.path.join(args.output_dir, "report.md")
@@ -370,8 +495,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     start = time.time()
     args = parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        fail("run this tool without torchrun and pass --num-gpus N: it launches each run "
-             "through torchrun itself")
+        fail(
+            "run this tool without torchrun and pass --num-gpus N: it launches each run "
+            "through torchrun itself"
+        )
     if not os.path.isfile(args.config_file):
         fail(f"config file not found: {args.config_file}")
     loss_key = loss_key_of(args.config_file, args.opts)
@@ -379,16 +506,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     check_switchable(args.config_file, args.opts, loss_key, losses, args.keep_explicit)
     base = load_config(args.config_file, args.opts)
     train_name = args.dataset or (base.DATASETS.TRAIN[0] if base.DATASETS.TRAIN else None)
-    test_name = args.test_dataset or (base.DATASETS.TEST[0] if base.DATASETS.TEST and
-                                      not args.dataset else train_name)
+    test_name = args.test_dataset or (
+        base.DATASETS.TEST[0] if base.DATASETS.TEST and not args.dataset else train_name
+    )
     if not train_name or not test_name:
         fail(f"{args.config_file} names no dataset: pass --dataset (and --test-dataset)")
     if test_name == train_name:
         print(f"warning: evaluating on the training set {train_name} (pass --test-dataset)")
     num_classes = check_dataset(train_name)
     check_dataset(test_name)
-    common = ["DATASETS.TRAIN", repr((train_name,)), "DATASETS.TEST", repr((test_name,)),
-              num_classes_key(loss_key), str(num_classes + 1)]
+    common = [
+        "DATASETS.TRAIN",
+        repr((train_name,)),
+        "DATASETS.TEST",
+        repr((test_name,)),
+        num_classes_key(loss_key),
+        str(num_classes + 1),
+    ]
     if args.max_iter:
         common += scaled_schedule(base, args.max_iter)
     if args.num_gpus:
@@ -398,24 +532,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     run_opts = {r.name: common + r.opts + list(args.opts) for r in runs}
     for run in runs:  # every run's config is valid before anything trains
         load_config(args.config_file, run_opts[run.name])
-    check_same_comparison(args.output_dir, {"config": args.config_file, "runs": run_opts,
-                                            "num_gpus": args.num_gpus})
+    check_same_comparison(
+        args.output_dir, {"config": args.config_file, "runs": run_opts, "num_gpus": args.num_gpus}
+    )
     progress = Progress(len(runs) + 2)
-    results = {run.name: train(args, run, run_opts[run.name],
-                               os.path.join(args.output_dir, run.name), test_name, max_iter,
-                               progress) for run in runs}
+    results = {
+        run.name: train(
+            args,
+            run,
+            run_opts[run.name],
+            os.path.join(args.output_dir, run.name),
+            test_name,
+            max_iter,
+            progress,
+        )
+        for run in runs
+    }
     progress.start("figures: score distributions and training curves")
     from drdet.utils.training_curves import plot_runs
 
-    figures = {"Score distributions (paper Fig. 4/5)": "scores.png",
-               "Training curves": "curves.png"}
+    figures = {
+        "Score distributions (paper Fig. 4/5)": "scores.png",
+        "Training curves": "curves.png",
+    }
     try:
         score_figure(args, runs, run_opts, test_name, os.path.join(args.output_dir, "scores.png"))
     except AttributeError as err:  # a detector without anchors and a matcher (e.g. FCOS)
         print(f"warning: no score distributions for this detector ({err})")
         del figures["Score distributions (paper Fig. 4/5)"]
-    plot_runs([os.path.join(args.output_dir, r.name) for r in runs], [r.label for r in runs],
-              os.path.join(args.output_dir, "curves.png"))
+    plot_runs(
+        [os.path.join(args.output_dir, r.name) for r in runs],
+        [r.label for r in runs],
+        os.path.join(args.output_dir, "curves.png"),
+    )
     progress.start("report")
     path = write_report(args, runs, results, test_name, figures, time.time() - start)
     print(f"wrote {path}")

@@ -36,6 +36,7 @@ file through a link). OUT is written atomically with the mode a new file gets un
 --allow-pickle unpickles the input fully (old checkpoints holding Python objects): only for
 files you trust. The output holds tensors only and loads with torch.load(weights_only=True).
 """
+
 import argparse
 import logging
 import os
@@ -46,19 +47,24 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from drdet.checkpoint import check_weights_only_safe, load_checkpoint_file  # noqa: E402
-from drdet.checkpoint.fcos_conversion import (convert_torchvision_fcos,  # noqa: E402
-                                              is_torchvision_fcos)
-from drdet.checkpoint.weights import (COCO_CATEGORY_IDS,  # noqa: E402
-                                      convert_maskrcnn_benchmark_retinanet,
-                                      convert_torchvision_retinanet, detect_format)
+from drdet.checkpoint.fcos_conversion import convert_torchvision_fcos, is_torchvision_fcos  # noqa: E402
+from drdet.checkpoint.weights import (  # noqa: E402
+    COCO_CATEGORY_IDS,
+    convert_maskrcnn_benchmark_retinanet,
+    convert_torchvision_retinanet,
+    detect_format,
+)
 from drdet.utils.errors import run_main  # noqa: E402
 from drdet.utils.io import atomic_open  # noqa: E402
 
 SOURCES = {"torchvision": "torchvision_retinanet", "maskrcnn-benchmark": "maskrcnn_benchmark"}
 # The MODEL.RETINANET.ANCHOR_CONVENTION of each source, stored in the output so that loading it
 # into a model with other anchors warns.
-CONVENTIONS = {"torchvision_retinanet": "torchvision", "maskrcnn_benchmark": "maskrcnn_benchmark",
-               "torchvision_fcos": "torchvision"}
+CONVENTIONS = {
+    "torchvision_retinanet": "torchvision",
+    "maskrcnn_benchmark": "maskrcnn_benchmark",
+    "torchvision_fcos": "torchvision",
+}
 
 logger = logging.getLogger("drdet.convert_checkpoint")
 
@@ -70,14 +76,22 @@ def check_output(src: str, dst: str, force: bool) -> None:
     if not same and os.path.exists(src) and os.path.exists(dst):
         same = os.path.samefile(src, dst)
     if same:
-        raise ValueError(f"output {dst!r} is the same file as the input {src!r}; write the "
-                         "converted checkpoint to another path")
+        raise ValueError(
+            f"output {dst!r} is the same file as the input {src!r}; write the "
+            "converted checkpoint to another path"
+        )
     if os.path.lexists(dst) and not force:
         raise FileExistsError(f"output {dst!r} already exists; pass --force to replace it")
 
 
-def convert_file(src: str, dst: str, source: str = "auto", coco_category_ids: bool = False,
-                 allow_pickle: bool = False, force: bool = False) -> dict:
+def convert_file(
+    src: str,
+    dst: str,
+    source: str = "auto",
+    coco_category_ids: bool = False,
+    allow_pickle: bool = False,
+    force: bool = False,
+) -> dict:
     """Convert `src` to a drdet checkpoint at `dst`; return the converted state dict. An
     existing `dst` is replaced only when `force`; `dst` == `src` is always refused."""
     check_output(src, dst, force)
@@ -98,36 +112,58 @@ def convert_file(src: str, dst: str, source: str = "auto", coco_category_ids: bo
             raise ValueError("--coco-category-ids applies to torchvision checkpoints only")
         converted = convert_maskrcnn_benchmark_retinanet(state)
     else:
-        raise ValueError(f"{src}: keys look like {fmt}, not a torchvision or maskrcnn-benchmark "
-                         "RetinaNet (ImageNet backbones load directly as MODEL.WEIGHT)")
+        raise ValueError(
+            f"{src}: keys look like {fmt}, not a torchvision or maskrcnn-benchmark "
+            "RetinaNet (ImageNet backbones load directly as MODEL.WEIGHT)"
+        )
     data = {"model": dict(converted), "anchor_convention": CONVENTIONS[fmt]}
     check_weights_only_safe(data)
     with atomic_open(dst, "wb") as f:
         torch.save(data, f)
     num_classes = converted["head.cls_logits.bias"].numel() // (
-        converted["head.bbox_pred.bias"].numel() // 4)
-    logger.info("%s (%s) -> %s: %d tensors, %d classes; load it with MODEL.RETINANET.NUM_CLASSES "
-                "%d and ANCHOR_CONVENTION %s", src, fmt, dst, len(converted), num_classes,
-                num_classes + 1, CONVENTIONS[fmt])
+        converted["head.bbox_pred.bias"].numel() // 4
+    )
+    logger.info(
+        "%s (%s) -> %s: %d tensors, %d classes; load it with MODEL.RETINANET.NUM_CLASSES "
+        "%d and ANCHOR_CONVENTION %s",
+        src,
+        fmt,
+        dst,
+        len(converted),
+        num_classes,
+        num_classes + 1,
+        CONVENTIONS[fmt],
+    )
     return converted
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("input", help="checkpoint to convert")
     parser.add_argument("output", help="drdet checkpoint to write")
     parser.add_argument("--source", choices=["auto", *SOURCES], default="auto")
-    parser.add_argument("--coco-category-ids", action="store_true",
-                        help="torchvision COCO model (91 columns): keep the 80 COCO categories as "
-                             "drdet's labels 1..80")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="fully unpickle the input (trusted files only)")
+    parser.add_argument(
+        "--coco-category-ids",
+        action="store_true",
+        help="torchvision COCO model (91 columns): keep the 80 COCO categories as "
+        "drdet's labels 1..80",
+    )
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="fully unpickle the input (trusted files only)"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing output")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    convert_file(args.input, args.output, args.source, args.coco_category_ids, args.allow_pickle,
-                 force=args.force)
+    convert_file(
+        args.input,
+        args.output,
+        args.source,
+        args.coco_category_ids,
+        args.allow_pickle,
+        force=args.force,
+    )
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ end; the entries of an input folder that are not image files (other files, sub-f
 listed in one warning. detections.json is always written, with the records of what was
 processed, also when an error stops the run part way (the error is raised afterwards).
 """
+
 import json
 import logging
 import os
 import re
 import sys
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,8 +35,12 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from drdet.checkpoint import check_classes  # noqa: E402
-from drdet.engine.defaults import (default_argument_parser, load_config,  # noqa: E402
-                                   parse_tool_args, train_dataset_from_cfg)
+from drdet.engine.defaults import (  # noqa: E402
+    default_argument_parser,
+    load_config,
+    parse_tool_args,
+    train_dataset_from_cfg,
+)
 from drdet.engine.predictor import Predictor  # noqa: E402
 from drdet.utils.errors import run_main  # noqa: E402
 from drdet.utils.io import atomic_write_text  # noqa: E402
@@ -49,7 +54,7 @@ logger = logging.getLogger("drdet.demo")
 
 
 def named(items: Sequence[str], limit: int = MAX_NAMED) -> str:
-    """"a, b, c" of the first `limit` items, with ", ... (N more)" when there are more."""
+    """ "a, b, c" of the first `limit` items, with ", ... (N more)" when there are more."""
     more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 
@@ -57,24 +62,40 @@ def named(items: Sequence[str], limit: int = MAX_NAMED) -> str:
 def parse_args(argv=None):
     parser = default_argument_parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+", metavar="PATH",
-                        help="image files and/or folders (their images, sorted, not recursive)")
+    source.add_argument(
+        "--input",
+        nargs="+",
+        metavar="PATH",
+        help="image files and/or folders (their images, sorted, not recursive)",
+    )
     source.add_argument("--video", metavar="FILE", help="a video file (read with OpenCV)")
     source.add_argument("--webcam", type=int, metavar="INDEX", help="a camera index for OpenCV")
-    parser.add_argument("--output", required=True, metavar="DIR",
-                        help="folder for the drawn images and detections.json")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5,
-                        help="keep detections with score >= this (default 0.5)")
-    parser.add_argument("--max-frames", type=int, default=0,
-                        help="stop a video or webcam after this many frames (0: no limit; "
-                             "a webcam needs a limit)")
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="folder for the drawn images and detections.json",
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="keep detections with score >= this (default 0.5)",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=0,
+        help="stop a video or webcam after this many frames (0: no limit; a webcam needs a limit)",
+    )
     args = parse_tool_args(parser, argv)
     if args.input:  # --input takes several paths: a config key among them starts the overrides
-        keys = [i for i, p in enumerate(args.input)
-                if CONFIG_KEY.match(p) and not os.path.exists(p)]
+        keys = [
+            i for i, p in enumerate(args.input) if CONFIG_KEY.match(p) and not os.path.exists(p)
+        ]
         if keys:
-            args.opts = args.input[keys[0]:] + args.opts
-            args.input = args.input[:keys[0]]
+            args.opts = args.input[keys[0] :] + args.opts
+            args.input = args.input[: keys[0]]
             if not args.input:
                 parser.error("--input needs at least one image file or folder")
     if args.webcam is not None and args.max_frames <= 0:
@@ -82,7 +103,7 @@ def parse_args(argv=None):
     return args
 
 
-def list_images(paths: Sequence[str]) -> List[str]:
+def list_images(paths: Sequence[str]) -> list[str]:
     """Image files of ``paths``: files as given, folders expanded to their image files (sorted,
     not recursive; the other entries of each folder are named in one warning)."""
     files = []
@@ -96,8 +117,13 @@ def list_images(paths: Sequence[str]) -> List[str]:
                 else:
                     others.append(entry + "/" if os.path.isdir(full) else entry)
             if others:
-                logger.warning("%s: skipping %d entries that are not image files (%s): %s",
-                               path, len(others), " ".join(IMAGE_EXTENSIONS), named(others))
+                logger.warning(
+                    "%s: skipping %d entries that are not image files (%s): %s",
+                    path,
+                    len(others),
+                    " ".join(IMAGE_EXTENSIONS),
+                    named(others),
+                )
             if not found:
                 raise FileNotFoundError(f"folder {path!r} has no image files ({IMAGE_EXTENSIONS})")
             files.extend(found)
@@ -108,8 +134,9 @@ def list_images(paths: Sequence[str]) -> List[str]:
     return files
 
 
-def read_images(files: Sequence[str], unreadable: list[str]
-                ) -> Iterator[Tuple[str, str, np.ndarray]]:
+def read_images(
+    files: Sequence[str], unreadable: list[str]
+) -> Iterator[tuple[str, str, np.ndarray]]:
     """(source name, output file name, BGR image) per file. A file OpenCV cannot decode is
     skipped with a warning and appended to `unreadable`."""
     used = set()
@@ -127,7 +154,7 @@ def read_images(files: Sequence[str], unreadable: list[str]
         yield path, name, image
 
 
-def read_frames(source, max_frames: int) -> Iterator[Tuple[str, str, np.ndarray]]:
+def read_frames(source, max_frames: int) -> Iterator[tuple[str, str, np.ndarray]]:
     """(source name "<video>#<i>", output name "frame_<i>.png", BGR frame) per frame."""
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
@@ -144,19 +171,32 @@ def read_frames(source, max_frames: int) -> Iterator[Tuple[str, str, np.ndarray]
         capture.release()
 
 
-def detections_record(source: str, output: str, image: np.ndarray, detections: Dict,
-                      threshold: float, class_names: Optional[Sequence[str]]) -> Dict:
+def detections_record(
+    source: str,
+    output: str,
+    image: np.ndarray,
+    detections: dict,
+    threshold: float,
+    class_names: Sequence[str] | None,
+) -> dict:
     """The json record of one image: detections with score >= threshold, as lists."""
     keep = detections["scores"] >= threshold
     boxes = detections["boxes"][keep].tolist()
     scores = detections["scores"][keep].tolist()
     labels = [int(v) for v in detections["labels"][keep].tolist()]
-    return {"file": source, "output": output, "height": int(image.shape[0]),
-            "width": int(image.shape[1]), "boxes": boxes, "scores": scores, "labels": labels,
-            "class_names": [label_name(v, class_names) for v in labels]}
+    return {
+        "file": source,
+        "output": output,
+        "height": int(image.shape[0]),
+        "width": int(image.shape[1]),
+        "boxes": boxes,
+        "scores": scores,
+        "labels": labels,
+        "class_names": [label_name(v, class_names) for v in labels],
+    }
 
 
-def main(argv=None) -> List[Dict]:
+def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
     predictor = Predictor(cfg)
@@ -176,10 +216,21 @@ def main(argv=None) -> List[Dict]:
     records: list[dict] = []
     try:
         for source, name, image in frames:
-            record = detections_record(source, os.path.join(args.output, name), image,
-                                       predictor(image), args.confidence_threshold, class_names)
-            drawn = draw_detections(image, np.array(record["boxes"]).reshape(-1, 4),
-                                    record["scores"], record["labels"], class_names)
+            record = detections_record(
+                source,
+                os.path.join(args.output, name),
+                image,
+                predictor(image),
+                args.confidence_threshold,
+                class_names,
+            )
+            drawn = draw_detections(
+                image,
+                np.array(record["boxes"]).reshape(-1, 4),
+                record["scores"],
+                record["labels"],
+                class_names,
+            )
             if not cv2.imwrite(record["output"], drawn):
                 raise OSError(f"cannot write {record['output']!r}")
             records.append(record)
@@ -187,8 +238,10 @@ def main(argv=None) -> List[Dict]:
     finally:  # what was processed is kept, however the loop ended
         write_detections(args.output, records, unreadable)
     if not records:
-        raise ValueError("no image or frame was read" + (
-            f"; {len(unreadable)} unreadable: {named(unreadable)}" if unreadable else ""))
+        raise ValueError(
+            "no image or frame was read"
+            + (f"; {len(unreadable)} unreadable: {named(unreadable)}" if unreadable else "")
+        )
     return records
 
 
@@ -197,8 +250,12 @@ def write_detections(folder: str, records: list[dict], unreadable: Sequence[str]
     path = os.path.join(folder, "detections.json")
     atomic_write_text(path, json.dumps(records, indent=1))
     if unreadable:
-        logger.warning("%d unreadable image%s skipped: %s", len(unreadable),
-                       "" if len(unreadable) == 1 else "s", named(unreadable))
+        logger.warning(
+            "%d unreadable image%s skipped: %s",
+            len(unreadable),
+            "" if len(unreadable) == 1 else "s",
+            named(unreadable),
+        )
     print(f"{len(records)} images or frames -> {path}")
 
 

@@ -9,6 +9,7 @@ Each run is a metrics.jsonl file or an OUTPUT_DIR holding one. Left panel: every
 "eval/<dataset>": {"AP": ...} written by the trainer, or flat "eval/.../AP" keys), in percent.
 A resumed run's records are read in order; a repeated iteration keeps its last value.
 """
+
 import argparse
 import os
 import sys
@@ -19,8 +20,9 @@ from drdet.utils.training_curves import plot_runs  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="metrics.jsonl or OUTPUT_DIR")
     parser.add_argument("--labels", nargs="+", help="one legend label per run (default: paths)")
     parser.add_argument("--output", required=True, metavar="PNG", help="figure to write")

@@ -15,10 +15,10 @@ truth with the model's own matcher (its loss computation's prepare_targets):
     subsampled (uniformly, seeded) to --num-background entries in all for speed.
 Ignored anchors (between the thresholds) are left out. The means are printed.
 """
+
 import argparse
 import os
 import sys
-from typing import List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,30 +26,50 @@ import numpy as np  # noqa: E402
 
 from drdet.data.catalog import get_dataset  # noqa: E402
 from drdet.data.transforms import build_transforms  # noqa: E402
-from drdet.engine.defaults import (add_override_arguments, load_config,  # noqa: E402
-                                   parse_tool_args)
+from drdet.engine.defaults import add_override_arguments, load_config, parse_tool_args  # noqa: E402
 from drdet.engine.score_distribution import collect, plot  # noqa: E402
 from drdet.utils.errors import UserFileNotFoundError, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", action="append", required=True, metavar="FILE",
-                        help="yaml config of a model (repeat for each model)")
-    parser.add_argument("--weights", action="append", required=True, metavar="PTH",
-                        help="checkpoint of that model (one per --config-file)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config-file",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="yaml config of a model (repeat for each model)",
+    )
+    parser.add_argument(
+        "--weights",
+        action="append",
+        required=True,
+        metavar="PTH",
+        help="checkpoint of that model (one per --config-file)",
+    )
     parser.add_argument("--label", action="append", help="legend label (one per model)")
     parser.add_argument("--dataset", help="dataset name (default: DATASETS.TEST[0])")
     parser.add_argument("--num-images", type=int, default=100, help="images used (default 100)")
-    parser.add_argument("--num-background", type=int, default=200000,
-                        help="background scores kept in all (default 200000)")
+    parser.add_argument(
+        "--num-background",
+        type=int,
+        default=200000,
+        help="background scores kept in all (default 200000)",
+    )
     parser.add_argument("--bins", type=int, default=50, help="histogram bins on [0, 1]")
     parser.add_argument("--output", required=True, metavar="PNG", help="figure to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the background subsampling")
-    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", dest="opts_flag",
-                        help="config overrides applied to every model (or give them without "
-                             "--opts, anywhere on the command line)")
+    parser.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY VALUE",
+        dest="opts_flag",
+        help="config overrides applied to every model (or give them without "
+        "--opts, anywhere on the command line)",
+    )
     add_override_arguments(parser)
     args = parse_tool_args(parser, argv)
     args.opts = args.opts_flag + args.opts
@@ -62,7 +82,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+def main(argv=None) -> list[tuple[str, np.ndarray, np.ndarray]]:
     args = parse_args(argv)
     labels = args.label or [os.path.basename(c) for c in args.config_file]
     cfgs = [load_config(c, args.opts) for c in args.config_file]
@@ -75,8 +95,10 @@ def main(argv=None) -> List[Tuple[str, np.ndarray, np.ndarray]]:
             raise UserFileNotFoundError(f"weights {weights!r} do not exist")
         dataset = get_dataset(name, build_transforms(cfg, is_train=False), is_train=False)
         fg, bg = collect(cfg, weights, dataset, args.num_images, args.num_background, args.seed)
-        print(f"{label}: foreground mean {fg.mean() if fg.size else float('nan'):.4f} "
-              f"({fg.size} anchors), background mean {bg.mean():.4f} ({bg.size} scores)")
+        print(
+            f"{label}: foreground mean {fg.mean() if fg.size else float('nan'):.4f} "
+            f"({fg.size} anchors), background mean {bg.mean():.4f} ({bg.size} scores)"
+        )
         results.append((label, fg, bg))
     plot(results, args.output, args.bins)
     print(f"wrote {args.output}")

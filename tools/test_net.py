@@ -9,23 +9,31 @@ r"""Evaluate a trained detector on DATASETS.TEST with the official COCO metric (
 Results (bbox.json, metrics.json) go to OUTPUT_DIR/inference/<dataset>/, replacing those of an
 earlier run. Without MODEL.WEIGHT, OUTPUT_DIR's last checkpoint is used.
 """
+
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from drdet.checkpoint import CLASSES_KEY, Checkpointer, check_classes  # noqa: E402
-from drdet.engine.defaults import (default_argument_parser, default_setup,  # noqa: E402
-                                   evaluate_datasets, parse_tool_args)
+from drdet.engine.defaults import (  # noqa: E402
+    default_argument_parser,
+    default_setup,
+    evaluate_datasets,
+    parse_tool_args,
+)
 from drdet.modeling import build_detector  # noqa: E402
 from drdet.utils.errors import UserFileNotFoundError, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = default_argument_parser(__doc__)
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="let MODEL.WEIGHT be a legacy pickle; unpickling runs code from the "
-                             "file, so only for files you trust")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="let MODEL.WEIGHT be a legacy pickle; unpickling runs code from the "
+        "file, so only for files you trust",
+    )
     return parse_tool_args(parser, argv)
 
 
@@ -36,14 +44,18 @@ def main(argv=None):
     checkpointer = Checkpointer(model, save_dir=cfg.OUTPUT_DIR, log=log)
     weights = cfg.MODEL.WEIGHT or checkpointer.last_checkpoint()
     if not weights:
-        raise UserFileNotFoundError("No weights: pass MODEL.WEIGHT path/to/model.pth (or an "
-                                    "OUTPUT_DIR with a last_checkpoint)")
-    extra = checkpointer.load(weights, allow_pickle=args.allow_pickle, load_training_state=False,
-                              strict=True)
+        raise UserFileNotFoundError(
+            "No weights: pass MODEL.WEIGHT path/to/model.pth (or an "
+            "OUTPUT_DIR with a last_checkpoint)"
+        )
+    extra = checkpointer.load(
+        weights, allow_pickle=args.allow_pickle, load_training_state=False, strict=True
+    )
     record = extra.get(CLASSES_KEY)
     check_classes(record, weights, cfg, log=log)
-    return evaluate_datasets(cfg, model, device, tag=os.path.basename(weights),
-                             checkpoint=(weights, record))
+    return evaluate_datasets(
+        cfg, model, device, tag=os.path.basename(weights), checkpoint=(weights, record)
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ before, between or after them. Several
 machines: torchrun's own flags (--nnodes, --node_rank, --master_addr, --master_port). The final
 model is evaluated on DATASETS.TEST unless --skip-test.
 """
+
 import os
 import sys
 
@@ -19,9 +20,14 @@ import torch  # noqa: E402
 
 from drdet.checkpoint import Checkpointer, classes_record, set_rng_state  # noqa: E402
 from drdet.data import build_data_loader  # noqa: E402
-from drdet.engine.defaults import (check_num_classes, default_argument_parser,  # noqa: E402
-                                   default_setup, evaluate_datasets, format_metric,
-                                   parse_tool_args)
+from drdet.engine.defaults import (  # noqa: E402
+    check_num_classes,
+    default_argument_parser,
+    default_setup,
+    evaluate_datasets,
+    format_metric,
+    parse_tool_args,
+)
 from drdet.engine.speed import apply_speed_switches  # noqa: E402
 from drdet.engine.trainer import do_train  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
@@ -35,13 +41,19 @@ from drdet.utils.signals import StopRequest  # noqa: E402
 
 def parse_args(argv=None):
     parser = default_argument_parser(__doc__)
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUTPUT_DIR/last_checkpoint (model, optimizer, "
-                             "scheduler, iteration, data order, RNG)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT_DIR/last_checkpoint (model, optimizer, "
+        "scheduler, iteration, data order, RNG)",
+    )
     parser.add_argument("--skip-test", action="store_true", help="do not evaluate at the end")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="let MODEL.WEIGHT be a legacy pickle (.pkl); unpickling runs code "
-                             "from the file, so only for files you trust")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="let MODEL.WEIGHT be a legacy pickle (.pkl); unpickling runs code "
+        "from the file, so only for files you trust",
+    )
     return parse_tool_args(parser, argv)
 
 
@@ -65,12 +77,16 @@ def main(argv=None, hooks=()):
         extra = checkpointer.resume()
     else:
         if checkpointer.has_checkpoint():
-            log.warning("%s already holds a checkpoint; starting from scratch anyway (pass "
-                        "--resume to continue it)", cfg.OUTPUT_DIR)
+            log.warning(
+                "%s already holds a checkpoint; starting from scratch anyway (pass "
+                "--resume to continue it)",
+                cfg.OUTPUT_DIR,
+            )
         extra = {}
         if cfg.MODEL.WEIGHT:
-            checkpointer.load(cfg.MODEL.WEIGHT, allow_pickle=args.allow_pickle,
-                              load_training_state=False)
+            checkpointer.load(
+                cfg.MODEL.WEIGHT, allow_pickle=args.allow_pickle, load_training_state=False
+            )
     start_iter = int(extra.get("iteration", 0))
     if "rng" in extra:
         set_rng_state(extra["rng"])
@@ -79,8 +95,10 @@ def main(argv=None, hooks=()):
     train_model = model
     if comm.get_world_size() > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False)
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
 
     data_loader = build_data_loader(cfg, is_train=True, start_iter=start_iter)
     check_num_classes(cfg, data_loader.dataset)
@@ -90,8 +108,19 @@ def main(argv=None, hooks=()):
         return evaluate_datasets(cfg, model, device, tag=f"iter_{iteration:07d}")
 
     with StopRequest() as stop:
-        last = do_train(cfg, train_model, data_loader, optimizer, scheduler, checkpointer, device,
-                        start_iter=start_iter, evaluate=evaluate, should_stop=stop, hooks=hooks)
+        last = do_train(
+            cfg,
+            train_model,
+            data_loader,
+            optimizer,
+            scheduler,
+            checkpointer,
+            device,
+            start_iter=start_iter,
+            evaluate=evaluate,
+            should_stop=stop,
+            hooks=hooks,
+        )
     comm.check_replicas_identical(model)
     if comm.get_world_size() > 1:
         log.info("Parameters identical on all %d ranks", comm.get_world_size())
@@ -105,8 +134,12 @@ def main(argv=None, hooks=()):
     results = evaluate_datasets(cfg, model, device, tag="final")
     if results:
         with JSONLinesWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.jsonl")) as metrics_file:
-            metrics_file.write({"iteration": last, **{f"eval/{name}/{k}": v for name, m
-                                                      in results.items() for k, v in m.items()}})
+            metrics_file.write(
+                {
+                    "iteration": last,
+                    **{f"eval/{name}/{k}": v for name, m in results.items() for k, v in m.items()},
+                }
+            )
         for name, metrics in results.items():
             print(f"{name}: " + "  ".join(format_metric(k, v) for k, v in metrics.items()))
     return results

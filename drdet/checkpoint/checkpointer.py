@@ -7,12 +7,14 @@ with torch.load(weights_only=True): loading never runs code from the file. Files
 unpickling (old maskrcnn-benchmark/Detectron .pth/.pkl files with pickled objects) load only when
 the caller passes allow_pickle=True, after deciding to trust them.
 """
+
 import logging
 import os
 import pickle
 import random
 import re
-from typing import Any, Dict, List, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +36,11 @@ logger = logging.getLogger(__name__)
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel/DataParallel wrapper (or the model itself)."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel,
-                                              nn.DataParallel)) else model
+    return (
+        model.module
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel))
+        else model
+    )
 
 
 def check_weights_only_safe(obj: Any, where: str = "checkpoint") -> None:
@@ -50,25 +55,33 @@ def check_weights_only_safe(obj: Any, where: str = "checkpoint") -> None:
     if isinstance(obj, dict):
         for k, v in obj.items():
             if not isinstance(k, (str, int)):
-                raise TypeError(f"{where}: key {k!r} of type {type(k).__name__} cannot be saved; "
-                                "use str or int keys")
+                raise TypeError(
+                    f"{where}: key {k!r} of type {type(k).__name__} cannot be saved; "
+                    "use str or int keys"
+                )
             check_weights_only_safe(v, f"{where}[{k!r}]")
         return
-    raise TypeError(f"{where} is a {type(obj).__name__}, which torch.load(weights_only=True) "
-                    "cannot load; convert it to tensors/lists/numbers before saving")
+    raise TypeError(
+        f"{where} is a {type(obj).__name__}, which torch.load(weights_only=True) "
+        "cannot load; convert it to tensors/lists/numbers before saving"
+    )
 
 
 # ----------------------------------------------------------------------------- RNG state
-def get_rng_state() -> Dict[str, Any]:
+def get_rng_state() -> dict[str, Any]:
     """RNG states of torch (CPU and every CUDA device), numpy and Python's `random`, as tensors
     and plain lists only (weights_only-loadable)."""
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
     py_version, py_state, py_gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-                  "pos": int(np_pos), "has_gauss": int(np_has_gauss),
-                  "cached_gaussian": float(np_gauss)},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
         "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
     }
     if torch.cuda.is_available():
@@ -80,27 +93,38 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore what get_rng_state() returned."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (
+            n["name"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         if len(state["cuda"]) != torch.cuda.device_count():
-            logger.warning("CUDA RNG state saved for %d devices, %d visible: not restored",
-                           len(state["cuda"]), torch.cuda.device_count())
+            logger.warning(
+                "CUDA RNG state saved for %d devices, %d visible: not restored",
+                len(state["cuda"]),
+                torch.cuda.device_count(),
+            )
         else:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ----------------------------------------------------------------------------- loading files
-def anchor_convention(model: nn.Module) -> Optional[str]:
+def anchor_convention(model: nn.Module) -> str | None:
     """The anchor convention of a detector (None for a module without an anchor generator)."""
     generator = getattr(unwrap_model(model), "anchor_generator", None)
     return getattr(generator, "convention", None)
 
 
-def check_anchor_convention(model: nn.Module, convention: Optional[str], path: str,
-                            log: Optional[logging.Logger] = None) -> None:
+def check_anchor_convention(
+    model: nn.Module, convention: str | None, path: str, log: logging.Logger | None = None
+) -> None:
     """Warn when the weights at `path` were made for anchors of another convention than the
     model's: a converted torchvision or maskrcnn-benchmark model evaluated with drdet's anchors
     gives shifted boxes. Fine-tuning from such weights is fine, hence a warning."""
@@ -110,10 +134,15 @@ def check_anchor_convention(model: nn.Module, convention: Optional[str], path: s
     (log or logger).warning(
         "%s was made for MODEL.RETINANET.ANCHOR_CONVENTION %r, but the model uses %r: its "
         "boxes will be misplaced unless you set MODEL.RETINANET.ANCHOR_CONVENTION %s "
-        "(fine-tuning with other anchors is fine)", path, convention, ours, convention)
+        "(fine-tuning with other anchors is fine)",
+        path,
+        convention,
+        ours,
+        convention,
+    )
 
 
-def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Dict[str, Any]:
+def load_checkpoint_file(path: str, allow_pickle: bool = False) -> dict[str, Any]:
     """Load a checkpoint file onto the CPU with torch.load(weights_only=True).
 
     Errors (CheckpointError, a RuntimeError) say what is wrong: a file that is not a PyTorch
@@ -145,8 +174,10 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Dict[str, Any
         data = {"model": data["blobs"]}
     if "model" not in data:
         data = {"model": data}
-    data["model"] = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v)
-                     for k, v in data["model"].items()}
+    data["model"] = {
+        k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v)
+        for k, v in data["model"].items()
+    }
     return data
 
 
@@ -159,15 +190,18 @@ def _load_pickled(path: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- model state
-def _strip_prefix(state: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
+def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return dict(state)
 
 
-def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor],
-                     log: Optional[logging.Logger] = None, strict: bool = False
-                     ) -> Dict[str, list]:
+def load_model_state(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    log: logging.Logger | None = None,
+    strict: bool = False,
+) -> dict[str, list]:
     """Copy `state` into `model` (a DDP wrapper is unwrapped; a "module." prefix on every key of
     `state` is dropped). Keys are matched by name; a matched key whose shape differs is an error
     naming the key and both shapes. Missing keys (in the model, not in `state`) and unexpected
@@ -184,20 +218,24 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor],
         if key not in own:
             continue
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"checkpoint value for {key!r} is a {type(value).__name__}, "
-                            "not a tensor")
+            raise TypeError(
+                f"checkpoint value for {key!r} is a {type(value).__name__}, not a tensor"
+            )
         if value.shape != own[key].shape:
-            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} "
-                              f"vs model {tuple(own[key].shape)}")
+            mismatched.append(
+                f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+            )
         loaded.append(key)
     if mismatched:
-        raise RuntimeError("shape mismatch while loading the model state:\n  "
-                           + "\n  ".join(mismatched))
+        raise RuntimeError(
+            "shape mismatch while loading the model state:\n  " + "\n  ".join(mismatched)
+        )
     if strict and (set(own) != set(loaded)):
         raise RuntimeError(
             "the checkpoint does not match the model: missing "
             f"{sorted(set(own) - set(loaded))[:10]}, "
-            f"unexpected {sorted(set(state) - set(own))[:10]}")
+            f"unexpected {sorted(set(state) - set(own))[:10]}"
+        )
     model.load_state_dict({k: state[k] for k in loaded}, strict=False)
     missing = sorted(set(own) - set(loaded))
     unexpected = sorted(set(state) - set(own))
@@ -224,9 +262,15 @@ class Checkpointer:
     state restores rank 0's stream on every rank.
     """
 
-    def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-                 scheduler: Optional[Any] = None, save_dir: str = "",
-                 save_to_disk: Optional[bool] = None, log: Optional[logging.Logger] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any | None = None,
+        save_dir: str = "",
+        save_to_disk: bool | None = None,
+        log: logging.Logger | None = None,
+    ):
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -234,10 +278,10 @@ class Checkpointer:
         self.save_to_disk = is_main_process() if save_to_disk is None else save_to_disk
         self.logger = log or logger
         # Saved in every checkpoint, e.g. {"classes": classes_record(training set)}.
-        self.record: Dict[str, Any] = {}
+        self.record: dict[str, Any] = {}
 
     # -- saving
-    def save(self, name: str, **extra: Any) -> Optional[str]:
+    def save(self, name: str, **extra: Any) -> str | None:
         """Write save_dir/`name`.pth with the model, optimizer and scheduler states and `extra`
         (e.g. iteration=..., rng=get_rng_state(), sampler=...). Returns the path (None on
         ranks that do not write)."""
@@ -247,7 +291,7 @@ class Checkpointer:
         if reserved:
             raise ValueError(f"Checkpointer.save: extra keys {sorted(reserved)} are reserved")
         model = unwrap_model(self.model)
-        data: Dict[str, Any] = {"model": model.state_dict()}
+        data: dict[str, Any] = {"model": model.state_dict()}
         convention = anchor_convention(model)
         if convention is not None:
             data["anchor_convention"] = convention
@@ -269,7 +313,7 @@ class Checkpointer:
     def has_checkpoint(self) -> bool:
         return bool(self.save_dir) and os.path.isfile(os.path.join(self.save_dir, LAST_CHECKPOINT))
 
-    def last_checkpoint(self) -> Optional[str]:
+    def last_checkpoint(self) -> str | None:
         """Path recorded in save_dir/last_checkpoint, or None."""
         if not self.has_checkpoint():
             return None
@@ -278,8 +322,13 @@ class Checkpointer:
         # Relative names are relative to save_dir, so the folder can be moved.
         return name if os.path.isabs(name) else os.path.join(self.save_dir, name)
 
-    def load(self, path: str, allow_pickle: bool = False,
-             load_training_state: bool = True, strict: bool = False) -> Dict[str, Any]:
+    def load(
+        self,
+        path: str,
+        allow_pickle: bool = False,
+        load_training_state: bool = True,
+        strict: bool = False,
+    ) -> dict[str, Any]:
         """Load `path` into the model, and into the optimizer and scheduler when
         `load_training_state`; return the rest of the checkpoint (iteration, extra state).
         `strict`: every model tensor must come from the file (see load_model_state). ImageNet
@@ -287,14 +336,19 @@ class Checkpointer:
         data = load_checkpoint_file(path, allow_pickle=allow_pickle)
         return self._load_data(data, path, load_training_state, strict)
 
-    def _load_data(self, data: Dict[str, Any], path: str, load_training_state: bool,
-                   strict: bool) -> Dict[str, Any]:
+    def _load_data(
+        self, data: dict[str, Any], path: str, load_training_state: bool, strict: bool
+    ) -> dict[str, Any]:
         """Load what load_checkpoint_file(`path`) returned (see load)."""
         self.logger.info("Loading checkpoint from %s", path)
         # ImageNet backbones (torchvision .pth, MSRA .pkl) are renamed to drdet's names here.
         state = to_drdet_state(data.pop("model"), source=path, log=self.logger)
-        check_state_classes(_strip_prefix(state, "module."), unwrap_model(self.model).state_dict(),
-                            path, data.get(CLASSES_KEY))
+        check_state_classes(
+            _strip_prefix(state, "module."),
+            unwrap_model(self.model).state_dict(),
+            path,
+            data.get(CLASSES_KEY),
+        )
         load_model_state(self.model, state, self.logger, strict=strict)
         check_anchor_convention(self.model, data.pop("anchor_convention", None), path, self.logger)
         optimizer_state = data.pop("optimizer", None)
@@ -306,7 +360,7 @@ class Checkpointer:
                 self.scheduler.load_state_dict(scheduler_state)
         return data
 
-    def resume_or_load(self, weights: str = "", allow_pickle: bool = False) -> Dict[str, Any]:
+    def resume_or_load(self, weights: str = "", allow_pickle: bool = False) -> dict[str, Any]:
         """Resume from save_dir/last_checkpoint when there is one (the run was interrupted);
         otherwise initialise the model only from `weights` (MODEL.WEIGHT, e.g. an ImageNet
         backbone) when given, and return {} (a fresh start at iteration 0)."""
@@ -316,7 +370,7 @@ class Checkpointer:
             self.load(weights, allow_pickle=allow_pickle, load_training_state=False)
         return {}
 
-    def resume(self) -> Dict[str, Any]:
+    def resume(self) -> dict[str, Any]:
         """Restore everything from the checkpoint named in save_dir/last_checkpoint and return its
         extra state ({} when there is none, i.e. a fresh start). When that file is damaged
         (truncated, not a checkpoint), the newest intact save_dir/model_XXXXXXX.pth (by
@@ -338,17 +392,26 @@ class Checkpointer:
                 data = load_checkpoint_file(candidate)
             except CheckpointError:
                 continue
-            self.logger.warning("The last checkpoint %s cannot be loaded (%s); resuming from "
-                                "%s, the newest intact checkpoint, instead", path, failure,
-                                candidate)
+            self.logger.warning(
+                "The last checkpoint %s cannot be loaded (%s); resuming from "
+                "%s, the newest intact checkpoint, instead",
+                path,
+                failure,
+                candidate,
+            )
             return self._load_data(data, candidate, load_training_state=True, strict=False)
-        raise CheckpointError(f"{failure}; and {self.save_dir} holds no other intact "
-                              "model_XXXXXXX.pth to resume from") from failure
+        raise CheckpointError(
+            f"{failure}; and {self.save_dir} holds no other intact model_XXXXXXX.pth to resume from"
+        ) from failure
 
-    def numbered_checkpoints(self) -> List[str]:
+    def numbered_checkpoints(self) -> list[str]:
         """save_dir/model_XXXXXXX.pth paths, newest (highest iteration) first."""
         if not self.save_dir or not os.path.isdir(self.save_dir):
             return []
-        found = [(int(m.group(1)), name) for name in os.listdir(self.save_dir)
-                 for m in [_NUMBERED.match(name)] if m]
+        found = [
+            (int(m.group(1)), name)
+            for name in os.listdir(self.save_dir)
+            for m in [_NUMBERED.match(name)]
+            if m
+        ]
         return [os.path.join(self.save_dir, name) for _, name in sorted(found, reverse=True)]

@@ -5,6 +5,7 @@ train_net stores ``{"num_classes": K, "names": [name of label 1, ..., name of la
 training set's categories in contiguous order) under the checkpoint's "classes" key. K counts
 the object classes only; MODEL.RETINANET.NUM_CLASSES counts the background too (K + 1).
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,39 +55,56 @@ def _describe(num: int, names: Sequence[str] | None) -> str:
     return f"{num} classes{listed}"
 
 
-def check_classes(record: Mapping[str, Any] | None, path: str, cfg=None,
-                  dataset=None, log: logging.Logger | None = None) -> None:
+def check_classes(
+    record: Mapping[str, Any] | None,
+    path: str,
+    cfg=None,
+    dataset=None,
+    log: logging.Logger | None = None,
+) -> None:
     """Check the classes `record` of the checkpoint at `path` against the config (its class
     count) and, when given, a dataset (its category count and names, in label order). Raises
     UserValueError naming both sides; warns when the checkpoint records no classes (saved by an
     older drdet, or converted)."""
     log = log or logger
     if not record:
-        log.warning("%s records no classes (an older or converted checkpoint): its classes are "
-                    "not checked against the config and the dataset", path)
+        log.warning(
+            "%s records no classes (an older or converted checkpoint): its classes are "
+            "not checked against the config and the dataset",
+            path,
+        )
         return
     num, names = int(record["num_classes"]), list(record.get("names") or [])
     trained = f"checkpoint {path} was trained on {_describe(num, names)}"
     if cfg is not None:
         key, expected = cfg_num_classes(cfg)
         if expected != num:
-            raise UserValueError(f"{trained}; config {key} is {expected + 1} ({expected} classes "
-                                 f"+ background): set it to {num + 1}")
+            raise UserValueError(
+                f"{trained}; config {key} is {expected + 1} ({expected} classes "
+                f"+ background): set it to {num + 1}"
+            )
     if dataset is not None:
         name, categories = dataset_classes(dataset)
         if len(categories) != num or (names and categories != names):
-            raise UserValueError(f"{trained}; dataset {name} has "
-                                 f"{_describe(len(categories), categories)}")
+            raise UserValueError(
+                f"{trained}; dataset {name} has {_describe(len(categories), categories)}"
+            )
 
 
-def check_state_classes(state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor],
-                        path: str, record: Mapping[str, Any] | None = None) -> None:
+def check_state_classes(
+    state: Mapping[str, torch.Tensor],
+    model_state: Mapping[str, torch.Tensor],
+    path: str,
+    record: Mapping[str, Any] | None = None,
+) -> None:
     """Raise UserValueError, in words, when the checkpoint's state dict predicts another number
     of classes than the model (instead of a bare tensor shape mismatch)."""
     num, own = state_num_classes(state), state_num_classes(model_state)
     if num is None or own is None or num == own:
         return
     names = (record or {}).get("names")
-    raise UserValueError(f"checkpoint {path} has {_describe(num, names)}, config "
-                         f"{NUM_CLASSES_KEY} is {own + 1} ({own} classes + background): set it "
-                         f"to {num + 1} to load this checkpoint")
+    raise UserValueError(
+        f"checkpoint {path} has {_describe(num, names)}, config "
+        f"{NUM_CLASSES_KEY} is {own + 1} ({own} classes + background): set it "
+        f"to {num + 1} to load this checkpoint"
+    )

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -39,7 +39,7 @@ from drdet.checkpoint.weights import (
     strip_module_prefix,
 )
 
-StateDict = Dict[str, torch.Tensor]
+StateDict = dict[str, torch.Tensor]
 
 NUM_LEVELS = 5
 
@@ -54,12 +54,14 @@ _HEAD_LAYERS = {
 def is_torchvision_fcos(state: Mapping[str, torch.Tensor]) -> bool:
     """Whether ``state`` (a "module." prefix allowed) holds torchvision FCOS keys (its
     centre-ness layer ``head.regression_head.bbox_ctrness``)."""
-    return any(k.startswith("head.regression_head.bbox_ctrness.")
-               for k in strip_module_prefix(state))
+    return any(
+        k.startswith("head.regression_head.bbox_ctrness.") for k in strip_module_prefix(state)
+    )
 
 
-def convert_torchvision_fcos(state: Mapping[str, torch.Tensor],
-                             class_columns: Optional[Sequence[int]] = None) -> StateDict:
+def convert_torchvision_fcos(
+    state: Mapping[str, torch.Tensor], class_columns: Sequence[int] | None = None
+) -> StateDict:
     """torchvision ``fcos_resnet50_fpn`` state dict -> drdet FCOS state dict.
 
     The backbone (ResNet body, FPN, P6/P7) is renamed as for torchvision's RetinaNet; the head's
@@ -81,10 +83,11 @@ def convert_torchvision_fcos(state: Mapping[str, torch.Tensor],
         prefix = next((p for p in _HEAD_LAYERS if key.startswith(p)), None)
         if prefix is None:
             raise KeyError(f"unexpected key in a torchvision FCOS state dict: {key}")
-        out[_HEAD_LAYERS[prefix] + key[len(prefix):]] = value
+        out[_HEAD_LAYERS[prefix] + key[len(prefix) :]] = value
     if "head.cls_logits.weight" not in out:
-        raise KeyError("not a torchvision FCOS state dict: no "
-                       "head.classification_head.cls_logits.weight")
+        raise KeyError(
+            "not a torchvision FCOS state dict: no head.classification_head.cls_logits.weight"
+        )
     out["head.scales"] = torch.ones(NUM_LEVELS, dtype=out["head.cls_logits.weight"].dtype)
     if class_columns is not None:
         for name in ("head.cls_logits.weight", "head.cls_logits.bias"):

@@ -2,6 +2,7 @@
 (torch.save since PyTorch 1.6), a pickle (torch's legacy format, or a plain pickle such as
 Detectron's .pkl), or something else; and whether it is complete. Used to say what is wrong when
 a file does not load (:func:`load_error`)."""
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ _LEGACY_PICKLES = 5
 
 
 def file_kind(path: str) -> str:
-    """"empty", "zip", "pickle" (complete), "damaged pickle" or "other", from the file's bytes."""
+    """ "empty", "zip", "pickle" (complete), "damaged pickle" or "other", from the file's bytes."""
     with open(path, "rb") as f:
         head = f.read(4)
         if not head:
@@ -64,11 +65,14 @@ def not_a_checkpoint(path: str) -> CheckpointError | None:
     kind = file_kind(path)
     size = os.path.getsize(path)
     if kind == "empty":
-        return CheckpointError(f"{path} is empty (0 bytes): not a PyTorch checkpoint "
-                               "(zip or legacy pickle)")
+        return CheckpointError(
+            f"{path} is empty (0 bytes): not a PyTorch checkpoint (zip or legacy pickle)"
+        )
     if kind == "other":
-        return CheckpointError(f"{path} ({size} bytes) is not a PyTorch checkpoint (zip or "
-                               f"legacy pickle): it starts with {_head(path)!r}")
+        return CheckpointError(
+            f"{path} ({size} bytes) is not a PyTorch checkpoint (zip or "
+            f"legacy pickle): it starts with {_head(path)!r}"
+        )
     if kind == "damaged pickle":
         return damaged(path, "its pickle data ends early or is corrupt")
     return None
@@ -77,8 +81,10 @@ def not_a_checkpoint(path: str) -> CheckpointError | None:
 def damaged(path: str, reason: str) -> CheckpointError:
     """The error for a truncated or damaged checkpoint file (no unpickling would help)."""
     size = os.path.getsize(path)
-    return CheckpointError(f"{path} ({size} bytes) is truncated or damaged: {reason}. Use "
-                           "another copy of it (or, for a training run, an earlier checkpoint)")
+    return CheckpointError(
+        f"{path} ({size} bytes) is truncated or damaged: {reason}. Use "
+        "another copy of it (or, for a training run, an earlier checkpoint)"
+    )
 
 
 def holds_objects(err: BaseException) -> bool:
@@ -98,7 +104,8 @@ def load_error(path: str, err: BaseException) -> CheckpointError:
         "objects, and unpickling can execute arbitrary code. "
         "If you trust the file, load it with allow_pickle=True (--allow-pickle in the tools; "
         "Checkpointer.load(path, allow_pickle=True)), or convert it once to a file of "
-        f"tensors only. Reason: {_first_line(err)}")
+        f"tensors only. Reason: {_first_line(err)}"
+    )
 
 
 def _first_line(err: BaseException) -> str:

@@ -29,10 +29,11 @@ BGR 0-255 input minus the Caffe2 mean, stride in the 1x1 conv (drdet's defaults)
 pairs are loaded as FrozenBN weight/bias with running_mean 0 and running_var 1; FrozenBN's eps
 (1e-5) then scales them by 1/sqrt(1 + 1e-5), a relative change of 5e-6.
 """
+
 import logging
 import re
 from collections import OrderedDict
-from typing import Dict, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -40,17 +41,93 @@ from drdet.modeling.backbone.resnet import convert_torchvision_resnet_state_dict
 
 logger = logging.getLogger(__name__)
 
-StateDict = Dict[str, torch.Tensor]
+StateDict = dict[str, torch.Tensor]
 
 DETECTOR_FORMATS = ("torchvision_retinanet", "maskrcnn_benchmark")
 
 # COCO's 80 category ids (of 1..90) in increasing order: torchvision's COCO detectors predict
 # 91 columns indexed by category id; drdet's COCO datasets number the classes 1..80 in this order.
 COCO_CATEGORY_IDS = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
-    31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
-    56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
-    85, 86, 87, 88, 89, 90,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    19,
+    20,
+    21,
+    22,
+    23,
+    24,
+    25,
+    27,
+    28,
+    31,
+    32,
+    33,
+    34,
+    35,
+    36,
+    37,
+    38,
+    39,
+    40,
+    41,
+    42,
+    43,
+    44,
+    46,
+    47,
+    48,
+    49,
+    50,
+    51,
+    52,
+    53,
+    54,
+    55,
+    56,
+    57,
+    58,
+    59,
+    60,
+    61,
+    62,
+    63,
+    64,
+    65,
+    67,
+    70,
+    72,
+    73,
+    74,
+    75,
+    76,
+    77,
+    78,
+    79,
+    80,
+    81,
+    82,
+    84,
+    85,
+    86,
+    87,
+    88,
+    89,
+    90,
 )
 
 _MSRA_BLOCK = re.compile(r"^res(\d)_(\d+)_branch(1|2a|2b|2c)_(w|bn_s|bn_b)$")
@@ -59,18 +136,18 @@ _MSRA_IGNORED = re.compile(r"(^fc1000_[wb]$)|(_momentum$)")
 
 _INPUT_CONVENTIONS = {
     "torchvision_resnet": "RGB 0-1 input normalised with ImageNet's mean/std and the stride in the "
-                          "3x3 conv (INPUT.TO_BGR255 False, INPUT.PIXEL_MEAN [0.485, 0.456, "
-                          "0.406], INPUT.PIXEL_STD [0.229, 0.224, 0.225], "
-                          "MODEL.RESNETS.STRIDE_IN_1X1 False)",
+    "3x3 conv (INPUT.TO_BGR255 False, INPUT.PIXEL_MEAN [0.485, 0.456, "
+    "0.406], INPUT.PIXEL_STD [0.229, 0.224, 0.225], "
+    "MODEL.RESNETS.STRIDE_IN_1X1 False)",
     "msra": "BGR 0-255 input minus the Caffe2 mean and the stride in the 1x1 conv (drdet's "
-            "defaults: INPUT.TO_BGR255 True, MODEL.RESNETS.STRIDE_IN_1X1 True)",
+    "defaults: INPUT.TO_BGR255 True, MODEL.RESNETS.STRIDE_IN_1X1 True)",
 }
 
 
 def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> StateDict:
     """Drop a "module." prefix (DataParallel/DDP) present on every key."""
     if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -80,8 +157,10 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
     keys = list(strip_module_prefix(state))
     if any(k.startswith("rpn.head.") or k.startswith("rpn.anchor_generator.") for k in keys):
         return "maskrcnn_benchmark"
-    if any(k.startswith("head.classification_head.") or k.startswith("backbone.fpn.inner_blocks.")
-           for k in keys):
+    if any(
+        k.startswith("head.classification_head.") or k.startswith("backbone.fpn.inner_blocks.")
+        for k in keys
+    ):
         return "torchvision_retinanet"
     if "conv1_w" in keys or any(_MSRA_BLOCK.match(k) for k in keys):
         return "msra"
@@ -91,16 +170,18 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
 
 
 # ----------------------------------------------------------------------------- ImageNet bodies
-def convert_torchvision_backbone(state: Mapping[str, torch.Tensor],
-                                 prefix: str = "backbone.body.") -> StateDict:
+def convert_torchvision_backbone(
+    state: Mapping[str, torch.Tensor], prefix: str = "backbone.body."
+) -> StateDict:
     """torchvision ImageNet ResNet/ResNeXt -> drdet body names under `prefix` (fc dropped,
     BatchNorm's num_batches_tracked dropped)."""
     body = convert_torchvision_resnet_state_dict(
-        {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")})
+        {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    )
     return OrderedDict((prefix + k, v) for k, v in body.items())
 
 
-def _msra_name(name: str) -> Optional[str]:
+def _msra_name(name: str) -> str | None:
     """drdet body name (without prefix) of one MSRA blob, or None when unknown."""
     if name == "conv1_w":
         return "stem.conv1.weight"
@@ -121,8 +202,9 @@ def _msra_name(name: str) -> Optional[str]:
     return {"w": conv + ".weight", "bn_s": norm + ".weight", "bn_b": norm + ".bias"}[kind]
 
 
-def convert_msra_backbone(blobs: Mapping[str, torch.Tensor],
-                          prefix: str = "backbone.body.") -> StateDict:
+def convert_msra_backbone(
+    blobs: Mapping[str, torch.Tensor], prefix: str = "backbone.body."
+) -> StateDict:
     """Detectron/maskrcnn-benchmark MSRA ImageNet blobs (R-50.pkl, X-101-32x8d.pkl) -> drdet
     body names under `prefix`. Each norm gets running_mean 0 and running_var 1 (the blobs hold
     the folded affine scale and bias). fc1000_* and *_momentum blobs are dropped; other unknown
@@ -138,14 +220,15 @@ def convert_msra_backbone(blobs: Mapping[str, torch.Tensor],
         value = torch.as_tensor(value)
         out[prefix + target] = value
         if name.endswith("_bn_s"):
-            norm = prefix + target[:-len(".weight")]
+            norm = prefix + target[: -len(".weight")]
             out[norm + ".running_mean"] = torch.zeros_like(value)
             out[norm + ".running_var"] = torch.ones_like(value)
     return out
 
 
-def to_drdet_state(state: Mapping[str, torch.Tensor], source: str = "checkpoint",
-                   log: Optional[logging.Logger] = None) -> StateDict:
+def to_drdet_state(
+    state: Mapping[str, torch.Tensor], source: str = "checkpoint", log: logging.Logger | None = None
+) -> StateDict:
     """`state` with drdet's names: ImageNet backbones (torchvision, MSRA) are renamed and the
     mapping is logged; drdet states pass unchanged; detector checkpoints of torchvision or
     maskrcnn-benchmark raise ValueError pointing at tools/convert_checkpoint.py."""
@@ -158,20 +241,28 @@ def to_drdet_state(state: Mapping[str, torch.Tensor], source: str = "checkpoint"
             f"{source} is a {fmt} detector checkpoint: convert it once with "
             f"`python tools/convert_checkpoint.py {source} OUT.pth` and load OUT.pth with the "
             "config that matches its conventions (torchvision: configs/torchvision/; "
-            "maskrcnn-benchmark: configs/dr_retina/, configs/retinanet/)")
+            "maskrcnn-benchmark: configs/dr_retina/, configs/retinanet/)"
+        )
     plain = strip_module_prefix(state)
     if fmt == "torchvision_resnet":
         converted = convert_torchvision_backbone(plain)
-        mapping = {k: "backbone.body." + ("stem." + k if k.split(".")[0] in ("conv1", "bn1") else k)
-                   for k in plain}
+        mapping = {
+            k: "backbone.body." + ("stem." + k if k.split(".")[0] in ("conv1", "bn1") else k)
+            for k in plain
+        }
     else:
         converted = convert_msra_backbone(plain)
         msra_names = {k: _msra_name(k) for k in plain}
         mapping = {k: "backbone.body." + name for k, name in msra_names.items() if name}
     mapped = {k: v for k, v in mapping.items() if v in converted}
     dropped = sorted(set(plain) - set(mapped) - set(converted))
-    log.info("%s: %s ImageNet weights, %d tensors renamed:\n  %s", source, fmt, len(mapped),
-             "\n  ".join(f"{k} -> {v}" for k, v in mapped.items()))
+    log.info(
+        "%s: %s ImageNet weights, %d tensors renamed:\n  %s",
+        source,
+        fmt,
+        len(mapped),
+        "\n  ".join(f"{k} -> {v}" for k, v in mapped.items()),
+    )
     log.info("%s: these weights expect %s", source, _INPUT_CONVENTIONS[fmt])
     if dropped:
         log.info("%s: dropped (not part of the detector): %s", source, ", ".join(dropped))
@@ -179,8 +270,9 @@ def to_drdet_state(state: Mapping[str, torch.Tensor], source: str = "checkpoint"
 
 
 # ----------------------------------------------------------------------------- detectors
-def _select_class_columns(tensor: torch.Tensor, num_anchors: int,
-                          columns: Sequence[int]) -> torch.Tensor:
+def _select_class_columns(
+    tensor: torch.Tensor, num_anchors: int, columns: Sequence[int]
+) -> torch.Tensor:
     """Keep `columns` of the (A * K, ...) class-logit weight or bias, per anchor."""
     per_anchor = tensor.reshape(num_anchors, -1, *tensor.shape[1:])
     num_classes = per_anchor.shape[1]
@@ -193,11 +285,13 @@ def _select_class_columns(tensor: torch.Tensor, num_anchors: int,
 
 _TV_FPN = re.compile(r"^backbone\.fpn\.(inner|layer)_blocks\.(\d+)\.(?:0\.)?(weight|bias)$")
 _TV_HEAD_TOWER = re.compile(
-    r"^head\.(classification|regression)_head\.conv\.(\d+)\.(?:(0)\.)?(weight|bias)$")
+    r"^head\.(classification|regression)_head\.conv\.(\d+)\.(?:(0)\.)?(weight|bias)$"
+)
 
 
-def convert_torchvision_retinanet(state: Mapping[str, torch.Tensor],
-                                  class_columns: Optional[Sequence[int]] = None) -> StateDict:
+def convert_torchvision_retinanet(
+    state: Mapping[str, torch.Tensor], class_columns: Sequence[int] | None = None
+) -> StateDict:
     """torchvision ``retinanet_resnet50_fpn`` (v1) state dict -> drdet RetinaNet names.
 
     torchvision's K classification columns are labels 0..K-1 (no background column); drdet's C
@@ -213,7 +307,7 @@ def convert_torchvision_retinanet(state: Mapping[str, torch.Tensor],
         if key.endswith("num_batches_tracked"):
             continue
         if key.startswith("backbone.body."):
-            rest = key[len("backbone.body."):]
+            rest = key[len("backbone.body.") :]
             if rest.split(".")[0] in ("conv1", "bn1"):
                 rest = "stem." + rest
             out["backbone.body." + rest] = value
@@ -223,7 +317,7 @@ def convert_torchvision_retinanet(state: Mapping[str, torch.Tensor],
             out[f"backbone.fpn.fpn_{m.group(1)}{int(m.group(2)) + 2}.{m.group(3)}"] = value
             continue
         if key.startswith("backbone.fpn.extra_blocks."):
-            out["backbone.fpn.top_blocks." + key[len("backbone.fpn.extra_blocks."):]] = value
+            out["backbone.fpn.top_blocks." + key[len("backbone.fpn.extra_blocks.") :]] = value
             continue
         m = _TV_HEAD_TOWER.match(key)
         if m:
@@ -261,7 +355,7 @@ def convert_maskrcnn_benchmark_retinanet(state: Mapping[str, torch.Tensor]) -> S
         if key.startswith("backbone."):
             out[key] = value
         elif key.startswith("rpn.head."):
-            out["head." + key[len("rpn.head."):]] = value
+            out["head." + key[len("rpn.head.") :]] = value
         elif key.startswith("rpn.anchor_generator."):
             continue
         else:

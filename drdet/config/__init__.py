@@ -7,9 +7,10 @@ Typical use::
     cfg.merge_from_list(["SOLVER.BASE_LR", "0.005"])
     validate_cfg(cfg)                                               # checks and freezes
 """
+
 from .config import CfgNode, load_yaml_with_base, validate_cfg
-from .loss_setup import flat_keys
 from .defaults import _C
+from .loss_setup import flat_keys
 
 
 def get_cfg() -> CfgNode:

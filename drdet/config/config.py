@@ -8,14 +8,17 @@ This module does not import them at import time (config sits below the model in 
 order: the model's modules import config, never the other way round); :func:`validate_cfg`
 imports them when it runs, as it does the registries (:func:`choices`).
 """
+
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import yaml
 from yacs.config import CfgNode as _YacsCfgNode
+
 from drdet.utils.checks import require
 
 from .loss_setup import setup_values
@@ -26,10 +29,10 @@ logger = logging.getLogger(__name__)
 
 # Keys drdet no longer reads, and why. A yaml file or override that sets one still loads: the
 # value is ignored with a warning.
-REMOVED_KEYS: Dict[str, str] = {
+REMOVED_KEYS: dict[str, str] = {
     "MODEL.RETINANET_ON": "the detector is MODEL.META_ARCHITECTURE",
     "MODEL.RETINANET.STRADDLE_THRESH": "anchors crossing the image border are always kept, as "
-                                       "in maskrcnn-benchmark's RetinaNet",
+    "in maskrcnn-benchmark's RetinaNet",
     "TEST.EXPECTED_RESULTS": "drdet does not compare results against expected values",
 }
 
@@ -38,7 +41,7 @@ REMOVED_KEYS: Dict[str, str] = {
 AMP_DTYPES = ("float16", "bfloat16", "auto")
 
 
-def choices() -> Dict[str, Tuple[str, ...]]:
+def choices() -> dict[str, tuple[str, ...]]:
     """Allowed values of the enumerated keys, by full key name, from the modules that implement
     them (imported here, not at import time; see the module docstring). MODEL.DR_LOSS.SMOOTHING
     and PAIRING are checked with the other DR loss parameters by DRLossParams."""
@@ -122,9 +125,9 @@ class CfgNode(_YacsCfgNode):
         return self
 
 
-def load_yaml_with_base(path: str) -> Dict[str, Any]:
+def load_yaml_with_base(path: str) -> dict[str, Any]:
     """Read ``path`` with yaml.safe_load and resolve its ``_BASE_`` chain into one dict."""
-    with open(path, "r") as f:
+    with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping at top level, not {type(data)}")
@@ -139,7 +142,7 @@ def load_yaml_with_base(path: str) -> Dict[str, Any]:
     return merged
 
 
-def _update_dict(base: Dict[str, Any], override: Dict[str, Any]) -> None:
+def _update_dict(base: dict[str, Any], override: dict[str, Any]) -> None:
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             _update_dict(base[key], value)
@@ -147,7 +150,7 @@ def _update_dict(base: Dict[str, Any], override: Dict[str, Any]) -> None:
             base[key] = value
 
 
-def _merge_dict(src: Dict[str, Any], dst: _YacsCfgNode, prefix: List[str]) -> None:
+def _merge_dict(src: dict[str, Any], dst: _YacsCfgNode, prefix: list[str]) -> None:
     for key, value in src.items():
         full_key = ".".join(prefix + [str(key)])
         if key not in dst and _is_removed(full_key):
@@ -211,8 +214,12 @@ def _check_registered_names(cfg: _YacsCfgNode) -> None:
     for registry in registries():
         for full_key in registry.config_keys:
             value = _get(cfg, full_key)
-            require(value in registry, full_key, value,
-                    f"must be a registered {registry.name}: one of {registry.names()}")
+            require(
+                value in registry,
+                full_key,
+                value,
+                f"must be a registered {registry.name}: one of {registry.names()}",
+            )
 
 
 def _check_dr_loss(cfg: _YacsCfgNode) -> None:
@@ -244,76 +251,155 @@ def validate_cfg(cfg: _YacsCfgNode, freeze: bool = True) -> _YacsCfgNode:
     _check_backbone(cfg)
 
     m = cfg.MODEL
-    require(0 <= m.BACKBONE.FREEZE_CONV_BODY_AT <= 5, "MODEL.BACKBONE.FREEZE_CONV_BODY_AT",
-            m.BACKBONE.FREEZE_CONV_BODY_AT, "must be in 0..5 (0 none, 1 stem, 2 stem+res2, ...)")
-    for key in ("NUM_GROUPS", "WIDTH_PER_GROUP", "STEM_OUT_CHANNELS", "RES2_OUT_CHANNELS",
-                "BACKBONE_OUT_CHANNELS"):
+    require(
+        0 <= m.BACKBONE.FREEZE_CONV_BODY_AT <= 5,
+        "MODEL.BACKBONE.FREEZE_CONV_BODY_AT",
+        m.BACKBONE.FREEZE_CONV_BODY_AT,
+        "must be in 0..5 (0 none, 1 stem, 2 stem+res2, ...)",
+    )
+    for key in (
+        "NUM_GROUPS",
+        "WIDTH_PER_GROUP",
+        "STEM_OUT_CHANNELS",
+        "RES2_OUT_CHANNELS",
+        "BACKBONE_OUT_CHANNELS",
+    ):
         require(m.RESNETS[key] >= 1, f"MODEL.RESNETS.{key}", m.RESNETS[key], "must be >= 1")
-    require(m.GROUP_NORM.NUM_GROUPS >= 1, "MODEL.GROUP_NORM.NUM_GROUPS",
-            m.GROUP_NORM.NUM_GROUPS, "must be >= 1")
-    require(m.GROUP_NORM.DIM_PER_GP == -1 or m.GROUP_NORM.DIM_PER_GP >= 1,
-            "MODEL.GROUP_NORM.DIM_PER_GP", m.GROUP_NORM.DIM_PER_GP, "must be -1 or >= 1")
+    require(
+        m.GROUP_NORM.NUM_GROUPS >= 1,
+        "MODEL.GROUP_NORM.NUM_GROUPS",
+        m.GROUP_NORM.NUM_GROUPS,
+        "must be >= 1",
+    )
+    require(
+        m.GROUP_NORM.DIM_PER_GP == -1 or m.GROUP_NORM.DIM_PER_GP >= 1,
+        "MODEL.GROUP_NORM.DIM_PER_GP",
+        m.GROUP_NORM.DIM_PER_GP,
+        "must be -1 or >= 1",
+    )
 
     r = m.RETINANET
-    require(r.NUM_CLASSES >= 2, "MODEL.RETINANET.NUM_CLASSES", r.NUM_CLASSES,
-            "counts the background, so it must be >= 2")
-    require(len(r.ANCHOR_SIZES) == len(r.ANCHOR_STRIDES) == 5, "MODEL.RETINANET.ANCHOR_SIZES",
-            r.ANCHOR_SIZES, "needs one size and one stride (ANCHOR_STRIDES) per level P3-P7")
-    require(tuple(r.ANCHOR_STRIDES) == (8, 16, 32, 64, 128), "MODEL.RETINANET.ANCHOR_STRIDES",
-            r.ANCHOR_STRIDES, "must be the strides of P3-P7, (8, 16, 32, 64, 128)")
-    require(len(r.ASPECT_RATIOS) >= 1 and all(a > 0 for a in r.ASPECT_RATIOS),
-            "MODEL.RETINANET.ASPECT_RATIOS", r.ASPECT_RATIOS, "must be positive numbers")
-    require(r.SCALES_PER_OCTAVE >= 1, "MODEL.RETINANET.SCALES_PER_OCTAVE", r.SCALES_PER_OCTAVE,
-            "must be >= 1")
+    require(
+        r.NUM_CLASSES >= 2,
+        "MODEL.RETINANET.NUM_CLASSES",
+        r.NUM_CLASSES,
+        "counts the background, so it must be >= 2",
+    )
+    require(
+        len(r.ANCHOR_SIZES) == len(r.ANCHOR_STRIDES) == 5,
+        "MODEL.RETINANET.ANCHOR_SIZES",
+        r.ANCHOR_SIZES,
+        "needs one size and one stride (ANCHOR_STRIDES) per level P3-P7",
+    )
+    require(
+        tuple(r.ANCHOR_STRIDES) == (8, 16, 32, 64, 128),
+        "MODEL.RETINANET.ANCHOR_STRIDES",
+        r.ANCHOR_STRIDES,
+        "must be the strides of P3-P7, (8, 16, 32, 64, 128)",
+    )
+    require(
+        len(r.ASPECT_RATIOS) >= 1 and all(a > 0 for a in r.ASPECT_RATIOS),
+        "MODEL.RETINANET.ASPECT_RATIOS",
+        r.ASPECT_RATIOS,
+        "must be positive numbers",
+    )
+    require(
+        r.SCALES_PER_OCTAVE >= 1,
+        "MODEL.RETINANET.SCALES_PER_OCTAVE",
+        r.SCALES_PER_OCTAVE,
+        "must be >= 1",
+    )
     require(r.NUM_CONVS >= 0, "MODEL.RETINANET.NUM_CONVS", r.NUM_CONVS, "must be >= 0")
-    require(0.0 <= r.BG_IOU_THRESHOLD <= r.FG_IOU_THRESHOLD <= 1.0,
-            "MODEL.RETINANET.BG_IOU_THRESHOLD", r.BG_IOU_THRESHOLD,
-            f"needs 0 <= BG_IOU_THRESHOLD <= FG_IOU_THRESHOLD ({r.FG_IOU_THRESHOLD}) <= 1")
-    require(0.0 < r.PRIOR_PROB < 1.0, "MODEL.RETINANET.PRIOR_PROB", r.PRIOR_PROB,
-            "must be in (0, 1)")
-    require(0.0 <= r.INFERENCE_TH < 1.0, "MODEL.RETINANET.INFERENCE_TH", r.INFERENCE_TH,
-            "must be in [0, 1)")
+    require(
+        0.0 <= r.BG_IOU_THRESHOLD <= r.FG_IOU_THRESHOLD <= 1.0,
+        "MODEL.RETINANET.BG_IOU_THRESHOLD",
+        r.BG_IOU_THRESHOLD,
+        f"needs 0 <= BG_IOU_THRESHOLD <= FG_IOU_THRESHOLD ({r.FG_IOU_THRESHOLD}) <= 1",
+    )
+    require(
+        0.0 < r.PRIOR_PROB < 1.0, "MODEL.RETINANET.PRIOR_PROB", r.PRIOR_PROB, "must be in (0, 1)"
+    )
+    require(
+        0.0 <= r.INFERENCE_TH < 1.0,
+        "MODEL.RETINANET.INFERENCE_TH",
+        r.INFERENCE_TH,
+        "must be in [0, 1)",
+    )
     require(0.0 <= r.NMS_TH <= 1.0, "MODEL.RETINANET.NMS_TH", r.NMS_TH, "must be in [0, 1]")
-    require(r.BBOX_REG_BETA >= 0.0, "MODEL.RETINANET.BBOX_REG_BETA", r.BBOX_REG_BETA,
-            "must be >= 0")
+    require(
+        r.BBOX_REG_BETA >= 0.0, "MODEL.RETINANET.BBOX_REG_BETA", r.BBOX_REG_BETA, "must be >= 0"
+    )
 
     f = m.FCOS
     require(f.NUM_CONVS >= 0, "MODEL.FCOS.NUM_CONVS", f.NUM_CONVS, "must be >= 0")
     require(0.0 < f.PRIOR_PROB < 1.0, "MODEL.FCOS.PRIOR_PROB", f.PRIOR_PROB, "must be in (0, 1)")
-    require(len(f.SIZES_OF_INTEREST) == 4 and all(s > 0 for s in f.SIZES_OF_INTEREST)
-            and list(f.SIZES_OF_INTEREST) == sorted(f.SIZES_OF_INTEREST),
-            "MODEL.FCOS.SIZES_OF_INTEREST", f.SIZES_OF_INTEREST,
-            "needs 4 increasing positive bounds between the levels P3-P7")
-    require(f.CENTER_SAMPLING_RADIUS >= 0.0, "MODEL.FCOS.CENTER_SAMPLING_RADIUS",
-            f.CENTER_SAMPLING_RADIUS, "must be >= 0 (0: off)")
-    require(0.0 <= f.INFERENCE_TH < 1.0, "MODEL.FCOS.INFERENCE_TH", f.INFERENCE_TH,
-            "must be in [0, 1)")
+    require(
+        len(f.SIZES_OF_INTEREST) == 4
+        and all(s > 0 for s in f.SIZES_OF_INTEREST)
+        and list(f.SIZES_OF_INTEREST) == sorted(f.SIZES_OF_INTEREST),
+        "MODEL.FCOS.SIZES_OF_INTEREST",
+        f.SIZES_OF_INTEREST,
+        "needs 4 increasing positive bounds between the levels P3-P7",
+    )
+    require(
+        f.CENTER_SAMPLING_RADIUS >= 0.0,
+        "MODEL.FCOS.CENTER_SAMPLING_RADIUS",
+        f.CENTER_SAMPLING_RADIUS,
+        "must be >= 0 (0: off)",
+    )
+    require(
+        0.0 <= f.INFERENCE_TH < 1.0, "MODEL.FCOS.INFERENCE_TH", f.INFERENCE_TH, "must be in [0, 1)"
+    )
     require(0.0 <= f.NMS_TH <= 1.0, "MODEL.FCOS.NMS_TH", f.NMS_TH, "must be in [0, 1]")
     require(f.PRE_NMS_TOP_N >= 1, "MODEL.FCOS.PRE_NMS_TOP_N", f.PRE_NMS_TOP_N, "must be >= 1")
 
-    require(len(cfg.INPUT.MIN_SIZE_TRAIN) >= 1 and all(s > 0 for s in cfg.INPUT.MIN_SIZE_TRAIN),
-            "INPUT.MIN_SIZE_TRAIN", cfg.INPUT.MIN_SIZE_TRAIN, "must list positive sizes")
+    require(
+        len(cfg.INPUT.MIN_SIZE_TRAIN) >= 1 and all(s > 0 for s in cfg.INPUT.MIN_SIZE_TRAIN),
+        "INPUT.MIN_SIZE_TRAIN",
+        cfg.INPUT.MIN_SIZE_TRAIN,
+        "must list positive sizes",
+    )
     for key in ("PIXEL_MEAN", "PIXEL_STD"):
         require(len(cfg.INPUT[key]) == 3, f"INPUT.{key}", cfg.INPUT[key], "needs 3 values")
-    require(all(s > 0 for s in cfg.INPUT.PIXEL_STD), "INPUT.PIXEL_STD", cfg.INPUT.PIXEL_STD,
-            "must be positive")
-    require(0.0 <= cfg.INPUT.HORIZONTAL_FLIP_PROB_TRAIN <= 1.0,
-            "INPUT.HORIZONTAL_FLIP_PROB_TRAIN", cfg.INPUT.HORIZONTAL_FLIP_PROB_TRAIN,
-            "must be in [0, 1]")
-    require(cfg.DATALOADER.SIZE_DIVISIBILITY >= 0, "DATALOADER.SIZE_DIVISIBILITY",
-            cfg.DATALOADER.SIZE_DIVISIBILITY, "must be >= 0 (0: no padding)")
-    require(cfg.DATALOADER.MAX_BAD_IMAGES >= 0, "DATALOADER.MAX_BAD_IMAGES",
-            cfg.DATALOADER.MAX_BAD_IMAGES, "must be >= 0 (0: stop at the first unreadable image)")
+    require(
+        all(s > 0 for s in cfg.INPUT.PIXEL_STD),
+        "INPUT.PIXEL_STD",
+        cfg.INPUT.PIXEL_STD,
+        "must be positive",
+    )
+    require(
+        0.0 <= cfg.INPUT.HORIZONTAL_FLIP_PROB_TRAIN <= 1.0,
+        "INPUT.HORIZONTAL_FLIP_PROB_TRAIN",
+        cfg.INPUT.HORIZONTAL_FLIP_PROB_TRAIN,
+        "must be in [0, 1]",
+    )
+    require(
+        cfg.DATALOADER.SIZE_DIVISIBILITY >= 0,
+        "DATALOADER.SIZE_DIVISIBILITY",
+        cfg.DATALOADER.SIZE_DIVISIBILITY,
+        "must be >= 0 (0: no padding)",
+    )
+    require(
+        cfg.DATALOADER.MAX_BAD_IMAGES >= 0,
+        "DATALOADER.MAX_BAD_IMAGES",
+        cfg.DATALOADER.MAX_BAD_IMAGES,
+        "must be >= 0 (0: stop at the first unreadable image)",
+    )
 
     s = cfg.SOLVER
     require(s.BASE_LR > 0.0, "SOLVER.BASE_LR", s.BASE_LR, "must be > 0")
     require(s.IMS_PER_BATCH >= 1, "SOLVER.IMS_PER_BATCH", s.IMS_PER_BATCH, "must be >= 1")
     require(list(s.STEPS) == sorted(s.STEPS), "SOLVER.STEPS", s.STEPS, "must be increasing")
     require(s.MAX_ITER >= 1, "SOLVER.MAX_ITER", s.MAX_ITER, "must be >= 1")
-    require(s.DIST_TIMEOUT_MINUTES > 0, "SOLVER.DIST_TIMEOUT_MINUTES", s.DIST_TIMEOUT_MINUTES,
-            "must be > 0 (minutes, fractions allowed)")
-    require(cfg.TEST.IMS_PER_BATCH >= 1, "TEST.IMS_PER_BATCH", cfg.TEST.IMS_PER_BATCH,
-            "must be >= 1")
+    require(
+        s.DIST_TIMEOUT_MINUTES > 0,
+        "SOLVER.DIST_TIMEOUT_MINUTES",
+        s.DIST_TIMEOUT_MINUTES,
+        "must be > 0 (minutes, fractions allowed)",
+    )
+    require(
+        cfg.TEST.IMS_PER_BATCH >= 1, "TEST.IMS_PER_BATCH", cfg.TEST.IMS_PER_BATCH, "must be >= 1"
+    )
     if freeze:
         cfg.freeze()
     return cfg

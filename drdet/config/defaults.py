@@ -7,6 +7,7 @@ drdet/modeling/losses/setup.py), under the config's own keys.
 
 Never modify ``_C``: call :func:`drdet.config.get_cfg` for an independent copy.
 """
+
 import math
 
 from .config import CfgNode as CN
@@ -270,4 +271,3 @@ _C.TEST.BBOX_AUG.MAX_SIZE = 4000
 _C.TEST.BBOX_AUG.H_FLIP = False
 
 _C.OUTPUT_DIR = "."
-

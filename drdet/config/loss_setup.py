@@ -7,6 +7,7 @@ Order of precedence: defaults < the named loss's setup < the yaml file (with its
 import order but must not import it at import time). A config that names no loss (neither the
 yaml chain nor the overrides set the detector's loss key) gets the plain defaults.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -25,16 +26,18 @@ def flat_keys(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _named(key: str, yaml_keys: Mapping[str, Any], overrides: Mapping[str, Any],
-           default: Any | None) -> Any | None:
+def _named(
+    key: str, yaml_keys: Mapping[str, Any], overrides: Mapping[str, Any], default: Any | None
+) -> Any | None:
     """The value of ``key`` the overrides give, else the yaml's, else ``default``."""
     if key in overrides:
         return overrides[key]
     return yaml_keys.get(key, default)
 
 
-def named_loss(yaml_data: Mapping[str, Any], opts: Sequence[Any], default_meta: str
-               ) -> tuple[str, str, str | None]:
+def named_loss(
+    yaml_data: Mapping[str, Any], opts: Sequence[Any], default_meta: str
+) -> tuple[str, str, str | None]:
     """(meta-architecture, its loss key, the loss the yaml or the overrides name or None)."""
     from drdet.modeling.losses.setup import loss_type_key
 
@@ -46,8 +49,9 @@ def named_loss(yaml_data: Mapping[str, Any], opts: Sequence[Any], default_meta: 
     return meta, key, None if loss is None else str(loss)
 
 
-def setup_values(yaml_data: Mapping[str, Any], opts: Sequence[Any], default_meta: str
-                 ) -> dict[str, Any]:
+def setup_values(
+    yaml_data: Mapping[str, Any], opts: Sequence[Any], default_meta: str
+) -> dict[str, Any]:
     """The setup values (full key -> value) of the loss that ``yaml_data`` (a yaml mapping with
     its _BASE_ chain resolved) or ``opts`` (KEY VALUE list) name, less the keys they set
     themselves; {} when no loss is named or the named loss declares no setup for the

@@ -15,10 +15,12 @@ How it works, across DataLoader worker processes:
 - Evaluation never replaces an image: the first unreadable one is an error (the same
   MissingImageError / ImageReadError class the dataset itself raises).
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 from .image_io import ImageReadError, MissingImageError, describe
 
@@ -27,18 +29,21 @@ logger = logging.getLogger(__name__)
 
 class BadImage(NamedTuple):
     """An image a worker could not read (picklable: it travels back from the worker)."""
+
     path: str
     image_id: Any
     reason: str
     error_class: str  # name of the ImageReadError subclass, to raise the same in the main process
 
     @classmethod
-    def from_error(cls, err: ImageReadError) -> "BadImage":
+    def from_error(cls, err: ImageReadError) -> BadImage:
         return cls(err.path, err.image_id, err.reason, type(err).__name__)
 
     def error(self) -> ImageReadError:
         """The exception the dataset raised in the worker, rebuilt."""
-        cls = MissingImageError if self.error_class == MissingImageError.__name__ else ImageReadError
+        cls = (
+            MissingImageError if self.error_class == MissingImageError.__name__ else ImageReadError
+        )
         return cls(self.path, self.image_id, self.reason)
 
     def __str__(self) -> str:
@@ -120,20 +125,29 @@ class BadImageLog:
             return
         if self.limit is None:
             err = records[0].error()
-            raise type(err)(err.path, err.image_id,
-                            f"{err.reason} (evaluation of {self.name or 'the dataset'} reads every "
-                            "image: fix or remove it, or take it out of the annotation file)")
+            raise type(err)(
+                err.path,
+                err.image_id,
+                f"{err.reason} (evaluation of {self.name or 'the dataset'} reads every "
+                "image: fix or remove it, or take it out of the annotation file)",
+            )
         for rec in records:
             self.skips += 1
             if rec.path not in self.images:
                 self.images[rec.path] = rec
-                logger.warning("Skipping unreadable %s; another image takes its place. %d "
-                               "unreadable image(s) so far in this process, at most %d allowed "
-                               "(DATALOADER.MAX_BAD_IMAGES)", rec, self.count, self.limit)
+                logger.warning(
+                    "Skipping unreadable %s; another image takes its place. %d "
+                    "unreadable image(s) so far in this process, at most %d allowed "
+                    "(DATALOADER.MAX_BAD_IMAGES)",
+                    rec,
+                    self.count,
+                    self.limit,
+                )
         if not replaced:
             raise TooManyBadImagesError(
                 f"no readable image found in place of {records[0]} (tried {len(records)} in a "
-                "row)\n" + self.listing())
+                "row)\n" + self.listing()
+            )
         if self.raise_over_limit and self.over_limit(self.count):
             raise self.limit_error(self.count)
 
@@ -144,19 +158,25 @@ class BadImageLog:
         """The files met so far, one per line."""
         return "\n".join(f"  {rec}" for rec in self.images.values())
 
-    def limit_error(self, total: int, iteration: int | None = None,
-                    rank_note: str = "") -> TooManyBadImagesError:
+    def limit_error(
+        self, total: int, iteration: int | None = None, rank_note: str = ""
+    ) -> TooManyBadImagesError:
         """The error that stops training: `total` unreadable images (over all ranks), the files
         this process met, and what to do."""
         at = "" if iteration is None else f" at iteration {iteration}"
         if self.limit == 0:
-            head = (f"Training stopped{at} at an unreadable image (DATALOADER.MAX_BAD_IMAGES = 0: "
-                    "none allowed)")
+            head = (
+                f"Training stopped{at} at an unreadable image (DATALOADER.MAX_BAD_IMAGES = 0: "
+                "none allowed)"
+            )
         else:
-            head = (f"Training stopped{at}: {total} unreadable images, more than "
-                    f"DATALOADER.MAX_BAD_IMAGES = {self.limit}")
+            head = (
+                f"Training stopped{at}: {total} unreadable images, more than "
+                f"DATALOADER.MAX_BAD_IMAGES = {self.limit}"
+            )
         files = self.listing() or "  (none in this process: see the logs of the other ranks)"
         return TooManyBadImagesError(
             f"{head}{rank_note}:\n{files}\nFix or remove these files (or drop them from the "
             "annotation file), or set DATALOADER.MAX_BAD_IMAGES to skip up to that many; resume "
-            "with --resume.")
+            "with --resume."
+        )

@@ -5,10 +5,12 @@ SOLVER.MAX_ITER, TEST.IMS_PER_BATCH, DATALOADER.NUM_WORKERS, DATALOADER.ASPECT_R
 and (drdet) DATALOADER.SEED (default 0): the seed of the training index stream,
 DATALOADER.MAX_BAD_IMAGES (default 0): how many unreadable images training skips.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
@@ -49,13 +51,17 @@ def build_dataset(names: Sequence[str], transforms, is_train: bool) -> Detection
     the same thing).
     """
     if isinstance(names, str) or not names:
-        raise ValueError(f"need a non-empty list of dataset names (DATASETS.TRAIN / TEST), got {names!r}")
+        raise ValueError(
+            f"need a non-empty list of dataset names (DATASETS.TRAIN / TEST), got {names!r}"
+        )
     datasets = [get_dataset(name, transforms, is_train) for name in names]
     first = datasets[0]
     for other in datasets[1:]:
         if other.class_names != first.class_names:
-            raise ValueError(f"datasets {first.name!r} and {other.name!r} have different classes: "
-                             f"{first.class_names} vs {other.class_names}")
+            raise ValueError(
+                f"datasets {first.name!r} and {other.name!r} have different classes: "
+                f"{first.class_names} vs {other.class_names}"
+            )
     return first if len(datasets) == 1 else ConcatDataset(datasets)
 
 
@@ -76,8 +82,9 @@ def check_training_set(dataset: DetectionDataset, names: Sequence[str]) -> None:
         reasons = f" ({', '.join(f'{n} {why}' for why, n in skipped.items())})" if skipped else ""
         images = "images" if listed is None else f"{listed} images"
         problems.append(f"{source}: none of the {images} has a usable box{reasons}")
-    raise ValueError(f"training set {', '.join(names)} has no image to train on: "
-                     + "; ".join(problems))
+    raise ValueError(
+        f"training set {', '.join(names)} has no image to train on: " + "; ".join(problems)
+    )
 
 
 def aspect_ratio_group_ids(dataset: DetectionDataset) -> list[int]:
@@ -112,15 +119,21 @@ class DetectionDataLoader(DataLoader):
 
 def _per_rank_batch(total: int, world_size: int, key: str) -> int:
     if total < 1 or total % world_size:
-        raise ValueError(f"{key} ({total}) must be a positive multiple of the number of processes "
-                         f"({world_size}): each process takes {key} / {world_size} images")
+        raise ValueError(
+            f"{key} ({total}) must be a positive multiple of the number of processes "
+            f"({world_size}): each process takes {key} / {world_size} images"
+        )
     return total // world_size
 
 
-def build_data_loader(cfg, is_train: bool, start_iter: int = 0,
-                      dataset_names: Sequence[str] | None = None,
-                      rank: int | None = None, world_size: int | None = None
-                      ) -> DetectionDataLoader:
+def build_data_loader(
+    cfg,
+    is_train: bool,
+    start_iter: int = 0,
+    dataset_names: Sequence[str] | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> DetectionDataLoader:
     """A DataLoader over the concatenated datasets of DATASETS.TRAIN (is_train) or DATASETS.TEST.
 
     Each batch is (images, targets, indices): lists of (3, H_i, W_i) float tensors, target dicts
@@ -146,8 +159,11 @@ def build_data_loader(cfg, is_train: bool, start_iter: int = 0,
     """
     if rank is None or world_size is None:
         rank, world_size = world_info()
-    names = dataset_names if dataset_names is not None else (
-        cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
+    names = (
+        dataset_names
+        if dataset_names is not None
+        else (cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
+    )
     dataset = build_dataset(list(names), build_transforms(cfg, is_train), is_train)
     if is_train:
         check_training_set(dataset, names)
@@ -164,11 +180,14 @@ def build_data_loader(cfg, is_train: bool, start_iter: int = 0,
 
     if is_train:
         batch = _per_rank_batch(cfg.SOLVER.IMS_PER_BATCH, world_size, "SOLVER.IMS_PER_BATCH")
-        sampler: Sampler[int] = TrainingSampler(len(dataset), seed=seed, rank=rank,
-                                                world_size=world_size)
+        sampler: Sampler[int] = TrainingSampler(
+            len(dataset), seed=seed, rank=rank, world_size=world_size
+        )
         batch_sampler: Sampler[list[int]] = IterationBasedBatchSampler(
             GroupedBatchSampler(sampler, group_ids, batch, drop_uneven=True),
-            cfg.SOLVER.MAX_ITER, start_iter)
+            cfg.SOLVER.MAX_ITER,
+            start_iter,
+        )
     else:
         batch = _per_rank_batch(cfg.TEST.IMS_PER_BATCH, world_size, "TEST.IMS_PER_BATCH")
         sampler = InferenceSampler(len(dataset), rank, world_size)
@@ -177,9 +196,21 @@ def build_data_loader(cfg, is_train: bool, start_iter: int = 0,
     num_workers = cfg.DATALOADER.NUM_WORKERS
     generator = torch.Generator()
     generator.manual_seed(seed * 1000003 + rank)  # seeds the workers' augmentation RNGs
-    logger.info("%s loader: %d images, %d per batch on rank %d/%d, %d workers",
-                "train" if is_train else "test", len(dataset), batch, rank, world_size, num_workers)
+    logger.info(
+        "%s loader: %d images, %d per batch on rank %d/%d, %d workers",
+        "train" if is_train else "test",
+        len(dataset),
+        batch,
+        rank,
+        world_size,
+        num_workers,
+    )
     return DetectionDataLoader(
-        dataset, batch_sampler=batch_sampler, collate_fn=collate_with_bad_images,
-        num_workers=num_workers, generator=generator, bad_images=bad_images,
-        pin_memory=str(cfg.MODEL.DEVICE).startswith("cuda") and torch.cuda.is_available())
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=collate_with_bad_images,
+        num_workers=num_workers,
+        generator=generator,
+        bad_images=bad_images,
+        pin_memory=str(cfg.MODEL.DEVICE).startswith("cuda") and torch.cuda.is_available(),
+    )

@@ -12,9 +12,11 @@ form that needs no registration, so own data work from a yaml or the command lin
 current directory. The types and their registered names are defined by the dataset modules
 (drdet/data/datasets/coco.py, voc.py, synthetic.py); see drdet/data/registry.py.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from drdet.utils.errors import UserInputError
 
@@ -27,8 +29,15 @@ from .registry import (
     datasets_root,
 )
 
-__all__ = ["DATASET_TYPES", "DEFAULT_ROOT", "ENV_ROOT", "UnknownDatasetError", "datasets_root",
-           "get_dataset", "known_names"]
+__all__ = [
+    "DATASET_TYPES",
+    "DEFAULT_ROOT",
+    "ENV_ROOT",
+    "UnknownDatasetError",
+    "datasets_root",
+    "get_dataset",
+    "known_names",
+]
 
 
 class UnknownDatasetError(UserInputError, KeyError):
@@ -68,16 +77,18 @@ def get_dataset(name: str, transforms: Callable | None, is_train: bool) -> Any:
     for dataset_type in types.values():
         if name in dataset_type.names:
             assert dataset_type.from_entry is not None  # DatasetType checks it
-            return dataset_type.from_entry(name, dataset_type.names[name], datasets_root(),
-                                           transforms, is_train)
+            return dataset_type.from_entry(
+                name, dataset_type.names[name], datasets_root(), transforms, is_train
+            )
     kind, sep, rest = name.partition(":")
     if sep and kind in types:
         dataset_type = types[kind]
         try:
-            return dataset_type.from_parts(name, rest.split(":", dataset_type.max_parts - 1),
-                                           transforms, is_train)
+            return dataset_type.from_parts(
+                name, rest.split(":", dataset_type.max_parts - 1), transforms, is_train
+            )
         except MalformedDatasetName:
-            raise ValueError(f"malformed dataset name {name!r}; expected "
-                             f"{_forms(types)}") from None
-    raise UnknownDatasetError(f"unknown dataset {name!r}; known datasets: "
-                              f"{', '.join(known_names())}; or {_forms(types)}")
+            raise ValueError(f"malformed dataset name {name!r}; expected {_forms(types)}") from None
+    raise UnknownDatasetError(
+        f"unknown dataset {name!r}; known datasets: {', '.join(known_names())}; or {_forms(types)}"
+    )

@@ -12,6 +12,7 @@ matches the stored, un-rotated pixels but not the upright ones (orientations 5-8
 the annotations were made on the stored pixels: the image is then returned as stored, so that
 boxes and pixels agree. A size that matches neither frame is an ImageSizeError.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,7 +48,7 @@ class ImageSizeError(ImageReadError):
 
 
 def describe(path: str, image_id: int | str | None) -> str:
-    """"image '/data/x.jpg' (image id 12)": how errors and warnings name an image."""
+    """ "image '/data/x.jpg' (image id 12)": how errors and warnings name an image."""
     return f"image {path!r}" + ("" if image_id is None else f" (image id {image_id})")
 
 
@@ -68,8 +69,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_image(path: str, image_id: int | str | None = None,
-               expected_size: tuple[int, int] | None = None) -> Image.Image:
+def read_image(
+    path: str, image_id: int | str | None = None, expected_size: tuple[int, int] | None = None
+) -> Image.Image:
     """Read the image at `path` as an 8-bit RGB PIL image.
 
     Args:
@@ -98,12 +100,17 @@ def read_image(path: str, image_id: int | str | None = None,
                 if want != upright:
                     if want != (stored_w, stored_h):
                         raise ImageSizeError(
-                            path, image_id,
+                            path,
+                            image_id,
                             f"the annotation says {want[0]} x {want[1]} (w x h) but the image is "
-                            f"{upright[0]} x {upright[1]}" + (
-                                f" (stored {stored_w} x {stored_h}, EXIF orientation "
-                                f"{orientation})" if upright != (stored_w, stored_h) else "")
-                            + "; fix the width/height in the annotation file or the image")
+                            f"{upright[0]} x {upright[1]}"
+                            + (
+                                f" (stored {stored_w} x {stored_h}, EXIF orientation {orientation})"
+                                if upright != (stored_w, stored_h)
+                                else ""
+                            )
+                            + "; fix the width/height in the annotation file or the image",
+                        )
                     use_stored = True
             img.load()
             if not use_stored and orientation != 1:
@@ -115,5 +122,7 @@ def read_image(path: str, image_id: int | str | None = None,
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(path, image_id, f"cannot decode: {err}") from err
     if img.width == 0 or img.height == 0:
-        raise ImageReadError(path, image_id, f"the image has no pixels ({img.width} x {img.height})")
+        raise ImageReadError(
+            path, image_id, f"the image has no pixels ({img.width} x {img.height})"
+        )
     return img

@@ -18,8 +18,9 @@ one module with one ``DATASET_TYPES.register(kind, DatasetType(...))`` (CONTRIBU
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from drdet.utils.registry import Registry
 
@@ -76,6 +77,10 @@ def require_path(path: str, name: str, what: str, from_root: bool) -> str:
     is and the path (and, for a registered name, where registered datasets live)."""
     if os.path.exists(path):
         return path
-    hint = (f"; registered datasets live under {ENV_ROOT}={datasets_root()!r} "
-            f"(see datasets/README.md for the layout)" if from_root else "")
+    hint = (
+        f"; registered datasets live under {ENV_ROOT}={datasets_root()!r} "
+        f"(see datasets/README.md for the layout)"
+        if from_root
+        else ""
+    )
     raise FileNotFoundError(f"dataset {name!r}: {what} {path!r} not found{hint}")

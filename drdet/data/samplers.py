@@ -5,10 +5,11 @@ Training pipeline: TrainingSampler -> GroupedBatchSampler -> IterationBasedBatch
 Every stage is a deterministic function of (seed, rank, world size), so a run resumed at
 iteration k with start_iter=k sees exactly the batches k, k+1, ... the uninterrupted run saw.
 """
+
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -16,8 +17,10 @@ from torch.utils.data import Sampler
 
 def _check_rank(rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, "
-                         f"world_size={world_size}")
+        raise ValueError(
+            f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, "
+            f"world_size={world_size}"
+        )
 
 
 class TrainingSampler(Sampler[int]):
@@ -29,8 +32,9 @@ class TrainingSampler(Sampler[int]):
     together cover the stream; every rank runs the same generator, so no communication is needed.
     """
 
-    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
+    def __init__(
+        self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    ):
         if size < 1:
             raise ValueError(f"TrainingSampler needs a non-empty dataset, got size={size}")
         _check_rank(rank, world_size)
@@ -41,7 +45,9 @@ class TrainingSampler(Sampler[int]):
         g = torch.Generator()
         g.manual_seed(self.seed)
         while True:
-            order = torch.randperm(self.size, generator=g) if self.shuffle else torch.arange(self.size)
+            order = (
+                torch.randperm(self.size, generator=g) if self.shuffle else torch.arange(self.size)
+            )
             yield from order.tolist()
 
     def __iter__(self) -> Iterator[int]:
@@ -80,8 +86,13 @@ class GroupedBatchSampler(Sampler[list[int]]):
         batch_size: images per batch on this rank.
     """
 
-    def __init__(self, sampler: Iterable[int], group_ids: Sequence[int] | None, batch_size: int,
-                 drop_uneven: bool = False):
+    def __init__(
+        self,
+        sampler: Iterable[int],
+        group_ids: Sequence[int] | None,
+        batch_size: int,
+        drop_uneven: bool = False,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sampler = sampler
@@ -117,10 +128,14 @@ class IterationBasedBatchSampler(Sampler[list[int]]):
     so a resumed run continues the very sequence of the uninterrupted one.
     """
 
-    def __init__(self, batch_sampler: Iterable[list[int]], num_iterations: int, start_iter: int = 0):
+    def __init__(
+        self, batch_sampler: Iterable[list[int]], num_iterations: int, start_iter: int = 0
+    ):
         if not 0 <= start_iter <= num_iterations:
-            raise ValueError(f"need 0 <= start_iter <= num_iterations, got start_iter={start_iter}, "
-                             f"num_iterations={num_iterations}")
+            raise ValueError(
+                f"need 0 <= start_iter <= num_iterations, got start_iter={start_iter}, "
+                f"num_iterations={num_iterations}"
+            )
         self.batch_sampler = batch_sampler
         self.num_iterations = num_iterations
         self.start_iter = start_iter
@@ -132,8 +147,10 @@ class IterationBasedBatchSampler(Sampler[list[int]]):
             count += 1
             yield batch
         if count < self.num_iterations:
-            raise RuntimeError(f"batch sampler ran out after {count} of {self.num_iterations} "
-                               "batches; use an infinite sampler for training")
+            raise RuntimeError(
+                f"batch sampler ran out after {count} of {self.num_iterations} "
+                "batches; use an infinite sampler for training"
+            )
 
     def __len__(self) -> int:
         return self.num_iterations - self.start_iter

@@ -6,9 +6,11 @@ keep the two consistent. The last transform, ToTensor, turns the PIL image into 
 float tensor the detector takes (normalisation by PIXEL_MEAN/STD and padding to
 SIZE_DIVISIBILITY are the detector's job).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, List, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,13 +67,19 @@ class Resize:
             DataLoader seeds per worker).
     """
 
-    def __init__(self, min_sizes: int | Sequence[int], max_size: int | None,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        min_sizes: int | Sequence[int],
+        max_size: int | None,
+        generator: torch.Generator | None = None,
+    ):
         if isinstance(min_sizes, int):
             min_sizes = (min_sizes,)
         self.min_sizes = tuple(int(s) for s in min_sizes)
         if not self.min_sizes or min(self.min_sizes) <= 0:
-            raise ValueError(f"min_sizes must be a non-empty list of positive ints, got {min_sizes}")
+            raise ValueError(
+                f"min_sizes must be a non-empty list of positive ints, got {min_sizes}"
+            )
         if max_size is not None and max_size <= 0:
             raise ValueError(f"max_size must be positive or None, got {max_size}")
         self.max_size = max_size
@@ -163,9 +171,14 @@ def build_transforms(cfg, is_train: bool) -> Compose:
     inp = cfg.INPUT
     if is_train:
         resize = Resize(tuple(inp.MIN_SIZE_TRAIN), inp.MAX_SIZE_TRAIN)
-        steps: List[Callable] = [resize, RandomHorizontalFlip(inp.get("HORIZONTAL_FLIP_PROB_TRAIN", 0.5))]
+        steps: list[Callable] = [
+            resize,
+            RandomHorizontalFlip(inp.get("HORIZONTAL_FLIP_PROB_TRAIN", 0.5)),
+        ]
     else:
         min_test = inp.MIN_SIZE_TEST
-        steps = [Resize(min_test if isinstance(min_test, int) else tuple(min_test), inp.MAX_SIZE_TEST)]
+        steps = [
+            Resize(min_test if isinstance(min_test, int) else tuple(min_test), inp.MAX_SIZE_TEST)
+        ]
     steps.append(ToTensor(to_bgr255=inp.TO_BGR255))
     return Compose(steps)

@@ -1,6 +1,7 @@
 """What the tools share (named after detectron2's engine/defaults.py): the command line (flags
 anywhere among KEY VALUE overrides), config, process group, logging, device, seeding, the checks
 of a config against its data, and evaluation of every dataset of DATASETS.TEST."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ import logging
 import os
 import random
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,13 +26,15 @@ from drdet.utils.io import atomic_write_text
 from drdet.utils.logger import setup_logger
 
 
-def default_argument_parser(description: str | None, config_file: bool = True
-                            ) -> argparse.ArgumentParser:
+def default_argument_parser(
+    description: str | None, config_file: bool = True
+) -> argparse.ArgumentParser:
     """The parser of a tool that takes a config: --config-file FILE (when `config_file`),
     --debug, and KEY VALUE config overrides (`opts`). Add the tool's own flags, then parse with
     :func:`parse_tool_args`, which accepts the flags before, between or after the overrides."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     if config_file:
         parser.add_argument("--config-file", required=True, metavar="FILE", help="yaml config")
     add_override_arguments(parser)
@@ -41,24 +44,35 @@ def default_argument_parser(description: str | None, config_file: bool = True
 def add_override_arguments(parser: argparse.ArgumentParser) -> None:
     """--debug and the positional KEY VALUE overrides (`opts`) of :func:`default_argument_parser`,
     for a parser built by hand."""
-    parser.add_argument(DEBUG_FLAG, action="store_true",
-                        help=f"show the traceback of errors about the input (also {DEBUG_ENV}=1)")
-    parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE",
-                        help="config overrides, e.g. OUTPUT_DIR out MODEL.DEVICE cpu; flags may "
-                             "come before, between or after them")
+    parser.add_argument(
+        DEBUG_FLAG,
+        action="store_true",
+        help=f"show the traceback of errors about the input (also {DEBUG_ENV}=1)",
+    )
+    parser.add_argument(
+        "opts",
+        nargs="*",
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides, e.g. OUTPUT_DIR out MODEL.DEVICE cpu; flags may "
+        "come before, between or after them",
+    )
 
 
-def parse_tool_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
-                    ) -> argparse.Namespace:
+def parse_tool_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
     """Parse `argv` (default: sys.argv[1:]) with `parser`, taking its flags anywhere among the
     KEY VALUE overrides (``--config-file CFG OUTPUT_DIR out --resume``). A flag-like word that
     is not one of the parser's flags is an error listing them (argparse's exit status 2)."""
     args, unknown = parser.parse_known_intermixed_args(argv)
     if unknown:
         flags = sorted(option for action in parser._actions for option in action.option_strings)
-        parser.error(f"unrecognized flag(s) {' '.join(unknown)}: this tool's flags are "
-                     f"{', '.join(flags)}, and they may go before, between or after the "
-                     "KEY VALUE config overrides (e.g. OUTPUT_DIR out)")
+        parser.error(
+            f"unrecognized flag(s) {' '.join(unknown)}: this tool's flags are "
+            f"{', '.join(flags)}, and they may go before, between or after the "
+            "KEY VALUE config overrides (e.g. OUTPUT_DIR out)"
+        )
     return args
 
 
@@ -74,13 +88,17 @@ def load_config(config_file: str, opts: Sequence[str] = ()):
         opts = opts[1:]
     flags = [key for key in opts[::2] if key.startswith("-")]
     if flags:
-        raise as_user_error(ValueError(
-            f"Config overrides must be KEY VALUE pairs; {flags[0]!r} is a flag: give the tool's "
-            "flags on the command line (before, between or after the overrides), not among "
-            f"the overrides: {opts}"))
+        raise as_user_error(
+            ValueError(
+                f"Config overrides must be KEY VALUE pairs; {flags[0]!r} is a flag: give the tool's "
+                "flags on the command line (before, between or after the overrides), not among "
+                f"the overrides: {opts}"
+            )
+        )
     if len(opts) % 2:
-        raise as_user_error(ValueError(
-            f"Config overrides must be KEY VALUE pairs, got an odd list: {opts}"))
+        raise as_user_error(
+            ValueError(f"Config overrides must be KEY VALUE pairs, got an odd list: {opts}")
+        )
     try:
         cfg.merge_from_file_and_list(config_file, opts)
         validate_cfg(cfg, freeze=True)
@@ -97,8 +115,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_setup(config_file: str, opts: Sequence[str] = (), resume: bool = False
-                  ) -> Tuple[object, torch.device, logging.Logger]:
+def default_setup(
+    config_file: str, opts: Sequence[str] = (), resume: bool = False
+) -> tuple[object, torch.device, logging.Logger]:
     """Loads the config, joins the process group when run under torchrun, picks the device
     (cuda:LOCAL_RANK, or the CPU), creates OUTPUT_DIR, sets up logging, writes the merged config
     to OUTPUT_DIR/config.yaml and seeds the RNGs. Returns (cfg, device, logger)."""
@@ -113,10 +132,16 @@ def default_setup(config_file: str, opts: Sequence[str] = (), resume: bool = Fal
         torch.cuda.set_device(device)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     log = setup_logger("drdet", cfg.OUTPUT_DIR, comm.get_rank())
-    log.info("World size %d, rank %d, device %s, torch %s", comm.get_world_size(),
-             comm.get_rank(), device, torch.__version__)
-    log.info("Config file %s, overrides %s%s", config_file, list(opts),
-             " (resuming)" if resume else "")
+    log.info(
+        "World size %d, rank %d, device %s, torch %s",
+        comm.get_world_size(),
+        comm.get_rank(),
+        device,
+        torch.__version__,
+    )
+    log.info(
+        "Config file %s, overrides %s%s", config_file, list(opts), " (resuming)" if resume else ""
+    )
     if comm.is_main_process():
         atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
     seed_everything(cfg.DATALOADER.SEED)
@@ -131,9 +156,12 @@ def check_num_classes(cfg, dataset) -> None:
     expected = max(counts.values()) + 1
     key, num = cfg_num_classes(cfg)
     if num + 1 != expected:
-        raise as_user_error(ValueError(
-            f"{key} is {num + 1}, but the training "
-            f"set has {counts} categories: set it to {expected} (categories + background)"))
+        raise as_user_error(
+            ValueError(
+                f"{key} is {num + 1}, but the training "
+                f"set has {counts} categories: set it to {expected} (categories + background)"
+            )
+        )
 
 
 def train_dataset_from_cfg(cfg):
@@ -147,7 +175,7 @@ def train_dataset_from_cfg(cfg):
         return None
 
 
-def class_names_from_cfg(cfg) -> Optional[List[str]]:
+def class_names_from_cfg(cfg) -> list[str] | None:
     """Names of labels 1..C from the first dataset of DATASETS.TRAIN (through the catalog), or
     None when there is no training set or it cannot be opened (e.g. absent on this machine).
     Index k-1 of the returned list names label k."""
@@ -168,9 +196,13 @@ def safe_folder_name(name: str) -> str:
     return cleaned[:100]
 
 
-def evaluate_datasets(cfg, model: torch.nn.Module, device: torch.device, tag: str = "final",
-                      checkpoint: Optional[Tuple[str, Optional[dict]]] = None
-                      ) -> Optional[Dict[str, Dict[str, float]]]:
+def evaluate_datasets(
+    cfg,
+    model: torch.nn.Module,
+    device: torch.device,
+    tag: str = "final",
+    checkpoint: tuple[str, dict | None] | None = None,
+) -> dict[str, dict[str, float]] | None:
     """Runs inference and evaluation on every dataset of DATASETS.TEST; results go to
     OUTPUT_DIR/inference/<dataset>/ (bbox.json, metrics.json). `checkpoint` (path, its
     "classes" record or None): each dataset's categories are checked against it first
@@ -185,12 +217,19 @@ def evaluate_datasets(cfg, model: torch.nn.Module, device: torch.device, tag: st
         folder = os.path.join(cfg.OUTPUT_DIR, "inference", safe_folder_name(name))
         if comm.is_main_process():
             os.makedirs(folder, exist_ok=True)
-        log.info("Evaluating %s on %s (%d images)", tag, name,
-                 len(loader.dataset))  # type: ignore[arg-type]  # (a sized detection dataset)
-        metrics = inference(model, loader, loader.dataset, device, output_folder=folder,
-                            per_category=cfg.TEST.PER_CATEGORY_AP, bbox_aug=bbox_aug)
+        log.info("Evaluating %s on %s (%d images)", tag, name, len(loader.dataset))  # type: ignore[arg-type]  # (a sized detection dataset)
+        metrics = inference(
+            model,
+            loader,
+            loader.dataset,
+            device,
+            output_folder=folder,
+            per_category=cfg.TEST.PER_CATEGORY_AP,
+            bbox_aug=bbox_aug,
+        )
         if metrics is not None:
-            log.info("%s %s: %s", tag, name,
-                     ", ".join(format_metric(k, v) for k, v in metrics.items()))
+            log.info(
+                "%s %s: %s", tag, name, ", ".join(format_metric(k, v) for k, v in metrics.items())
+            )
             results[name] = metrics
     return results if comm.is_main_process() else None

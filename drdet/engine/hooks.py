@@ -11,10 +11,12 @@ do_train, or to tools/train_net.py's main) with the others and needs no edit of 
 Within an iteration the hooks run in list order after the step; the built-in order is
 LogMetrics, PeriodicCheckpoint, PeriodicEvaluation, StopOnSignal (see build_hooks).
 """
+
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from drdet.utils.metric_logger import max_memory_mb
 
@@ -26,14 +28,14 @@ logger = logging.getLogger("drdet.engine.trainer")
 # Key of the unreadable-image count in the log records.
 BAD_IMAGES = "bad_images"
 
-EvaluateFn = Callable[[int], Optional[Dict[str, Dict[str, float]]]]
+EvaluateFn = Callable[[int], dict[str, dict[str, float]] | None]
 
 
 class HookBase:
     """A no-op hook. `trainer` (the running Trainer) is set before before_train. after_train
     runs however training ends (finished, stopped on request, or failed)."""
 
-    trainer: "Trainer"
+    trainer: Trainer
 
     def before_train(self) -> None:
         pass
@@ -98,8 +100,11 @@ class PeriodicEvaluation(HookBase):
             return
         results = self.evaluate(t.iteration)
         if results and t.metrics_file is not None and t.tensorboard is not None:
-            flat = {f"eval/{name}/{k}": v for name, metrics in results.items()
-                    for k, v in metrics.items()}
+            flat = {
+                f"eval/{name}/{k}": v
+                for name, metrics in results.items()
+                for k, v in metrics.items()
+            }
             t.metrics_file.write({"iteration": t.iteration, **flat})
             t.tensorboard.write(flat, t.iteration)
         t.model.train()
@@ -116,19 +121,21 @@ class StopOnSignal(HookBase):
     def after_step(self) -> None:
         t = self.trainer
         if self.should_stop() and t.iteration < t.max_iter:
-            logger.warning("Stopping at iteration %d on request; resume with --resume",
-                           t.iteration)
+            logger.warning("Stopping at iteration %d on request; resume with --resume", t.iteration)
             t.save(f"model_{t.iteration:07d}")
             t.request_stop()
 
 
-def build_hooks(cfg, evaluate: Optional[EvaluateFn] = None,
-                should_stop: Optional[Callable[[], bool]] = None) -> List[HookBase]:
+def build_hooks(
+    cfg, evaluate: EvaluateFn | None = None, should_stop: Callable[[], bool] | None = None
+) -> list[HookBase]:
     """The built-in hooks from the config, in their order: LogMetrics (SOLVER.LOG_PERIOD),
     PeriodicCheckpoint (SOLVER.CHECKPOINT_PERIOD), PeriodicEvaluation (TEST.EVAL_PERIOD, when
     `evaluate` is given), StopOnSignal (when `should_stop` is given)."""
-    hooks: List[HookBase] = [LogMetrics(cfg.SOLVER.LOG_PERIOD),
-                             PeriodicCheckpoint(cfg.SOLVER.CHECKPOINT_PERIOD)]
+    hooks: list[HookBase] = [
+        LogMetrics(cfg.SOLVER.LOG_PERIOD),
+        PeriodicCheckpoint(cfg.SOLVER.CHECKPOINT_PERIOD),
+    ]
     if evaluate is not None:
         hooks.append(PeriodicEvaluation(cfg.TEST.EVAL_PERIOD, evaluate))
     if should_stop is not None:

@@ -5,9 +5,9 @@ image to exactly one rank, without padding); the predictions are gathered on ran
 cover every image exactly once, and evaluated by the evaluators the dataset names
 (drdet.evaluation.EVALUATORS: pycocotools for COCO-format sets, also the VOC metric for VOC sets).
 """
+
 import logging
 import time
-from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def run_inference(model: nn.Module, data_loader, device: torch.device,
-                  bbox_aug=None) -> Dict[int, Dict[str, torch.Tensor]]:
+def run_inference(
+    model: nn.Module, data_loader, device: torch.device, bbox_aug=None
+) -> dict[int, dict[str, torch.Tensor]]:
     """{image_id: {"boxes" (K, 4) in the original image's pixels, "scores" (K,), "labels" (K,)}}
     for the images of this rank's shard, on the CPU. `bbox_aug(model, images, targets)`, when
     given, replaces the plain forward (multi-scale / flip test).
@@ -33,8 +34,9 @@ def run_inference(model: nn.Module, data_loader, device: torch.device,
     model = prepare_for_inference(model)
     predictions = {}
     start = time.perf_counter()
-    for images, targets, _ in tqdm(data_loader, desc="inference", disable=not comm.is_main_process(),
-                                   dynamic_ncols=True):
+    for images, targets, _ in tqdm(
+        data_loader, desc="inference", disable=not comm.is_main_process(), dynamic_ncols=True
+    ):
         images = [img.to(device, non_blocking=True) for img in images]
         if bbox_aug is not None:
             outputs = bbox_aug(model, images, targets)
@@ -43,28 +45,40 @@ def run_inference(model: nn.Module, data_loader, device: torch.device,
         for target, out in zip(targets, outputs):
             predictions[int(target["image_id"])] = {k: v.cpu() for k, v in out.items()}
     elapsed = time.perf_counter() - start
-    logger.info("Inference: %d images in %.1f s (%.4f s / image on this rank)", len(predictions),
-                elapsed, elapsed / max(1, len(predictions)))
+    logger.info(
+        "Inference: %d images in %.1f s (%.4f s / image on this rank)",
+        len(predictions),
+        elapsed,
+        elapsed / max(1, len(predictions)),
+    )
     return predictions
 
 
-def dataset_image_ids(dataset) -> List[int]:
+def dataset_image_ids(dataset) -> list[int]:
     """The image id of every entry of `dataset` (COCO or VOC dataset)."""
     return [int(dataset.get_img_info(i)["id"]) for i in range(len(dataset))]
 
 
-def evaluate_predictions(dataset, predictions, output_folder: Optional[str] = None,
-                         per_category: bool = False) -> Dict[str, float]:
+def evaluate_predictions(
+    dataset, predictions, output_folder: str | None = None, per_category: bool = False
+) -> dict[str, float]:
     """The metrics of the evaluators `dataset` names (drdet.evaluation.EVALUATORS): COCO bbox
     metrics (pycocotools, "coco") for COCO-format sets; for VOC sets also the VOC07 11-point
     mAP at IoU 0.5 with difficult objects ignored ("voc07": "VOC07_mAP50")."""
-    return run_evaluators(dataset, predictions, output_folder=output_folder,
-                          per_category=per_category)
+    return run_evaluators(
+        dataset, predictions, output_folder=output_folder, per_category=per_category
+    )
 
 
-def inference(model: nn.Module, data_loader, dataset, device: torch.device,
-              output_folder: Optional[str] = None, per_category: bool = False,
-              bbox_aug=None) -> Optional[Dict[str, float]]:
+def inference(
+    model: nn.Module,
+    data_loader,
+    dataset,
+    device: torch.device,
+    output_folder: str | None = None,
+    per_category: bool = False,
+    bbox_aug=None,
+) -> dict[str, float] | None:
     """Runs the detector on `dataset` (through `data_loader`, whose sampler gives each rank its
     own images) and evaluates it on rank 0. Returns the metrics dict on rank 0 (also written to
     output_folder/metrics.json, atomically) and None on the other ranks. Every image of the set

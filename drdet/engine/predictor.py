@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,10 +37,11 @@ class Predictor:
         self.cfg = cfg.clone()
         self.device = torch.device(cfg.MODEL.DEVICE)
         self.model = build_detector(self.cfg).to(self.device).eval()
-        self.checkpoint_classes: Optional[Dict[str, Any]] = None
+        self.checkpoint_classes: dict[str, Any] | None = None
         if cfg.MODEL.WEIGHT:
-            extra = Checkpointer(self.model).load(cfg.MODEL.WEIGHT, load_training_state=False,
-                                                  strict=True)
+            extra = Checkpointer(self.model).load(
+                cfg.MODEL.WEIGHT, load_training_state=False, strict=True
+            )
             self.checkpoint_classes = extra.get(CLASSES_KEY)
             check_classes(self.checkpoint_classes, cfg.MODEL.WEIGHT, self.cfg)
         self.refresh()
@@ -49,7 +50,7 @@ class Predictor:
         self.to_bgr255 = cfg.INPUT.TO_BGR255
 
     @property
-    def class_names(self) -> Optional[List[str]]:
+    def class_names(self) -> list[str] | None:
         """Names of labels 1..K recorded in the checkpoint (index k-1 names label k), or None."""
         names = (self.checkpoint_classes or {}).get("names")
         return list(names) if names else None
@@ -59,7 +60,7 @@ class Predictor:
         self.inference_model = prepare_for_inference(self.model)
 
     @torch.no_grad()
-    def __call__(self, image: np.ndarray) -> Dict[str, Tensor]:
+    def __call__(self, image: np.ndarray) -> dict[str, Tensor]:
         """Detections for ``image`` (H, W, 3) uint8 BGR (as cv2.imread gives it).
 
         Returns:

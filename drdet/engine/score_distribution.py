@@ -6,6 +6,7 @@ Anchors are matched to the ground truth with the model's own matcher (its loss c
 prepare_targets): foreground anchors give the score of their box's class, background anchors
 (below the background threshold) the scores of all classes; ignored anchors are left out.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,9 @@ def anchor_scores(model, image: Tensor, target: dict[str, Tensor]) -> tuple[Tens
     return foreground.cpu(), scores[labels == 0].cpu()
 
 
-def collect(cfg, weights: str, dataset, num_images: int, num_background: int,
-            seed: int) -> tuple[np.ndarray, np.ndarray]:
+def collect(
+    cfg, weights: str, dataset, num_images: int, num_background: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(foreground scores, subsampled background scores) of the model over the first
     ``num_images`` images of ``dataset``."""
     model = build_detector(cfg).to(cfg.MODEL.DEVICE).eval()
@@ -80,11 +82,16 @@ def plot(results: Sequence[tuple[str, np.ndarray, np.ndarray]], output: str, bin
         for ax, values in zip(axes, (bg, fg)):
             if values.size:
                 density, _ = np.histogram(values, bins=edges, density=True)
-                ax.plot(centres, density, color=f"C{k % 10}",
-                        label=f"{label} (mean {values.mean():.3f}, n={values.size})")
+                ax.plot(
+                    centres,
+                    density,
+                    color=f"C{k % 10}",
+                    label=f"{label} (mean {values.mean():.3f}, n={values.size})",
+                )
     axes[0].set_yscale("log")
-    for ax, title in zip(axes, ("background anchors (all classes)",
-                                "foreground anchors (ground-truth class)")):
+    for ax, title in zip(
+        axes, ("background anchors (all classes)", "foreground anchors (ground-truth class)")
+    ):
         ax.set(xlabel="confidence", ylabel="density", title=title, xlim=(0, 1))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

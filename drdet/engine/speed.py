@@ -1,6 +1,7 @@
 """The speed switches of cfg.SPEED applied to a model before training (see
 drdet/config/defaults.py): channels_last, torch.compile, cudnn.benchmark and the autocast dtype.
 None of them changes the state dict's keys or values, so checkpoints load with any of them."""
+
 from __future__ import annotations
 
 import torch

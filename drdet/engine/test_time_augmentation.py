@@ -6,7 +6,8 @@ also flipped; the detections of every variant are mapped back to the original im
 reduced by class-aware NMS at MODEL.RETINANET.NMS_TH to TEST.DETECTIONS_PER_IMG per image.
 The variants are resized from the image the test loader produced (shorter side MIN_SIZE_TEST).
 """
-from typing import Dict, List, Sequence
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +17,9 @@ from drdet.data.transforms import resized_hw
 from drdet.layers import batched_nms
 
 
-def merge_detections(detections: Sequence[Dict[str, Tensor]], nms_thresh: float,
-                     max_detections: int) -> Dict[str, Tensor]:
+def merge_detections(
+    detections: Sequence[dict[str, Tensor]], nms_thresh: float, max_detections: int
+) -> dict[str, Tensor]:
     """Pools the detections of several test variants of one image (all in the same pixel frame)
     and keeps the top `max_detections` after class-aware NMS."""
     boxes = torch.cat([d["boxes"] for d in detections])
@@ -28,11 +30,19 @@ def merge_detections(detections: Sequence[Dict[str, Tensor]], nms_thresh: float,
 
 
 class BBoxAug:
-    def __init__(self, scales: Sequence[int], max_size: int, h_flip: bool, nms_thresh: float,
-                 max_detections: int):
+    def __init__(
+        self,
+        scales: Sequence[int],
+        max_size: int,
+        h_flip: bool,
+        nms_thresh: float,
+        max_detections: int,
+    ):
         if not scales:
-            raise ValueError("TEST.BBOX_AUG.ENABLED needs TEST.BBOX_AUG.SCALES, e.g. (400, 500, "
-                             "600, 700, 800, 900, 1000, 1100, 1200)")
+            raise ValueError(
+                "TEST.BBOX_AUG.ENABLED needs TEST.BBOX_AUG.SCALES, e.g. (400, 500, "
+                "600, 700, 800, 900, 1000, 1100, 1200)"
+            )
         self.scales = list(scales)
         self.max_size = max_size
         self.h_flip = h_flip
@@ -40,16 +50,18 @@ class BBoxAug:
         self.max_detections = max_detections
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module, images: List[Tensor], targets: List[Dict]
-                 ) -> List[Dict[str, Tensor]]:
+    def __call__(
+        self, model: nn.Module, images: list[Tensor], targets: list[dict]
+    ) -> list[dict[str, Tensor]]:
         outputs = []
         for image, target in zip(images, targets):
             orig_h, orig_w = (int(v) for v in target["orig_size"])
             variants = []
             for scale in self.scales:
                 h, w = resized_hw(orig_h, orig_w, scale, self.max_size)
-                resized = F.interpolate(image[None], size=(h, w), mode="bilinear",
-                                        align_corners=False)[0]
+                resized = F.interpolate(
+                    image[None], size=(h, w), mode="bilinear", align_corners=False
+                )[0]
                 flips = (False, True) if self.h_flip else (False,)
                 for flip in flips:
                     x = resized.flip(-1) if flip else resized
@@ -66,5 +78,10 @@ class BBoxAug:
 
 def build_bbox_aug(cfg) -> BBoxAug:
     aug = cfg.TEST.BBOX_AUG
-    return BBoxAug(aug.SCALES, aug.MAX_SIZE, aug.H_FLIP, cfg.MODEL.RETINANET.NMS_TH,
-                   cfg.TEST.DETECTIONS_PER_IMG)
+    return BBoxAug(
+        aug.SCALES,
+        aug.MAX_SIZE,
+        aug.H_FLIP,
+        cfg.MODEL.RETINANET.NMS_TH,
+        cfg.TEST.DETECTIONS_PER_IMG,
+    )

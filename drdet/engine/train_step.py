@@ -5,10 +5,12 @@ skipped) summed over the ranks -> the bad-image limit and a finite check -> back
 when SOLVER.AMP) -> optional gradient clipping (which also stops the run on a non-finite gradient
 norm) -> SGD step -> LR schedule step. The loop around it is drdet.engine.trainer.Trainer.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, cast
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +26,7 @@ class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; the message names the iteration, term and images."""
 
 
-def move_batch(images: Sequence[Tensor], targets: Sequence[Dict], device: torch.device):
+def move_batch(images: Sequence[Tensor], targets: Sequence[dict], device: torch.device):
     """Images and the tensors of the target dicts moved to `device` (non-blocking)."""
     images = [img.to(device, non_blocking=True) for img in images]
     targets = [
@@ -34,12 +36,13 @@ def move_batch(images: Sequence[Tensor], targets: Sequence[Dict], device: torch.
     return images, targets
 
 
-def _image_ids(targets: Sequence[Dict]) -> List:
+def _image_ids(targets: Sequence[dict]) -> list:
     return [int(t["image_id"]) if "image_id" in t else None for t in targets]
 
 
-def check_finite(iteration: int, reduced: Dict[str, float], local: Dict[str, Tensor],
-                 targets: Sequence[Dict]) -> None:
+def check_finite(
+    iteration: int, reduced: dict[str, float], local: dict[str, Tensor], targets: Sequence[dict]
+) -> None:
     """Raises NonFiniteLossError when any loss term, averaged over the ranks, is not finite.
 
     Every rank sees the same reduced values, so every rank stops at the same iteration (no rank is
@@ -47,8 +50,9 @@ def check_finite(iteration: int, reduced: Dict[str, float], local: Dict[str, Ten
     bad = [k for k, v in reduced.items() if not math.isfinite(v)]
     if not bad:
         return
-    local_bad = {k: float(v.detach()) for k, v in local.items()
-                 if not math.isfinite(float(v.detach()))}
+    local_bad = {
+        k: float(v.detach()) for k, v in local.items() if not math.isfinite(float(v.detach()))
+    }
     raise NonFiniteLossError(
         f"Non-finite loss at iteration {iteration}: "
         + ", ".join(f"{k} = {reduced[k]}" for k in bad)
@@ -62,7 +66,7 @@ def check_finite(iteration: int, reduced: Dict[str, float], local: Dict[str, Ten
 _BAD_IMAGES = "bad_images"
 
 
-def check_bad_images(iteration: int, total: int, bad_images: Optional[BadImageLog]) -> None:
+def check_bad_images(iteration: int, total: int, bad_images: BadImageLog | None) -> None:
     """Raises TooManyBadImagesError when `total`, the unreadable images met by the loaders of
     all ranks, exceeds DATALOADER.MAX_BAD_IMAGES. Every rank sees the same total, so every rank
     stops at the same iteration; each lists the files its own loader met."""
@@ -80,12 +84,12 @@ class _PendingChecks:
     until :meth:`read` copies them all to the host at once."""
 
     def __init__(self):
-        self.rows: List[Tuple[int, List[Optional[int]], Tensor]] = []
+        self.rows: list[tuple[int, list[int | None], Tensor]] = []
 
-    def add(self, iteration: int, image_ids: List, values: Sequence[Tensor]) -> None:
+    def add(self, iteration: int, image_ids: list, values: Sequence[Tensor]) -> None:
         self.rows.append((iteration, image_ids, torch.stack([v.reshape(()) for v in values])))
 
-    def read(self) -> List[Tuple[int, List, List[float]]]:
+    def read(self) -> list[tuple[int, list, list[float]]]:
         """(iteration, image ids, values as floats) per pending iteration; one host sync."""
         if not self.rows:
             return []
@@ -126,8 +130,15 @@ class TrainStep:
     the limit applies here, to the sum over all ranks, so that every rank stops at once.
     """
 
-    def __init__(self, cfg, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                 device: torch.device, bad_images: Optional[BadImageLog] = None):
+    def __init__(
+        self,
+        cfg,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        device: torch.device,
+        bad_images: BadImageLog | None = None,
+    ):
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -136,7 +147,8 @@ class TrainStep:
         self.amp_dtype = amp_dtype(cfg.SPEED.AMP_DTYPE, device)
         # bfloat16 has float32's range: no loss scaling needed.
         self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
+        )
         self.clip_gradients = make_gradient_clipper(cfg)
         self.num_classes = cfg.MODEL.RETINANET.NUM_CLASSES - 1
         # The host-side target check is RetinaNet's (another registered detector may read its
@@ -147,7 +159,7 @@ class TrainStep:
         self.flush_periods = tuple(p for p in periods if p > 0)
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.pending = _PendingChecks()
-        self._keys: List[str] = []
+        self._keys: list[str] = []
         self.bad_images = bad_images
         if bad_images is not None:
             bad_images.raise_over_limit = False  # applied in __call__ to the sum over all ranks
@@ -157,11 +169,17 @@ class TrainStep:
         """The learning rate of the first parameter group (after the last scheduler step)."""
         return self.optimizer.param_groups[0]["lr"]
 
-    def _forward(self, images: Sequence[Tensor], targets: Sequence[Dict]) -> Dict[str, Tensor]:
+    def _forward(self, images: Sequence[Tensor], targets: Sequence[dict]) -> dict[str, Tensor]:
         """The loss dict, with the targets checked on the host when they are there."""
-        on_host = self.check_targets_on_host and bool(targets) and all(
-            isinstance(t.get(k), Tensor) and t[k].device.type == "cpu"
-            for t in targets for k in ("boxes", "labels"))
+        on_host = (
+            self.check_targets_on_host
+            and bool(targets)
+            and all(
+                isinstance(t.get(k), Tensor) and t[k].device.type == "cpu"
+                for t in targets
+                for k in ("boxes", "labels")
+            )
+        )
         if on_host:
             check_targets(targets, self.num_classes)
         images, targets = move_batch(images, targets, self.device)
@@ -171,8 +189,9 @@ class TrainStep:
                     return self.model(images, targets)
             return self.model(images, targets)
 
-    def __call__(self, iteration: int, images: Sequence[Tensor], targets: Sequence[Dict]
-                 ) -> Tuple[Dict[str, object], int]:
+    def __call__(
+        self, iteration: int, images: Sequence[Tensor], targets: Sequence[dict]
+    ) -> tuple[dict[str, object], int]:
         """Runs iteration `iteration` (1-based) on one batch: `images` (3, H_i, W_i) tensors and
         their target dicts, on any device. Returns (values, num_bad): the loss terms averaged over
         the ranks as floats, their sum as "loss" and, when clipping, "grad_norm" (a 0-dim
@@ -183,31 +202,37 @@ class TrainStep:
         to_reduce = {k: v.detach().float() for k, v in loss_dict.items()}
         bad_images = self.bad_images
         if bad_images is not None:  # a fill, not a host-to-device copy
-            to_reduce[_BAD_IMAGES] = torch.full((), float(bad_images.count),
-                                                device=losses.device)
+            to_reduce[_BAD_IMAGES] = torch.full((), float(bad_images.count), device=losses.device)
         reduced_t = comm.reduce_dict(to_reduce)
         if self.defer_checks:
             return self._deferred(iteration, targets, loss_dict, reduced_t, losses)
 
         keys = list(reduced_t)  # the one host read of the step: all values in one copy
-        reduced = dict(zip(keys, torch.stack([reduced_t[k].reshape(()) for k in keys])
-                           .cpu().tolist()))
+        reduced = dict(
+            zip(keys, torch.stack([reduced_t[k].reshape(()) for k in keys]).cpu().tolist())
+        )
         num_bad = self._check(iteration, reduced, loss_dict, targets)
         grad_norm = self._update(losses)
-        values: Dict[str, object] = dict(reduced, loss=sum(reduced.values()))
+        values: dict[str, object] = dict(reduced, loss=sum(reduced.values()))
         if grad_norm is not None:
             if not self.use_amp and not torch.isfinite(grad_norm):
                 # (under AMP the scaler skips such steps and lowers its scale itself)
                 raise NonFiniteLossError(
                     f"Non-finite gradient norm ({float(grad_norm)}) at iteration {iteration} "
                     f"with finite losses {reduced}; rank {comm.get_rank()} images "
-                    f"{_image_ids(targets)}. The step was not applied.")
+                    f"{_image_ids(targets)}. The step was not applied."
+                )
             values["grad_norm"] = grad_norm
         self._apply()
         return values, num_bad
 
-    def _check(self, iteration: int, reduced: Dict[str, float], local: Dict[str, Tensor],
-               targets: Sequence[Dict]) -> int:
+    def _check(
+        self,
+        iteration: int,
+        reduced: dict[str, float],
+        local: dict[str, Tensor],
+        targets: Sequence[dict],
+    ) -> int:
         """The bad-image limit and the finite check on host values; pops and returns the
         bad-image total over the ranks (0 without a log)."""
         num_bad = 0
@@ -217,7 +242,7 @@ class TrainStep:
         check_finite(iteration, reduced, local, targets)
         return num_bad
 
-    def _update(self, losses: Tensor) -> Optional[Tensor]:
+    def _update(self, losses: Tensor) -> Tensor | None:
         """Backward and clipping (returns the gradient norm, or None without clipping)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses).backward()
@@ -231,8 +256,14 @@ class TrainStep:
         self.scaler.update()
         self.scheduler.step()
 
-    def _deferred(self, iteration: int, targets: Sequence[Dict], loss_dict: Dict[str, Tensor],
-                  reduced: Dict[str, Tensor], losses: Tensor) -> Tuple[Dict[str, object], int]:
+    def _deferred(
+        self,
+        iteration: int,
+        targets: Sequence[dict],
+        loss_dict: dict[str, Tensor],
+        reduced: dict[str, Tensor],
+        losses: Tensor,
+    ) -> tuple[dict[str, object], int]:
         """The step of SPEED.DEFER_CHECKS: the values to check are kept on the device, and read
         back and checked at the flush iterations (class docstring)."""
         grad_norm = self._update(losses)
@@ -243,12 +274,11 @@ class TrainStep:
             values.append(grad_norm.detach().float())
         self.pending.add(iteration, _image_ids(targets), values)
         self._apply()
-        if iteration != self.max_iter and not any(iteration % p == 0
-                                                  for p in self.flush_periods):
+        if iteration != self.max_iter and not any(iteration % p == 0 for p in self.flush_periods):
             return {}, 0
         return self.flush(list(loss_dict), check_grad)
 
-    def flush(self, local_keys: Sequence[str], check_grad: bool) -> Tuple[Dict[str, object], int]:
+    def flush(self, local_keys: Sequence[str], check_grad: bool) -> tuple[dict[str, object], int]:
         """Reads back the pending iterations (one host sync) and runs their checks in order;
         returns (the means of the loss terms over them, the last bad-image total)."""
         rows = self.pending.read()
@@ -263,11 +293,12 @@ class TrainStep:
                 raise NonFiniteLossError(
                     f"Non-finite gradient norm ({vals[-1]}) at iteration {iteration} with finite "
                     f"losses {reduced}; rank {comm.get_rank()} images {image_ids}. "
-                    "SPEED.DEFER_CHECKS: the step and those up to this check were applied.")
+                    "SPEED.DEFER_CHECKS: the step and those up to this check were applied."
+                )
             for k in sums:
                 sums[k] += reduced[k]
         mean = {k: v / max(1, len(rows)) for k, v in sums.items()}
-        means: Dict[str, object] = dict(mean, loss=sum(mean.values()))
+        means: dict[str, object] = dict(mean, loss=sum(mean.values()))
         if check_grad and rows:
             means["grad_norm"] = rows[-1][2][-1]
         return means, num_bad

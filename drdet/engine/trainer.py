@@ -6,11 +6,12 @@ backward, clipping, optimizer and scheduler step) -> the meters (time, data time
 SOLVER.LOG_PERIOD, checkpoint every SOLVER.CHECKPOINT_PERIOD, evaluation every TEST.EVAL_PERIOD,
 stop on a signal). At the end "model_final" is written.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -38,9 +39,16 @@ class Trainer:
     step's last loss values), num_bad; and call: save(name), request_stop().
     """
 
-    def __init__(self, step: TrainStep, data_loader: Iterable, checkpointer: Checkpointer,
-                 max_iter: int, output_dir: str, start_iter: int = 0,
-                 hooks: Sequence[HookBase] = ()):
+    def __init__(
+        self,
+        step: TrainStep,
+        data_loader: Iterable,
+        checkpointer: Checkpointer,
+        max_iter: int,
+        output_dir: str,
+        start_iter: int = 0,
+        hooks: Sequence[HookBase] = (),
+    ):
         self.step = step
         self.data_loader = data_loader
         self.checkpointer = checkpointer
@@ -48,12 +56,12 @@ class Trainer:
         self.output_dir = output_dir
         self.start_iter = start_iter
         self.iteration = start_iter
-        self.hooks: List[HookBase] = list(hooks)
+        self.hooks: list[HookBase] = list(hooks)
         self.meters = MetricLogger()
-        self.values: Dict[str, object] = {}
+        self.values: dict[str, object] = {}
         self.num_bad = 0
-        self.metrics_file: Optional[JSONLinesWriter] = None
-        self.tensorboard: Optional[TensorboardWriter] = None
+        self.metrics_file: JSONLinesWriter | None = None
+        self.tensorboard: TensorboardWriter | None = None
         self._stop = False
 
     @property
@@ -72,8 +80,9 @@ class Trainer:
         """Trains to `max_iter` (or until a hook requests a stop); returns the last iteration
         run. Every rank logs its rank and iteration when an error stops it."""
         if comm.is_main_process():
-            self.metrics_file = JSONLinesWriter(f"{self.output_dir}/metrics.jsonl",
-                                                append=self.start_iter > 0)
+            self.metrics_file = JSONLinesWriter(
+                f"{self.output_dir}/metrics.jsonl", append=self.start_iter > 0
+            )
             self.tensorboard = TensorboardWriter(self.output_dir)
         for hook in self.hooks:
             hook.trainer = self
@@ -116,8 +125,9 @@ class Trainer:
             if self._stop:
                 return True
         if self.iteration < self.max_iter:
-            raise RuntimeError(f"The data loader ended at iteration {self.iteration} < "
-                               f"{self.max_iter}")
+            raise RuntimeError(
+                f"The data loader ended at iteration {self.iteration} < {self.max_iter}"
+            )
         return False
 
     def _log_failure(self, err: BaseException) -> None:
@@ -126,21 +136,33 @@ class Trainer:
         # left out for the errors that stop every rank at once by design.
         world_size = comm.get_world_size()
         agreed = isinstance(err, (NonFiniteLossError, TooManyBadImagesError))
-        logger.error("Training stopped by %s at iteration %d on rank %d of %d%s",
-                     type(err).__name__, self.iteration, comm.get_rank(), world_size,
-                     "; when a peer closed the connection or a collective timed out "
-                     "(SOLVER.DIST_TIMEOUT_MINUTES), another rank failed or hung first: its "
-                     "log names the cause" if world_size > 1 and not agreed else "")
+        logger.error(
+            "Training stopped by %s at iteration %d on rank %d of %d%s",
+            type(err).__name__,
+            self.iteration,
+            comm.get_rank(),
+            world_size,
+            "; when a peer closed the connection or a collective timed out "
+            "(SOLVER.DIST_TIMEOUT_MINUTES), another rank failed or hung first: its "
+            "log names the cause"
+            if world_size > 1 and not agreed
+            else "",
+        )
 
     def _log_summary(self, seconds: float) -> None:
         bad_images = self.step.bad_images
         if self.num_bad and bad_images is not None:
-            logger.warning("%d unreadable images were skipped (over all ranks; DATALOADER."
-                           "MAX_BAD_IMAGES = %d); this rank's:\n%s", self.num_bad,
-                           bad_images.limit, bad_images.listing() or "  none")
+            logger.warning(
+                "%d unreadable images were skipped (over all ranks; DATALOADER."
+                "MAX_BAD_IMAGES = %d); this rank's:\n%s",
+                self.num_bad,
+                bad_images.limit,
+                bad_images.listing() or "  none",
+            )
         done = self.iteration - self.start_iter
-        logger.info("Training: %d iterations in %.1f s (%.4f s / it)", done, seconds,
-                    seconds / max(1, done))
+        logger.info(
+            "Training: %d iterations in %.1f s (%.4f s / it)", done, seconds, seconds / max(1, done)
+        )
 
 
 def do_train(
@@ -152,8 +174,8 @@ def do_train(
     checkpointer: Checkpointer,
     device: torch.device,
     start_iter: int = 0,
-    evaluate: Optional[EvaluateFn] = None,
-    should_stop: Optional[Callable[[], bool]] = None,
+    evaluate: EvaluateFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
     hooks: Sequence[HookBase] = (),
 ) -> int:
     """Trains from `start_iter` to SOLVER.MAX_ITER: a Trainer with a TrainStep, the built-in
@@ -167,9 +189,21 @@ def do_train(
     the ranks every iteration, logged once non-zero, and the run stops (TooManyBadImagesError) on
     every rank at once when they exceed DATALOADER.MAX_BAD_IMAGES.
     """
-    step = TrainStep(cfg, model, optimizer, scheduler, device,
-                     bad_images=getattr(data_loader, "bad_images", None))
-    trainer = Trainer(step, data_loader, checkpointer, cfg.SOLVER.MAX_ITER, cfg.OUTPUT_DIR,
-                      start_iter=start_iter,
-                      hooks=build_hooks(cfg, evaluate, should_stop) + list(hooks))
+    step = TrainStep(
+        cfg,
+        model,
+        optimizer,
+        scheduler,
+        device,
+        bad_images=getattr(data_loader, "bad_images", None),
+    )
+    trainer = Trainer(
+        step,
+        data_loader,
+        checkpointer,
+        cfg.SOLVER.MAX_ITER,
+        cfg.OUTPUT_DIR,
+        start_iter=start_iter,
+        hooks=build_hooks(cfg, evaluate, should_stop) + list(hooks),
+    )
     return trainer.train()

@@ -3,11 +3,12 @@
 Predictions, per image: {image_id: {"boxes": (K, 4) float x1y1x2y2 in original-image pixels,
 "scores": (K,) float, "labels": (K,) int64 contiguous class ids 1..C}} (tensors or arrays).
 """
+
 import contextlib
 import io
 import logging
 import os
-from typing import Dict, Iterable, List, Mapping, Optional
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -29,8 +30,9 @@ def _as_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def predictions_to_coco_results(predictions: Mapping[int, Mapping[str, object]],
-                                contiguous_to_json: Mapping[int, int]) -> List[dict]:
+def predictions_to_coco_results(
+    predictions: Mapping[int, Mapping[str, object]], contiguous_to_json: Mapping[int, int]
+) -> list[dict]:
     """Convert per-image predictions to the COCO results list
     [{"image_id", "category_id" (json id), "bbox": [x, y, w, h] pixels, "score"}].
 
@@ -44,27 +46,40 @@ def predictions_to_coco_results(predictions: Mapping[int, Mapping[str, object]],
         labels = _as_numpy(pred["labels"]).astype(np.int64)
         k = len(scores)
         if boxes.shape != (k, 4) or labels.shape != (k,) or scores.shape != (k,):
-            raise ValueError(f"image {image_id}: expected boxes (K, 4), scores (K,), labels (K,), "
-                             f"got {boxes.shape}, {scores.shape}, {labels.shape}")
+            raise ValueError(
+                f"image {image_id}: expected boxes (K, 4), scores (K,), labels (K,), "
+                f"got {boxes.shape}, {scores.shape}, {labels.shape}"
+            )
         if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
             raise ValueError(f"image {image_id}: non-finite box or score in the predictions")
         unknown = sorted(set(labels.tolist()) - set(contiguous_to_json))
         if unknown:
-            raise ValueError(f"image {image_id}: labels {unknown} are not in contiguous_to_json "
-                             f"(known: {sorted(contiguous_to_json)})")
+            raise ValueError(
+                f"image {image_id}: labels {unknown} are not in contiguous_to_json "
+                f"(known: {sorted(contiguous_to_json)})"
+            )
         xywh = boxes.copy()
         xywh[:, 2:] -= xywh[:, :2]
         for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
-            results.append({"image_id": int(image_id),
-                            "category_id": int(contiguous_to_json[label]),
-                            "bbox": box, "score": score})
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(contiguous_to_json[label]),
+                    "bbox": box,
+                    "score": score,
+                }
+            )
     return results
 
 
-def evaluate_coco(coco_gt, predictions: Mapping[int, Mapping[str, object]],
-                  contiguous_to_json: Mapping[int, int], output_folder: Optional[str] = None,
-                  per_category: bool = False,
-                  log: Optional[logging.Logger] = None) -> Dict[str, float]:
+def evaluate_coco(
+    coco_gt,
+    predictions: Mapping[int, Mapping[str, object]],
+    contiguous_to_json: Mapping[int, int],
+    output_folder: str | None = None,
+    per_category: bool = False,
+    log: logging.Logger | None = None,
+) -> dict[str, float]:
     """Run COCOeval (bbox) on `predictions` against `coco_gt` (a pycocotools COCO object).
 
     Evaluates on the images of `predictions` (every image the loop ran on, including those with
@@ -111,16 +126,24 @@ def evaluate_coco(coco_gt, predictions: Mapping[int, Mapping[str, object]],
 
 
 @EVALUATORS.register("coco")
-def coco_evaluator(dataset, predictions: Mapping[int, Mapping[str, object]],
-                   output_folder: Optional[str] = None,
-                   per_category: bool = False) -> Dict[str, float]:
+def coco_evaluator(
+    dataset,
+    predictions: Mapping[int, Mapping[str, object]],
+    output_folder: str | None = None,
+    per_category: bool = False,
+) -> dict[str, float]:
     """The "coco" evaluator: :func:`evaluate_coco` against ``dataset.coco`` (a pycocotools COCO
     ground truth), labels mapped by ``dataset.contiguous_id_to_category_id``."""
-    return evaluate_coco(dataset.coco, predictions, dataset.contiguous_id_to_category_id,
-                         output_folder=output_folder, per_category=per_category)
+    return evaluate_coco(
+        dataset.coco,
+        predictions,
+        dataset.contiguous_id_to_category_id,
+        output_folder=output_folder,
+        per_category=per_category,
+    )
 
 
-def _per_category_ap(coco_gt, coco_eval) -> Dict[str, float]:
+def _per_category_ap(coco_gt, coco_eval) -> dict[str, float]:
     # precision: (iou thresholds, recall points, categories, area ranges, max dets); -1 = no gt.
     precision = coco_eval.eval["precision"]
     out = {}
@@ -132,11 +155,12 @@ def _per_category_ap(coco_gt, coco_eval) -> Dict[str, float]:
     return out
 
 
-def merge_predictions(per_rank: Iterable[Mapping[int, object]],
-                      image_ids: Iterable[int]) -> Dict[int, object]:
+def merge_predictions(
+    per_rank: Iterable[Mapping[int, object]], image_ids: Iterable[int]
+) -> dict[int, object]:
     """Merge per-rank prediction dicts, checking that every id of `image_ids` appears exactly once
     over all ranks and that no other id appears. Raises RuntimeError listing the offenders."""
-    merged: Dict[int, object] = {}
+    merged: dict[int, object] = {}
     duplicated = []
     for part in per_rank:
         for image_id, pred in part.items():
@@ -150,25 +174,37 @@ def merge_predictions(per_rank: Iterable[Mapping[int, object]],
     if missing:
         problems.append(f"{len(missing)} images have no prediction entry (first: {missing[:10]})")
     if duplicated:
-        problems.append(f"{len(duplicated)} images were predicted more than once "
-                        f"(first: {sorted(duplicated)[:10]})")
+        problems.append(
+            f"{len(duplicated)} images were predicted more than once "
+            f"(first: {sorted(duplicated)[:10]})"
+        )
     if extra:
-        problems.append(f"{len(extra)} predicted images are not in the dataset "
-                        f"(first: {extra[:10]})")
+        problems.append(
+            f"{len(extra)} predicted images are not in the dataset (first: {extra[:10]})"
+        )
     if problems:
-        raise RuntimeError("inference results are inconsistent with the dataset: " +
-                           "; ".join(problems)
-                           + ". Check the test sampler (each image exactly once).")
+        raise RuntimeError(
+            "inference results are inconsistent with the dataset: "
+            + "; ".join(problems)
+            + ". Check the test sampler (each image exactly once)."
+        )
     return {i: merged[i] for i in sorted(merged)}
 
 
-def gather_predictions(predictions: Mapping[int, object],
-                       image_ids: Iterable[int]) -> Optional[Dict[int, object]]:
+def gather_predictions(
+    predictions: Mapping[int, object], image_ids: Iterable[int]
+) -> dict[int, object] | None:
     """Gather every rank's predictions to rank 0 and merge them with `merge_predictions`.
     Returns the merged dict on rank 0 and None on the other ranks. Tensors are moved to the CPU
     before pickling."""
-    cpu = {i: ({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in p.items()}
-               if isinstance(p, Mapping) else p) for i, p in predictions.items()}
+    cpu = {
+        i: (
+            {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in p.items()}
+            if isinstance(p, Mapping)
+            else p
+        )
+        for i, p in predictions.items()
+    }
     parts = comm.gather(cpu, dst=0)
     if not comm.is_main_process():
         return None

@@ -17,7 +17,8 @@ gets ``("coco",)`` when it has a ``coco`` ground truth. Adding a metric is one m
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Protocol, Tuple
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from drdet.utils.registry import Registry
 
@@ -25,31 +26,41 @@ EVALUATORS = Registry("evaluator")
 
 
 class Evaluator(Protocol):
-    def __call__(self, dataset: Any, predictions: Mapping[int, Mapping[str, Any]],
-                 output_folder: Optional[str] = None,
-                 per_category: bool = False) -> Dict[str, float]: ...
+    def __call__(
+        self,
+        dataset: Any,
+        predictions: Mapping[int, Mapping[str, Any]],
+        output_folder: str | None = None,
+        per_category: bool = False,
+    ) -> dict[str, float]: ...
 
 
-def evaluator_names(dataset: Any) -> Tuple[str, ...]:
+def evaluator_names(dataset: Any) -> tuple[str, ...]:
     """The names of the evaluators ``dataset`` asks for (see the module docstring)."""
     names = getattr(dataset, "evaluators", None)
     if names is None:
         if not hasattr(dataset, "coco"):
-            raise TypeError(f"{type(dataset).__name__} names no evaluators (an `evaluators` "
-                            f"attribute with names of {EVALUATORS.names()}) and has no `coco` "
-                            "ground truth")
+            raise TypeError(
+                f"{type(dataset).__name__} names no evaluators (an `evaluators` "
+                f"attribute with names of {EVALUATORS.names()}) and has no `coco` "
+                "ground truth"
+            )
         return ("coco",)
     return tuple(names)
 
 
-def run_evaluators(dataset: Any, predictions: Mapping[int, Mapping[str, Any]],
-                   output_folder: Optional[str] = None,
-                   per_category: bool = False) -> Dict[str, float]:
+def run_evaluators(
+    dataset: Any,
+    predictions: Mapping[int, Mapping[str, Any]],
+    output_folder: str | None = None,
+    per_category: bool = False,
+) -> dict[str, float]:
     """The metrics of every evaluator ``dataset`` asks for, merged in their order. An unknown
     name raises KeyError listing the registered evaluators."""
-    metrics: Dict[str, float] = {}
+    metrics: dict[str, float] = {}
     for name in evaluator_names(dataset):
         evaluator: Evaluator = EVALUATORS.get(name)
-        metrics.update(evaluator(dataset, predictions, output_folder=output_folder,
-                                 per_category=per_category))
+        metrics.update(
+            evaluator(dataset, predictions, output_folder=output_folder, per_category=per_category)
+        )
     return metrics

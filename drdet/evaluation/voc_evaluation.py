@@ -7,8 +7,10 @@ match is difficult counts neither way; everything else is a false positive. Diff
 count in the number of positives. Boxes are continuous x1y1x2y2 (width = x2 - x1, drdet's
 convention; the devkit adds 1 pixel to widths, which changes IoUs slightly for small boxes).
 """
+
 import logging
-from typing import Dict, Mapping, Optional, cast
+from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 import torch
@@ -51,9 +53,13 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, np.finfo(np.float64).eps)
 
 
-def evaluate_voc(predictions: Mapping[int, Mapping[str, object]],
-                 ground_truth: Mapping[int, Mapping[str, object]], num_classes: int,
-                 iou_threshold: float = 0.5, use_07_metric: bool = True) -> Dict[str, object]:
+def evaluate_voc(
+    predictions: Mapping[int, Mapping[str, object]],
+    ground_truth: Mapping[int, Mapping[str, object]],
+    num_classes: int,
+    iou_threshold: float = 0.5,
+    use_07_metric: bool = True,
+) -> dict[str, object]:
     """Per-class and mean AP.
 
     predictions: {image_id: {"boxes": (K, 4) x1y1x2y2 pixels, "scores": (K,), "labels": (K,)
@@ -74,11 +80,12 @@ def evaluate_voc(predictions: Mapping[int, Mapping[str, object]],
         labels = _np(g["labels"]).astype(np.int64).reshape(-1)
         difficult = _np(g.get("difficult", np.zeros(len(labels), bool))).astype(bool).reshape(-1)
         if not len(boxes) == len(labels) == len(difficult):
-            raise ValueError(f"evaluate_voc: image {image_id}: boxes, labels and difficult differ "
-                             "in length")
+            raise ValueError(
+                f"evaluate_voc: image {image_id}: boxes, labels and difficult differ in length"
+            )
         gt[image_id] = (boxes, labels, difficult)
 
-    aps: Dict[int, float] = {}
+    aps: dict[int, float] = {}
     for cls in range(1, num_classes):
         class_gt = {i: (b[l == cls], d[l == cls]) for i, (b, l, d) in gt.items()}
         npos = int(sum((~d).sum() for _, d in class_gt.values()))
@@ -125,9 +132,12 @@ def evaluate_voc(predictions: Mapping[int, Mapping[str, object]],
 
 
 @EVALUATORS.register("voc07")
-def voc07_evaluator(dataset, predictions: Mapping[int, Mapping[str, object]],
-                    output_folder: Optional[str] = None,
-                    per_category: bool = False) -> Dict[str, float]:
+def voc07_evaluator(
+    dataset,
+    predictions: Mapping[int, Mapping[str, object]],
+    output_folder: str | None = None,
+    per_category: bool = False,
+) -> dict[str, float]:
     """The "voc07" evaluator: {"VOC07_mAP50": the VOC07 11-point mAP at IoU 0.5 with difficult
     objects ignored} against ``dataset.records`` (dicts with "image_id", "boxes", "labels",
     "difficult") and ``dataset.num_classes`` foreground classes. Writes no file."""

@@ -1,5 +1,6 @@
 """Layers: thin Python wrappers of the extension ops (DR loss, sigmoid focal loss, NMS) and
 normalisation helpers."""
+
 from ._ext import get_cuda_kernels, set_cuda_kernels
 from .batch_norm import FrozenBatchNorm2d
 from .cpu_isa import cpu_isa, set_cpu_isa, supported_cpu_isas, use_cpu_isa

@@ -2,6 +2,7 @@
 
 Also the switch between the two versions of the CUDA kernels (:func:`set_cuda_kernels`).
 """
+
 import os
 
 import torch
@@ -32,8 +33,9 @@ def set_cuda_kernels(version: str) -> str:
     kernels are not affected.
     """
     if version not in CUDA_KERNEL_VERSIONS:
-        raise ValueError(f"set_cuda_kernels: version must be one of {CUDA_KERNEL_VERSIONS}, "
-                         f"got {version!r}")
+        raise ValueError(
+            f"set_cuda_kernels: version must be one of {CUDA_KERNEL_VERSIONS}, got {version!r}"
+        )
     previous = get_cuda_kernels()
     os.environ[CUDA_KERNELS_ENV] = version
     return previous

@@ -1,4 +1,5 @@
 """FrozenBatchNorm2d: batch norm with fixed statistics and affine parameters."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,14 +41,24 @@ class FrozenBatchNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # BatchNorm's inference kernel: the same arithmetic as nn.BatchNorm2d in eval mode
         # (bitwise), fp32 statistics with a half / bfloat16 input, and cuDNN on the GPU.
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=False, momentum=0.0, eps=self.eps)
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            training=False,
+            momentum=0.0,
+            eps=self.eps,
+        )
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
@@ -82,22 +93,30 @@ def fold_frozen_batchnorm(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
     Grouped and dilated convolutions fold the same way (the scale is per output channel).
     """
     if not isinstance(conv, nn.Conv2d) or not isinstance(bn, FrozenBatchNorm2d):
-        raise TypeError(f"fold_frozen_batchnorm needs (Conv2d, FrozenBatchNorm2d), got "
-                        f"({type(conv).__name__}, {type(bn).__name__})")
+        raise TypeError(
+            f"fold_frozen_batchnorm needs (Conv2d, FrozenBatchNorm2d), got "
+            f"({type(conv).__name__}, {type(bn).__name__})"
+        )
     if conv.out_channels != bn.num_features:
-        raise ValueError(f"conv has {conv.out_channels} output channels, the FrozenBatchNorm2d "
-                         f"{bn.num_features}")
+        raise ValueError(
+            f"conv has {conv.out_channels} output channels, the FrozenBatchNorm2d {bn.num_features}"
+        )
     with torch.no_grad():
         scale = bn.weight.double() * torch.rsqrt(bn.running_var.double() + bn.eps)
-        bias = conv.bias.double() if conv.bias is not None else \
-            torch.zeros_like(scale)
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels,
-                          conv.kernel_size,  # type: ignore[arg-type]  # (int, int) for Conv2d
-                          stride=conv.stride,  # type: ignore[arg-type]
-                          padding=conv.padding,  # type: ignore[arg-type]
-                          dilation=conv.dilation,  # type: ignore[arg-type]
-                          groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
-                          device=conv.weight.device, dtype=conv.weight.dtype)
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+        fused = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,  # type: ignore[arg-type]  # (int, int) for Conv2d
+            stride=conv.stride,  # type: ignore[arg-type]
+            padding=conv.padding,  # type: ignore[arg-type]
+            dilation=conv.dilation,  # type: ignore[arg-type]
+            groups=conv.groups,
+            bias=True,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
         fused_bias = fused.bias
         assert fused_bias is not None
         fused.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))

@@ -6,10 +6,11 @@ set the CPU supports, lowered by the environment variables ``DRDET_NO_AVX512=1``
 AVX2) and ``DRDET_NO_AVX2=1`` (baseline). :func:`set_cpu_isa` and :func:`use_cpu_isa` change it
 at run time, e.g. to test every set on one machine or to compare their speed.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from drdet.layers._ext import ops
 

@@ -5,12 +5,13 @@ one pass over the logits gathers per-group softmax statistics, and the backward 
 element-wise pass given those statistics. No mask, gather or copy of size N x C is made (a
 non-contiguous ``logits`` is made contiguous first).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Tuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -69,13 +70,22 @@ class DRLossParams:
 
     def __post_init__(self) -> None:
         for name in ("pos_lambda", "neg_lambda", "L", "tau", "rho"):
-            _check(name, getattr(self, name), lambda v: math.isfinite(v) and v > 0,
-                   "must be a finite number > 0")
-        _check("margin", self.margin, lambda v: math.isfinite(v) and v >= 0,
-               "must be a finite number >= 0")
+            _check(
+                name,
+                getattr(self, name),
+                lambda v: math.isfinite(v) and v > 0,
+                "must be a finite number > 0",
+            )
+        _check(
+            "margin",
+            self.margin,
+            lambda v: math.isfinite(v) and v >= 0,
+            "must be a finite number >= 0",
+        )
         for name, choices in (("smoothing", SMOOTHINGS), ("pairing", PAIRINGS)):
-            _check(name, getattr(self, name), lambda v, c=choices: v in c,
-                   f"must be one of {choices}")
+            _check(
+                name, getattr(self, name), lambda v, c=choices: v in c, f"must be one of {choices}"
+            )
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> DRLossParams:
@@ -89,16 +99,21 @@ class DRLossParams:
         lambdas: dict[str, Any] = {}
         for h_name, field, scale in (("h_pos", "pos_lambda", 1.0), ("h_neg", "neg_lambda", 0.1)):
             h = d[h_name.upper()]
-            _check(h_name, h, lambda v: v == 0.0 or v > 1.0,
-                   "must be 0 (unused) or > 1 (lambda = c / ln h)")
+            _check(
+                h_name,
+                h,
+                lambda v: v == 0.0 or v > 1.0,
+                "must be 0 (unused) or > 1 (lambda = c / ln h)",
+            )
             if h > 0:
                 lambdas[field] = scale / math.log(h)
         return dataclasses.replace(params, **lambdas)
 
-    def as_op_args(self) -> Tuple[Any, ...]:
+    def as_op_args(self) -> tuple[Any, ...]:
         """The fields in the op's order (csrc/dr_loss.cpp), numbers as float."""
-        return tuple(float(v) if isinstance(v, (int, float)) else v
-                     for v in dataclasses.astuple(self))
+        return tuple(
+            float(v) if isinstance(v, (int, float)) else v for v in dataclasses.astuple(self)
+        )
 
 
 _NUM_PARAMS = len(dataclasses.fields(DRLossParams))
@@ -168,8 +183,9 @@ def _resolve(params: DRLossParams | None, overrides: dict[str, Any]) -> DRLossPa
         return params
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(DRLossParams)})
     if unknown:
-        raise TypeError(f"dr_loss: unknown parameters {unknown}; the parameters are the fields "
-                        "of DRLossParams")
+        raise TypeError(
+            f"dr_loss: unknown parameters {unknown}; the parameters are the fields of DRLossParams"
+        )
     return dataclasses.replace(params, **overrides)
 
 
@@ -181,8 +197,13 @@ class DRLoss(nn.Module):
         super().__init__()
         self.params = _resolve(params, overrides)
 
-    def forward(self, logits: Tensor, labels: Tensor, group_ids: Tensor | None = None,
-                num_groups: int | None = None) -> Tensor:
+    def forward(
+        self,
+        logits: Tensor,
+        labels: Tensor,
+        group_ids: Tensor | None = None,
+        num_groups: int | None = None,
+    ) -> Tensor:
         """logits (N, C), labels (N,), group_ids (N,) or None: see :func:`dr_loss`."""
         return dr_loss(logits, labels, group_ids, num_groups=num_groups, params=self.params)
 
@@ -213,7 +234,7 @@ def _dr_loss_backward_fake(grad_loss, logits, labels, group_ids, stats, *params)
 
 def _setup_context(ctx, inputs, output):
     logits, labels, group_ids = inputs[0], inputs[1], inputs[2]
-    ctx.params = inputs[len(_FORWARD_INPUTS):]  # the DRLossParams fields, in order
+    ctx.params = inputs[len(_FORWARD_INPUTS) :]  # the DRLossParams fields, in order
     ctx.save_for_backward(logits, labels, group_ids, output[1])
     ctx.mark_non_differentiable(output[1])
 

@@ -15,6 +15,7 @@ of the tallest level; a level that no longer fits below the previous one starts 
 For P3-P7 of an 800 x 1344 image (100 x 168 down to 7 x 11) this is P3 beside a column of P4-P7,
 a 100 x 253 canvas, 13% larger than the levels' 22,400 pixels.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,7 +26,12 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "LevelLayout", "PackedLevels", "apply_packed", "packable", "packed_group_norm", "plan_layout",
+    "LevelLayout",
+    "PackedLevels",
+    "apply_packed",
+    "packable",
+    "packed_group_norm",
+    "plan_layout",
 ]
 
 
@@ -62,7 +68,7 @@ def _mask(layout: LevelLayout, device: torch.device, dtype: torch.dtype) -> Tens
     """(1, 1, H, W) 0/1 mask of the levels' pixels, made once per layout, device and dtype."""
     mask = torch.zeros(1, 1, *layout.canvas, dtype=dtype)
     for (h, w), (r, c) in zip(layout.sizes, layout.offsets):
-        mask[..., r:r + h, c:c + w] = 1
+        mask[..., r : r + h, c : c + w] = 1
     return mask.to(device)
 
 
@@ -88,15 +94,18 @@ class PackedLevels:
         first = maps[0]
         layout = plan_layout(tuple((int(m.shape[2]), int(m.shape[3])) for m in maps))
         canvas = first.new_zeros((*first.shape[:2], *layout.canvas)).contiguous(
-            memory_format=_memory_format(first))
+            memory_format=_memory_format(first)
+        )
         for m, (h, w), (r, c) in zip(maps, layout.sizes, layout.offsets):
-            canvas[:, :, r:r + h, c:c + w] = m
+            canvas[:, :, r : r + h, c : c + w] = m
         return cls(layout), canvas
 
     def unpack(self, canvas: Tensor) -> list[Tensor]:
         """Per level the (B, K, H_l, W_l) view of a (B, K, H, W) canvas."""
-        return [canvas[:, :, r:r + h, c:c + w]
-                for (h, w), (r, c) in zip(self.layout.sizes, self.layout.offsets)]
+        return [
+            canvas[:, :, r : r + h, c : c + w]
+            for (h, w), (r, c) in zip(self.layout.sizes, self.layout.offsets)
+        ]
 
     def mask(self, canvas: Tensor) -> Tensor:
         """The canvas with its gaps set to zero (levels unchanged)."""
@@ -117,7 +126,7 @@ def packed_group_norm(canvas: Tensor, packed: PackedLevels, norm: nn.GroupNorm) 
     levels = [norm(level) for level in packed.unpack(canvas)]
     out = levels[0].new_zeros(canvas.shape).contiguous(memory_format=_memory_format(canvas))
     for level, (h, w), (r, c) in zip(levels, packed.layout.sizes, packed.layout.offsets):
-        out[:, :, r:r + h, c:c + w] = level  # a fresh view each time (autograd's CopySlices)
+        out[:, :, r : r + h, c : c + w] = level  # a fresh view each time (autograd's CopySlices)
     return out
 
 
@@ -126,10 +135,14 @@ def _same_size_conv(module: nn.Module) -> bool:
     padding (the output pixel sees at most one pixel around it). A wrapper holding such a
     convolution as ``.conv`` (drdet.layers.packed_conv.PackedConv2d) counts too."""
     conv = getattr(module, "conv", module)
-    return (isinstance(conv, nn.Conv2d) and conv.kernel_size in ((1, 1), (3, 3))
-            and conv.padding == tuple(k // 2 for k in conv.kernel_size)
-            and conv.stride == (1, 1) and conv.dilation == (1, 1)
-            and conv.padding_mode == "zeros")
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size in ((1, 1), (3, 3))
+        and conv.padding == tuple(k // 2 for k in conv.kernel_size)
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+    )
 
 
 _POINTWISE = (nn.ReLU, nn.Identity)  # zero in, zero out

@@ -10,6 +10,7 @@ boxes and handles at most 393,216 boxes; version "v2" (``drdet.layers.set_cuda_k
 ``DRDET_CUDA_KERNELS=v2``) makes one mask per class segment (memory grows with the boxes per
 class) and has no such limit, but has NOT YET RUN ON A GPU.
 """
+
 import torch
 from torch import Tensor
 
@@ -60,9 +61,12 @@ def batched_nms(boxes: Tensor, scores: Tensor, class_ids: Tensor, iou_threshold:
 
 # --- fake (meta) kernels, so torch.compile can trace the ops: the number kept is data-dependent
 
+
 def _kept_fake(boxes: Tensor) -> Tensor:
-    torch._check(boxes.dim() == 2 and boxes.shape[1] == 4,
-                 lambda: f"boxes must be (N, 4), got {tuple(boxes.shape)}")
+    torch._check(
+        boxes.dim() == 2 and boxes.shape[1] == 4,
+        lambda: f"boxes must be (N, 4), got {tuple(boxes.shape)}",
+    )
     num_kept = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((num_kept,), dtype=torch.int64)
 

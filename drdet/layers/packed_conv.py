@@ -1,4 +1,5 @@
 """Convolutions whose weight is put in oneDNN's blocked layout once, for inference on the CPU."""
+
 from __future__ import annotations
 
 import torch
@@ -34,24 +35,31 @@ class PackedConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.conv
-        if (self._failed or x.device.type != "cpu" or x.dtype != torch.float32
-                or c.weight.dtype != torch.float32
-                or (torch.is_grad_enabled() and (x.requires_grad or c.weight.requires_grad))):
+        if (
+            self._failed
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or c.weight.dtype != torch.float32
+            or (torch.is_grad_enabled() and (x.requires_grad or c.weight.requires_grad))
+        ):
             return c(x)
         padding, stride, dilation, groups = self._args()
         if self._packed is None:
             try:
                 packed = torch.ops.mkldnn._reorder_convolution_weight(
-                    c.weight, padding, stride, dilation, groups, list(x.shape))
+                    c.weight, padding, stride, dilation, groups, list(x.shape)
+                )
                 out = torch.ops.mkldnn._convolution_pointwise(
-                    x, packed, c.bias, padding, stride, dilation, groups, "none", [], "")
+                    x, packed, c.bias, padding, stride, dilation, groups, "none", [], ""
+                )
             except (AttributeError, RuntimeError, NotImplementedError):
                 self._failed = True
                 return c(x)
             self._packed = packed
             return out
         return torch.ops.mkldnn._convolution_pointwise(
-            x, self._packed, c.bias, padding, stride, dilation, groups, "none", [], "")
+            x, self._packed, c.bias, padding, stride, dilation, groups, "none", [], ""
+        )
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -64,8 +72,12 @@ def pack_convolutions(module: nn.Module) -> int:
     :class:`PackedConv2d` around it; returns how many. For inference copies on the CPU only."""
     count = 0
     for name, child in list(module.named_children()):
-        if type(child) in PLAIN_CONVS and isinstance(child, nn.Conv2d) \
-                and isinstance(child.padding, tuple) and child.padding_mode == "zeros":
+        if (
+            type(child) in PLAIN_CONVS
+            and isinstance(child, nn.Conv2d)
+            and isinstance(child.padding, tuple)
+            and child.padding_mode == "zeros"
+        ):
             setattr(module, name, PackedConv2d(child))
             count += 1
         else:

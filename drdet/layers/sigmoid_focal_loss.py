@@ -4,6 +4,7 @@ A fused CPU/CUDA op (``torch.ops.drdet.sigmoid_focal_loss``) that reduces inside
 (N, C) temporary is made in the forward pass, and the backward pass writes the gradient directly.
 Labels follow the DR loss convention, so the two losses are interchangeable in the detector.
 """
+
 import torch
 from torch import Tensor, nn
 
@@ -12,8 +13,9 @@ from drdet.layers._ext import ops
 __all__ = ["sigmoid_focal_loss", "SigmoidFocalLoss"]
 
 
-def sigmoid_focal_loss(logits: Tensor, labels: Tensor, gamma: float = 2.0,
-                       alpha: float = 0.25) -> Tensor:
+def sigmoid_focal_loss(
+    logits: Tensor, labels: Tensor, gamma: float = 2.0, alpha: float = 0.25
+) -> Tensor:
     """Summed sigmoid focal loss over all (anchor, class) entries.
 
     Args:
@@ -55,6 +57,7 @@ class SigmoidFocalLoss(nn.Module):
 
 # --- fake (meta) kernels, so torch.compile can trace the ops -----------------------------------
 
+
 def _loss_dtype(logits: Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
@@ -62,8 +65,10 @@ def _loss_dtype(logits: Tensor) -> torch.dtype:
 @torch.library.register_fake("drdet::sigmoid_focal_loss")
 def _sigmoid_focal_loss_fake(logits, labels, gamma, alpha):
     torch._check(logits.dim() == 2, lambda: f"logits must be (N, C), got {tuple(logits.shape)}")
-    torch._check(labels.dim() == 1 and labels.shape[0] == logits.shape[0],
-                 lambda: f"labels must be (N,), got {tuple(labels.shape)}")
+    torch._check(
+        labels.dim() == 1 and labels.shape[0] == logits.shape[0],
+        lambda: f"labels must be (N,), got {tuple(labels.shape)}",
+    )
     return logits.new_empty((), dtype=_loss_dtype(logits))
 
 
@@ -73,6 +78,7 @@ def _sigmoid_focal_loss_backward_fake(grad_loss, logits, labels, gamma, alpha):
 
 
 # --- autograd ----------------------------------------------------------------------------------
+
 
 def _setup_context(ctx, inputs, output):
     logits, labels, gamma, alpha = inputs
@@ -85,10 +91,12 @@ def _backward(ctx, grad_loss):
     logits, labels = ctx.saved_tensors
     grad_logits = None
     if ctx.needs_input_grad[0]:
-        grad_logits = ops.sigmoid_focal_loss_backward(grad_loss, logits, labels, ctx.gamma,
-                                                      ctx.alpha)
+        grad_logits = ops.sigmoid_focal_loss_backward(
+            grad_loss, logits, labels, ctx.gamma, ctx.alpha
+        )
     return grad_logits, None, None, None
 
 
-torch.library.register_autograd("drdet::sigmoid_focal_loss", _backward,
-                                setup_context=_setup_context)
+torch.library.register_autograd(
+    "drdet::sigmoid_focal_loss", _backward, setup_context=_setup_context
+)

@@ -22,7 +22,8 @@ input is exact to ~1e-14). cuDNN makes the same trade when it picks a Winograd a
 Used for float32 / float64 CPU tensors outside autocast; everything else (CUDA, other dtypes,
 other kernel sizes, strides or paddings) goes to the ordinary convolution.
 """
-from typing import List, Optional, Sequence
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,14 +42,17 @@ __all__ = [
 ]
 
 # G of F(4x4, 3x3): U = G g G^T maps a 3x3 filter to its 6x6 transform.
-_G = torch.tensor([
-    [1 / 4, 0, 0],
-    [-1 / 6, -1 / 6, -1 / 6],
-    [-1 / 6, 1 / 6, -1 / 6],
-    [1 / 24, 1 / 12, 1 / 6],
-    [1 / 24, -1 / 12, 1 / 6],
-    [0, 0, 1],
-], dtype=torch.float64)
+_G = torch.tensor(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    dtype=torch.float64,
+)
 
 
 def _kron_g(weight: Tensor) -> Tensor:
@@ -89,8 +93,10 @@ class _WinogradConv3x3(torch.autograd.Function):
         u = _filter_transform(weight)
         needs_weight, needs_bias = ctx.needs_input_grad[:2]
         needs_x = any(ctx.needs_input_grad[2:])
-        grads = [g if g is not None else x.new_zeros(x.shape[0], u.shape[2], *x.shape[2:])
-                 for g, x in zip(grads, xs)]
+        grads = [
+            g if g is not None else x.new_zeros(x.shape[0], u.shape[2], *x.shape[2:])
+            for g, x in zip(grads, xs)
+        ]
         grad_xs, grad_u = ops.winograd_conv3x3_backward(grads, list(xs), u, needs_x, needs_weight)
         grad_weight = _filter_transform_adjoint(grad_u) if needs_weight else None
         grad_bias = sum(g.sum((0, 2, 3)) for g in grads) if needs_bias else None
@@ -101,22 +107,30 @@ class _WinogradConv3x3(torch.autograd.Function):
 def winograd_supported(x: Tensor, weight: Tensor) -> bool:
     """Whether :func:`conv3x3_levels` takes the Winograd path for this input and filter: CPU,
     float32 or float64, not under CPU autocast, and a (K, C, 3, 3) filter of x's dtype."""
-    return (x.device.type == "cpu" and weight.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype
-            and weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3)
-            and x.dim() == 4 and x.shape[1] == weight.shape[1]
-            and not torch.is_autocast_enabled("cpu"))
+    return (
+        x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and weight.dtype == x.dtype
+        and weight.dim() == 4
+        and tuple(weight.shape[2:]) == (3, 3)
+        and x.dim() == 4
+        and x.shape[1] == weight.shape[1]
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
-def _inputs_qualify(xs: Sequence[Tensor], weight: Tensor, bias: Optional[Tensor]) -> bool:
+def _inputs_qualify(xs: Sequence[Tensor], weight: Tensor, bias: Tensor | None) -> bool:
     """Every map :func:`winograd_supported`, and the bias (if any) a CPU tensor of the filter's
     dtype."""
     return all(winograd_supported(x, weight) for x in xs) and (
-        bias is None or (bias.dtype == weight.dtype and bias.device.type == "cpu"))
+        bias is None or (bias.dtype == weight.dtype and bias.device.type == "cpu")
+    )
 
 
-def conv3x3_levels(xs: Sequence[Tensor], weight: Tensor, bias: Optional[Tensor] = None
-                   ) -> List[Tensor]:
+def conv3x3_levels(
+    xs: Sequence[Tensor], weight: Tensor, bias: Tensor | None = None
+) -> list[Tensor]:
     """``[F.conv2d(x, weight, bias, padding=1) for x in xs]``, by Winograd F(4x4, 3x3) in one
     call where :func:`winograd_supported`, else by ``F.conv2d``.
 
@@ -134,7 +148,7 @@ def conv3x3_levels(xs: Sequence[Tensor], weight: Tensor, bias: Optional[Tensor] 
     return list(_WinogradConv3x3.apply(weight, bias, *xs))
 
 
-def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.conv2d(x, weight, bias, padding=1)`` for one map (see :func:`conv3x3_levels`)."""
     return conv3x3_levels([x], weight, bias)[0]
 
@@ -168,17 +182,25 @@ class WinogradConv2d(nn.Conv2d):
 
     def uses_winograd(self, xs: Sequence[Tensor]) -> bool:
         """Whether a call on the maps ``xs`` takes the Winograd path."""
-        return (self.winograd and self.training and self.kernel_size == (3, 3)
-                and self.stride == (1, 1) and self.padding == (1, 1)
-                and self.dilation == (1, 1) and self.groups == 1
-                and self.padding_mode == "zeros" and self.in_channels >= MIN_IN_CHANNELS
-                and self.out_channels >= MIN_OUT_CHANNELS and num_tiles(xs) >= MIN_TILES
-                and _inputs_qualify(xs, self.weight, self.bias))
+        return (
+            self.winograd
+            and self.training
+            and self.kernel_size == (3, 3)
+            and self.stride == (1, 1)
+            and self.padding == (1, 1)
+            and self.dilation == (1, 1)
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+            and self.in_channels >= MIN_IN_CHANNELS
+            and self.out_channels >= MIN_OUT_CHANNELS
+            and num_tiles(xs) >= MIN_TILES
+            and _inputs_qualify(xs, self.weight, self.bias)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_levels([x])[0]
 
-    def forward_levels(self, xs: Sequence[Tensor]) -> List[Tensor]:
+    def forward_levels(self, xs: Sequence[Tensor]) -> list[Tensor]:
         """``[self(x) for x in xs]``, with one Winograd call for all of them."""
         xs = list(xs)
         if xs and self.uses_winograd(xs):
@@ -186,7 +208,7 @@ class WinogradConv2d(nn.Conv2d):
         return [super(WinogradConv2d, self).forward(x) for x in xs]
 
 
-def apply_levels(module: nn.Module, xs: Sequence[Tensor]) -> List[Tensor]:
+def apply_levels(module: nn.Module, xs: Sequence[Tensor]) -> list[Tensor]:
     """``[module(x) for x in xs]``, through the layers of an ``nn.Sequential`` one at a time, so
     that each :class:`WinogradConv2d` convolves all maps in one call."""
     layers = list(module) if isinstance(module, nn.Sequential) else [module]
@@ -216,9 +238,14 @@ def set_winograd(module: nn.Module, enabled: bool) -> int:
 
 # --- fake (meta) kernels, so that torch.compile can trace the ops -----------------------------
 
+
 def _channels_last_like(x: Tensor, channels: int) -> Tensor:
-    return torch.empty((x.shape[0], channels, x.shape[2], x.shape[3]), dtype=x.dtype,
-                       device=x.device, memory_format=torch.channels_last)
+    return torch.empty(
+        (x.shape[0], channels, x.shape[2], x.shape[3]),
+        dtype=x.dtype,
+        device=x.device,
+        memory_format=torch.channels_last,
+    )
 
 
 @torch.library.register_fake("drdet::winograd_conv3x3")

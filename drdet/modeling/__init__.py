@@ -1,4 +1,5 @@
 """Model components: backbone, anchors, box coding, matching, the RetinaNet head and the detector."""
+
 from .detector import RetinaNet, build_detector  # noqa: E402
 from .fcos import FCOS  # noqa: E402  (registers the FCOS meta-architecture)
 from .losses import build_classification_loss  # noqa: E402

@@ -21,7 +21,7 @@ Two other conventions reproduce the anchors of models trained elsewhere, exactly
   those equal drdet's exclusive-corner ones on these, so only the anchors need converting.
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +61,7 @@ def maskrcnn_benchmark_cell_anchors(
 
 def _check_sizes_and_ratios(
     sizes: Sequence[float], aspect_ratios: Sequence[float], dtype: torch.dtype = torch.float64
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     sizes_t = torch.as_tensor(sizes, dtype=dtype)
     ratios = torch.as_tensor(aspect_ratios, dtype=dtype)
     if (sizes_t <= 0).any() or (ratios <= 0).any():
@@ -108,7 +108,7 @@ class AnchorGenerator(nn.Module):
             ]
         else:
             self._cell_anchors = [cell_anchors(s, aspect_ratios) for s in sizes]
-        self._cache: Dict[Tuple, Tensor] = {}
+        self._cache: dict[tuple, Tensor] = {}
 
     @property
     def num_anchors_per_location(self) -> int:
@@ -121,7 +121,7 @@ class AnchorGenerator(nn.Module):
         width: int,
         device: torch.device,
         dtype: torch.dtype,
-        stride: Optional[Tuple[int, int]] = None,
+        stride: tuple[int, int] | None = None,
     ) -> Tensor:
         """(height * width * A, 4) anchors of ``level`` for a feature map of height x width,
         with the level's stride or ``stride`` = (stride_y, stride_x)."""
@@ -142,8 +142,8 @@ class AnchorGenerator(nn.Module):
         return anchors
 
     def forward(
-        self, features: List[Tensor], image_size: Optional[Tuple[int, int]] = None
-    ) -> List[Tensor]:
+        self, features: list[Tensor], image_size: tuple[int, int] | None = None
+    ) -> list[Tensor]:
         """Anchors for feature maps ``features`` (list of (B, C, H_l, W_l)), one (H_l*W_l*A, 4)
         tensor per level, in the features' device and float32 (the same for every image).
         ``image_size`` (height, width of the padded batch) is needed by the "torchvision"
@@ -160,9 +160,7 @@ class AnchorGenerator(nn.Module):
             stride = None
             if image_size is not None and self.convention == "torchvision":
                 stride = (int(image_size[0]) // height, int(image_size[1]) // width)
-            anchors.append(
-                self.grid_anchors(level, height, width, f.device, torch.float32, stride)
-            )
+            anchors.append(self.grid_anchors(level, height, width, f.device, torch.float32, stride))
         return anchors
 
 

@@ -1,7 +1,7 @@
 """Encoding of boxes as deltas relative to anchors (the R-CNN parametrisation)."""
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -1,7 +1,8 @@
 """The RetinaNet detector: normalise and batch the images, backbone + FPN, head, then the losses
 (training) or the detections (eval)."""
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union, cast
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +57,7 @@ class DenseDetector(nn.Module):
             persistent=False,
         )
 
-    def preprocess(self, images: Union[Sequence[Tensor], Tensor]) -> ImageList:
+    def preprocess(self, images: Sequence[Tensor] | Tensor) -> ImageList:
         """Normalises (3, H_i, W_i) images and pads them into one (B, 3, H, W) batch."""
         name = type(self).__name__
         if isinstance(images, Tensor) and images.dim() == 4:
@@ -78,10 +79,10 @@ class DenseDetector(nn.Module):
 
     def rescale(
         self,
-        detections: List[Dict[str, Tensor]],
-        image_sizes: Sequence[Tuple[int, int]],
-        original_sizes: Optional[Sequence[Tuple[int, int]]],
-    ) -> List[Dict[str, Tensor]]:
+        detections: list[dict[str, Tensor]],
+        image_sizes: Sequence[tuple[int, int]],
+        original_sizes: Sequence[tuple[int, int]] | None,
+    ) -> list[dict[str, Tensor]]:
         """Scales each image's "boxes" (K, 4) from its (height, width) in ``image_sizes`` to
         ``original_sizes[i]``, in place; no-op when ``original_sizes`` is None."""
         if original_sizes is None:
@@ -127,10 +128,10 @@ class RetinaNet(DenseDetector):
 
     def forward(
         self,
-        images: Union[Sequence[Tensor], Tensor],
-        targets: Optional[Sequence[Dict[str, Tensor]]] = None,
-        original_sizes: Optional[Sequence[Tuple[int, int]]] = None,
-    ) -> Union[Dict[str, Tensor], List[Dict[str, Tensor]]]:
+        images: Sequence[Tensor] | Tensor,
+        targets: Sequence[dict[str, Tensor]] | None = None,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Training: ``targets`` (one dict per image: "boxes" (K, 4) float x1y1x2y2 in pixels of
         the given tensor, "labels" (K,) int64 in 1..C, optional "image_id") -> {"loss_cls",
         "loss_reg"}. Degenerate boxes raise ValueError (see RetinaNetLossComputation).
@@ -159,8 +160,9 @@ def build_retinanet(cfg) -> RetinaNet:
     box_coder = BoxCoder(cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS)
     return RetinaNet(
         backbone,
-        build_retinanet_head(cfg, cast(int, backbone.out_channels),
-                             anchor_generator.num_anchors_per_location),
+        build_retinanet_head(
+            cfg, cast(int, backbone.out_channels), anchor_generator.num_anchors_per_location
+        ),
         anchor_generator,
         build_retinanet_loss(cfg, box_coder),
         build_retinanet_postprocessor(cfg, box_coder),

@@ -1,4 +1,5 @@
 """The inference copy of a detector: eval mode, FrozenBN folded, channels_last, packed weights."""
+
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,9 @@ from drdet.layers.batch_norm import fuse_frozen_batchnorm
 from drdet.layers.packed_conv import pack_convolutions
 
 
-def prepare_for_inference(model: nn.Module, channels_last: bool | None = None,
-                          prepack: bool | None = None) -> nn.Module:
+def prepare_for_inference(
+    model: nn.Module, channels_last: bool | None = None, prepack: bool | None = None
+) -> nn.Module:
     """A copy of ``model`` (a RetinaNet, or a DistributedDataParallel around one) set up for
     inference, used by the Predictor and the test loop; ``model`` itself is not modified, so its
     state dict stays what checkpoints hold.

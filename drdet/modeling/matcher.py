@@ -1,7 +1,5 @@
 """Assigns each anchor the ground-truth box it overlaps most, batched over images."""
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -32,7 +30,7 @@ class Matcher:
         self.low_threshold = float(low_threshold)
         self.allow_low_quality_matches = allow_low_quality_matches
 
-    def __call__(self, iou: Tensor, gt_valid: Optional[Tensor] = None) -> Tensor:
+    def __call__(self, iou: Tensor, gt_valid: Tensor | None = None) -> Tensor:
         """Matches for an IoU matrix.
 
         Args:

@@ -1,5 +1,7 @@
 """Build the SGD optimizer and the learning-rate schedule from the config."""
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,9 +12,16 @@ from .lr_scheduler import WarmupCosineLR, WarmupMultiStepLR
 LR_SCHEDULERS = ("multistep", "cosine")
 
 # Norm layers whose affine parameters count as "norm" parameters for weight decay.
-_NORM_TYPES: Tuple[type, ...] = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-    nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+_NORM_TYPES: tuple[type, ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
 )
 
 
@@ -23,7 +32,7 @@ def param_groups(
     bias_lr_factor: float = 2.0,
     weight_decay_bias: float = 0.0,
     weight_decay_norm: float | None = None,
-) -> List[Dict[str, Any]]:
+) -> list[dict[str, Any]]:
     """Split the trainable parameters of `model` into SGD parameter groups.
 
     - bias parameters (name ending in "bias", norm biases included): lr = base_lr * bias_lr_factor,
@@ -39,7 +48,7 @@ def param_groups(
         raise ValueError(f"base_lr must be > 0, got {base_lr}")
     if weight_decay_norm is None:
         weight_decay_norm = weight_decay
-    buckets: Dict[str, List[nn.Parameter]] = {"weight": [], "norm": [], "bias": []}
+    buckets: dict[str, list[nn.Parameter]] = {"weight": [], "norm": [], "bias": []}
     seen = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -61,8 +70,9 @@ def param_groups(
     for key, params in buckets.items():
         if params:
             lr, wd = settings[key]
-            groups.append({"name": key, "params": params, "lr": lr, "initial_lr": lr,
-                           "weight_decay": wd})
+            groups.append(
+                {"name": key, "params": params, "lr": lr, "initial_lr": lr, "weight_decay": wd}
+            )
     return groups
 
 
@@ -103,8 +113,9 @@ def make_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
     """
     s = cfg.SOLVER
     name = s.LR_SCHEDULER
-    common = dict(warmup_factor=s.WARMUP_FACTOR, warmup_iters=s.WARMUP_ITERS,
-                  warmup_method=s.WARMUP_METHOD)
+    common = dict(
+        warmup_factor=s.WARMUP_FACTOR, warmup_iters=s.WARMUP_ITERS, warmup_method=s.WARMUP_METHOD
+    )
     if name == "multistep":
         return WarmupMultiStepLR(optimizer, milestones=list(s.STEPS), gamma=s.GAMMA, **common)
     if name == "cosine":
@@ -117,7 +128,7 @@ def trainable_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
     return (p for p in model.parameters() if p.requires_grad)
 
 
-def make_gradient_clipper(cfg) -> Optional[Callable[[nn.Module], torch.Tensor]]:
+def make_gradient_clipper(cfg) -> Callable[[nn.Module], torch.Tensor] | None:
     """A function model -> total gradient norm (before clipping, a 0-dim tensor) that clips the
     global L2 norm of the trainable gradients to SOLVER.CLIP_GRADIENTS.MAX_NORM; None when
     SOLVER.CLIP_GRADIENTS.ENABLED is False. Call it between backward() and step()

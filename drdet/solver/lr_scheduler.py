@@ -8,9 +8,9 @@ decay(t) is gamma ** (number of milestones <= t) for the multi-step schedule and
 (1 + cos(pi * t / max_iters)) / 2 for the cosine one (0 from max_iters on).
 Both schedulers are torch LRScheduler subclasses: state_dict()/load_state_dict() restore them.
 """
+
 import bisect
 import math
-from typing import List
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
@@ -19,8 +19,9 @@ from torch.optim.lr_scheduler import LRScheduler
 WARMUP_METHODS = ("constant", "linear")
 
 
-def warmup_multiplier(method: str, iteration: int, warmup_iters: int,
-                      warmup_factor: float) -> float:
+def warmup_multiplier(
+    method: str, iteration: int, warmup_iters: int, warmup_factor: float
+) -> float:
     """Multiplier of the lr during warmup at `iteration`; 1.0 once iteration >= warmup_iters."""
     if iteration >= warmup_iters:
         return 1.0
@@ -33,11 +34,18 @@ def warmup_multiplier(method: str, iteration: int, warmup_iters: int,
 
 
 class _WarmupLR(LRScheduler):
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup_factor: float, warmup_iters: int,
-                 warmup_method: str, last_epoch: int = -1):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup_factor: float,
+        warmup_iters: int,
+        warmup_method: str,
+        last_epoch: int = -1,
+    ):
         if warmup_method not in WARMUP_METHODS:
-            raise ValueError(f"warmup_method must be one of {WARMUP_METHODS}, "
-                             f"got {warmup_method!r}")
+            raise ValueError(
+                f"warmup_method must be one of {WARMUP_METHODS}, got {warmup_method!r}"
+            )
         if warmup_iters < 0:
             raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
         if not 0.0 < warmup_factor <= 1.0:
@@ -50,7 +58,7 @@ class _WarmupLR(LRScheduler):
     def _decay(self, iteration: int) -> float:
         raise NotImplementedError
 
-    def get_lr(self) -> List[float]:  # type: ignore[override]  # (floats, never tensors)
+    def get_lr(self) -> list[float]:  # type: ignore[override]  # (floats, never tensors)
         t = self.last_epoch
         factor = warmup_multiplier(self.warmup_method, t, self.warmup_iters, self.warmup_factor)
         factor *= self._decay(t)
@@ -63,9 +71,16 @@ class _WarmupLR(LRScheduler):
 class WarmupMultiStepLR(_WarmupLR):
     """Warmup, then lr * gamma ** k after the k-th milestone (iterations, strictly increasing)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, milestones: List[int], gamma: float = 0.1,
-                 warmup_factor: float = 1.0 / 3, warmup_iters: int = 500,
-                 warmup_method: str = "linear", last_epoch: int = -1):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        milestones: list[int],
+        gamma: float = 0.1,
+        warmup_factor: float = 1.0 / 3,
+        warmup_iters: int = 500,
+        warmup_method: str = "linear",
+        last_epoch: int = -1,
+    ):
         milestones = [int(m) for m in milestones]
         if milestones != sorted(set(milestones)):
             raise ValueError(f"milestones must be strictly increasing integers, got {milestones}")
@@ -80,9 +95,15 @@ class WarmupMultiStepLR(_WarmupLR):
 class WarmupCosineLR(_WarmupLR):
     """Warmup, then half a cosine from the base lr at iteration 0 to 0 at `max_iters`."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, max_iters: int,
-                 warmup_factor: float = 1.0 / 3, warmup_iters: int = 500,
-                 warmup_method: str = "linear", last_epoch: int = -1):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        max_iters: int,
+        warmup_factor: float = 1.0 / 3,
+        warmup_iters: int = 500,
+        warmup_method: str = "linear",
+        last_epoch: int = -1,
+    ):
         if max_iters <= 0:
             raise ValueError(f"max_iters must be > 0, got {max_iters}")
         self.max_iters = int(max_iters)

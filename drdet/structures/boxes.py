@@ -4,8 +4,6 @@ Boxes are ``(..., 4)`` float tensors ``(x1, y1, x2, y2)`` in pixels, continuous 
 width = x2 - x1 (no legacy "+1").
 """
 
-from typing import Tuple, Union
-
 import torch
 from torch import Tensor
 
@@ -37,7 +35,7 @@ def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return inter.div_(union)  # union > 0 unless both boxes are empty, and then inter = 0
 
 
-def clip_boxes(boxes: Tensor, image_size: Union[Tuple[int, int], Tensor]) -> Tensor:
+def clip_boxes(boxes: Tensor, image_size: tuple[int, int] | Tensor) -> Tensor:
     """Clips ``boxes`` (..., 4) to an image of ``image_size`` (height, width) pixels.
 
     ``image_size`` may also be a (..., 2) tensor of (height, width) that broadcasts with the

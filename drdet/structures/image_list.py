@@ -1,9 +1,9 @@
 """Batching images of different sizes into one padded tensor."""
 
 import math
-from typing import List, NamedTuple, Sequence, Tuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
-import torch
 from torch import Tensor
 
 
@@ -16,7 +16,7 @@ class ImageList(NamedTuple):
     """
 
     tensors: Tensor
-    image_sizes: List[Tuple[int, int]]
+    image_sizes: list[tuple[int, int]]
 
 
 def to_image_list(

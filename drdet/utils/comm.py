@@ -1,8 +1,9 @@
 """Distributed helpers. Every function works, as a no-op where it applies, without torch.distributed
 being initialised, so single-process code calls them unconditionally."""
+
 import datetime
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -42,8 +43,9 @@ def synchronize() -> None:
         dist.barrier()
 
 
-def init_distributed(backend: Optional[str] = None,
-                     timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> bool:
+def init_distributed(
+    backend: str | None = None, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES
+) -> bool:
     """Initialise the default process group from torchrun's environment variables.
 
     Reads RANK, WORLD_SIZE, LOCAL_RANK (MASTER_ADDR and MASTER_PORT are read by the env://
@@ -57,8 +59,10 @@ def init_distributed(backend: Optional[str] = None,
         return False
     for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if key not in os.environ:
-            raise RuntimeError(f"init_distributed: WORLD_SIZE={world_size} but {key} is not set; "
-                               "launch with torchrun")
+            raise RuntimeError(
+                f"init_distributed: WORLD_SIZE={world_size} but {key} is not set; "
+                "launch with torchrun"
+            )
     if timeout_minutes <= 0:
         raise ValueError(f"timeout_minutes must be > 0, got {timeout_minutes}")
     rank = int(os.environ["RANK"])
@@ -70,34 +74,38 @@ def init_distributed(backend: Optional[str] = None,
     if backend == "nccl":
         # Without async error handling a dead peer makes NCCL collectives hang past the timeout.
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-    dist.init_process_group(backend=backend, init_method="env://", rank=rank,
-                            world_size=world_size,
-                            timeout=datetime.timedelta(minutes=timeout_minutes))
+    dist.init_process_group(
+        backend=backend,
+        init_method="env://",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+    )
     synchronize()
     return True
 
 
-def all_gather(obj: Any) -> List[Any]:
+def all_gather(obj: Any) -> list[Any]:
     """Gather one picklable object from every rank; returns the list indexed by rank."""
     world_size = get_world_size()
     if world_size == 1:
         return [obj]
-    out: List[Any] = [None] * world_size
+    out: list[Any] = [None] * world_size
     dist.all_gather_object(out, obj)
     return out
 
 
-def gather(obj: Any, dst: int = 0) -> List[Any]:
+def gather(obj: Any, dst: int = 0) -> list[Any]:
     """Gather one picklable object from every rank to rank `dst`; other ranks get []."""
     world_size = get_world_size()
     if world_size == 1:
         return [obj]
-    out: Optional[List[Any]] = [None] * world_size if get_rank() == dst else None
+    out: list[Any] | None = [None] * world_size if get_rank() == dst else None
     dist.gather_object(obj, out, dst=dst)
     return out if out is not None else []
 
 
-def reduce_dict(values: Dict[str, torch.Tensor], average: bool = True) -> Dict[str, torch.Tensor]:
+def reduce_dict(values: dict[str, torch.Tensor], average: bool = True) -> dict[str, torch.Tensor]:
     """Sum (or average, the default) a dict of scalar tensors over all ranks.
 
     Every rank must pass the same keys (not checked: that would cost one more collective per
@@ -127,6 +135,7 @@ def check_replicas_identical(module: torch.nn.Module) -> None:
     gathered = all_gather(sums)
     for rank, other in enumerate(gathered):
         if not torch.equal(other, gathered[0]):
-            names = [n for (n, _), a, b in zip(module.named_parameters(), gathered[0], other)
-                     if a != b]
+            names = [
+                n for (n, _), a, b in zip(module.named_parameters(), gathered[0], other) if a != b
+            ]
             raise RuntimeError(f"Rank {rank}'s parameters differ from rank 0's: {names[:5]}")

@@ -10,6 +10,7 @@ traceback (exit status 1).
 The subclasses also derive from the builtin type the code raised before (ValueError, KeyError,
 FileNotFoundError, RuntimeError), so ``except ValueError`` in callers keeps working.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,12 @@ def as_user_error(err: Exception) -> UserInputError:
     subclass, with the same arguments (hence the same message). Raise it ``from err``."""
     if isinstance(err, UserInputError):
         return err
-    for builtin, user in ((FileNotFoundError, UserFileNotFoundError), (KeyError, UserKeyError),
-                          (ValueError, UserValueError), (RuntimeError, CheckpointError)):
+    for builtin, user in (
+        (FileNotFoundError, UserFileNotFoundError),
+        (KeyError, UserKeyError),
+        (ValueError, UserValueError),
+        (RuntimeError, CheckpointError),
+    ):
         if isinstance(err, builtin):
             return user(*err.args)
     return UserInputError(*err.args)
@@ -67,8 +72,9 @@ def debug_requested(argv: Sequence[str]) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def run_main(main: Callable[[list], Any], argv: Sequence[str] | None = None,
-             prog: str | None = None) -> int:
+def run_main(
+    main: Callable[[list], Any], argv: Sequence[str] | None = None, prog: str | None = None
+) -> int:
     """Call ``main(argv)`` (default: sys.argv[1:], without --debug) and return the exit status:
     0 when it returns, 2 after printing "<prog>: error: <message>" on stderr for a
     UserInputError. With --debug or DRDET_DEBUG=1 the UserInputError propagates (traceback).

@@ -1,5 +1,6 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a partial one;
 and the removal of the temporary files that an interrupted write leaves behind."""
+
 import contextlib
 import functools
 import json
@@ -7,7 +8,8 @@ import logging
 import os
 import tempfile
 import threading
-from typing import Any, Callable, Iterator, IO, List
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 TMP_PREFIX = ".tmp-"
 _UMASK_LOCK = threading.Lock()
@@ -86,7 +88,7 @@ def atomic_write_json(path: str, obj: Any) -> None:
     atomic_write(path, lambda f: json.dump(obj, f), binary=False)
 
 
-def remove_stale_temporary_files(output_dir: str, log: logging.Logger) -> List[str]:
+def remove_stale_temporary_files(output_dir: str, log: logging.Logger) -> list[str]:
     """Removes the temporary files (".tmp-<name>.<random>") that a run killed while writing a
     checkpoint or another file atomically left in `output_dir` (top level only); the files they
     would have replaced are intact. Call on the main process before the run writes anything.
@@ -98,6 +100,10 @@ def remove_stale_temporary_files(output_dir: str, log: logging.Logger) -> List[s
             os.remove(path)
             removed.append(name)
     if removed:
-        log.warning("Removed %d temporary files of an interrupted run from %s: %s", len(removed),
-                    output_dir, ", ".join(removed))
+        log.warning(
+            "Removed %d temporary files of an interrupted run from %s: %s",
+            len(removed),
+            output_dir,
+            ", ".join(removed),
+        )
     return removed

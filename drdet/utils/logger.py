@@ -1,14 +1,18 @@
 """Process-aware logging setup."""
+
 import logging
 import os
 import sys
-from typing import Optional
 
 FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
 
-def setup_logger(name: str = "drdet", output_dir: Optional[str] = None,
-                 distributed_rank: int = 0, filename: str = "log.txt") -> logging.Logger:
+def setup_logger(
+    name: str = "drdet",
+    output_dir: str | None = None,
+    distributed_rank: int = 0,
+    filename: str = "log.txt",
+) -> logging.Logger:
     """Configure the logger `name` (and its children, e.g. "drdet.trainer").
 
     Rank 0 logs INFO and above to stdout and, when `output_dir` is given, to

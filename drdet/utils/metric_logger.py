@@ -1,10 +1,10 @@
 """Training metrics: windowed smoothing, the console line, a JSON-lines file and TensorBoard."""
+
 import datetime
 import json
 import math
 import os
 from collections import defaultdict, deque
-from typing import Dict, Optional
 
 import torch
 
@@ -57,7 +57,7 @@ class MetricLogger:
     """
 
     def __init__(self, window_size: int = 20, delimiter: str = "  "):
-        self.meters: Dict[str, SmoothedValue] = defaultdict(lambda: SmoothedValue(window_size))
+        self.meters: dict[str, SmoothedValue] = defaultdict(lambda: SmoothedValue(window_size))
         self.delimiter = delimiter
 
     def update(self, **values) -> None:
@@ -67,16 +67,18 @@ class MetricLogger:
             values.update(zip(tensors, host.tolist()))
         for key, value in values.items():
             if not isinstance(value, (int, float)):
-                raise TypeError(f"MetricLogger.update: {key} must be a number or a scalar tensor, "
-                                f"got {type(value).__name__}")
+                raise TypeError(
+                    f"MetricLogger.update: {key} must be a number or a scalar tensor, "
+                    f"got {type(value).__name__}"
+                )
             self.meters[key].update(value)
 
-    def latest(self) -> Dict[str, float]:
+    def latest(self) -> dict[str, float]:
         """The most recent value of every meter."""
         return {k: m.latest for k, m in self.meters.items()}
 
-    def format(self, iteration: int, max_iter: int, max_mem_mb: Optional[float] = None) -> str:
-        """"eta: 0:01:40  iter: 20  loss: 1.2345 (1.3000)  ...  lr: 0.010000  time: 0.5000 (0.5100)
+    def format(self, iteration: int, max_iter: int, max_mem_mb: float | None = None) -> str:
+        """ "eta: 0:01:40  iter: 20  loss: 1.2345 (1.3000)  ...  lr: 0.010000  time: 0.5000 (0.5100)
         data: 0.0100 (0.0120)  max mem: 1234M"; each loss shows its median over the window and its
         global average in parentheses, time and data their latest value and window median."""
         parts = []
@@ -99,7 +101,7 @@ class MetricLogger:
         return self.delimiter.join(parts)
 
 
-def max_memory_mb() -> Optional[float]:
+def max_memory_mb() -> float | None:
     """Peak CUDA memory allocated by this process in MiB; None without CUDA."""
     if not torch.cuda.is_available():
         return None
@@ -117,9 +119,11 @@ class JSONLinesWriter:
         self.path = path
         self._file = open(path, "a" if append else "w")
 
-    def write(self, record: Dict) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                 for k, v in record.items()}
+    def write(self, record: dict) -> None:
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in record.items()
+        }
         self._file.write(json.dumps(clean, sort_keys=True) + "\n")
         self._file.flush()
 
@@ -150,7 +154,7 @@ class TensorboardWriter:
     def enabled(self) -> bool:
         return self._writer is not None
 
-    def write(self, record: Dict, step: int) -> None:
+    def write(self, record: dict, step: int) -> None:
         if self._writer is None:
             return
         for key, value in record.items():

@@ -17,13 +17,14 @@ check those keys against what is registered, with an error that lists the regist
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 # Every live registry; validate_cfg walks the ones with config keys. Weak, so that a registry made
 # for a while (a test's) leaves no trace.
-_ALL: "weakref.WeakSet[Registry]" = weakref.WeakSet()
+_ALL: weakref.WeakSet[Registry] = weakref.WeakSet()
 
 
 class Registry:
@@ -37,8 +38,8 @@ class Registry:
 
     def __init__(self, name: str, config_keys: Sequence[str] = ()) -> None:
         self.name = name
-        self.config_keys: List[str] = list(config_keys)
-        self._table: Dict[str, Any] = {}
+        self.config_keys: list[str] = list(config_keys)
+        self._table: dict[str, Any] = {}
         _ALL.add(self)
 
     def add_config_key(self, full_key: str) -> None:
@@ -47,7 +48,7 @@ class Registry:
         if full_key not in self.config_keys:
             self.config_keys.append(full_key)
 
-    def register(self, name: str, obj: Optional[T] = None) -> Any:
+    def register(self, name: str, obj: T | None = None) -> Any:
         """``REG.register("NAME", obj)``, or ``@REG.register("NAME")`` as a decorator.
 
         Registering a name twice is an error: a second component would silently replace the
@@ -55,8 +56,10 @@ class Registry:
 
         def add(o: T) -> T:
             if name in self._table and self._table[name] is not o:
-                raise KeyError(f"{self.name} {name!r} is already registered "
-                               f"(by {_describe(self._table[name])})")
+                raise KeyError(
+                    f"{self.name} {name!r} is already registered "
+                    f"(by {_describe(self._table[name])})"
+                )
             self._table[name] = o
             return o
 
@@ -77,9 +80,9 @@ class Registry:
 
     def unknown_message(self, name: str) -> str:
         keys = f" ({', '.join(self.config_keys)})" if self.config_keys else ""
-        return (f"unknown {self.name} {name!r}{keys}; registered: {', '.join(self.names())}")
+        return f"unknown {self.name} {name!r}{keys}; registered: {', '.join(self.names())}"
 
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         return sorted(self._table)
 
     def __contains__(self, name: object) -> bool:
@@ -95,7 +98,7 @@ class Registry:
         return f"Registry({self.name!r}, {self.names()})"
 
 
-def registries() -> List[Registry]:
+def registries() -> list[Registry]:
     """Every live registry, by name."""
     return sorted(_ALL, key=lambda r: r.name)
 

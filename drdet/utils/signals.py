@@ -1,4 +1,5 @@
 """A stop request by SIGINT/SIGTERM that the training loop polls between iterations."""
+
 from __future__ import annotations
 
 import signal

@@ -6,6 +6,7 @@ Each run is a metrics.jsonl file or an OUTPUT_DIR holding one. Left panel: every
 "eval/<dataset>": {"AP": ...} written by the trainer, or flat "eval/.../AP" keys), in percent.
 A resumed run's records are read in order; a repeated iteration keeps its last value.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,7 @@ def read_metrics(path: str, metric: str = "AP") -> tuple[Series, Series]:
                 if key.startswith("loss") and isinstance(value, (int, float)):
                     losses.setdefault(key, {})[it] = float(value)
                 elif key.startswith("eval/"):
-                    name = key[len("eval/"):]
+                    name = key[len("eval/") :]
                     if isinstance(value, dict) and isinstance(value.get(metric), (int, float)):
                         evals.setdefault(name, {})[it] = float(value[metric])
                     elif name.endswith("/" + metric) and isinstance(value, (int, float)):
@@ -57,8 +58,9 @@ def read_metrics(path: str, metric: str = "AP") -> tuple[Series, Series]:
     return losses, evals
 
 
-def plot_runs(runs: Sequence[str], labels: Sequence[str] | None, output: str,
-              metric: str = "AP") -> list[tuple[Series, Series]]:
+def plot_runs(
+    runs: Sequence[str], labels: Sequence[str] | None, output: str, metric: str = "AP"
+) -> list[tuple[Series, Series]]:
     """Writes the figure of ``runs`` to ``output``; returns what each run contributed."""
     labels = list(labels) if labels else list(runs)
     data = [read_metrics(metrics_path(run), metric) for run in runs]
@@ -69,15 +71,27 @@ def plot_runs(runs: Sequence[str], labels: Sequence[str] | None, output: str,
         colour = f"C{k % 10}"
         for key, styles in zip(sorted(losses), ("-", "--", ":", "-.") * 4):
             its = sorted(losses[key])
-            ax_loss.plot(its, [losses[key][i] for i in its], styles, color=colour,
-                         label=f"{label} {key}")
+            ax_loss.plot(
+                its, [losses[key][i] for i in its], styles, color=colour, label=f"{label} {key}"
+            )
         for name, marker in zip(sorted(evals), "osd^v<>" * 4):
             its = sorted(evals[name])
-            ax_ap.plot(its, [100 * evals[name][i] for i in its], marker=marker, color=colour,
-                       label=f"{label} {name}")
+            ax_ap.plot(
+                its,
+                [100 * evals[name][i] for i in its],
+                marker=marker,
+                color=colour,
+                label=f"{label} {name}",
+            )
     if not any(evals for _, evals in data):
-        ax_ap.text(0.5, 0.5, "no evaluation records\n(set TEST.EVAL_PERIOD > 0 when training)",
-                   ha="center", va="center", transform=ax_ap.transAxes)
+        ax_ap.text(
+            0.5,
+            0.5,
+            "no evaluation records\n(set TEST.EVAL_PERIOD > 0 when training)",
+            ha="center",
+            va="center",
+            transform=ax_ap.transAxes,
+        )
     ax_loss.set(xlabel="iteration", ylabel="loss", title="training losses")
     ax_ap.set(xlabel="iteration", ylabel=f"{metric} (%)", title=f"evaluation {metric}")
     for ax in (ax_loss, ax_ap):

@@ -1,12 +1,13 @@
 """Drawing and naming helpers shared by the tools (tools/demo.py and the plotting tools); the
 class names of a config come from drdet.engine.defaults.class_names_from_cfg."""
-from typing import Optional, Sequence
+
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
 
-def label_name(label: int, class_names: Optional[Sequence[str]]) -> str:
+def label_name(label: int, class_names: Sequence[str] | None) -> str:
     """The name of contiguous label ``label`` (1..C), or "class <label>" when unknown."""
     if class_names is not None and 1 <= label <= len(class_names):
         return str(class_names[label - 1])
@@ -20,8 +21,13 @@ def _colour(label: int) -> tuple:
     return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
 
-def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                    labels: np.ndarray, class_names: Optional[Sequence[str]] = None) -> np.ndarray:
+def draw_detections(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
     """A copy of ``image`` (H, W, 3) uint8 BGR with each detection drawn: its box, and
     "<class name> <score>" above it.
 
@@ -39,6 +45,14 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         top = y1 - th - base if y1 - th - base >= 0 else y1
         cv2.rectangle(out, (x1, top), (x1 + tw, top + th + base), colour, -1)
-        cv2.putText(out, text, (x1, top + th), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0),
-                    1, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            text,
+            (x1, top + th),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     return out

@@ -23,6 +23,12 @@ def detectron_cell_anchors_inclusive(
         h0 = np.round(w0 * r)
         for size in sizes:
             w, h = w0 * size / stride, h0 * size / stride
-            rows.append([centre - (w - 1) / 2, centre - (h - 1) / 2,
-                         centre + (w - 1) / 2, centre + (h - 1) / 2])
+            rows.append(
+                [
+                    centre - (w - 1) / 2,
+                    centre - (h - 1) / 2,
+                    centre + (w - 1) / 2,
+                    centre + (h - 1) / 2,
+                ]
+            )
     return torch.tensor(rows, dtype=torch.float64)

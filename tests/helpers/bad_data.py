@@ -26,9 +26,12 @@ def jpeg_bytes(w: int = W, h: int = H, seed: int = 0, **save_args) -> bytes:
     return buf.getvalue()
 
 
-def write_set(root: Path, files: dict[str, bytes | Image.Image | None],
-              annotations: list[dict] | None = None,
-              sizes: dict[int, tuple[int, int]] | None = None) -> tuple[str, str]:
+def write_set(
+    root: Path,
+    files: dict[str, bytes | Image.Image | None],
+    annotations: list[dict] | None = None,
+    sizes: dict[int, tuple[int, int]] | None = None,
+) -> tuple[str, str]:
     """A COCO set in `root`: one image per entry of `files` ({file name: bytes or PIL image}),
     ids 1, 2, ... in that order, each W x H in the json unless `sizes` {id: (w, h)} says
     otherwise, one box per image unless `annotations` is given. Returns (json path, folder)."""
@@ -43,11 +46,20 @@ def write_set(root: Path, files: dict[str, bytes | Image.Image | None],
         w, h = (sizes or {}).get(image_id, (W, H))
         images.append({"id": image_id, "file_name": name, "width": w, "height": h})
     if annotations is None:
-        annotations = [{"id": 100 + i["id"], "image_id": i["id"], "category_id": 1,
-                        "bbox": [4, 4, 20, 16]} for i in images]
+        annotations = [
+            {"id": 100 + i["id"], "image_id": i["id"], "category_id": 1, "bbox": [4, 4, 20, 16]}
+            for i in images
+        ]
     ann = root / "ann.json"
-    ann.write_text(json.dumps({"images": images, "annotations": annotations,
-                               "categories": [{"id": 1, "name": "thing"}]}))
+    ann.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": [{"id": 1, "name": "thing"}],
+            }
+        )
+    )
     return str(ann), str(img_dir)
 
 
@@ -56,18 +68,34 @@ def good_files(n: int, ext: str = "png") -> dict[str, Image.Image]:
     return {f"{i}.{ext}": Image.fromarray(rgb_pixels(seed=i)) for i in range(1, n + 1)}
 
 
-def loader_cfg(ann: str, img_dir: str, workers: int = 0, max_bad: int = 0, max_iter: int = 4,
-               ims: int = 2) -> CN:
+def loader_cfg(
+    ann: str, img_dir: str, workers: int = 0, max_bad: int = 0, max_iter: int = 4, ims: int = 2
+) -> CN:
     """The config keys build_data_loader reads, on the CPU, for the set (ann, img_dir) as both
     the training and the test set; images resized to 48 x 64 at most."""
     name = f"coco:{ann}:{img_dir}"
     cfg = CN()
     cfg.MODEL = CN(dict(DEVICE="cpu"))
-    cfg.INPUT = CN(dict(MIN_SIZE_TRAIN=(48,), MAX_SIZE_TRAIN=64, MIN_SIZE_TEST=48,
-                        MAX_SIZE_TEST=64, TO_BGR255=True, HORIZONTAL_FLIP_PROB_TRAIN=0.0))
+    cfg.INPUT = CN(
+        dict(
+            MIN_SIZE_TRAIN=(48,),
+            MAX_SIZE_TRAIN=64,
+            MIN_SIZE_TEST=48,
+            MAX_SIZE_TEST=64,
+            TO_BGR255=True,
+            HORIZONTAL_FLIP_PROB_TRAIN=0.0,
+        )
+    )
     cfg.DATASETS = CN(dict(TRAIN=(name,), TEST=(name,)))
-    cfg.DATALOADER = CN(dict(NUM_WORKERS=workers, SIZE_DIVISIBILITY=32,
-                             ASPECT_RATIO_GROUPING=True, SEED=0, MAX_BAD_IMAGES=max_bad))
+    cfg.DATALOADER = CN(
+        dict(
+            NUM_WORKERS=workers,
+            SIZE_DIVISIBILITY=32,
+            ASPECT_RATIO_GROUPING=True,
+            SEED=0,
+            MAX_BAD_IMAGES=max_bad,
+        )
+    )
     cfg.SOLVER = CN(dict(IMS_PER_BATCH=ims, MAX_ITER=max_iter))
     cfg.TEST = CN(dict(IMS_PER_BATCH=ims))
     return cfg

@@ -16,8 +16,9 @@ NUM_CLASSES = 4  # C of the post-processing inputs
 SIZES = [(64, 96), (90, 70)]  # (height, width) of two images padded to 96 x 96
 
 
-def assert_same_detections(det: Detections, ref: Detections, rtol: float = 1e-4,
-                           box_atol: float = 1e-3) -> None:
+def assert_same_detections(
+    det: Detections, ref: Detections, rtol: float = 1e-4, box_atol: float = 1e-3
+) -> None:
     """``det`` and ``ref`` (dicts of "boxes" (D, 4), "scores" (D,), "labels" (D,)) hold the same
     detections up to float rounding: one to one, same label, box and score within ``rtol``. Two
     detections whose scores differ by less than the rounding may come in either order."""
@@ -25,9 +26,11 @@ def assert_same_detections(det: Detections, ref: Detections, rtol: float = 1e-4,
     assert (det["scores"][1:] <= det["scores"][:-1]).all()
     used = set()
     for box, score, label in zip(ref["boxes"], ref["scores"], ref["labels"]):
-        close = ((det["labels"] == label)
-                 & torch.isclose(det["scores"], score, rtol=rtol, atol=1e-7)
-                 & torch.isclose(det["boxes"], box, rtol=rtol, atol=box_atol).all(1))
+        close = (
+            (det["labels"] == label)
+            & torch.isclose(det["scores"], score, rtol=rtol, atol=1e-7)
+            & torch.isclose(det["boxes"], box, rtol=rtol, atol=box_atol).all(1)
+        )
         match = [j for j in close.nonzero().flatten().tolist() if j not in used]
         assert match, f"no match for label {int(label)}, score {float(score)}, box {box.tolist()}"
         used.add(match[0])
@@ -83,8 +86,10 @@ def reference_postprocess(
             b = coder.decode_single(d[i][cand[:, 0]], a[cand[:, 0]])
             b = torchvision.ops.clip_boxes_to_image(b, (h, w))
             keep = torchvision.ops.remove_small_boxes(b, 1e-6)  # strictly positive width and height
-            boxes.append(b[keep]), scores.append(cand_scores[keep]), labels.append(
-                cand[keep, 1] + 1
+            (
+                boxes.append(b[keep]),
+                scores.append(cand_scores[keep]),
+                labels.append(cand[keep, 1] + 1),
             )
         boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
         kb, ks, kl = [], [], []

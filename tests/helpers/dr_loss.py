@@ -19,16 +19,26 @@ def smooth(z: torch.Tensor, smoothing: str, L: float = 6.0, rho: float = 0.5) ->
     if smoothing == "logistic":
         return F.softplus(L * z) / L
     if smoothing == "quadratic":
-        return torch.where(z >= rho, z, torch.where(z <= -rho, torch.zeros_like(z),
-                                                    (z + rho) ** 2 / (4 * rho)))
+        return torch.where(
+            z >= rho, z, torch.where(z <= -rho, torch.zeros_like(z), (z + rho) ** 2 / (4 * rho))
+        )
     return z.clamp(min=0)
 
 
-def reference(logits: torch.Tensor, labels: torch.Tensor, group_ids: torch.Tensor | None = None,
-              num_groups: int | None = None, pos_lambda: float = 1.0,
-              neg_lambda: float = NEG_LAMBDA, L: float = 6.0, margin: float = 0.5,
-              tau: float = 4.0, smoothing: str = "logistic", rho: float = 0.5,
-              pairing: str = "dr") -> torch.Tensor:
+def reference(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    group_ids: torch.Tensor | None = None,
+    num_groups: int | None = None,
+    pos_lambda: float = 1.0,
+    neg_lambda: float = NEG_LAMBDA,
+    L: float = 6.0,
+    margin: float = 0.5,
+    tau: float = 4.0,
+    smoothing: str = "logistic",
+    rho: float = 0.5,
+    pairing: str = "dr",
+) -> torch.Tensor:
     """The DR loss straight from its definition, in float64, one group at a time.
 
     logits (N, C); labels (N,) in {-1 ignored, 0 background, 1..C}; group_ids (N,) or None (one
@@ -61,10 +71,15 @@ def reference(logits: torch.Tensor, labels: torch.Tensor, group_ids: torch.Tenso
     return torch.stack(losses).mean()
 
 
-def random_inputs(n: int = 300, c: int = 7, groups: int | None = None, device: str = "cpu",
-                  dtype: torch.dtype = torch.float32, scale: float = 2.0,
-                  sorted_groups: bool = True
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def random_inputs(
+    n: int = 300,
+    c: int = 7,
+    groups: int | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    scale: float = 2.0,
+    sorted_groups: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(logits (n, c), labels (n,) mostly background, group ids (n,) in [0, groups) or None)."""
     logits = (torch.randn(n, c, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
     labels = torch.randint(-1, c + 1, (n,), device=device)
@@ -77,8 +92,9 @@ def random_inputs(n: int = 300, c: int = 7, groups: int | None = None, device: s
     return logits, labels, gids
 
 
-def loss_and_grad(fn: Callable[..., torch.Tensor], logits: torch.Tensor, *args, **kwargs
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_and_grad(
+    fn: Callable[..., torch.Tensor], logits: torch.Tensor, *args, **kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
     """fn(logits, *args, **kwargs) and its gradient with respect to logits (same shape)."""
     x = logits.detach().clone().requires_grad_(True)
     loss = fn(x, *args, **kwargs)

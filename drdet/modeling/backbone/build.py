@@ -1,16 +1,16 @@
 """build_backbone(cfg): the backbone registered as MODEL.BACKBONE.CONV_BODY; here the
 ResNet/ResNeXt-FPN bodies of RetinaNet (from MODEL.BACKBONE / RESNETS / FPN)."""
+
 import functools
-from typing import List
 
 import torch
 from torch import nn
 
-from drdet.utils.checks import require
 from drdet.layers.misc import make_norm_factory
 from drdet.modeling.backbone.fpn import FPN, LastLevelP6P7
 from drdet.modeling.backbone.resnet import ResNet
 from drdet.modeling.registry import BACKBONES
+from drdet.utils.checks import require
 
 
 class ResNetFPN(nn.Module):
@@ -30,7 +30,7 @@ class ResNetFPN(nn.Module):
         self.out_channels: int = fpn.out_channels
         self.strides = tuple(body.strides) + (body.strides[-1] * 2, body.strides[-1] * 4)
 
-    def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
         return self.fpn(self.body(images))
@@ -45,11 +45,19 @@ def check_resnet_cfg(cfg) -> None:
     """ValueError naming the key for MODEL.RESNETS settings the ``R-*-FPN-RETINANET`` bodies
     cannot build (called by drdet.config.validate_cfg and by the builder)."""
     r = cfg.MODEL.RESNETS
-    require(r.RES5_DILATION == 1, "MODEL.RESNETS.RES5_DILATION", r.RES5_DILATION,
-            "the FPN-RETINANET bodies need a stride-32 C5 (dilation 1)")
+    require(
+        r.RES5_DILATION == 1,
+        "MODEL.RESNETS.RES5_DILATION",
+        r.RES5_DILATION,
+        "the FPN-RETINANET bodies need a stride-32 C5 (dilation 1)",
+    )
     if cfg.MODEL.BACKBONE.CONV_BODY in ("R-18-FPN-RETINANET", "R-34-FPN-RETINANET"):
-        require(r.NUM_GROUPS == 1, "MODEL.RESNETS.NUM_GROUPS", r.NUM_GROUPS,
-                "basic-block bodies (R-18/34) have no grouped convs")
+        require(
+            r.NUM_GROUPS == 1,
+            "MODEL.RESNETS.NUM_GROUPS",
+            r.NUM_GROUPS,
+            "basic-block bodies (R-18/34) have no grouped convs",
+        )
 
 
 def build_resnet_fpn(cfg, depth: int) -> ResNetFPN:
@@ -72,13 +80,20 @@ def build_resnet_fpn(cfg, depth: int) -> ResNetFPN:
     )
     out_channels = r.BACKBONE_OUT_CHANNELS
     use_c5 = cfg.MODEL.RETINANET.USE_C5
-    top_blocks = LastLevelP6P7(body.out_channels[-1] if use_c5 else out_channels, out_channels,
-                               use_c5=use_c5)
-    fpn = FPN(body.out_channels, out_channels, top_blocks=top_blocks,
-              norm_layer=gn_factory if cfg.MODEL.FPN.USE_GN else None,
-              use_relu=cfg.MODEL.FPN.USE_RELU)
+    top_blocks = LastLevelP6P7(
+        body.out_channels[-1] if use_c5 else out_channels, out_channels, use_c5=use_c5
+    )
+    fpn = FPN(
+        body.out_channels,
+        out_channels,
+        top_blocks=top_blocks,
+        norm_layer=gn_factory if cfg.MODEL.FPN.USE_GN else None,
+        use_relu=cfg.MODEL.FPN.USE_RELU,
+    )
     return ResNetFPN(body, fpn)
 
 
 for _depth in (18, 34, 50, 101, 152):
-    BACKBONES.register(f"R-{_depth}-FPN-RETINANET", functools.partial(build_resnet_fpn, depth=_depth))
+    BACKBONES.register(
+        f"R-{_depth}-FPN-RETINANET", functools.partial(build_resnet_fpn, depth=_depth)
+    )

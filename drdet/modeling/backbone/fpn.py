@@ -1,5 +1,6 @@
 """Feature pyramid on C3-C5 with RetinaNet's extra levels P6 and P7."""
-from typing import Callable, List, Optional, Sequence
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -8,13 +9,14 @@ from torch import nn
 from drdet.layers.misc import conv_kaiming_uniform
 
 
-def _fpn_conv(in_ch: int, out_ch: int, k: int,
-              norm_layer: Optional[Callable[[int], nn.Module]], use_relu: bool) -> nn.Module:
+def _fpn_conv(
+    in_ch: int, out_ch: int, k: int, norm_layer: Callable[[int], nn.Module] | None, use_relu: bool
+) -> nn.Module:
     """Kaiming-uniform(a=1) conv (bias only without a norm), optional norm and ReLU."""
     conv = conv_kaiming_uniform(in_ch, out_ch, k, bias=norm_layer is None)
     if norm_layer is None and not use_relu:
         return conv
-    layers: List[nn.Module] = [conv]
+    layers: list[nn.Module] = [conv]
     if norm_layer is not None:
         layers.append(norm_layer(out_ch))
     if use_relu:
@@ -34,7 +36,7 @@ class LastLevelP6P7(nn.Module):
         self.p7 = conv_kaiming_uniform(out_channels, out_channels, 3, stride=2)
         self.use_c5 = use_c5
 
-    def forward(self, c5: torch.Tensor, p5: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, c5: torch.Tensor, p5: torch.Tensor) -> list[torch.Tensor]:
         p6 = self.p6(c5 if self.use_c5 else p5)
         return [p6, self.p7(F.relu(p6))]
 
@@ -57,18 +59,25 @@ class FPN(nn.Module):
         (N, out_channels, H_k, W_k); P6/P7 halve the size of the previous level (ceil).
     """
 
-    def __init__(self, in_channels_list: Sequence[int], out_channels: int = 256,
-                 top_blocks: Optional[nn.Module] = None,
-                 norm_layer: Optional[Callable[[int], nn.Module]] = None, use_relu: bool = False,
-                 stage_ids: Optional[Sequence[int]] = None) -> None:
+    def __init__(
+        self,
+        in_channels_list: Sequence[int],
+        out_channels: int = 256,
+        top_blocks: nn.Module | None = None,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+        use_relu: bool = False,
+        stage_ids: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         if not in_channels_list:
             raise ValueError("in_channels_list must name at least one input level")
-        stage_ids = list(stage_ids) if stage_ids is not None else \
-            list(range(2, 2 + len(in_channels_list)))
+        stage_ids = (
+            list(stage_ids) if stage_ids is not None else list(range(2, 2 + len(in_channels_list)))
+        )
         if len(stage_ids) != len(in_channels_list):
-            raise ValueError(f"stage_ids {stage_ids} and in_channels_list {in_channels_list} "
-                             "differ in length")
+            raise ValueError(
+                f"stage_ids {stage_ids} and in_channels_list {in_channels_list} differ in length"
+            )
         self.inner_names, self.layer_names = [], []
         for k, in_ch in zip(stage_ids, in_channels_list):
             inner, layer = f"fpn_inner{k}", f"fpn_layer{k}"
@@ -79,14 +88,16 @@ class FPN(nn.Module):
         self.top_blocks = top_blocks
         self.out_channels = out_channels
 
-    def forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         if len(features) != len(self.inner_names):
-            raise ValueError(f"FPN expects {len(self.inner_names)} feature maps, "
-                             f"got {len(features)}")
+            raise ValueError(
+                f"FPN expects {len(self.inner_names)} feature maps, got {len(features)}"
+            )
         last_inner = getattr(self, self.inner_names[-1])(features[-1])
         results = [getattr(self, self.layer_names[-1])(last_inner)]
-        for feature, inner, layer in zip(features[-2::-1], self.inner_names[-2::-1],
-                                         self.layer_names[-2::-1]):
+        for feature, inner, layer in zip(
+            features[-2::-1], self.inner_names[-2::-1], self.layer_names[-2::-1]
+        ):
             lateral = getattr(self, inner)(feature)
             top_down = F.interpolate(last_inner, size=lateral.shape[-2:], mode="nearest")
             last_inner = lateral + top_down

@@ -10,8 +10,9 @@ layer1..layer4 are res2..res5 (C2..C5, strides 4, 8, 16, 32). Norm layers are ca
 their kind. torchvision's ResNet differs only by the stem (conv1, bn1) and its fc:
 see :func:`convert_torchvision_resnet_state_dict`.
 """
+
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +22,10 @@ from drdet.layers.batch_norm import FrozenBatchNorm2d
 from drdet.layers.misc import make_norm_factory
 from drdet.layers.winograd import WinogradConv2d
 
-NormArg = Union[str, Callable[[int], nn.Module]]
+NormArg = str | Callable[[int], nn.Module]
 
 # depth -> (block kind, blocks per stage res2..res5)
-RESNET_SPECS: Dict[int, Tuple[str, Tuple[int, int, int, int]]] = {
+RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
@@ -33,11 +34,20 @@ RESNET_SPECS: Dict[int, Tuple[str, Tuple[int, int, int, int]]] = {
 }
 
 
-def _conv(in_ch: int, out_ch: int, k: int, stride: int = 1, groups: int = 1,
-          dilation: int = 1) -> nn.Conv2d:
+def _conv(
+    in_ch: int, out_ch: int, k: int, stride: int = 1, groups: int = 1, dilation: int = 1
+) -> nn.Conv2d:
     conv_type = WinogradConv2d if k == 3 else nn.Conv2d  # Winograd where it qualifies
-    return conv_type(in_ch, out_ch, k, stride=stride, padding=dilation * (k // 2),
-                     dilation=dilation, groups=groups, bias=False)
+    return conv_type(
+        in_ch,
+        out_ch,
+        k,
+        stride=stride,
+        padding=dilation * (k // 2),
+        dilation=dilation,
+        groups=groups,
+        bias=False,
+    )
 
 
 class Stem(nn.Module):
@@ -57,8 +67,9 @@ class Stem(nn.Module):
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
-def _downsample(in_ch: int, out_ch: int, stride: int,
-                norm_layer: Callable[[int], nn.Module]) -> Optional[nn.Module]:
+def _downsample(
+    in_ch: int, out_ch: int, stride: int, norm_layer: Callable[[int], nn.Module]
+) -> nn.Module | None:
     if in_ch == out_ch and stride == 1:
         return None
     return nn.Sequential(_conv(in_ch, out_ch, 1, stride=stride), norm_layer(out_ch))
@@ -69,8 +80,14 @@ class BasicBlock(nn.Module):
 
     conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int,
-                 norm_layer: Callable[[int], nn.Module], dilation: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        norm_layer: Callable[[int], nn.Module],
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
         self.conv1 = _conv(in_channels, out_channels, 3, stride=stride, dilation=dilation)
         self.bn1 = norm_layer(out_channels)
@@ -94,15 +111,29 @@ class Bottleneck(nn.Module):
 
     conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
-    def __init__(self, in_channels: int, bottleneck_channels: int, out_channels: int,
-                 stride: int, norm_layer: Callable[[int], nn.Module], num_groups: int = 1,
-                 stride_in_1x1: bool = True, dilation: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        bottleneck_channels: int,
+        out_channels: int,
+        stride: int,
+        norm_layer: Callable[[int], nn.Module],
+        num_groups: int = 1,
+        stride_in_1x1: bool = True,
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = _conv(in_channels, bottleneck_channels, 1, stride=s1)
         self.bn1 = norm_layer(bottleneck_channels)
-        self.conv2 = _conv(bottleneck_channels, bottleneck_channels, 3, stride=s3,
-                           groups=num_groups, dilation=dilation)
+        self.conv2 = _conv(
+            bottleneck_channels,
+            bottleneck_channels,
+            3,
+            stride=s3,
+            groups=num_groups,
+            dilation=dilation,
+        )
         self.bn2 = norm_layer(bottleneck_channels)
         self.conv3 = _conv(bottleneck_channels, out_channels, 1)
         self.bn3 = norm_layer(out_channels)
@@ -137,10 +168,19 @@ class ResNet(nn.Module):
     forward: images (N, 3, H, W) float -> list of (N, C_k, ceil(H / s_k), ceil(W / s_k)).
     """
 
-    def __init__(self, depth: int = 50, num_groups: int = 1, width_per_group: int = 64,
-                 stem_out_channels: int = 64, res2_out_channels: int = 256,
-                 stride_in_1x1: bool = True, res5_dilation: int = 1, norm: NormArg = "FrozenBN",
-                 freeze_at: int = 2, return_stages: Sequence[int] = (2, 3, 4)) -> None:
+    def __init__(
+        self,
+        depth: int = 50,
+        num_groups: int = 1,
+        width_per_group: int = 64,
+        stem_out_channels: int = 64,
+        res2_out_channels: int = 256,
+        stride_in_1x1: bool = True,
+        res5_dilation: int = 1,
+        norm: NormArg = "FrozenBN",
+        freeze_at: int = 2,
+        return_stages: Sequence[int] = (2, 3, 4),
+    ) -> None:
         super().__init__()
         if depth not in RESNET_SPECS:
             raise ValueError(f"depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
@@ -149,12 +189,14 @@ class ResNet(nn.Module):
         if not 0 <= freeze_at <= 5:
             raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")
         if not return_stages or any(s not in (1, 2, 3, 4) for s in return_stages):
-            raise ValueError(f"return_stages must be a non-empty subset of 1..4, "
-                             f"got {return_stages}")
+            raise ValueError(
+                f"return_stages must be a non-empty subset of 1..4, got {return_stages}"
+            )
         kind, blocks = RESNET_SPECS[depth]
         if kind == "basic" and num_groups != 1:
-            raise ValueError(f"ResNet-{depth} uses basic blocks, which need num_groups 1, "
-                             f"got {num_groups}")
+            raise ValueError(
+                f"ResNet-{depth} uses basic blocks, which need num_groups 1, got {num_groups}"
+            )
         norm_layer = make_norm_factory(norm) if isinstance(norm, str) else norm
 
         self.stem = Stem(stem_out_channels, norm_layer)
@@ -165,14 +207,24 @@ class ResNet(nn.Module):
         for idx, n in enumerate(blocks, start=1):
             dilation = res5_dilation if idx == 4 else 1
             first_stride = 1 if idx == 1 or dilation > 1 else 2
-            layers: List[nn.Module] = []
+            layers: list[nn.Module] = []
             for b in range(n):
                 stride = first_stride if b == 0 else 1
                 if kind == "basic":
                     layers.append(BasicBlock(in_ch, out_ch, stride, norm_layer, dilation))
                 else:
-                    layers.append(Bottleneck(in_ch, width, out_ch, stride, norm_layer,
-                                             num_groups, stride_in_1x1, dilation))
+                    layers.append(
+                        Bottleneck(
+                            in_ch,
+                            width,
+                            out_ch,
+                            stride,
+                            norm_layer,
+                            num_groups,
+                            stride_in_1x1,
+                            dilation,
+                        )
+                    )
                 in_ch = out_ch
             self.add_module(f"layer{idx}", nn.Sequential(*layers))
             stride_total *= first_stride
@@ -195,9 +247,11 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def stages(self) -> List[nn.Module]:
+    def stages(self) -> list[nn.Module]:
         """[stem, layer1, layer2, layer3, layer4]: the units FREEZE_CONV_BODY_AT counts."""
-        return [self.get_submodule(name) for name in ("stem", "layer1", "layer2", "layer3", "layer4")]
+        return [
+            self.get_submodule(name) for name in ("stem", "layer1", "layer2", "layer3", "layer4")
+        ]
 
     def freeze(self, freeze_at: int) -> None:
         """Freeze the first ``freeze_at`` of :meth:`stages` (0 none, 1 stem, 2 stem+layer1, ...)."""
@@ -207,7 +261,7 @@ class ResNet(nn.Module):
             name = "stem" if i == 0 else f"layer{i}"
             setattr(self, name, FrozenBatchNorm2d.convert_frozen_batchnorm(stage))
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
         outputs = []
         for idx in range(1, 5):
@@ -219,8 +273,9 @@ class ResNet(nn.Module):
         return outputs
 
 
-def convert_torchvision_resnet_state_dict(state_dict: Dict[str, torch.Tensor]
-                                          ) -> "OrderedDict[str, torch.Tensor]":
+def convert_torchvision_resnet_state_dict(
+    state_dict: dict[str, torch.Tensor],
+) -> "OrderedDict[str, torch.Tensor]":
     """Rename a torchvision ResNet/ResNeXt state dict to :class:`ResNet`'s names.
 
     ``conv1.* -> stem.conv1.*``, ``bn1.* -> stem.bn1.*``, ``layerK.*`` unchanged, ``fc.*`` dropped.

@@ -3,7 +3,8 @@ losses (training) or the detections (eval). Registered as MODEL.META_ARCHITECTUR
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union, cast
+from collections.abc import Sequence
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -56,7 +57,7 @@ class FCOS(DenseDetector):
         self.loss = loss
         self.postprocessor = postprocessor
 
-    def locations(self, features: List[Tensor], image_size: Sequence[int]) -> List[Tensor]:
+    def locations(self, features: list[Tensor], image_size: Sequence[int]) -> list[Tensor]:
         """Per level, the (H_l * W_l, 2) float (x, y) locations of ``features``' cells, pixels,
         for a padded batch of (height, width) ``image_size``."""
         anchors = self.anchor_generator(features, image_size)
@@ -64,10 +65,10 @@ class FCOS(DenseDetector):
 
     def forward(
         self,
-        images: Union[Sequence[Tensor], Tensor],
-        targets: Optional[Sequence[Dict[str, Tensor]]] = None,
-        original_sizes: Optional[Sequence[Tuple[int, int]]] = None,
-    ) -> Union[Dict[str, Tensor], List[Dict[str, Tensor]]]:
+        images: Sequence[Tensor] | Tensor,
+        targets: Sequence[dict[str, Tensor]] | None = None,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Training: ``targets`` (one dict per image: "boxes" (K, 4) float x1y1x2y2 pixels of the
         given tensor, "labels" (K,) int64 in 1..C) -> {"loss_cls", "loss_reg",
         "loss_centerness"}. Degenerate boxes raise ValueError naming the image.
@@ -82,10 +83,10 @@ class FCOS(DenseDetector):
         if self.training:
             if targets is None:
                 raise ValueError("FCOS: `targets` are required in training mode")
-            return self.loss(points, self.head.strides, cls_logits, distances, centerness,
-                             targets)
-        detections = self.postprocessor(points, cls_logits, distances, centerness,
-                                        batch.image_sizes)
+            return self.loss(points, self.head.strides, cls_logits, distances, centerness, targets)
+        detections = self.postprocessor(
+            points, cls_logits, distances, centerness, batch.image_sizes
+        )
         return self.rescale(detections, batch.image_sizes, original_sizes)
 
 

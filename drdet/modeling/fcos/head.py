@@ -4,7 +4,7 @@ all levels; class logits from the first, (l, t, r, b) distances and centre-ness 
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,7 @@ class FCOSHead(nn.Module):
         assert cls_bias is not None
         nn.init.constant_(cls_bias, -math.log((1.0 - prior_prob) / prior_prob))
 
-    def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Predictions for FPN ``features`` (list of (B, in_channels, H_l, W_l), one per stride).
 
         Returns, per level, rows in (y, x) order (the locations' order):
@@ -71,8 +71,9 @@ class FCOSHead(nn.Module):
             centerness: (B, H_l * W_l) float logits.
         """
         if len(features) != len(self.strides):
-            raise ValueError(f"FCOSHead: {len(features)} feature maps for {len(self.strides)} "
-                             "strides")
+            raise ValueError(
+                f"FCOSHead: {len(features)} feature maps for {len(self.strides)} strides"
+            )
         cls_maps = apply_levels(self.cls_logits, apply_levels(self.cls_tower, features))
         box_features = apply_levels(self.bbox_tower, features)
         box_maps = apply_levels(self.bbox_pred, box_features)
@@ -81,8 +82,11 @@ class FCOSHead(nn.Module):
             F.relu(self.scales[level] * m) * stride
             for level, (m, stride) in enumerate(zip(box_maps, self.strides))
         ]
-        return ([_flatten(m) for m in cls_maps], [_flatten(m) for m in distances],
-                [_flatten(m)[..., 0] for m in ctr_maps])
+        return (
+            [_flatten(m) for m in cls_maps],
+            [_flatten(m) for m in distances],
+            [_flatten(m)[..., 0] for m in ctr_maps],
+        )
 
 
 def _flatten(prediction: Tensor) -> Tensor:
@@ -98,8 +102,10 @@ def build_fcos_head(cfg, in_channels: int, strides: Sequence[int]) -> FCOSHead:
     groups = gn.NUM_GROUPS
     if gn.DIM_PER_GP > 0:
         if in_channels % gn.DIM_PER_GP:
-            raise ValueError(f"MODEL.GROUP_NORM.DIM_PER_GP {gn.DIM_PER_GP} does not divide "
-                             f"{in_channels} channels")
+            raise ValueError(
+                f"MODEL.GROUP_NORM.DIM_PER_GP {gn.DIM_PER_GP} does not divide "
+                f"{in_channels} channels"
+            )
         groups = in_channels // gn.DIM_PER_GP
     return FCOSHead(
         in_channels,

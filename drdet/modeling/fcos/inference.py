@@ -3,7 +3,7 @@ selection and class-aware NMS (drdet.modeling.retinanet.inference) on the locati
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,17 +56,22 @@ class FCOSPostProcessor:
         min_size: float = 0.0,
     ):
         self.selector = RetinaNetPostProcessor(
-            DistanceCoder(), score_thresh=score_thresh, pre_nms_top_n=pre_nms_top_n,
-            nms_thresh=nms_thresh, detections_per_img=detections_per_img, min_size=min_size)
+            DistanceCoder(),
+            score_thresh=score_thresh,
+            pre_nms_top_n=pre_nms_top_n,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            min_size=min_size,
+        )
 
     def __call__(
         self,
-        points: List[Tensor],
-        cls_logits: List[Tensor],
-        distances: List[Tensor],
-        centerness: List[Tensor],
-        image_sizes: Sequence[Tuple[int, int]],
-    ) -> List[Dict[str, Tensor]]:
+        points: list[Tensor],
+        cls_logits: list[Tensor],
+        distances: list[Tensor],
+        centerness: list[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
         """Detections of a batch.
 
         Args:

@@ -15,7 +15,7 @@ paper's Eq. 9); the normalizer is not used.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +49,11 @@ def iou_loss(pred: Tensor, target: Tensor, kind: str = "giou", eps: float = 1e-7
     iou = inter / (union + eps)
     if kind == "iou":
         return -iou.clamp(min=eps).log()
-    hull = (torch.maximum(pred[:, 2:], target[:, 2:])
-            - torch.minimum(pred[:, :2], target[:, :2])).clamp(min=0).prod(dim=1)
+    hull = (
+        (torch.maximum(pred[:, 2:], target[:, 2:]) - torch.minimum(pred[:, :2], target[:, :2]))
+        .clamp(min=0)
+        .prod(dim=1)
+    )
     return 1.0 - iou + (hull - union) / (hull + eps)
 
 
@@ -97,8 +100,8 @@ class FCOSLossComputation:
         self.centerness_weighted_reg = centerness_weighted_reg
 
     def prepare_targets(
-        self, points: List[Tensor], strides: Sequence[int], targets: Sequence[Dict[str, Tensor]]
-    ) -> Dict[str, Tensor]:
+        self, points: list[Tensor], strides: Sequence[int], targets: Sequence[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
         """Labels and box targets of every location of every image.
 
         Args:
@@ -111,37 +114,53 @@ class FCOSLossComputation:
             their (l, t, r, b) to those boxes; "points": (L, 2) the locations concatenated.
         """
         if len(points) != len(self.ranges) or len(strides) != len(self.ranges):
-            raise ValueError(f"FCOS: {len(points)} levels of locations, {len(strides)} strides, "
-                             f"{len(self.ranges)} ranges")
+            raise ValueError(
+                f"FCOS: {len(points)} levels of locations, {len(strides)} strides, "
+                f"{len(self.ranges)} ranges"
+            )
         device = points[0].device
         all_points = torch.cat(points)
-        sizes = torch.cat([torch.full((p.shape[0],), float(s), device=device)
-                           for p, s in zip(points, strides)])
-        ranges = torch.cat([torch.tensor([r], device=device).expand(p.shape[0], 2)
-                            for p, r in zip(points, self.ranges)])
+        sizes = torch.cat(
+            [torch.full((p.shape[0],), float(s), device=device) for p, s in zip(points, strides)]
+        )
+        ranges = torch.cat(
+            [
+                torch.tensor([r], device=device).expand(p.shape[0], 2)
+                for p, r in zip(points, self.ranges)
+            ]
+        )
         gt_boxes, gt_labels, gt_valid = _pad_targets(targets, self.num_classes, device)
-        matches = assign_locations(all_points, sizes, ranges, gt_boxes, gt_valid,
-                                   self.center_sampling_radius)
-        labels = torch.gather(gt_labels, 1, matches.clamp(min=0)) if gt_labels.shape[1] else \
-            torch.zeros_like(matches)
+        matches = assign_locations(
+            all_points, sizes, ranges, gt_boxes, gt_valid, self.center_sampling_radius
+        )
+        labels = (
+            torch.gather(gt_labels, 1, matches.clamp(min=0))
+            if gt_labels.shape[1]
+            else torch.zeros_like(matches)
+        )
         labels = labels.masked_fill(matches < 0, 0)
         positives = (labels > 0).nonzero()
         image_idx, point_idx = positives.unbind(1)
         boxes = gt_boxes[image_idx, matches[image_idx, point_idx]]
         pos_points = all_points[point_idx]
         distances = torch.cat([pos_points - boxes[:, :2], boxes[:, 2:] - pos_points], dim=1)
-        return {"labels": labels, "positives": positives, "boxes": boxes,
-                "distances": distances, "points": all_points}
+        return {
+            "labels": labels,
+            "positives": positives,
+            "boxes": boxes,
+            "distances": distances,
+            "points": all_points,
+        }
 
     def __call__(
         self,
-        points: List[Tensor],
+        points: list[Tensor],
         strides: Sequence[int],
-        cls_logits: List[Tensor],
-        distances: List[Tensor],
-        centerness: List[Tensor],
-        targets: Sequence[Dict[str, Tensor]],
-    ) -> Dict[str, Tensor]:
+        cls_logits: list[Tensor],
+        distances: list[Tensor],
+        centerness: list[Tensor],
+        targets: Sequence[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
         """Losses of a batch.
 
         Args:
@@ -160,8 +179,7 @@ class FCOSLossComputation:
             raise ValueError(f"FCOS: {num_classes} class logits for {self.num_classes} classes")
         t = self.prepare_targets(points, strides, targets)
         if t["labels"].shape[1] != num_points:
-            raise ValueError(f"FCOS: {num_points} predictions for {t['labels'].shape[1]} "
-                             "locations")
+            raise ValueError(f"FCOS: {num_points} predictions for {t['labels'].shape[1]} locations")
         per_rank = RetinaNetLossComputation.per_rank_average
         num_pos = per_rank(t["positives"].shape[0], logits).clamp(min=1.0)
         loss_cls = self.cls_loss(logits, t["labels"], num_pos)
@@ -177,8 +195,9 @@ class FCOSLossComputation:
         else:
             loss_reg = box_loss.sum() / num_pos
         ctr_logits = torch.cat(centerness, dim=1)[image_idx, point_idx].float()
-        loss_ctr = F.binary_cross_entropy_with_logits(ctr_logits, ctr_target,
-                                                      reduction="sum") / num_pos
+        loss_ctr = (
+            F.binary_cross_entropy_with_logits(ctr_logits, ctr_target, reduction="sum") / num_pos
+        )
         return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_centerness": loss_ctr}
 
 

@@ -16,7 +16,7 @@ listed first. Every other location is background: FCOS ignores no location.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -24,12 +24,14 @@ from torch import Tensor
 from drdet.structures.boxes import box_area
 
 
-def level_ranges(sizes_of_interest: Sequence[float], num_levels: int) -> List[Tuple[float, float]]:
+def level_ranges(sizes_of_interest: Sequence[float], num_levels: int) -> list[tuple[float, float]]:
     """The (lo, hi) range of max(l, t, r, b) of each level, pixels: 4 bounds (64, 128, 256, 512)
     give (0, 64), (64, 128), (128, 256), (256, 512), (512, inf)."""
     if len(sizes_of_interest) != num_levels - 1:
-        raise ValueError(f"{num_levels} levels need {num_levels - 1} sizes of interest, "
-                         f"got {list(sizes_of_interest)}")
+        raise ValueError(
+            f"{num_levels} levels need {num_levels - 1} sizes of interest, "
+            f"got {list(sizes_of_interest)}"
+        )
     bounds = [0.0, *[float(s) for s in sizes_of_interest], math.inf]
     return list(zip(bounds[:-1], bounds[1:]))
 
@@ -71,8 +73,9 @@ def assign_locations(
     """
     num_images, num_boxes = gt_valid.shape
     if num_boxes == 0:
-        return torch.full((num_images, points.shape[0]), -1, dtype=torch.int64,
-                          device=points.device)
+        return torch.full(
+            (num_images, points.shape[0]), -1, dtype=torch.int64, device=points.device
+        )
     dist = location_distances(points, gt_boxes)  # (B, L, M, 4)
     ok = dist.amin(dim=-1) > 0
     if center_sampling_radius > 0:

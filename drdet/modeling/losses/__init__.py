@@ -18,7 +18,7 @@ detector needs other settings (prior, matcher thresholds, score threshold) decla
 :func:`drdet.modeling.losses.setup.register_loss_setup`; configs naming the loss get them.
 """
 
-from typing import Optional, Protocol
+from typing import Protocol
 
 from torch import Tensor
 
@@ -30,7 +30,7 @@ class ClassificationLoss(Protocol):
     def __call__(self, logits: Tensor, labels: Tensor, normalizer: Tensor) -> Tensor: ...
 
 
-def build_classification_loss(cfg, name: Optional[str] = None) -> ClassificationLoss:
+def build_classification_loss(cfg, name: str | None = None) -> ClassificationLoss:
     """The loss registered as ``name`` (default ``cfg.MODEL.RETINANET.LOSS_TYPE``), built from
     ``cfg``."""
     name = cfg.MODEL.RETINANET.LOSS_TYPE if name is None else name

@@ -8,13 +8,17 @@ from drdet.modeling.registry import CLASSIFICATION_LOSSES
 
 # RetinaNet's setup (Lin et al. 2017; maskrcnn-benchmark's configs): prior probability 0.01,
 # matcher FG 0.5 / BG 0.4 (anchors in between ignored), score threshold 0.05, NMS at 0.4.
-register_loss_setup("FOCAL", "RetinaNet", {
-    "MODEL.RETINANET.PRIOR_PROB": 0.01,
-    "MODEL.RETINANET.FG_IOU_THRESHOLD": 0.5,
-    "MODEL.RETINANET.BG_IOU_THRESHOLD": 0.4,
-    "MODEL.RETINANET.INFERENCE_TH": 0.05,
-    "MODEL.RETINANET.NMS_TH": 0.4,
-})
+register_loss_setup(
+    "FOCAL",
+    "RetinaNet",
+    {
+        "MODEL.RETINANET.PRIOR_PROB": 0.01,
+        "MODEL.RETINANET.FG_IOU_THRESHOLD": 0.5,
+        "MODEL.RETINANET.BG_IOU_THRESHOLD": 0.4,
+        "MODEL.RETINANET.INFERENCE_TH": 0.05,
+        "MODEL.RETINANET.NMS_TH": 0.4,
+    },
+)
 register_loss_setup("FOCAL", "FCOS", {"MODEL.FCOS.PRIOR_PROB": 0.01})  # FCOS (Tian et al.)
 
 

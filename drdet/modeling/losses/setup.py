@@ -30,8 +30,10 @@ def register_loss_setup(loss: str, meta_architecture: str, values: Mapping[str, 
     ``meta_architecture``. Registering the same pair twice with other values is an error."""
     key = (loss, meta_architecture)
     if key in _SETUPS and _SETUPS[key] != dict(values):
-        raise KeyError(f"the setup of loss {loss!r} for {meta_architecture!r} is already "
-                       f"registered: {_SETUPS[key]}")
+        raise KeyError(
+            f"the setup of loss {loss!r} for {meta_architecture!r} is already "
+            f"registered: {_SETUPS[key]}"
+        )
     _SETUPS[key] = dict(values)
 
 
@@ -55,6 +57,5 @@ def loss_setup(loss: str, meta_architecture: str) -> dict[str, Any] | None:
 
 def setup_keys(meta_architecture: str) -> tuple[str, ...]:
     """Every key some loss's setup sets for ``meta_architecture``, sorted."""
-    keys = {k for (_, arch), values in _SETUPS.items() if arch == meta_architecture
-            for k in values}
+    keys = {k for (_, arch), values in _SETUPS.items() if arch == meta_architecture for k in values}
     return tuple(sorted(keys))

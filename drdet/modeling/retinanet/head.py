@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +15,7 @@ from drdet.layers.winograd import WinogradConv2d, apply_levels
 def _tower(
     channels: int, num_convs: int, use_gn: bool, gn_groups: int, gn_eps: float
 ) -> nn.Sequential:
-    layers: List[nn.Module] = []
+    layers: list[nn.Module] = []
     for _ in range(num_convs):
         layers.append(WinogradConv2d(channels, channels, kernel_size=3, padding=1))
         if use_gn:
@@ -80,7 +79,7 @@ class RetinaNetHead(nn.Module):
         assert cls_bias is not None
         nn.init.constant_(cls_bias, -math.log((1.0 - prior_prob) / prior_prob))
 
-    def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+    def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Predictions for FPN ``features`` (list of (B, in_channels, H_l, W_l)).
 
         Returns:
@@ -94,16 +93,21 @@ class RetinaNetHead(nn.Module):
             box_maps = packed.unpack(self.bbox_pred(apply_packed(self.bbox_tower, canvas, packed)))
         else:
             cls_maps, box_maps = self._per_level(features)
-        return ([_flatten(m, self.num_classes) for m in cls_maps],
-                [_flatten(m, 4) for m in box_maps])
+        return (
+            [_flatten(m, self.num_classes) for m in cls_maps],
+            [_flatten(m, 4) for m in box_maps],
+        )
 
-    def packs(self, features: List[Tensor]) -> bool:
+    def packs(self, features: list[Tensor]) -> bool:
         """Whether :meth:`forward` packs these levels on one canvas (see ``pack_levels``): more
         than one level, layers that pack exactly, and, for "auto", not the CPU Winograd path
         (which already convolves all levels in one call, without the canvas's gaps) and not
         CPU training."""
-        if self.pack_levels is False or len(features) < 2 or not packable(
-                [*self.cls_tower, *self.bbox_tower, self.cls_logits, self.bbox_pred]):
+        if (
+            self.pack_levels is False
+            or len(features) < 2
+            or not packable([*self.cls_tower, *self.bbox_tower, self.cls_logits, self.bbox_pred])
+        ):
             return False
         if self.pack_levels is True:
             return True
@@ -112,7 +116,7 @@ class RetinaNetHead(nn.Module):
             return False
         return features[0].device.type != "cpu" or not torch.is_grad_enabled()
 
-    def _per_level(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+    def _per_level(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """(class maps, box maps) per level, layer by layer over the list of levels (one
         Winograd call per layer where it applies)."""
         cls_maps = apply_levels(self.cls_logits, apply_levels(self.cls_tower, features))
@@ -130,8 +134,11 @@ def build_retinanet_head(cfg, in_channels: int, num_anchors: int) -> RetinaNetHe
     """RetinaNetHead from cfg.MODEL.RETINANET (NUM_CLASSES counts the background) and
     cfg.MODEL.GROUP_NORM."""
     rcfg, gn = cfg.MODEL.RETINANET, cfg.MODEL.GROUP_NORM
-    groups = (group_norm_groups(in_channels, gn.DIM_PER_GP, gn.NUM_GROUPS) if rcfg.USE_GN
-              else gn.NUM_GROUPS)  # unused without GN
+    groups = (
+        group_norm_groups(in_channels, gn.DIM_PER_GP, gn.NUM_GROUPS)
+        if rcfg.USE_GN
+        else gn.NUM_GROUPS
+    )  # unused without GN
     return RetinaNetHead(
         in_channels,
         num_classes=rcfg.NUM_CLASSES - 1,

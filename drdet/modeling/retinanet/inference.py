@@ -2,7 +2,8 @@
 images and classes (the only Python loop is over the FPN levels)."""
 
 import math
-from typing import Dict, List, Protocol, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -43,8 +44,9 @@ class RetinaNetPostProcessor:
         self.box_coder = box_coder
         self.score_thresh = score_thresh
         # sigmoid(x) > t  <=>  x > logit(t); t = 0 keeps every finite logit.
-        self.logit_thresh = (math.log(score_thresh / (1.0 - score_thresh)) if score_thresh > 0
-                             else -math.inf)
+        self.logit_thresh = (
+            math.log(score_thresh / (1.0 - score_thresh)) if score_thresh > 0 else -math.inf
+        )
         self.pre_nms_top_n = pre_nms_top_n
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
@@ -52,7 +54,7 @@ class RetinaNetPostProcessor:
 
     def candidates(
         self, anchors: Tensor, cls_logits: Tensor, box_deltas: Tensor, image_sizes: Tensor
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The kept candidates of one level.
 
         Args:
@@ -82,8 +84,9 @@ class RetinaNetPostProcessor:
             order = order[images[order].argsort(stable=True)]
             logits, idx, images = logits[order], idx[order], images[order]
         anchor_idx = torch.div(idx, num_classes, rounding_mode="floor")
-        boxes = self.box_coder.decode(box_deltas[images, anchor_idx].float(),
-                                      anchors[anchor_idx].float())
+        boxes = self.box_coder.decode(
+            box_deltas[images, anchor_idx].float(), anchors[anchor_idx].float()
+        )
         boxes = clip_boxes(boxes, image_sizes[images])
         keep = nonempty_boxes(boxes, self.min_size)
         return (
@@ -95,11 +98,11 @@ class RetinaNetPostProcessor:
 
     def __call__(
         self,
-        anchors: List[Tensor],
-        cls_logits: List[Tensor],
-        box_deltas: List[Tensor],
-        image_sizes: Sequence[Tuple[int, int]],
-    ) -> List[Dict[str, Tensor]]:
+        anchors: list[Tensor],
+        cls_logits: list[Tensor],
+        box_deltas: list[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
         """Detections of a batch.
 
         Args:
@@ -131,7 +134,9 @@ class RetinaNetPostProcessor:
         per_image = torch.bincount(images, minlength=num_images).tolist()
         return [
             {"boxes": b, "scores": s, "labels": c + 1}
-            for b, s, c in zip(boxes.split(per_image), scores.split(per_image), classes.split(per_image))
+            for b, s, c in zip(
+                boxes.split(per_image), scores.split(per_image), classes.split(per_image)
+            )
         ]
 
 

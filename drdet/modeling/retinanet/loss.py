@@ -7,7 +7,7 @@ matcher's thresholds, or optionally straddling the image border).
 
 import contextlib
 import contextvars
-from typing import Dict, Iterator, List, Sequence, Tuple
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,8 @@ from drdet.utils import comm
 # True while the caller has already checked the targets on the host (check_targets): _pad_targets
 # then skips its device-side check, the one host sync it would cost (drdet/engine/train_step.py).
 _TARGETS_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "drdet_targets_checked", default=False)
+    "drdet_targets_checked", default=False
+)
 
 
 @contextlib.contextmanager
@@ -35,16 +36,18 @@ def targets_checked() -> Iterator[None]:
         _TARGETS_CHECKED.reset(token)
 
 
-def check_targets(targets: Sequence[Dict[str, Tensor]], num_classes: int) -> None:
+def check_targets(targets: Sequence[dict[str, Tensor]], num_classes: int) -> None:
     """The check of :func:`_pad_targets` run on the CPU (no device sync for CPU targets, such as
     a data loader's): raises ValueError naming the image at fault."""
     _pad_targets(targets, num_classes, torch.device("cpu"), check=True)
 
 
 def _pad_targets(
-    targets: Sequence[Dict[str, Tensor]], num_classes: int, device: torch.device,
+    targets: Sequence[dict[str, Tensor]],
+    num_classes: int,
+    device: torch.device,
     check: bool = True,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Stacks per-image targets into (B, M, 4) boxes, (B, M) labels and a (B, M) validity mask,
     M the largest number of boxes, after checking them. Raises ValueError naming the image for
     a degenerate (width or height <= 0) or non-finite box, or a label outside 1..num_classes.
@@ -70,8 +73,13 @@ def _pad_targets(
     return boxes, labels, valid
 
 
-def _raise_on_bad_target(targets: Sequence[Dict[str, Tensor]], boxes: Tensor, labels: Tensor,
-                         valid: Tensor, num_classes: int) -> None:
+def _raise_on_bad_target(
+    targets: Sequence[dict[str, Tensor]],
+    boxes: Tensor,
+    labels: Tensor,
+    valid: Tensor,
+    num_classes: int,
+) -> None:
     """ValueError naming the first image with a degenerate box or a label outside
     1..num_classes, from the padded (B, M, 4) boxes, (B, M) labels and validity mask."""
     bad_box = (
@@ -137,8 +145,8 @@ class RetinaNetLossComputation:
     def prepare_targets(
         self,
         anchors: Tensor,
-        targets: Sequence[Dict[str, Tensor]],
-    ) -> Tuple[Tensor, Tensor, Tensor]:
+        targets: Sequence[dict[str, Tensor]],
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Labels and box-regression targets of every anchor of every image.
 
         Args:
@@ -184,11 +192,11 @@ class RetinaNetLossComputation:
 
     def __call__(
         self,
-        anchors: List[Tensor],
-        cls_logits: List[Tensor],
-        box_deltas: List[Tensor],
-        targets: Sequence[Dict[str, Tensor]],
-    ) -> Dict[str, Tensor]:
+        anchors: list[Tensor],
+        cls_logits: list[Tensor],
+        box_deltas: list[Tensor],
+        targets: Sequence[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
         """Losses of a batch.
 
         Args:
@@ -218,12 +226,9 @@ class RetinaNetLossComputation:
         loss_cls = self.cls_loss(logits, labels, num_pos + num_norm)
 
         predicted = deltas[positives[:, 0], positives[:, 1]]
-        loss_reg = (
-            F.smooth_l1_loss(
-                predicted.float(), regression_targets.float(), beta=self.reg_beta, reduction="sum"
-            )
-            / (num_pos * self.reg_norm).clamp(min=1.0)
-        )
+        loss_reg = F.smooth_l1_loss(
+            predicted.float(), regression_targets.float(), beta=self.reg_beta, reduction="sum"
+        ) / (num_pos * self.reg_norm).clamp(min=1.0)
         return {"loss_cls": loss_cls, "loss_reg": loss_reg}
 
 
