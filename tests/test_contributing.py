@@ -55,6 +55,19 @@ predictions = {i: {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]] * k).reshape(-
 metrics = evaluate_predictions(by_form, predictions)
 assert metrics["dets_per_image"] == 1.0, metrics
 assert list(metrics)[:6] == ["AP", "AP50", "AP75", "APs", "APm", "APl"], metrics
+from drdet.engine.defaults import load_config
+from drdet.modeling.losses.setup import loss_setup
+
+assert loss_setup("BCE", "RetinaNet") == {
+    "MODEL.RETINANET.PRIOR_PROB": 0.01, "MODEL.RETINANET.INFERENCE_TH": 0.1}
+import yaml
+
+plain = os.path.join(os.environ["DRDET_DATASETS"], "bce.yaml")
+with open(plain, "w") as f:
+    yaml.safe_dump({"MODEL": {"RETINANET": {"LOSS_TYPE": "BCE", "NUM_CLASSES": 3}}}, f)
+assert load_config(plain).MODEL.RETINANET.INFERENCE_TH == 0.1  # the setup (default 0.05)
+assert load_config(plain, ["MODEL.RETINANET.INFERENCE_TH", "0.3"]).MODEL.RETINANET.INFERENCE_TH == 0.3
+assert load_config(plain, ["MODEL.RETINANET.PRIOR_PROB", "0.2"]).MODEL.RETINANET.PRIOR_PROB == 0.2
 print("CONTRIBUTING OK")
 """
 
@@ -62,7 +75,7 @@ print("CONTRIBUTING OK")
 def test_contributing_examples_run(tmp_path):
     with open(os.path.join(ROOT, "CONTRIBUTING.md")) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     script = tmp_path / "examples.py"
     script.write_text("import os\n" + "\n".join(blocks) + CHECK)
     env = dict(

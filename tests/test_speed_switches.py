@@ -205,9 +205,12 @@ def test_train_net_with_switches_matches_without(tmp_path):
     want = torch.load(plain / "model_final.pth", weights_only=True)["model"]
     got = torch.load(fast / "model_final.pth", weights_only=True)["model"]
     assert list(got) == list(want)
-    for key in want:  # channels_last convolutions round differently: ~3e-5 after 4 steps
+    # channels_last convolutions round differently, and 4 steps from scratch (GroupNorm over
+    # maps of small variance) amplify rounding: the same plain run differs by up to 5.8e-4 between
+    # the AVX2 and AVX-512 kernels. A skipped or repeated step moves weights by ~lr * |grad| (1e-2).
+    for key in want:
         torch.testing.assert_close(
-            got[key], want[key], rtol=1e-3, atol=2e-4, msg=lambda m, key=key: f"{key}: {m}"
+            got[key], want[key], rtol=1e-2, atol=2e-3, msg=lambda m, key=key: f"{key}: {m}"
         )
     records = [json.loads(line) for line in open(fast / "metrics.jsonl")]
     assert [r["iteration"] for r in records] == [2, 4] and all("loss" in r for r in records)
