@@ -3,7 +3,6 @@ all levels; class logits from the first, (l, t, r, b) distances and centre-ness 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drdet.layers.winograd import WinogradConv2d, apply_levels
-from drdet.modeling.retinanet.head import _tower
+from drdet.modeling.retinanet.head import _tower, init_dense_head
 
 
 class FCOSHead(nn.Module):
@@ -53,14 +52,7 @@ class FCOSHead(nn.Module):
         self.bbox_pred = WinogradConv2d(in_channels, 4, kernel_size=3, padding=1)
         self.centerness = WinogradConv2d(in_channels, 1, kernel_size=3, padding=1)
         self.scales = nn.Parameter(torch.ones(len(self.strides)))
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, std=0.01)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        cls_bias = self.cls_logits.bias
-        assert cls_bias is not None
-        nn.init.constant_(cls_bias, -math.log((1.0 - prior_prob) / prior_prob))
+        init_dense_head(self, self.cls_logits, prior_prob)
 
     def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Predictions for FPN ``features`` (list of (B, in_channels, H_l, W_l), one per stride).

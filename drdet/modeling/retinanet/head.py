@@ -12,6 +12,19 @@ from drdet.layers.misc import group_norm_groups
 from drdet.layers.winograd import WinogradConv2d, apply_levels
 
 
+def init_dense_head(head: nn.Module, cls_logits: nn.Conv2d, prior_prob: float) -> None:
+    """The dense heads' initialisation (RetinaNet, FCOS): every convolution of ``head``
+    normal(0, 0.01) with zero bias, then the classifier's bias at -log((1 - p) / p), so that every
+    class starts at probability ``prior_prob``."""
+    for module in head.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.normal_(module.weight, std=0.01)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    assert cls_logits.bias is not None
+    nn.init.constant_(cls_logits.bias, -math.log((1.0 - prior_prob) / prior_prob))
+
+
 def _tower(
     channels: int, num_convs: int, use_gn: bool, gn_groups: int, gn_eps: float
 ) -> nn.Sequential:
@@ -70,14 +83,7 @@ class RetinaNetHead(nn.Module):
             in_channels, num_anchors * num_classes, kernel_size=3, padding=1
         )
         self.bbox_pred = WinogradConv2d(in_channels, num_anchors * 4, kernel_size=3, padding=1)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, std=0.01)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        cls_bias = self.cls_logits.bias
-        assert cls_bias is not None
-        nn.init.constant_(cls_bias, -math.log((1.0 - prior_prob) / prior_prob))
+        init_dense_head(self, self.cls_logits, prior_prob)
 
     def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Predictions for FPN ``features`` (list of (B, in_channels, H_l, W_l)).
