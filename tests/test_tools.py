@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers.tiny import SMALL_HEAD, as_argv, datasets_value  # tests/ is on sys.path
 from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 from torch import nn
 from torchvision.ops import box_iou
@@ -30,22 +31,16 @@ pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")
 
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 TRAIN_SET, TEST_SET = "synthetic:4:0:128", "synthetic:3:1:128"
-TINY = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
-    "64",
-    "MODEL.RETINANET.NUM_CONVS",
-    "1",
-    "DATASETS.TRAIN",
-    f"('{TRAIN_SET}',)",
-    "DATASETS.TEST",
-    f"('{TEST_SET}',)",
-    "INPUT.MIN_SIZE_TEST",
-    "128",
-    "INPUT.MAX_SIZE_TEST",
-    "128",
-]
+TINY = as_argv(
+    {
+        "MODEL.DEVICE": "cpu",
+        **SMALL_HEAD,
+        "DATASETS.TRAIN": datasets_value(TRAIN_SET),
+        "DATASETS.TEST": datasets_value(TEST_SET),
+        "INPUT.MIN_SIZE_TEST": 128,
+        "INPUT.MAX_SIZE_TEST": 128,
+    }
+)
 
 
 def _checkpoint(path, seed, config=CONFIG):

@@ -14,6 +14,7 @@ import cv2
 import pytest
 import torch
 from helpers.bad_data import good_files, loader_cfg, write_set  # tests/ is on sys.path
+from helpers.tiny import SMALL_HEAD, STEADY, tiny_overrides
 from tool_loader import load_tool
 
 from drdet.data import build_data_loader
@@ -36,42 +37,7 @@ pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")
 
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 TRAIN_SET, TEST_SET = "synthetic:4:0:128", "synthetic:2:1:128"
-TINY = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
-    "64",
-    "MODEL.RETINANET.NUM_CONVS",
-    "1",
-    "DATASETS.TRAIN",
-    f"('{TRAIN_SET}',)",
-    "DATASETS.TEST",
-    f"('{TEST_SET}',)",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(128,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "128",
-    "INPUT.MIN_SIZE_TEST",
-    "128",
-    "INPUT.MAX_SIZE_TEST",
-    "128",
-    "INPUT.HORIZONTAL_FLIP_PROB_TRAIN",
-    "0.0",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "SOLVER.IMS_PER_BATCH",
-    "2",
-    "SOLVER.WARMUP_ITERS",
-    "0",
-    "SOLVER.STEPS",
-    "(100,)",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "1000",
-    "SOLVER.LOG_PERIOD",
-    "1",
-    "TEST.IMS_PER_BATCH",
-    "2",
-]
+TINY = tiny_overrides(TRAIN_SET, TEST_SET, overrides={**SMALL_HEAD, **STEADY})
 
 
 @pytest.fixture(scope="module")
