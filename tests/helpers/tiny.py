@@ -82,3 +82,24 @@ def train_net_command(config: str = SYNTHETIC_CONFIG, *args: str) -> list[str]:
     train_net subprocess's command line."""
     script = os.path.join(ROOT, "tools", "train_net.py")
     return [sys.executable, script, "--config-file", config, "--skip-test", *args]
+
+
+def benchmark_model_args(parts: str, *more: str) -> list[str]:
+    """tools/benchmark_model.py arguments for one timed repetition, no warm-up, of `parts`
+    ("inference" / "train") on a batch of one 64 x 96 (h x w) image, then `more`."""
+    size = ["--size", "64", "96"]
+    return ["--parts", parts, "--batch", "1", *size, "--warmup", "0", "--reps", "1", *more]
+
+
+def demo_argv(
+    source: list[str],
+    output: object,
+    threshold: str,
+    opts: list[str],
+    config: str = SYNTHETIC_CONFIG,
+) -> list[str]:
+    """tools/demo.py arguments: --config-file config, the `source` flags (--input ... / --video
+    ... / --webcam ...), --output output, --confidence-threshold threshold, then the config
+    overrides `opts`."""
+    head = ["--config-file", config, *source, "--output", str(output)]
+    return head + ["--confidence-threshold", threshold, *opts]
