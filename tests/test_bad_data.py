@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.bad_data import H, W, good_files, jpeg_bytes, loader_cfg, rgb_pixels, write_set
+from helpers.tiny import tiny_overrides
 from PIL import Image
 from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 
@@ -393,45 +394,25 @@ def shapes_set(root, corrupt):
 
 
 def _train(out, dataset, max_bad):
-    argv = [
-        "--config-file",
-        CONFIG,
-        "--skip-test",
-        "MODEL.DEVICE",
-        "cpu",
-        "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
-        "32",
-        "MODEL.RETINANET.NUM_CONVS",
-        "1",
-        "MODEL.RETINANET.NUM_CLASSES",
-        "2",
-        "DATASETS.TRAIN",
-        f"('{dataset}',)",
-        "DATASETS.TEST",
-        "()",
-        "INPUT.MIN_SIZE_TRAIN",
-        "(64,)",
-        "INPUT.MAX_SIZE_TRAIN",
-        "64",
-        "DATALOADER.NUM_WORKERS",
-        "1",
-        "DATALOADER.MAX_BAD_IMAGES",
-        str(max_bad),
-        "SOLVER.IMS_PER_BATCH",
-        "2",
-        "SOLVER.MAX_ITER",
-        "5",
-        "SOLVER.WARMUP_ITERS",
-        "0",
-        "SOLVER.STEPS",
-        "(100,)",
-        "SOLVER.LOG_PERIOD",
-        "1",
-        "SOLVER.CHECKPOINT_PERIOD",
-        "1000",
-        "OUTPUT_DIR",
-        str(out),
-    ]
+    argv = ["--config-file", CONFIG, "--skip-test"] + tiny_overrides(
+        dataset,
+        "",
+        max_iter=5,
+        size=64,
+        test_size=False,
+        test_ims_per_batch=None,
+        overrides={
+            "MODEL.RESNETS.BACKBONE_OUT_CHANNELS": 32,
+            "MODEL.RETINANET.NUM_CONVS": 1,
+            "MODEL.RETINANET.NUM_CLASSES": 2,
+            "DATALOADER.NUM_WORKERS": 1,
+            "DATALOADER.MAX_BAD_IMAGES": max_bad,
+            "SOLVER.STEPS": "(100,)",
+            "SOLVER.LOG_PERIOD": 1,
+            "SOLVER.CHECKPOINT_PERIOD": 1000,
+            "OUTPUT_DIR": out,
+        },
+    )
     return train_net.main(argv)
 
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from helpers.tiny import benchmark_model_args  # tests/ is on sys.path under pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -30,23 +31,7 @@ def test_benchmark_model_inference_rows_and_json(tmp_path, capsys, monkeypatch):
     threads = torch.get_num_threads()
     try:
         rows = benchmark_model.main(
-            [
-                "--parts",
-                "inference",
-                "--batch",
-                "1",
-                "--size",
-                "64",
-                "96",
-                "--warmup",
-                "0",
-                "--reps",
-                "1",
-                "--score-thresh",
-                "0.005",
-                "--json",
-                str(out),
-            ]
+            benchmark_model_args("inference", "--score-thresh", "0.005", "--json", str(out))
         )
     finally:
         torch.set_num_threads(threads)
@@ -74,23 +59,7 @@ def test_benchmark_model_training_rows_memory_and_json(tmp_path, capsys):
     threads = torch.get_num_threads()
     try:
         rows = benchmark_model.main(
-            [
-                "--parts",
-                "train",
-                "--batch",
-                "1",
-                "--size",
-                "64",
-                "96",
-                "--warmup",
-                "0",
-                "--reps",
-                "1",
-                "--direct-conv",
-                "--profile",
-                "--json",
-                str(out),
-            ]
+            benchmark_model_args("train", "--direct-conv", "--profile", "--json", str(out))
         )
     finally:
         torch.set_num_threads(threads)

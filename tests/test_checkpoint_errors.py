@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 import torch
+from helpers.tiny import SMALL_HEAD, tiny_overrides  # tests/ is on sys.path under pytest
 from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 from torch import nn
 
@@ -169,34 +170,9 @@ def test_checkpoint_records_its_classes_and_they_are_checked(tmp_path, caplog):
     assert "old.pth records no classes" in caplog.text
 
 
-TINY = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
-    "64",
-    "MODEL.RETINANET.NUM_CONVS",
-    "1",
-    "DATASETS.TRAIN",
-    "('synthetic:4:0:128',)",
-    "DATASETS.TEST",
-    "('synthetic:2:1:128',)",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(128,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "128",
-    "INPUT.MIN_SIZE_TEST",
-    "128",
-    "INPUT.MAX_SIZE_TEST",
-    "128",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "SOLVER.IMS_PER_BATCH",
-    "2",
-    "SOLVER.MAX_ITER",
-    "1",
-    "TEST.IMS_PER_BATCH",
-    "2",
-]
+TINY = tiny_overrides(
+    "synthetic:4:0:128", "synthetic:2:1:128", max_iter=1, warmup_iters=None, overrides=SMALL_HEAD
+)
 
 
 @pytest.mark.usefixtures("synthetic_datasets_root")

@@ -6,6 +6,7 @@ import os
 import re
 
 import pytest
+from helpers.tiny import tiny_overrides  # tests/ is on sys.path under pytest
 from tool_loader import ROOT, load_tool
 
 from drdet.engine.defaults import load_config
@@ -14,26 +15,13 @@ compare = load_tool("compare_losses")
 
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 TRAIN_SET, TEST_SET = "synthetic:4:0:128", "synthetic:3:1:128"
-TINY = [
-    "MODEL.RETINANET.NUM_CONVS",
-    "1",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(128,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "128",
-    "INPUT.MIN_SIZE_TEST",
-    "128",
-    "INPUT.MAX_SIZE_TEST",
-    "128",
-    "SOLVER.IMS_PER_BATCH",
-    "2",
-    "TEST.IMS_PER_BATCH",
-    "2",
-    "SOLVER.LOG_PERIOD",
-    "1",
-]
+TINY = tiny_overrides(
+    None,
+    None,
+    device=None,
+    warmup_iters=None,
+    overrides={"MODEL.RETINANET.NUM_CONVS": 1, "SOLVER.LOG_PERIOD": 1},
+)
 DATA = ["--dataset", TRAIN_SET, "--test-dataset", TEST_SET]
 
 

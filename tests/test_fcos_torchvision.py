@@ -3,12 +3,13 @@ features, head outputs, locations and detections (seeded random weights), and dr
 losses equal torchvision's on the same predictions and boxes (its assignment is the
 independent reference of drdet's, away from the bound and tie conventions that differ)."""
 
-import importlib.util
 import os
 
 import pytest
 import torch
 import torchvision
+from helpers.tiny import benchmark_model_args  # tests/ is on sys.path under pytest
+from tool_loader import load_tool  # tests/ is on sys.path under pytest
 from torch import nn
 
 from drdet.checkpoint import load_checkpoint_file, load_model_state
@@ -27,13 +28,7 @@ def _datasets(tmp_path, monkeypatch):
     monkeypatch.setenv("DRDET_DATASETS", str(tmp_path / "datasets"))
 
 
-def _converter():
-    spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", os.path.join(ROOT, "tools", "convert_checkpoint.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+convert_checkpoint = load_tool("convert_checkpoint")
 
 
 def _torchvision_fcos(num_classes: int = 80):
@@ -74,7 +69,7 @@ def converted(tmp_path_factory):
     tv = _torchvision_fcos()
     src, out = str(tmp_path / "tv.pth"), str(tmp_path / "drdet.pth")
     torch.save(tv.state_dict(), src)
-    _converter().convert_file(src, out)
+    convert_checkpoint.convert_file(src, out)
     cfg, model = _drdet()
     load_model_state(model, load_checkpoint_file(out)["model"], strict=True)
     return tv, cfg, model, out
@@ -218,10 +213,12 @@ def test_fcos_source_name_and_anchor_convention(converted, tmp_path):
     src = str(tmp_path / "tv.pth")
     torch.save(tv.state_dict(), src)
     out = str(tmp_path / "out.pth")
-    _converter().convert_file(src, out, source="torchvision")
+    convert_checkpoint.convert_file(src, out, source="torchvision")
     assert torch.load(out, weights_only=True)["anchor_convention"] == "torchvision"
     with pytest.raises(ValueError, match="torchvision_fcos"):
-        _converter().convert_file(src, str(tmp_path / "other.pth"), source="maskrcnn-benchmark")
+        convert_checkpoint.convert_file(
+            src, str(tmp_path / "other.pth"), source="maskrcnn-benchmark"
+        )
 
 
 @pytest.mark.slow
@@ -237,23 +234,7 @@ def test_benchmark_model_compares_fcos(capsys):
     threads = torch.get_num_threads()
     try:
         rows = benchmark_model.main(
-            [
-                "--model",
-                "fcos",
-                "--parts",
-                "inference",
-                "--batch",
-                "1",
-                "--size",
-                "64",
-                "96",
-                "--warmup",
-                "0",
-                "--reps",
-                "1",
-                "--score-thresh",
-                "0.005",
-            ]
+            ["--model", "fcos"] + benchmark_model_args("inference", "--score-thresh", "0.005")
         )
     finally:
         torch.set_num_threads(threads)

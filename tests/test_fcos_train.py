@@ -8,6 +8,7 @@ import os
 import sys
 
 import pytest
+from helpers.tiny import STEADY, tiny_overrides  # tests/ is on sys.path under pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -21,44 +22,14 @@ CONFIGS = {
     "FOCAL": os.path.join(ROOT, "configs", "synthetic", "fcos_R-18-FPN_synthetic.yaml"),
     "DR": os.path.join(ROOT, "configs", "synthetic", "dr_fcos_R-18-FPN_synthetic.yaml"),
 }
-TINY = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.FCOS.NUM_CONVS",
-    "1",
-    "DATASETS.TRAIN",
-    f"('{TRAIN_SET}',)",
-    "DATASETS.TEST",
-    f"('{TEST_SET}',)",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(128,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "128",
-    "INPUT.MIN_SIZE_TEST",
-    "128",
-    "INPUT.MAX_SIZE_TEST",
-    "128",
-    "INPUT.HORIZONTAL_FLIP_PROB_TRAIN",
-    "0.0",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "SOLVER.IMS_PER_BATCH",
-    "4",
-    "SOLVER.BASE_LR",
-    "0.01",
-    "SOLVER.WARMUP_ITERS",
-    "0",
-    "SOLVER.MAX_ITER",
-    "30",
-    "SOLVER.STEPS",
-    "(100,)",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "1000",
-    "SOLVER.LOG_PERIOD",
-    "1",
-    "TEST.IMS_PER_BATCH",
-    "5",
-]
+TINY = tiny_overrides(
+    TRAIN_SET,
+    TEST_SET,
+    ims_per_batch=4,
+    max_iter=30,
+    test_ims_per_batch=5,
+    overrides={"MODEL.FCOS.NUM_CONVS": 1, **STEADY, "SOLVER.BASE_LR": "0.01"},
+)
 
 
 @pytest.mark.slow

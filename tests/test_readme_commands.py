@@ -21,6 +21,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from helpers.tiny import tiny_overrides  # tests/ is on sys.path under pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -47,34 +48,7 @@ PLACEHOLDERS = [  # (regex, replacement), applied in order
     (r"--num-gpus 8", "--num-gpus 1"),
     (r"--max-iter 300", "--max-iter 2"),
 ]
-TINY = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.RETINANET.NUM_CLASSES",
-    "6",
-    "DATASETS.TRAIN",
-    "('synthetic:8:0:128',)",
-    "DATASETS.TEST",
-    "('synthetic:2:1:128',)",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(128,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "128",
-    "INPUT.MIN_SIZE_TEST",
-    "128",
-    "INPUT.MAX_SIZE_TEST",
-    "128",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "SOLVER.IMS_PER_BATCH",
-    "2",
-    "SOLVER.MAX_ITER",
-    "2",
-    "SOLVER.WARMUP_ITERS",
-    "0",
-    "TEST.IMS_PER_BATCH",
-    "2",
-]
+TINY = tiny_overrides(max_iter=2, overrides={"MODEL.RETINANET.NUM_CLASSES": 6})
 EXTRA = {  # tool -> arguments appended (after TINY for the tools that take overrides)
     "train_net.py": TINY + ["MODEL.WEIGHT", ""],  # no ImageNet file here
     "test_net.py": TINY + ["TEST.BBOX_AUG.SCALES", "(96, 128)"],  # ignored unless ENABLED
@@ -111,38 +85,8 @@ EXTRA = {  # tool -> arguments appended (after TINY for the tools that take over
         "1",
     ],
     "plot_metrics.py": [],
-    "compare_losses.py": [
-        "--max-iter",
-        "2",
-        "--score-images",
-        "2",
-        "MODEL.DEVICE",
-        "cpu",
-        "MODEL.WEIGHT",
-        "",
-        "MODEL.RETINANET.NUM_CLASSES",
-        "6",
-        "DATASETS.TRAIN",
-        "('synthetic:8:0:128',)",
-        "DATASETS.TEST",
-        "('synthetic:2:1:128',)",
-        "INPUT.MIN_SIZE_TRAIN",
-        "(128,)",
-        "INPUT.MAX_SIZE_TRAIN",
-        "128",
-        "INPUT.MIN_SIZE_TEST",
-        "128",
-        "INPUT.MAX_SIZE_TEST",
-        "128",
-        "DATALOADER.NUM_WORKERS",
-        "0",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
-        "SOLVER.WARMUP_ITERS",
-        "0",
-        "TEST.IMS_PER_BATCH",
-        "2",
-    ],
+    "compare_losses.py": ["--max-iter", "2", "--score-images", "2"]
+    + tiny_overrides(overrides={"MODEL.WEIGHT": "", "MODEL.RETINANET.NUM_CLASSES": 6}),
 }
 
 

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers.tiny import tiny_overrides, train_net_command  # tests/ is on sys.path
 from PIL import Image
 from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 
@@ -55,42 +56,24 @@ def shapes_dataset(root):
 
 
 def tiny(dataset):
-    return [
-        "MODEL.DEVICE",
-        "cpu",
-        "MODEL.RETINANET.NUM_CLASSES",
-        "2",
-        "MODEL.RETINANET.NUM_CONVS",
-        "1",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS",
-        "32",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS",
-        "32",
-        "MODEL.RESNETS.WIDTH_PER_GROUP",
-        "32",
-        "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
-        "32",
-        "DATASETS.TRAIN",
-        f"('{dataset}',)",
-        "DATASETS.TEST",
-        "()",
-        "INPUT.MIN_SIZE_TRAIN",
-        "(64,)",
-        "INPUT.MAX_SIZE_TRAIN",
-        "64",
-        "INPUT.HORIZONTAL_FLIP_PROB_TRAIN",
-        "0.0",
-        "DATALOADER.NUM_WORKERS",
-        "0",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
-        "SOLVER.WARMUP_ITERS",
-        "0",
-        "SOLVER.STEPS",
-        "(1000,)",
-        "SOLVER.LOG_PERIOD",
-        "1",
-    ]
+    return tiny_overrides(
+        dataset,
+        "",
+        size=64,
+        test_size=False,
+        test_ims_per_batch=None,
+        overrides={
+            "MODEL.RETINANET.NUM_CLASSES": 2,
+            "MODEL.RETINANET.NUM_CONVS": 1,
+            "MODEL.RESNETS.STEM_OUT_CHANNELS": 32,
+            "MODEL.RESNETS.RES2_OUT_CHANNELS": 32,
+            "MODEL.RESNETS.WIDTH_PER_GROUP": 32,
+            "MODEL.RESNETS.BACKBONE_OUT_CHANNELS": 32,
+            "INPUT.HORIZONTAL_FLIP_PROB_TRAIN": "0.0",
+            "SOLVER.STEPS": "(1000,)",
+            "SOLVER.LOG_PERIOD": 1,
+        },
+    )
 
 
 def _env():
@@ -135,13 +118,7 @@ def _temporaries(out):
 
 def _start_training(out, dataset, log_name, resume=True):
     cmd = (
-        [
-            sys.executable,
-            os.path.join(ROOT, "tools", "train_net.py"),
-            "--config-file",
-            CONFIG,
-            "--skip-test",
-        ]
+        train_net_command(CONFIG)
         + (["--resume"] if resume else [])
         + tiny(dataset)
         + ["SOLVER.MAX_ITER", "1000", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(out)]

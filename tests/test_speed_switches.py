@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from helpers.tiny import SMALL_HEAD, STEADY, tiny_overrides  # tests/ is on sys.path
 from torch import nn
 
 from drdet.checkpoint import Checkpointer
@@ -163,39 +164,13 @@ def test_train_net_with_switches_matches_without(tmp_path):
     from tool_loader import load_tool  # tests/ is on sys.path under pytest
 
     train_net = load_tool("train_net")
-    tiny = [
-        "--config-file",
-        CONFIG,
-        "--skip-test",
-        "MODEL.DEVICE",
-        "cpu",
-        "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
-        "64",
-        "MODEL.RETINANET.NUM_CONVS",
-        "1",
-        "DATASETS.TRAIN",
-        "('synthetic:8:0:128',)",
-        "INPUT.MIN_SIZE_TRAIN",
-        "(128,)",
-        "INPUT.MAX_SIZE_TRAIN",
-        "128",
-        "INPUT.HORIZONTAL_FLIP_PROB_TRAIN",
-        "0.0",
-        "DATALOADER.NUM_WORKERS",
-        "0",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
-        "SOLVER.WARMUP_ITERS",
-        "0",
-        "SOLVER.STEPS",
-        "(100,)",
-        "SOLVER.MAX_ITER",
-        "4",
-        "SOLVER.LOG_PERIOD",
-        "2",
-        "SOLVER.CHECKPOINT_PERIOD",
-        "1000",
-    ]
+    tiny = ["--config-file", CONFIG, "--skip-test"] + tiny_overrides(
+        test_set=None,
+        max_iter=4,
+        test_size=False,
+        test_ims_per_batch=None,
+        overrides={**SMALL_HEAD, **STEADY, "SOLVER.LOG_PERIOD": 2},
+    )
     plain, fast = tmp_path / "plain", tmp_path / "fast"
     train_net.main(tiny + ["OUTPUT_DIR", str(plain)])
     train_net.main(

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers.tiny import SMALL_HEAD, as_argv, datasets_value, demo_argv  # tests/ is on sys.path
+from helpers.tiny import SYNTHETIC_CONFIG as CONFIG
 from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 from torch import nn
 from torchvision.ops import box_iou
@@ -19,8 +21,6 @@ from drdet.engine.defaults import load_config
 from drdet.engine.predictor import Predictor
 from drdet.modeling import build_detector
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 analyze_model = load_tool("analyze_model")
 demo = load_tool("demo")
 plot_metrics = load_tool("plot_metrics")
@@ -28,24 +28,17 @@ plot_score_distribution = load_tool("plot_score_distribution")
 
 pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")
 
-CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 TRAIN_SET, TEST_SET = "synthetic:4:0:128", "synthetic:3:1:128"
-TINY = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
-    "64",
-    "MODEL.RETINANET.NUM_CONVS",
-    "1",
-    "DATASETS.TRAIN",
-    f"('{TRAIN_SET}',)",
-    "DATASETS.TEST",
-    f"('{TEST_SET}',)",
-    "INPUT.MIN_SIZE_TEST",
-    "128",
-    "INPUT.MAX_SIZE_TEST",
-    "128",
-]
+TINY = as_argv(
+    {
+        "MODEL.DEVICE": "cpu",
+        **SMALL_HEAD,
+        "DATASETS.TRAIN": datasets_value(TRAIN_SET),
+        "DATASETS.TEST": datasets_value(TEST_SET),
+        "INPUT.MIN_SIZE_TEST": 128,
+        "INPUT.MAX_SIZE_TEST": 128,
+    }
+)
 
 
 def _checkpoint(path, seed, config=CONFIG):
@@ -106,19 +99,9 @@ def test_demo_on_folder_and_file(weights, tmp_path):
     cv2.imwrite(str(extra), cv2.resize(cv2.imread(files[0]), (160, 96)))  # another size
     out = tmp_path / "out"
     records = demo.main(
-        [
-            "--config-file",
-            CONFIG,
-            "--input",
-            image_dir[0],
-            str(extra),
-            "--output",
-            str(out),
-            "--confidence-threshold",
-            "0.3",
-        ]
-        + TINY
-        + ["MODEL.WEIGHT", weights]
+        demo_argv(
+            ["--input", image_dir[0], str(extra)], out, "0.3", TINY + ["MODEL.WEIGHT", weights]
+        )
     )
     saved = json.loads((out / "detections.json").read_text())
     assert saved == json.loads(json.dumps(records))
@@ -147,20 +130,9 @@ def test_demo_on_video(weights, tmp_path):
     assert len(frames) == 3
     out = tmp_path / "out"
     demo.main(
-        [
-            "--config-file",
-            CONFIG,
-            "--video",
-            path,
-            "--max-frames",
-            "2",
-            "--output",
-            str(out),
-            "--confidence-threshold",
-            "0.4",
-        ]
-        + TINY
-        + ["MODEL.WEIGHT", weights]
+        demo_argv(
+            ["--video", path, "--max-frames", "2"], out, "0.4", TINY + ["MODEL.WEIGHT", weights]
+        )
     )
     saved = json.loads((out / "detections.json").read_text())
     assert [r["file"] for r in saved] == [f"{path}#0", f"{path}#1"]
@@ -193,20 +165,9 @@ def test_demo_on_webcam(weights, tmp_path, monkeypatch):
     monkeypatch.setattr(demo.cv2, "VideoCapture", _FakeCamera)
     out = tmp_path / "out"
     demo.main(
-        [
-            "--config-file",
-            CONFIG,
-            "--webcam",
-            "0",
-            "--max-frames",
-            "3",
-            "--output",
-            str(out),
-            "--confidence-threshold",
-            "0.4",
-        ]
-        + TINY
-        + ["MODEL.WEIGHT", weights]
+        demo_argv(
+            ["--webcam", "0", "--max-frames", "3"], out, "0.4", TINY + ["MODEL.WEIGHT", weights]
+        )
     )
     camera = _FakeCamera.opened[-1]
     assert camera.source == 0 and camera.count == 3 and camera.released  # stops at the limit

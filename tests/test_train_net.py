@@ -11,6 +11,12 @@ import sys
 
 import pytest
 import torch
+from helpers.tiny import (  # tests/ is on sys.path under pytest
+    SMALL_HEAD,
+    STEADY,
+    tiny_overrides,
+    train_net_command,
+)
 from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
 
 from drdet.engine.defaults import load_config, seed_everything
@@ -26,46 +32,17 @@ pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")
 
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 TRAIN_SET, TEST_SET = "synthetic:16:0:128", "synthetic:5:1:128"
-TINY = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
-    "64",
-    "MODEL.RETINANET.NUM_CONVS",
-    "1",
-    "DATASETS.TRAIN",
-    f"('{TRAIN_SET}',)",
-    "DATASETS.TEST",
-    f"('{TEST_SET}',)",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(128,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "128",
-    "INPUT.MIN_SIZE_TEST",
-    "128",
-    "INPUT.MAX_SIZE_TEST",
-    "128",
-    "INPUT.HORIZONTAL_FLIP_PROB_TRAIN",
-    "0.0",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "SOLVER.IMS_PER_BATCH",
-    "4",
-    "SOLVER.BASE_LR",
-    "0.01",
-    "SOLVER.WARMUP_ITERS",
-    "0",
-    "SOLVER.STEPS",
-    "(100,)",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "1000",
-    "SOLVER.LOG_PERIOD",
-    "1",
-    "SOLVER.CLIP_GRADIENTS.ENABLED",
-    "False",
-    "TEST.IMS_PER_BATCH",
-    "2",
-]
+TINY = tiny_overrides(
+    TRAIN_SET,
+    TEST_SET,
+    ims_per_batch=4,
+    overrides={
+        **SMALL_HEAD,
+        **STEADY,
+        "SOLVER.BASE_LR": "0.01",
+        "SOLVER.CLIP_GRADIENTS.ENABLED": "False",
+    },
+)
 
 
 def _weights(path):
@@ -224,17 +201,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches(tmp_path):
     """SIGTERM during training: the iteration finishes, a checkpoint is written, the process exits
     143 (128 + SIGTERM); --resume from it ends with the weights of an uninterrupted run."""
     out = tmp_path / "interrupted"
-    cmd = (
-        [
-            sys.executable,
-            os.path.join(ROOT, "tools", "train_net.py"),
-            "--config-file",
-            CONFIG,
-            "--skip-test",
-        ]
-        + TINY
-        + ["SOLVER.MAX_ITER", "10000", "OUTPUT_DIR", str(out)]
-    )
+    cmd = train_net_command(CONFIG) + TINY + ["SOLVER.MAX_ITER", "10000", "OUTPUT_DIR", str(out)]
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,

@@ -14,6 +14,8 @@ import cv2
 import pytest
 import torch
 from helpers.bad_data import good_files, loader_cfg, write_set  # tests/ is on sys.path
+from helpers.tiny import SMALL_HEAD, STEADY, demo_argv, tiny_overrides
+from helpers.tiny import SYNTHETIC_CONFIG as CONFIG
 from tool_loader import load_tool
 
 from drdet.data import build_data_loader
@@ -26,52 +28,14 @@ from drdet.engine.predictor import Predictor
 from drdet.modeling import build_detector
 from drdet.utils.io import atomic_write_json, atomic_write_text
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 convert_checkpoint = load_tool("convert_checkpoint")
 demo = load_tool("demo")
 train_net = load_tool("train_net")
 
 pytestmark = pytest.mark.usefixtures("synthetic_datasets_root")
 
-CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
 TRAIN_SET, TEST_SET = "synthetic:4:0:128", "synthetic:2:1:128"
-TINY = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
-    "64",
-    "MODEL.RETINANET.NUM_CONVS",
-    "1",
-    "DATASETS.TRAIN",
-    f"('{TRAIN_SET}',)",
-    "DATASETS.TEST",
-    f"('{TEST_SET}',)",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(128,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "128",
-    "INPUT.MIN_SIZE_TEST",
-    "128",
-    "INPUT.MAX_SIZE_TEST",
-    "128",
-    "INPUT.HORIZONTAL_FLIP_PROB_TRAIN",
-    "0.0",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "SOLVER.IMS_PER_BATCH",
-    "2",
-    "SOLVER.WARMUP_ITERS",
-    "0",
-    "SOLVER.STEPS",
-    "(100,)",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "1000",
-    "SOLVER.LOG_PERIOD",
-    "1",
-    "TEST.IMS_PER_BATCH",
-    "2",
-]
+TINY = tiny_overrides(TRAIN_SET, TEST_SET, overrides={**SMALL_HEAD, **STEADY})
 
 
 @pytest.fixture(scope="module")
@@ -112,18 +76,7 @@ def test_demo_skips_unreadable_images_and_lists_other_entries(weights, tmp_path,
     out = tmp_path / "out"
     caplog.set_level(logging.INFO)
     records = demo.main(
-        [
-            "--config-file",
-            CONFIG,
-            "--input",
-            str(folder),
-            "--output",
-            str(out),
-            "--confidence-threshold",
-            "0.3",
-        ]
-        + TINY
-        + ["MODEL.WEIGHT", weights]
+        demo_argv(["--input", str(folder)], out, "0.3", TINY + ["MODEL.WEIGHT", weights])
     )
     saved = json.loads((out / "detections.json").read_text())
     assert [r["file"] for r in saved] == [str(folder / "a.png"), str(folder / "c.png")]

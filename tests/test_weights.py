@@ -2,7 +2,6 @@
 tools/convert_checkpoint.py, torchvision and MSRA ImageNet backbones through MODEL.WEIGHT.
 References: torchvision's own models run on the same tensors, and the source tensors by name."""
 
-import importlib.util
 import logging
 import math
 import os
@@ -14,6 +13,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from helpers.anchors import detectron_cell_anchors_inclusive
+from tool_loader import load_tool  # tests/ is on sys.path under pytest
 from torch import nn
 
 from drdet.checkpoint import Checkpointer, load_checkpoint_file, load_model_state
@@ -33,13 +33,7 @@ def _datasets(tmp_path, monkeypatch):
     monkeypatch.setenv("DRDET_DATASETS", str(tmp_path / "datasets"))
 
 
-def _converter():
-    spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", os.path.join(ROOT, "tools", "convert_checkpoint.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+convert_checkpoint = load_tool("convert_checkpoint")
 
 
 def _randomize(model: nn.Module, cls_bias: float) -> None:
@@ -85,7 +79,7 @@ def tv_converted(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("tv")
     tv, path = _torchvision_retinanet(80, tmp_path)
     out = str(tmp_path / "drdet.pth")
-    _converter().convert_file(path, out)
+    convert_checkpoint.convert_file(path, out)
     cfg, model = _drdet_from_torchvision_config(81)  # torchvision's 80 labels + background
     load_model_state(model, load_checkpoint_file(out)["model"], strict=True)
     return tv, cfg, model, path
@@ -149,7 +143,7 @@ def test_torchvision_detections_match_after_nms(tv_converted, tmp_path):
     post-processing) against torchvision's model on the same pixels."""
     tv, cfg, _, path = tv_converted
     out = str(tmp_path / "drdet.pth")
-    _converter().convert_file(path, out)
+    convert_checkpoint.convert_file(path, out)
     cfg = cfg.clone()
     cfg.merge_from_list(
         [
@@ -184,7 +178,7 @@ def test_torchvision_detections_match_after_nms(tv_converted, tmp_path):
 def test_converted_model_with_other_anchors_warns(tv_converted, tmp_path, caplog):
     _, cfg, _, path = tv_converted
     out = str(tmp_path / "drdet.pth")
-    _converter().convert_file(path, out)
+    convert_checkpoint.convert_file(path, out)
     assert torch.load(out, weights_only=True)["anchor_convention"] == "torchvision"
     cfg = cfg.clone()
     cfg.merge_from_list(["MODEL.RETINANET.ANCHOR_CONVENTION", "exact"])
@@ -200,7 +194,7 @@ def test_converted_model_with_other_anchors_warns(tv_converted, tmp_path, caplog
 def test_torchvision_coco_columns_become_contiguous_labels(tmp_path):
     tv, path = _torchvision_retinanet(91, tmp_path)
     out = str(tmp_path / "coco.pth")
-    _converter().convert_file(path, out, source="torchvision", coco_category_ids=True)
+    convert_checkpoint.convert_file(path, out, source="torchvision", coco_category_ids=True)
     _, model = _drdet_from_torchvision_config(81)  # the config as shipped
     load_model_state(model, load_checkpoint_file(out)["model"], strict=True)
     x = torch.stack(_images()[:1])
@@ -212,7 +206,9 @@ def test_torchvision_coco_columns_become_contiguous_labels(tmp_path):
     index = torch.tensor(COCO_CATEGORY_IDS)
     torch.testing.assert_close(ours, theirs[..., index], rtol=0, atol=1e-3)
     with pytest.raises(ValueError, match="look like torchvision_retinanet"):
-        _converter().convert_file(path, str(tmp_path / "other.pth"), source="maskrcnn-benchmark")
+        convert_checkpoint.convert_file(
+            path, str(tmp_path / "other.pth"), source="maskrcnn-benchmark"
+        )
 
 
 def test_detector_checkpoints_are_not_loaded_unconverted(tv_converted):
@@ -271,7 +267,7 @@ def test_maskrcnn_benchmark_checkpoint_every_tensor_from_its_key(tmp_path):
     src = str(tmp_path / "model_final.pth")
     torch.save({"model": state, "iteration": 90000, "optimizer": {"state": {}}}, src)
     out = str(tmp_path / "converted.pth")
-    _converter().main([src, out])
+    convert_checkpoint.main([src, out])
     data = torch.load(out, weights_only=True)
     assert set(data) == {"model", "anchor_convention"}  # no optimizer, no iteration
     assert data["anchor_convention"] == "maskrcnn_benchmark"
@@ -389,7 +385,7 @@ def test_maskrcnn_benchmark_detections_match_after_nms(tmp_path):
     src = str(tmp_path / "model_final.pth")
     torch.save({"model": state, "iteration": 90000}, src)
     out = str(tmp_path / "converted.pth")
-    _converter().main([src, out])
+    convert_checkpoint.main([src, out])
     cfg.merge_from_list(["MODEL.WEIGHT", out])
     predictor = Predictor(cfg)
     bgr, _ = _bgr_uint8_images()
