@@ -40,14 +40,14 @@ deps: $(PY)
 		{ $(PIP) install --upgrade "pip>=24" && $(PIP) install -r requirements.txt -r requirements-dev.txt; }
 
 install: deps
-	@cd / && $(abspath $(PY)) -c "import sys, drdet; sys.exit(drdet.__file__ != '$(CURDIR)/drdet/__init__.py')" 2>/dev/null || \
+	@(cd / && $(abspath $(PY)) -c "import sys, drdet; sys.exit(drdet.__file__ != '$(CURDIR)/drdet/__init__.py')") 2>/dev/null || \
 		DRDET_BUILD_EXT=0 $(PIP) install --no-build-isolation --no-deps -e .
 	$(MAKE) build
 
 # Incremental (ninja keeps its state in ./build): only changed sources are recompiled.
 build: $(PY)
 	$(PY) setup.py build_ext --inplace
-	@cd / && $(abspath $(PY)) -c "import drdet._C as C; print('drdet._C:', C.__file__, '| CUDA kernels:', C.built_with_cuda())"
+	@(cd / && $(abspath $(PY)) -c "import drdet._C as C; print('drdet._C:', C.__file__, '| CUDA kernels:', C.built_with_cuda())")
 
 test: install
 	$(PY) -m pytest tests -ra
