@@ -165,6 +165,24 @@ def test_report_contents(finished):
 
 
 @pytest.mark.slow
+def test_fcos_comparison_writes_the_report_and_figures(tmp_path):
+    config = os.path.join(ROOT, "configs", "synthetic", "fcos_R-18-FPN_synthetic.yaml")
+    out = str(tmp_path / "out")
+    tiny = [a.replace("MODEL.RETINANET.NUM_CONVS", "MODEL.FCOS.NUM_CONVS") for a in TINY]
+    argv = ["--config-file", config, "--max-iter", "2", "--output-dir", out]
+    results = compare.main(DATA + argv + ["--score-images", "2"] + tiny)
+    assert set(results) == {"DR", "FOCAL"}
+    with open(os.path.join(out, "report.md")) as f:
+        report = f.read()
+    for png in ("scores.png", "curves.png"):
+        assert f"]({png})" in report
+        _png_ok(os.path.join(out, png))
+    for name, prior in (("dr", 0.5), ("focal", 0.01)):
+        cfg = load_config(os.path.join(out, name, "config.yaml"))
+        assert cfg.MODEL.META_ARCHITECTURE == "FCOS" and cfg.MODEL.FCOS.PRIOR_PROB == prior
+
+
+@pytest.mark.slow
 def test_resume_skips_finished_runs_and_continues_a_half_finished_one(finished, monkeypatch):
     argv, out, results = finished
     # A half-finished focal run: its final model and evaluation gone, its checkpoint kept.

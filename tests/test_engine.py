@@ -9,7 +9,7 @@ from torch import nn
 from drdet.checkpoint import Checkpointer
 from drdet.config import get_cfg
 from drdet.engine.hooks import HookBase
-from drdet.engine.test_time_augmentation import BBoxAug, merge_detections
+from drdet.engine.test_time_augmentation import BBoxAug, detector_nms_thresh, merge_detections
 from drdet.engine.trainer import NonFiniteLossError, do_train
 from drdet.solver import make_lr_scheduler, make_optimizer
 
@@ -126,6 +126,25 @@ def test_bbox_aug_maps_flipped_detections_back():
     boxes = {tuple(round(v, 3) for v in b) for b in out["boxes"].tolist()}
     # unflipped: left quarter [0, 15]; flipped back: right quarter [45, 60]; same at both scales
     assert boxes == {(0.0, 0.0, 15.0, 15.0), (45.0, 0.0, 60.0, 15.0)}
+
+
+@pytest.mark.parametrize("meta", ["RetinaNet", "FCOS"])
+def test_bbox_aug_merges_at_the_detectors_own_nms_threshold(meta):
+    from drdet.modeling import build_detector
+
+    cfg = get_cfg()
+    cfg.merge_from_list(
+        ["MODEL.META_ARCHITECTURE", meta, "MODEL.BACKBONE.CONV_BODY", "R-18-FPN-RETINANET"]
+        + ["MODEL.RETINANET.NMS_TH", 0.31, "MODEL.FCOS.NMS_TH", 0.47]
+    )
+    model = build_detector(cfg)
+    expected = {"RetinaNet": 0.31, "FCOS": 0.47}[meta]
+    assert detector_nms_thresh(model) == pytest.approx(expected)
+    wrapped = nn.Module()
+    wrapped.module = model  # as DistributedDataParallel holds it
+    assert detector_nms_thresh(wrapped) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="_FixedDetector has no postprocessor.nms_thresh"):
+        BBoxAug((40,), 1000, False, None, 10)(_FixedDetector(), [torch.zeros(3, 8, 8)], [{}])
 
 
 def test_periodic_evaluation_is_recorded(tmp_path):

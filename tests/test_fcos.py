@@ -326,3 +326,23 @@ def test_config_validation_names_the_fcos_key():
         _cfg("MODEL.FCOS.REG_LOSS", "l1")
     with pytest.raises(ValueError, match="MODEL.FCOS.PRIOR_PROB"):
         _cfg("MODEL.FCOS.PRIOR_PROB", 1.0)
+
+
+def test_score_distribution_takes_the_assigned_locations_class_scores():
+    from drdet.engine.score_distribution import anchor_scores
+
+    model = build_detector(_cfg("MODEL.RETINANET.ANCHOR_CONVENTION", "exact")).eval()
+    image = torch.rand(3, 128, 128) * 255
+    # A 32-pixel box: on P3 (stride 8, range up to 64) the locations strictly inside it are
+    # x, y in {16, 24, 32}, i.e. cells (i, j) in {2, 3, 4}^2 of the 16 x 16 map; on P4 its
+    # locations' largest distance (24) is below P4's range.
+    target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([3])}
+    foreground, background = anchor_scores(model, image, target)
+    with torch.no_grad():
+        batch = model.preprocess([image])
+        cls_logits = model.head(model.backbone(batch.tensors))[0]
+    cells = [i * 16 + j for i in (2, 3, 4) for j in (2, 3, 4)]
+    expected = cls_logits[0][0, cells, 2].sigmoid()
+    torch.testing.assert_close(foreground, expected)
+    num_locations = sum(level.shape[1] for level in cls_logits)
+    assert background.shape == (num_locations - 9, 3)

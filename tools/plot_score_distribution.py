@@ -9,7 +9,8 @@ r"""The paper's Fig. 4/5 for any model and dataset: the empirical density of the
 
 Per image of the dataset (DATASETS.TEST[0] of the first config, or --dataset, with the test
 transforms), the backbone and head run in eval mode and the anchors are matched to the ground
-truth with the model's own matcher (its loss computation's prepare_targets):
+truth with the model's own matcher (its classification_scores method; FCOS: its locations and
+their assignment, and the class score without centre-ness):
   - foreground: anchors matched to a box (label k >= 1); the score of class k;
   - background: anchors below the background threshold; the scores of all their classes,
     subsampled (uniformly, seeded) to --num-background entries in all for speed.

@@ -2,9 +2,10 @@
 before NMS, of trained models on a dataset, and its density plot (tools/plot_score_distribution.py,
 tools/compare_losses.py).
 
-Anchors are matched to the ground truth with the model's own matcher (its loss computation's
-prepare_targets): foreground anchors give the score of their box's class, background anchors
-(below the background threshold) the scores of all classes; ignored anchors are left out.
+The detector's ``classification_scores(images, targets)`` gives what its classification loss
+sees: the class scores of every anchor (FCOS: location; the class score without centre-ness) and
+the anchor's label from the detector's own matcher. Foreground anchors give the score of their
+box's class, background anchors the scores of all classes; ignored anchors are left out.
 """
 
 from __future__ import annotations
@@ -29,20 +30,19 @@ from drdet.checkpoint import (  # noqa: E402
 from drdet.modeling import build_detector  # noqa: E402
 
 
-@torch.no_grad()
 def anchor_scores(model, image: Tensor, target: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Scores of one image (3, H, W) in the network's input format, target "boxes"/"labels" in
     its pixels. Returns (foreground (F,): each matched anchor's score of its box's class,
     background (N, C): all class scores of the background anchors)."""
+    if not hasattr(model, "classification_scores"):
+        raise TypeError(
+            f"{type(model).__name__} has no classification_scores(images, targets) method: "
+            "the score distribution needs it (see drdet.modeling.RetinaNet)"
+        )
     device = model.pixel_mean.device
-    batch = model.preprocess([image.to(device)])
-    features = model.backbone(batch.tensors)
-    cls_logits, _ = model.head(features)
-    anchors = torch.cat(model.anchor_generator(features, batch.tensors.shape[-2:]))
     target = {"boxes": target["boxes"].to(device), "labels": target["labels"].to(device)}
-    labels, _, _ = model.loss.prepare_targets(anchors, [target])
-    labels = labels[0]
-    scores = torch.cat(cls_logits, dim=1)[0].float().sigmoid()
+    scores, labels = model.classification_scores([image.to(device)], [target])
+    scores, labels = scores[0], labels[0]
     fg = labels > 0
     foreground = scores[fg].gather(1, (labels[fg] - 1)[:, None])[:, 0]
     return foreground.cpu(), scores[labels == 0].cpu()
@@ -90,7 +90,8 @@ def plot(results: Sequence[tuple[str, np.ndarray, np.ndarray]], output: str, bin
                 )
     axes[0].set_yscale("log")
     for ax, title in zip(
-        axes, ("background anchors (all classes)", "foreground anchors (ground-truth class)")
+        axes,
+        ("background anchors (all classes)", "foreground anchors (ground-truth class)"),
     ):
         ax.set(xlabel="confidence", ylabel="density", title=title, xlim=(0, 1))
         ax.grid(alpha=0.3)

@@ -3,7 +3,8 @@
 For each scale s of TEST.BBOX_AUG.SCALES (the paper: 400 to 1200) the image is resized so its
 shorter side is s (longer side at most TEST.BBOX_AUG.MAX_SIZE), and, with TEST.BBOX_AUG.H_FLIP,
 also flipped; the detections of every variant are mapped back to the original image, pooled, and
-reduced by class-aware NMS at MODEL.RETINANET.NMS_TH to TEST.DETECTIONS_PER_IMG per image.
+reduced by class-aware NMS to TEST.DETECTIONS_PER_IMG per image. The merge uses the detector's
+own NMS threshold (its post-processor's: MODEL.RETINANET.NMS_TH or MODEL.FCOS.NMS_TH).
 The variants are resized from the image the test loader produced (shorter side MIN_SIZE_TEST).
 """
 
@@ -29,13 +30,29 @@ def merge_detections(
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
+def detector_nms_thresh(model: nn.Module) -> float:
+    """The class-aware NMS threshold of ``model``'s own post-processing (``postprocessor``'s
+    ``nms_thresh``; a DistributedDataParallel wrapper is looked through)."""
+    detector = getattr(model, "module", model)
+    thresh = getattr(getattr(detector, "postprocessor", None), "nms_thresh", None)
+    if thresh is None:
+        raise ValueError(
+            f"TEST.BBOX_AUG: {type(detector).__name__} has no postprocessor.nms_thresh to merge "
+            "the test variants with; give BBoxAug an nms_thresh"
+        )
+    return float(thresh)
+
+
 class BBoxAug:
+    """Args: scales, max_size, h_flip: see the module; nms_thresh: the merge's NMS threshold,
+    None for the detector's own (:func:`detector_nms_thresh`); max_detections: per image."""
+
     def __init__(
         self,
         scales: Sequence[int],
         max_size: int,
         h_flip: bool,
-        nms_thresh: float,
+        nms_thresh: float | None,
         max_detections: int,
     ):
         if not scales:
@@ -53,6 +70,7 @@ class BBoxAug:
     def __call__(
         self, model: nn.Module, images: list[Tensor], targets: list[dict]
     ) -> list[dict[str, Tensor]]:
+        nms_thresh = detector_nms_thresh(model) if self.nms_thresh is None else self.nms_thresh
         outputs = []
         for image, target in zip(images, targets):
             orig_h, orig_w = (int(v) for v in target["orig_size"])
@@ -72,16 +90,12 @@ class BBoxAug:
                         boxes[:, 2] = orig_w - det["boxes"][:, 0]
                         det = dict(det, boxes=boxes)
                     variants.append(det)
-            outputs.append(merge_detections(variants, self.nms_thresh, self.max_detections))
+            outputs.append(merge_detections(variants, nms_thresh, self.max_detections))
         return outputs
 
 
 def build_bbox_aug(cfg) -> BBoxAug:
+    """From cfg.TEST.BBOX_AUG and cfg.TEST.DETECTIONS_PER_IMG; the merge uses the detector's own
+    NMS threshold."""
     aug = cfg.TEST.BBOX_AUG
-    return BBoxAug(
-        aug.SCALES,
-        aug.MAX_SIZE,
-        aug.H_FLIP,
-        cfg.MODEL.RETINANET.NMS_TH,
-        cfg.TEST.DETECTIONS_PER_IMG,
-    )
+    return BBoxAug(aug.SCALES, aug.MAX_SIZE, aug.H_FLIP, None, cfg.TEST.DETECTIONS_PER_IMG)

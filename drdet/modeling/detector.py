@@ -24,9 +24,9 @@ from drdet.structures.image_list import ImageList, to_image_list
 
 
 class DenseDetector(nn.Module):
-    """What every dense detector of drdet shares: the input normalisation and batching
-    (:meth:`preprocess`) and the rescale of detections to the original image sizes
-    (:meth:`rescale`). Subclasses (RetinaNet, FCOS) add the networks and ``forward``.
+    """What every dense detector of drdet shares: its five parts, the input normalisation and
+    batching (:meth:`preprocess`) and the rescale of detections to the original image sizes
+    (:meth:`rescale`). Subclasses (RetinaNet, FCOS) add ``forward``.
 
     Input images are (3, H_i, W_i) float tensors in the network's input format, not normalised:
     BGR 0-255 when INPUT.TO_BGR255 (MSRA/Caffe2 weights), else RGB 0-1. The detector subtracts
@@ -34,6 +34,11 @@ class DenseDetector(nn.Module):
     ``size_divisibility``: this is the one place where images are normalised.
 
     Args:
+        backbone: module with ``out_channels``; forward((B, 3, H, W)) -> list of FPN maps.
+        head: the per-level predictions from the FPN maps.
+        anchor_generator: the anchors (FCOS: one per location, whose centre is the location).
+        loss: the training losses from the predictions and the targets.
+        postprocessor: the detections from the predictions, with an ``nms_thresh``.
         pixel_mean, pixel_std: 3 values each, in the input's channel order and scale.
         size_divisibility: padded batch height and width are multiples of it.
     """
@@ -42,9 +47,22 @@ class DenseDetector(nn.Module):
     pixel_std: Tensor
 
     def __init__(
-        self, pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int = 32
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        anchor_generator: AnchorGenerator,
+        loss,
+        postprocessor,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int = 32,
     ):
         super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.loss = loss
+        self.postprocessor = postprocessor
         self.size_divisibility = size_divisibility
         self.register_buffer(
             "pixel_mean",
@@ -99,32 +117,12 @@ class DenseDetector(nn.Module):
 
 
 class RetinaNet(DenseDetector):
-    """RetinaNet on a batch of images of different sizes (input format: see
-    :class:`DenseDetector`).
+    """RetinaNet on a batch of images of different sizes (input format and arguments: see
+    :class:`DenseDetector`), with the RetinaNet head, anchors, loss and post-processor."""
 
-    Args:
-        backbone: module with ``out_channels``; forward((B, 3, H, W)) -> list of FPN maps.
-        head, anchor_generator, loss, postprocessor: the RetinaNet parts.
-        pixel_mean, pixel_std, size_divisibility: see :class:`DenseDetector`.
-    """
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        head: RetinaNetHead,
-        anchor_generator: AnchorGenerator,
-        loss: RetinaNetLossComputation,
-        postprocessor: RetinaNetPostProcessor,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
-        size_divisibility: int = 32,
-    ):
-        super().__init__(pixel_mean, pixel_std, size_divisibility)
-        self.backbone = backbone
-        self.head = head
-        self.anchor_generator = anchor_generator
-        self.loss = loss
-        self.postprocessor = postprocessor
+    head: RetinaNetHead
+    loss: RetinaNetLossComputation
+    postprocessor: RetinaNetPostProcessor
 
     def forward(
         self,
@@ -150,6 +148,21 @@ class RetinaNet(DenseDetector):
             return self.loss(anchors, cls_logits, box_deltas, targets)
         detections = self.postprocessor(anchors, cls_logits, box_deltas, batch.image_sizes)
         return self.rescale(detections, batch.image_sizes, original_sizes)
+
+    @torch.no_grad()
+    def classification_scores(
+        self, images: Sequence[Tensor] | Tensor, targets: Sequence[dict[str, Tensor]]
+    ) -> tuple[Tensor, Tensor]:
+        """What the classification loss sees, for the paper's Fig. 4/5
+        (drdet.engine.score_distribution): (B, A, C) sigmoid scores of every anchor and its
+        (B, A) int64 label from the loss's own matcher (k >= 1: class k, 0: background, -1:
+        ignored). ``targets`` as for training, in pixels of the given images."""
+        batch = self.preprocess(images)
+        features = self.backbone(batch.tensors)
+        cls_logits, _ = self.head(features)
+        anchors = torch.cat(self.anchor_generator(features, batch.tensors.shape[-2:]))
+        labels, _, _ = self.loss.prepare_targets(anchors, targets)
+        return torch.cat(cls_logits, dim=1).float().sigmoid(), labels
 
 
 @META_ARCHITECTURES.register("RetinaNet")

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from torch import Tensor, nn
+import torch
+from torch import Tensor
 
 from drdet.modeling.anchor_generator import AnchorGenerator
 from drdet.modeling.backbone import build_backbone
@@ -28,34 +29,14 @@ def location_generator(strides: Sequence[int], convention: str = "exact") -> Anc
 
 
 class FCOS(DenseDetector):
-    """FCOS on a batch of images of different sizes (input format: see DenseDetector).
+    """FCOS on a batch of images of different sizes (input format and arguments: see
+    DenseDetector): the backbone also has ``strides``, one per FPN map; the anchor generator
+    gives one anchor per location (see :func:`location_generator`), whose centres are the
+    locations; the head, loss and post-processor are FCOS's."""
 
-    Args:
-        backbone: module with ``out_channels`` and ``strides``; forward((B, 3, H, W)) -> list
-            of FPN maps, one per stride.
-        head, loss, postprocessor: the FCOS parts.
-        anchor_generator: one anchor per location (see :func:`location_generator`); its
-            anchors' centres are the locations.
-        pixel_mean, pixel_std, size_divisibility: see DenseDetector.
-    """
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        head: FCOSHead,
-        anchor_generator: AnchorGenerator,
-        loss: FCOSLossComputation,
-        postprocessor: FCOSPostProcessor,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
-        size_divisibility: int = 32,
-    ):
-        super().__init__(pixel_mean, pixel_std, size_divisibility)
-        self.backbone = backbone
-        self.head = head
-        self.anchor_generator = anchor_generator
-        self.loss = loss
-        self.postprocessor = postprocessor
+    head: FCOSHead
+    loss: FCOSLossComputation
+    postprocessor: FCOSPostProcessor
 
     def locations(self, features: list[Tensor], image_size: Sequence[int]) -> list[Tensor]:
         """Per level, the (H_l * W_l, 2) float (x, y) locations of ``features``' cells, pixels,
@@ -88,6 +69,20 @@ class FCOS(DenseDetector):
             points, cls_logits, distances, centerness, batch.image_sizes
         )
         return self.rescale(detections, batch.image_sizes, original_sizes)
+
+    @torch.no_grad()
+    def classification_scores(
+        self, images: Sequence[Tensor] | Tensor, targets: Sequence[dict[str, Tensor]]
+    ) -> tuple[Tensor, Tensor]:
+        """What the classification loss sees (as RetinaNet.classification_scores): (B, L, C)
+        sigmoid class scores of every location, without centre-ness, and its (B, L) int64
+        label from FCOS's assignment (k >= 1: class k, 0: background; none is ignored)."""
+        batch = self.preprocess(images)
+        features = self.backbone(batch.tensors)
+        cls_logits, _, _ = self.head(features)
+        points = self.locations(features, batch.tensors.shape[-2:])
+        labels = self.loss.prepare_targets(points, self.head.strides, targets)["labels"]
+        return torch.cat(cls_logits, dim=1).float().sigmoid(), labels
 
 
 @META_ARCHITECTURES.register("FCOS")

@@ -64,6 +64,10 @@ class FCOSPostProcessor:
             min_size=min_size,
         )
 
+    @property
+    def nms_thresh(self) -> float:
+        return self.selector.nms_thresh
+
     def __call__(
         self,
         points: list[Tensor],
