@@ -140,8 +140,7 @@ def test_bbox_aug_merges_at_the_detectors_own_nms_threshold(meta):
     model = build_detector(cfg)
     expected = {"RetinaNet": 0.31, "FCOS": 0.47}[meta]
     assert detector_nms_thresh(model) == pytest.approx(expected)
-    wrapped = nn.Module()
-    wrapped.module = model  # as DistributedDataParallel holds it
+    wrapped = nn.DataParallel(model)
     assert detector_nms_thresh(wrapped) == pytest.approx(expected)
     with pytest.raises(ValueError, match="_FixedDetector has no postprocessor.nms_thresh"):
         BBoxAug((40,), 1000, False, None, 10)(_FixedDetector(), [torch.zeros(3, 8, 8)], [{}])

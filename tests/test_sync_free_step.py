@@ -152,6 +152,27 @@ def test_bad_target_is_named_before_any_update_with_deferred_checks():
     assert all(torch.equal(a, p) for a, p in zip(before, step.model.parameters()))
 
 
+@pytest.mark.parametrize("meta", ["RetinaNet", "FCOS"])
+def test_targets_are_checked_on_the_host_for_both_detectors(meta, monkeypatch):
+    import inspect
+
+    from drdet.modeling.retinanet import loss
+
+    step = _retinanet_step("cpu", "MODEL.META_ARCHITECTURE", meta, "SPEED.DEFER_CHECKS", True)
+    original, callers = loss._raise_on_bad_target, []
+
+    def recorded(*args):
+        callers.append(inspect.stack()[2].function)  # who called _pad_targets
+        return original(*args)
+
+    monkeypatch.setattr(loss, "_raise_on_bad_target", recorded)
+    step(1, *_batch())
+    assert callers == ["check_targets"]  # the host check only; the loss trusts it
+    with pytest.raises(ValueError, match=r"image 1 of the batch \(image_id 11\): box 1"):
+        step(2, *_batch(bad_box=True))
+    assert not _toy_step(defer=True).check_targets_on_host
+
+
 class _Toy(nn.Module):
     """Loss dict from one parameter; loss_reg is NaN at call `nan_at` (1-based)."""
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from drdet.checkpoint import unwrap_model
 from drdet.data.transforms import resized_hw
 from drdet.layers import batched_nms
 
@@ -33,7 +34,7 @@ def merge_detections(
 def detector_nms_thresh(model: nn.Module) -> float:
     """The class-aware NMS threshold of ``model``'s own post-processing (``postprocessor``'s
     ``nms_thresh``; a DistributedDataParallel wrapper is looked through)."""
-    detector = getattr(model, "module", model)
+    detector = unwrap_model(model)
     thresh = getattr(getattr(detector, "postprocessor", None), "nms_thresh", None)
     if thresh is None:
         raise ValueError(

@@ -15,6 +15,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
+from drdet.checkpoint import unwrap_model
 from drdet.data.bad_images import BadImageLog
 from drdet.engine.speed import amp_dtype
 from drdet.modeling.retinanet.loss import check_targets, targets_checked
@@ -151,9 +152,12 @@ class TrainStep:
         )
         self.clip_gradients = make_gradient_clipper(cfg)
         self.num_classes = cfg.MODEL.RETINANET.NUM_CLASSES - 1
-        # The host-side target check is RetinaNet's (another registered detector may read its
-        # targets otherwise); it is skipped for targets already on the device.
-        self.check_targets_on_host = cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
+        # The host-side target check, for detectors whose loss reads its targets through
+        # drdet.modeling.retinanet.loss (DenseDetector.HOST_CHECKED_TARGETS); skipped for
+        # targets already on the device.
+        self.check_targets_on_host = bool(
+            getattr(unwrap_model(model), "HOST_CHECKED_TARGETS", False)
+        )
         self.defer_checks = bool(cfg.SPEED.DEFER_CHECKS)
         periods = (cfg.SOLVER.LOG_PERIOD, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.TEST.EVAL_PERIOD)
         self.flush_periods = tuple(p for p in periods if p > 0)

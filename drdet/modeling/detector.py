@@ -45,6 +45,10 @@ class DenseDetector(nn.Module):
 
     pixel_mean: Tensor
     pixel_std: Tensor
+    # The loss reads its targets through drdet.modeling.retinanet.loss._pad_targets, so the
+    # training step may check them on the host (check_targets) and spare the loss its device
+    # check (one sync per step on a GPU). A subclass whose loss reads targets otherwise: False.
+    HOST_CHECKED_TARGETS = True
 
     def __init__(
         self,
