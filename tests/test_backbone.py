@@ -162,6 +162,33 @@ def test_frozen_bn_equals_bn_in_eval():
     torch.testing.assert_close(half.float(), bn(x), rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_frozen_bn_with_gradient_keeps_nothing_for_backward(dtype):
+    """With autograd the layer is one multiply-add: the same values and input gradient as
+    BatchNorm2d in eval mode (to rounding), and no activation kept for the backward pass."""
+    bn = nn.BatchNorm2d(8).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    _randomize_norm_stats(bn)
+    bn.eval()
+    frozen = FrozenBatchNorm2d(8).to(bn.running_mean.dtype)
+    frozen.load_state_dict(bn.state_dict())
+    x = torch.randn(2, 8, 5, 7, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: saved.append(t.shape) or t, lambda t: t
+    ):
+        y = frozen(x.requires_grad_())
+    assert [s for s in saved if s.numel() > 8] == []
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, grad)
+    ref_x = x.detach().to(bn.running_mean.dtype).requires_grad_()
+    ref = bn(ref_x)
+    (ref_gx,) = torch.autograd.grad(ref, ref_x, grad.to(ref.dtype))
+    tol = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(y.to(ref.dtype), ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(gx.to(ref.dtype), ref_gx, rtol=tol, atol=tol)
+
+
 def test_convert_frozen_batchnorm_keeps_eval_output():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
     _randomize_norm_stats(model)
