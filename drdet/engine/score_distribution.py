@@ -10,7 +10,6 @@ box's class, background anchors the scores of all classes; ignored anchors are l
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import matplotlib
@@ -28,6 +27,7 @@ from drdet.checkpoint import (  # noqa: E402
     load_model_state,
 )
 from drdet.modeling import build_detector  # noqa: E402
+from drdet.utils.figures import save_figure  # noqa: E402
 
 
 def anchor_scores(model, image: Tensor, target: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -89,15 +89,7 @@ def plot(results: Sequence[tuple[str, np.ndarray, np.ndarray]], output: str, bin
                     label=f"{label} (mean {values.mean():.3f}, n={values.size})",
                 )
     axes[0].set_yscale("log")
-    for ax, title in zip(
-        axes,
-        ("background anchors (all classes)", "foreground anchors (ground-truth class)"),
-    ):
+    titles = ("background (all classes)", "foreground (ground-truth class)")
+    for ax, title in zip(axes, titles):
         ax.set(xlabel="confidence", ylabel="density", title=title, xlim=(0, 1))
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output, dpi=100)
-    plt.close(fig)
+    save_figure(fig, axes, output)

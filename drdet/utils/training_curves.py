@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from drdet.utils.figures import save_figure  # noqa: E402
+
 Series = dict[str, dict[int, float]]  # name -> {iteration: value}
 
 
@@ -94,12 +96,5 @@ def plot_runs(
         )
     ax_loss.set(xlabel="iteration", ylabel="loss", title="training losses")
     ax_ap.set(xlabel="iteration", ylabel=f"{metric} (%)", title=f"evaluation {metric}")
-    for ax in (ax_loss, ax_ap):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output, dpi=100)
-    plt.close(fig)
+    save_figure(fig, (ax_loss, ax_ap), output, legend_fontsize=7)
     return data
