@@ -20,7 +20,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _worker(rank, world_size, port, results):
+def _set_rank_env(rank, world_size, port):
+    """The environment torchrun gives rank ``rank`` of a one-machine job."""
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world_size),
@@ -28,6 +29,10 @@ def _worker(rank, world_size, port, results):
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
+
+
+def _worker(rank, world_size, port, results):
+    _set_rank_env(rank, world_size, port)
     assert comm.init_distributed(backend="gloo", timeout_minutes=1)
     try:
         gathered = comm.all_gather({"rank": rank, "ids": list(range(rank + 1))})
@@ -131,13 +136,7 @@ def test_jsonl_writer_and_logger(tmp_path, capsys):
 def _worker_one_rank_fails(rank, world_size, port, results):
     import time
 
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    _set_rank_env(rank, world_size, port)
     comm.init_distributed(backend="gloo", timeout_minutes=0.02)  # 1.2 s
     if rank == 1:
         time.sleep(3)  # "hangs": never joins the collective below

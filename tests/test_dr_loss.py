@@ -321,7 +321,7 @@ def test_module_matches_function():
 
 def test_params_object_and_keywords_are_the_same_loss():
     logits, labels, gids = random_inputs(groups=3)
-    params = DRLossParams(
+    fields = dict(
         pos_lambda=0.7,
         neg_lambda=0.05,
         L=4.0,
@@ -331,37 +331,12 @@ def test_params_object_and_keywords_are_the_same_loss():
         rho=0.6,
         pairing="negonly",
     )
-    expected = reference(
-        logits,
-        labels,
-        gids,
-        3,
-        pos_lambda=0.7,
-        neg_lambda=0.05,
-        L=4.0,
-        margin=0.3,
-        tau=2.0,
-        smoothing="quadratic",
-        rho=0.6,
-        pairing="negonly",
-    )
+    params = DRLossParams(**fields)
+    expected = reference(logits, labels, gids, 3, **fields)
     torch.testing.assert_close(dr_loss(logits, labels, gids, params=params).double(), expected)
     torch.testing.assert_close(DRLoss(params)(logits, labels, gids).double(), expected)
     # keywords replace fields of params; the rest keeps params' values
-    hinge = reference(
-        logits,
-        labels,
-        gids,
-        3,
-        pos_lambda=0.7,
-        neg_lambda=0.05,
-        L=4.0,
-        margin=0.3,
-        tau=2.0,
-        smoothing="hinge",
-        rho=0.6,
-        pairing="negonly",
-    )
+    hinge = reference(logits, labels, gids, 3, **{**fields, "smoothing": "hinge"})
     torch.testing.assert_close(
         dr_loss(logits, labels, gids, params=params, smoothing="hinge").double(), hinge
     )

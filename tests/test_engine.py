@@ -1,9 +1,8 @@
 """The training loop's guards and hooks, and the multi-scale / flip test, on small stand-ins."""
 
-import math
-
 import pytest
 import torch
+from helpers.tiny import ToyDetector  # tests/ is on sys.path under pytest
 from torch import nn
 
 from drdet.checkpoint import Checkpointer
@@ -12,23 +11,6 @@ from drdet.engine.hooks import HookBase
 from drdet.engine.test_time_augmentation import BBoxAug, detector_nms_thresh, merge_detections
 from drdet.engine.trainer import NonFiniteLossError, do_train
 from drdet.solver import make_lr_scheduler, make_optimizer
-
-
-class _ToyDetector(nn.Module):
-    """Loss dict from one parameter; loss_reg turns NaN at iteration `nan_at` (1-based)."""
-
-    def __init__(self, nan_at):
-        super().__init__()
-        self.w = nn.Parameter(torch.ones(()))
-        self.calls = 0
-        self.nan_at = nan_at
-
-    def forward(self, images, targets):
-        self.calls += 1
-        reg = self.w * 0.5
-        if self.calls == self.nan_at:
-            reg = reg * math.nan
-        return {"loss_cls": self.w * 2.0, "loss_reg": reg}
 
 
 def _batches():
@@ -50,7 +32,7 @@ def _setup(tmp_path, nan_at):
             str(tmp_path),
         ]
     )
-    model = _ToyDetector(nan_at)
+    model = ToyDetector(nan_at)
     opt = make_optimizer(cfg, model)
     sched = make_lr_scheduler(cfg, opt)
     return cfg, model, opt, sched, Checkpointer(model, opt, sched, save_dir=str(tmp_path))
@@ -164,7 +146,7 @@ def test_periodic_evaluation_is_recorded(tmp_path):
     assert [(r["iteration"], r["eval/toy_val/AP50"]) for r in evals] == [(2, 0.5), (4, 0.5)]
 
 
-class _NanGradDetector(_ToyDetector):
+class _NanGradDetector(ToyDetector):
     """Finite losses whose gradient is NaN at iteration `nan_at` (sqrt at 0)."""
 
     def forward(self, images, targets):

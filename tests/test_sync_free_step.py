@@ -11,14 +11,13 @@ the real synchronisations with ``torch.cuda.set_sync_debug_mode``.
 from __future__ import annotations
 
 import collections
-import math
 import os
 import traceback
 import warnings
 
 import pytest
 import torch
-from torch import nn
+from helpers.tiny import ToyDetector  # tests/ is on sys.path under pytest
 
 from drdet.config import get_cfg
 from drdet.engine.train_step import NonFiniteLossError, TrainStep
@@ -173,26 +172,9 @@ def test_targets_are_checked_on_the_host_for_both_detectors(meta, monkeypatch):
     assert not _toy_step(defer=True).check_targets_on_host
 
 
-class _Toy(nn.Module):
-    """Loss dict from one parameter; loss_reg is NaN at call `nan_at` (1-based)."""
-
-    def __init__(self, nan_at: int = -1):
-        super().__init__()
-        self.w = nn.Parameter(torch.ones(()))
-        self.calls = 0
-        self.nan_at = nan_at
-
-    def forward(self, images, targets):
-        self.calls += 1
-        reg = self.w * 0.5 + 0.1 * self.calls
-        if self.calls == self.nan_at:
-            reg = reg * math.nan
-        return {"loss_cls": self.w * 2.0, "loss_reg": reg}
-
-
 def _toy_step(defer: bool, nan_at: int = -1, clip: bool = False) -> TrainStep:
     cfg = _cfg("SPEED.DEFER_CHECKS", defer, "SOLVER.CLIP_GRADIENTS.ENABLED", clip)
-    model = _Toy(nan_at)
+    model = ToyDetector(nan_at, drift=0.1)
     opt = make_optimizer(cfg, model)
     return TrainStep(cfg, model, opt, make_lr_scheduler(cfg, opt), torch.device("cpu"))
 
@@ -223,7 +205,7 @@ def test_deferred_values_are_the_means_over_the_window():
 
 
 def test_deferred_nan_gradient_is_caught_at_the_flush():
-    class NanGrad(_Toy):
+    class NanGrad(ToyDetector):
         def forward(self, images, targets):
             out = super().forward(images, targets)
             if self.calls == 2:  # value 0, gradient inf * 0 = NaN
@@ -231,7 +213,7 @@ def test_deferred_nan_gradient_is_caught_at_the_flush():
             return out
 
     step = _toy_step(True, clip=True)
-    step.model = NanGrad()
+    step.model = NanGrad(drift=0.1)
     step.optimizer = torch.optim.SGD(step.model.parameters(), lr=0.01)
     step.scheduler = torch.optim.lr_scheduler.LambdaLR(step.optimizer, lambda _: 1.0)
     for iteration in (1, 2, 3):

@@ -4,9 +4,13 @@ line that starts tools/train_net.py in a subprocess."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping
+
+import torch
+from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTHETIC_CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
@@ -103,3 +107,25 @@ def demo_argv(
     overrides `opts`."""
     head = ["--config-file", config, *source, "--output", str(output)]
     return head + ["--confidence-threshold", threshold, *opts]
+
+
+class ToyDetector(nn.Module):
+    """A stand-in detector for the training loop: a loss dict from one parameter w,
+    loss_cls = 2 w and loss_reg = 0.5 w + drift * (calls so far); loss_reg is NaN at call
+    ``nan_at`` (1-based)."""
+
+    def __init__(self, nan_at: int = -1, drift: float = 0.0):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+        self.calls = 0
+        self.nan_at = nan_at
+        self.drift = drift
+
+    def forward(self, images, targets):
+        self.calls += 1
+        reg = self.w * 0.5
+        if self.drift:
+            reg = reg + self.drift * self.calls
+        if self.calls == self.nan_at:
+            reg = reg * math.nan
+        return {"loss_cls": self.w * 2.0, "loss_reg": reg}
