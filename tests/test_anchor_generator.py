@@ -8,10 +8,10 @@ from torchvision.models.detection.retinanet import _default_anchorgen
 from drdet.config import get_cfg
 from drdet.modeling.anchor_generator import (
     AnchorGenerator,
-    build_anchor_generator,
     cell_anchors,
     maskrcnn_benchmark_cell_anchors,
 )
+from drdet.modeling.retinanet import build_retinanet_anchors
 
 
 def _features(*sizes):
@@ -92,10 +92,18 @@ def test_bad_arguments():
         AnchorGenerator([[32]], [1.0], strides=[8], convention="torchvision")(_features((2, 2)))
 
 
+STRIDES = (8, 16, 32, 64, 128)
+
+
 def _retinanet_cfg(convention):
     cfg = get_cfg()
-    cfg.MODEL.RETINANET.ANCHOR_CONVENTION = convention
+    cfg.MODEL.ANCHOR_GENERATOR.CONVENTION = convention
     return cfg
+
+
+def build_anchor_generator(cfg):
+    """RetinaNet's anchors from the config, at the strides of P3-P7."""
+    return build_retinanet_anchors(cfg, STRIDES)
 
 
 # The feature sizes of a padded 800 x 1216 batch (an 800 x 1199 COCO image): ceil(800 / s) rows.
@@ -142,7 +150,7 @@ def test_maskrcnn_benchmark_convention_every_level():
     levels = ours(feats, PADDED_800)
     scales = [2 ** (k / 3) for k in range(3)]
     for level, (stride, size, (h, w)) in enumerate(
-        zip(cfg.MODEL.RETINANET.ANCHOR_STRIDES, cfg.MODEL.RETINANET.ANCHOR_SIZES, FEATURES_800)
+        zip(STRIDES, cfg.MODEL.RETINANET.ANCHOR_SIZES, FEATURES_800)
     ):
         cell = detectron_cell_anchors_inclusive(stride, [size * s for s in scales], (0.5, 1.0, 2.0))
         ys, xs = torch.meshgrid(torch.arange(h) * stride, torch.arange(w) * stride, indexing="ij")

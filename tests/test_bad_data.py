@@ -404,7 +404,7 @@ def _train(out, dataset, max_bad):
         overrides={
             "MODEL.RESNETS.BACKBONE_OUT_CHANNELS": 32,
             "MODEL.RETINANET.NUM_CONVS": 1,
-            "MODEL.RETINANET.NUM_CLASSES": 2,
+            "MODEL.NUM_CLASSES": 2,
             "DATALOADER.NUM_WORKERS": 1,
             "DATALOADER.MAX_BAD_IMAGES": max_bad,
             "SOLVER.STEPS": "(100,)",

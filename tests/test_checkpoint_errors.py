@@ -130,8 +130,7 @@ def test_class_count_mismatch_is_said_in_words(tmp_path):
     path = _saved(tmp_path)  # 3 classes
     with pytest.raises(
         UserValueError,
-        match="has 3 classes, config MODEL.RETINANET.NUM_CLASSES "
-        "is 6 \\(5 classes \\+ background\\)",
+        match="has 3 classes, config MODEL.NUM_CLASSES is 6 \\(5 classes \\+ background\\)",
     ):
         Checkpointer(_Detector(num_classes=5)).load(path, load_training_state=False)
 
@@ -143,14 +142,14 @@ def test_checkpoint_records_its_classes_and_they_are_checked(tmp_path, caplog):
     record = torch.load(path, weights_only=True)["classes"]
     assert record == {"num_classes": 3, "names": ["a", "b", "c"]}
 
-    cfg = load_config(CONFIG, ["MODEL.RETINANET.NUM_CLASSES", "6"])
+    cfg = load_config(CONFIG, ["MODEL.NUM_CLASSES", "6"])
     with pytest.raises(
         UserValueError,
         match=r"trained on 3 classes \[a, b, c\]; config "
-        r"MODEL.RETINANET.NUM_CLASSES is 6",
+        r"MODEL.NUM_CLASSES is 6",
     ):
         check_classes(record, path, cfg)
-    check_classes(record, path, load_config(CONFIG, ["MODEL.RETINANET.NUM_CLASSES", "4"]))
+    check_classes(record, path, load_config(CONFIG, ["MODEL.NUM_CLASSES", "4"]))
 
     class FiveShapes:
         name = "shapes"
@@ -180,7 +179,7 @@ def test_test_net_refuses_a_dataset_with_other_classes(tmp_path):
     """A 3-class model evaluated on the 5-class synthetic set fails, naming both."""
     from drdet.modeling import build_detector
 
-    overrides = TINY + ["MODEL.RETINANET.NUM_CLASSES", "4", "OUTPUT_DIR", str(tmp_path)]
+    overrides = TINY + ["MODEL.NUM_CLASSES", "4", "OUTPUT_DIR", str(tmp_path)]
     ckpt = Checkpointer(
         build_detector(load_config(CONFIG, overrides)), save_dir=str(tmp_path), save_to_disk=True
     )

@@ -54,7 +54,7 @@ def test_config_that_fixes_the_setup_or_the_loss_is_refused(tmp_path):
     _fails(DATA + ["--losses", "DR", "NOPE"], "NOPE", "registered: .*DR")
     other = tmp_path / "other.yaml"
     other.write_text(f"_BASE_: {CONFIG}\nMODEL:\n  META_ARCHITECTURE: Yolo\n")
-    _fails(["--config-file", str(other)] + DATA, "Yolo", "MODEL.YOLO.LOSS_TYPE")
+    _fails(["--config-file", str(other)] + DATA, "Yolo", "declares no loss key")
     _fails(["--config-file", str(tmp_path / "missing.yaml")], "missing.yaml")
     assert not (tmp_path / "compare").exists()
 

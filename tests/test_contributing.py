@@ -21,11 +21,13 @@ cfg = get_cfg()
 cfg.merge_from_list([
     "MODEL.DEVICE", "cpu", "MODEL.META_ARCHITECTURE", "SharedTowerRetinaNet",
     "MODEL.BACKBONE.CONV_BODY", "TINY-PYRAMID", "MODEL.RESNETS.BACKBONE_OUT_CHANNELS", 16,
-    "MODEL.RETINANET.LOSS_TYPE", "BCE", "MODEL.RETINANET.NUM_CLASSES", 3,
+    "MODEL.SHARED_TOWER.LOSS_TYPE", "BCE", "MODEL.NUM_CLASSES", 3,
 ])
+assert cfg.MODEL.SHARED_TOWER.INFERENCE_TH == 0.1  # the BCE recipe, mapped by the detector
 validate_cfg(cfg)
 model = build_detector(cfg).train()
 assert isinstance(model.head, SharedTowerHead) and isinstance(model.backbone, TinyPyramid)
+assert abs(model.head.cls_logits.bias[0].sigmoid().item() - 0.01) < 1e-6  # the recipe's prior
 assert isinstance(model.loss.cls_loss, SigmoidBCELoss)
 images = [torch.rand(3, 64, 80) * 255, torch.rand(3, 72, 64) * 255]
 targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([2])},
@@ -56,7 +58,7 @@ metrics = evaluate_predictions(by_form, predictions)
 assert metrics["dets_per_image"] == 1.0, metrics
 assert list(metrics)[:6] == ["AP", "AP50", "AP75", "APs", "APm", "APl"], metrics
 from drdet.engine.defaults import load_config
-from drdet.modeling.losses.setup import loss_setup
+from drdet.config import loss_setup
 
 assert loss_setup("BCE", "RetinaNet") == {
     "MODEL.RETINANET.PRIOR_PROB": 0.01, "MODEL.RETINANET.INFERENCE_TH": 0.1}
@@ -64,10 +66,21 @@ import yaml
 
 plain = os.path.join(os.environ["DRDET_DATASETS"], "bce.yaml")
 with open(plain, "w") as f:
-    yaml.safe_dump({"MODEL": {"RETINANET": {"LOSS_TYPE": "BCE", "NUM_CLASSES": 3}}}, f)
+    yaml.safe_dump({"MODEL": {"RETINANET": {"LOSS_TYPE": "BCE", "NUM_CLASSES": 3}}}, f)  # the old key, moved
 assert load_config(plain).MODEL.RETINANET.INFERENCE_TH == 0.1  # the setup (default 0.05)
 assert load_config(plain, ["MODEL.RETINANET.INFERENCE_TH", "0.3"]).MODEL.RETINANET.INFERENCE_TH == 0.3
 assert load_config(plain, ["MODEL.RETINANET.PRIOR_PROB", "0.2"]).MODEL.RETINANET.PRIOR_PROB == 0.2
+bad = get_cfg()
+bad.merge_from_list(["MODEL.META_ARCHITECTURE", "SharedTowerRetinaNet",
+                     "MODEL.SHARED_TOWER.PRIOR_PROB", 1.5])
+try:
+    validate_cfg(bad)
+except ValueError as err:
+    assert "MODEL.SHARED_TOWER.PRIOR_PROB" in str(err), err
+else:
+    raise AssertionError("the detector's own check did not run")
+scores, labels = model.classification_scores(images, targets)
+assert scores.shape[:2] == labels.shape and int((labels > 0).sum()) > 0
 print("CONTRIBUTING OK")
 """
 

@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from helpers.detections import assert_same_detections
 from torch import nn
 
+from drdet.modeling import RetinaNet
 from drdet.modeling.anchor_generator import AnchorGenerator
 from drdet.modeling.box_coder import BoxCoder
-from drdet.modeling.detector import RetinaNet
+from drdet.modeling.dense import DensePostProcessor
 from drdet.modeling.losses.dr import DRClassificationLoss
 from drdet.modeling.losses.focal import FocalLoss
 from drdet.modeling.matcher import Matcher
-from drdet.modeling.retinanet import RetinaNetHead, RetinaNetLossComputation, RetinaNetPostProcessor
+from drdet.modeling.retinanet import RetinaNetHead, RetinaNetLossComputation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
@@ -61,7 +62,7 @@ def _tiny_detector(loss_type="DR"):
     )
     cls_loss = DRClassificationLoss(dr) if loss_type == "DR" else FocalLoss()
     loss = RetinaNetLossComputation(Matcher(0.5, 0.4), coder, C, cls_loss)
-    post = RetinaNetPostProcessor(coder, score_thresh=0.05, detections_per_img=20)
+    post = DensePostProcessor(coder, score_thresh=0.05, detections_per_img=20)
     head = RetinaNetHead(8, C, 9, num_convs=1, prior_prob=0.1)
     return RetinaNet(
         TinyBackbone(), head, anchors, loss, post, [100.0, 110.0, 120.0], [50.0, 60.0, 70.0], 32
@@ -201,7 +202,7 @@ def test_config_files_exist():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, ROOT) for p in CONFIGS])
 def test_every_config_trains_and_predicts(path):
-    from drdet.modeling.detector import build_detector
+    from drdet.modeling import build_detector
 
     cfg = _cfg(path)
     if cfg.MODEL.RESNETS.NORM in ("BN", "SyncBN"):  # batch statistics of 2 random images: freeze
@@ -228,7 +229,7 @@ def _predictor_cfg(weight=""):
             "R-18-FPN-RETINANET",
             "MODEL.RETINANET.INFERENCE_TH",
             0.009,
-            "MODEL.RETINANET.NUM_CLASSES",
+            "MODEL.NUM_CLASSES",
             4,
             "MODEL.WEIGHT",
             weight,
@@ -276,9 +277,13 @@ def test_postprocess_without_topk_when_few_pass_the_threshold():
     come from one pass over the logits instead of a top-k: same candidates in the same order
     (by image, decreasing score), same detections as the per-class reference."""
     from helpers.detections import NUM_CLASSES as C_POST
-    from helpers.detections import SIZES, post_processor, postprocess_inputs, reference_postprocess
-
-    from drdet.modeling.retinanet.inference import RetinaNetPostProcessor
+    from helpers.detections import (
+        SIZES,
+        post_processor,
+        postprocess_inputs,
+        reference_postprocess,
+        run_post,
+    )
 
     anchors, logits, deltas = postprocess_inputs()
     big = torch.tensor([[1000.0, 1000.0]] * 2)
@@ -297,7 +302,7 @@ def test_postprocess_without_topk_when_few_pass_the_threshold():
         torch.testing.assert_close(boxes[images == i], expected)
 
     args = dict(score_thresh=0.2, pre_nms_top_n=10**4, nms_thresh=0.5, detections_per_img=25)
-    ours = RetinaNetPostProcessor(BoxCoder(), **args)(anchors, logits, deltas, SIZES)
+    ours = run_post(DensePostProcessor(BoxCoder(), **args), anchors, logits, deltas, SIZES)
     ref = reference_postprocess(anchors, logits, deltas, SIZES, **args)
     for det, r in zip(ours, ref):
         assert len(det["scores"]) > 0

@@ -11,14 +11,14 @@ import torch.nn.functional as F
 
 from drdet.config import get_cfg, validate_cfg
 from drdet.modeling import build_detector
-from drdet.modeling.fcos.detector import location_generator
-from drdet.modeling.fcos.inference import centerness_weighted_logits
-from drdet.modeling.fcos.loss import FCOSLossComputation, iou_loss
-from drdet.modeling.fcos.targets import (
-    assign_locations,
+from drdet.modeling.dense import (
+    DenseOutputs,
     centerness_targets,
-    level_ranges,
+    centerness_weighted_logits,
+    iou_loss,
 )
+from drdet.modeling.fcos import FCOSLossComputation, location_generator
+from drdet.modeling.fcos.targets import assign_locations, level_ranges
 from drdet.modeling.losses.dr import build_dr_loss
 
 INF = math.inf
@@ -151,25 +151,27 @@ def _one_level(num_images=2, height=4, width=5, stride=8, num_classes=3, seed=0)
     )
     points = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).float()
     n = points.shape[0]
-    return (
-        [points],
-        [stride],
+    # FCOS's anchors: one square of side `stride` per location, centred on it
+    anchors = torch.cat([points - stride / 2, points + stride / 2], dim=1)
+    outputs = DenseOutputs(
         [torch.randn(num_images, n, num_classes, generator=g)],
         [torch.rand(num_images, n, 4, generator=g) * 20],
         [torch.randn(num_images, n, generator=g)],
     )
+    return [anchors], [stride], outputs
 
 
 def test_labels_normalizer_and_box_losses_by_hand():
-    points, strides, cls, dist, ctr = _one_level()
+    anchors, strides, outputs = _one_level()
+    cls, dist, ctr = outputs
     recorder = _Recorder()
-    loss = FCOSLossComputation(3, recorder, [(0, INF)], center_sampling_radius=0.0)
+    loss = FCOSLossComputation(3, recorder, strides, [(0, INF)], center_sampling_radius=0.0)
     # image 0: one box covering (8, 8) and (16, 8) only; image 1: none.
     targets = [
         {"boxes": torch.tensor([[4.0, 5.0, 20.0, 12.0]]), "labels": torch.tensor([2])},
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
     ]
-    out = loss(points, strides, cls, dist, ctr, targets)
+    out = loss(anchors, outputs, targets)
     labels, normalizer = recorder.calls[0]
     expected = torch.zeros(2, 20, dtype=torch.int64)
     expected[0, [6, 7]] = 2  # (x, y) = (8, 8) and (16, 8): row 1, columns 1 and 2
@@ -199,24 +201,21 @@ def test_iou_losses_by_hand():
 
 
 def test_images_without_boxes():
-    points, strides, cls, dist, ctr = _one_level()
-    for p in cls + dist + ctr:
+    anchors, strides, outputs = _one_level()
+    for p in outputs.cls_logits + outputs.box_regression + outputs.centerness:
         p.requires_grad_(True)
     recorder = _Recorder()
-    loss = FCOSLossComputation(3, recorder, [(0, INF)])
+    loss = FCOSLossComputation(3, recorder, strides, [(0, INF)])
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-    out = loss(points, strides, cls, dist, ctr, [empty, empty])
+    out = loss(anchors, outputs, [empty, empty])
     labels, normalizer = recorder.calls[0]
     assert (labels == 0).all() and normalizer == 1.0  # at least 1
     assert out["loss_reg"].item() == 0.0 and out["loss_centerness"].item() == 0.0
     sum(out.values()).backward()  # a graph without positives still backpropagates
     with pytest.raises(ValueError, match="image 1 of the batch.*degenerate"):
         loss(
-            points,
-            strides,
-            cls,
-            dist,
-            ctr,
+            anchors,
+            outputs,
             [empty, {"boxes": torch.tensor([[5.0, 5.0, 5.0, 9.0]]), "labels": torch.tensor([1])}],
         )
 
@@ -240,8 +239,10 @@ def _dr_reference(logits, labels, pos_lambda, neg_lambda, L, margin, tau):
 def test_dr_loss_on_fcos_ranks_location_class_entries_per_image():
     cfg = get_cfg()
     cfg.merge_from_list(["MODEL.DR_LOSS.GROUPING", "image"])
-    points, strides, cls, dist, ctr = _one_level(num_images=2, seed=4)
-    loss = FCOSLossComputation(3, build_dr_loss(cfg), [(0, INF)], center_sampling_radius=0.0)
+    anchors, strides, outputs = _one_level(num_images=2, seed=4)
+    loss = FCOSLossComputation(
+        3, build_dr_loss(cfg), strides, [(0, INF)], center_sampling_radius=0.0
+    )
     targets = [
         {
             "boxes": torch.tensor([[4.0, 5.0, 20.0, 12.0], [20.0, 10.0, 36.0, 30.0]]),
@@ -249,12 +250,18 @@ def test_dr_loss_on_fcos_ranks_location_class_entries_per_image():
         },
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
     ]
-    out = loss(points, strides, cls, dist, ctr, targets)
-    labels = loss.prepare_targets(points, strides, targets)["labels"]
+    out = loss(anchors, outputs, targets)
+    labels = loss.prepare_targets(anchors, targets)["labels"]
     assert int((labels > 0).sum()) >= 4
     d = cfg.MODEL.DR_LOSS
     expected = _dr_reference(
-        torch.cat(cls, 1).double(), labels, d.POS_LAMBDA, d.NEG_LAMBDA, d.L, d.MARGIN, d.TAU
+        torch.cat(outputs.cls_logits, 1).double(),
+        labels,
+        d.POS_LAMBDA,
+        d.NEG_LAMBDA,
+        d.L,
+        d.MARGIN,
+        d.TAU,
     )
     assert out["loss_cls"].item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -283,9 +290,9 @@ def _cfg(*overrides):
             32,
             "MODEL.FCOS.NUM_CONVS",
             1,
-            "MODEL.RETINANET.NUM_CLASSES",
+            "MODEL.NUM_CLASSES",
             4,
-            "MODEL.RETINANET.USE_C5",
+            "MODEL.FPN.USE_C5",
             False,
             "MODEL.GROUP_NORM.NUM_GROUPS",
             8,
@@ -331,7 +338,7 @@ def test_config_validation_names_the_fcos_key():
 def test_score_distribution_takes_the_assigned_locations_class_scores():
     from drdet.engine.score_distribution import anchor_scores
 
-    model = build_detector(_cfg("MODEL.RETINANET.ANCHOR_CONVENTION", "exact")).eval()
+    model = build_detector(_cfg("MODEL.ANCHOR_GENERATOR.CONVENTION", "exact")).eval()
     image = torch.rand(3, 128, 128) * 255
     # A 32-pixel box: on P3 (stride 8, range up to 64) the locations strictly inside it are
     # x, y in {16, 24, 32}, i.e. cells (i, j) in {2, 3, 4}^2 of the 16 x 16 map; on P4 its

@@ -17,6 +17,7 @@ from drdet.checkpoint.fcos_conversion import convert_torchvision_fcos
 from drdet.config import get_cfg
 from drdet.engine.predictor import Predictor
 from drdet.modeling import build_detector
+from drdet.modeling.fcos.box_coder import anchor_centres
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TV_CONFIG = os.path.join(ROOT, "configs", "torchvision", "fcos_resnet50_fpn_torchvision.yaml")
@@ -59,7 +60,7 @@ def _torchvision_fcos(num_classes: int = 80):
 def _drdet(num_classes: int = 81):
     cfg = get_cfg()
     cfg.merge_from_file(TV_CONFIG)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.RETINANET.NUM_CLASSES", num_classes])
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.NUM_CLASSES", num_classes])
     return cfg, build_detector(cfg).eval()
 
 
@@ -128,7 +129,7 @@ def test_head_outputs_and_locations_match(converted):
     anchors = tv.anchor_generator(
         torchvision.models.detection.image_list.ImageList(x, [(H, W)]), tv_features
     )[0]
-    ours = torch.cat(model.locations(features, (H, W)))
+    ours = anchor_centres(torch.cat(model.anchor_generator(features, (H, W))))
     assert torch.equal(ours, (anchors[:, :2] + anchors[:, 2:]) / 2)
     assert ours[-1].tolist() == [96.0, 0.0]  # P7 of a 192-px-wide batch: torchvision's stride 96
 
@@ -184,15 +185,19 @@ def test_focal_losses_equal_torchvisions(converted):
         assert (areas.diff() > 16).all()
     with torch.no_grad():
         features = model.backbone(x)
-        cls, dist, ctr = model.head(features)
-        points = model.locations(features, (H, W))
-        ours = model.loss(points, model.head.strides, cls, dist, ctr, targets)
+        outputs = model.head(features)
+        cls, dist, ctr = outputs
+        ours_anchors = model.anchor_generator(features, (H, W))
+        ours = model.loss(ours_anchors, outputs, targets)
         tv_features = list(tv.backbone(x).values())
         anchors = tv.anchor_generator(
             torchvision.models.detection.image_list.ImageList(x, [(H, W)] * 2), tv_features
         )
         sizes = torch.cat(
-            [torch.full((p.shape[0], 1), float(s)) for p, s in zip(points, (8, 16, 32, 64, 128))]
+            [
+                torch.full((a.shape[0], 1), float(s))
+                for a, s in zip(ours_anchors, (8, 16, 32, 64, 128))
+            ]
         )
         head_outputs = {
             "cls_logits": torch.cat(cls, 1),
@@ -200,8 +205,10 @@ def test_focal_losses_equal_torchvisions(converted):
             "bbox_ctrness": torch.cat(ctr, 1)[..., None],
         }
         tv_targets = [{"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets]
-        theirs = tv.compute_loss(tv_targets, head_outputs, anchors, [p.shape[0] for p in points])
-        labels = model.loss.prepare_targets(points, model.head.strides, targets)["labels"]
+        theirs = tv.compute_loss(
+            tv_targets, head_outputs, anchors, [a.shape[0] for a in ours_anchors]
+        )
+        labels = model.loss.labels(ours_anchors, targets)
     assert 10 < int((labels > 0).sum()) < labels.numel() // 2
     torch.testing.assert_close(ours["loss_cls"], theirs["classification"], rtol=1e-4, atol=0)
     torch.testing.assert_close(ours["loss_reg"], theirs["bbox_regression"], rtol=1e-4, atol=0)

@@ -10,8 +10,8 @@ from torch import nn
 
 from drdet.layers.batch_norm import FrozenBatchNorm2d, fold_frozen_batchnorm, fuse_frozen_batchnorm
 from drdet.layers.packed_conv import PackedConv2d
+from drdet.modeling import build_detector
 from drdet.modeling.backbone import ResNet
-from drdet.modeling.detector import build_detector
 from drdet.modeling.inference_copy import prepare_for_inference
 
 
@@ -127,7 +127,7 @@ def _detector(overrides=()):
     from drdet.config import get_cfg
 
     cfg = get_cfg()
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.RETINANET.NUM_CLASSES", 5, *overrides])
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.NUM_CLASSES", 5, *overrides])
     torch.manual_seed(0)
     model = build_detector(cfg)
     # a head whose scores spread beyond the threshold, so that there are detections to compare
@@ -149,7 +149,8 @@ def _head_outputs(model: nn.Module, images, dtype=torch.float32) -> torch.Tensor
     """Every class logit and box delta of every level, flattened, in float64."""
     model = copy.deepcopy(model).to(dtype)
     with torch.no_grad():
-        cls, box = model.head(model.backbone(model.preprocess(images).tensors.to(dtype)))
+        out = model.head(model.backbone(model.preprocess(images).tensors.to(dtype)))
+        cls, box = out.cls_logits, out.box_regression
     return torch.cat([t.flatten().double() for t in cls + box])
 
 

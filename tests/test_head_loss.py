@@ -9,6 +9,7 @@ from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 from torchvision.models.detection._utils import Matcher as TVMatcher
 
 from drdet.modeling.box_coder import BoxCoder
+from drdet.modeling.dense import DenseOutputs
 from drdet.modeling.losses.dr import DRClassificationLoss
 from drdet.modeling.losses.focal import FocalLoss
 from drdet.modeling.matcher import Matcher
@@ -32,7 +33,8 @@ DR_PARAMS = dict(
 def test_head_output_layout_matches_anchor_order():
     head = RetinaNetHead(8, num_classes=NUM_CLASSES, num_anchors=2, num_convs=1)
     feature = torch.randn(2, 8, 3, 5)
-    (logits,), (deltas,) = head([feature])
+    out = head([feature])
+    (logits,), (deltas,) = out.cls_logits, out.box_regression
     assert logits.shape == (2, 3 * 5 * 2, NUM_CLASSES) and deltas.shape == (2, 3 * 5 * 2, 4)
     raw = head.cls_logits(head.cls_tower(feature))  # (B, A*C, H, W), channel = a*C + c
     b, y, x, a, c = 1, 2, 4, 1, 2
@@ -53,7 +55,7 @@ def test_head_init(prior):
     assert abs(weights.std().item() - 0.01) < 5e-4 and abs(weights.mean().item()) < 5e-4
     assert all((m.bias == 0).all() for m in convs if m is not head.cls_logits)
     # prior 0.01: every score starts at 0.01 up to the tiny random weights.
-    (logits,), _ = head([torch.randn(1, 64, 4, 4)])
+    (logits,) = head([torch.randn(1, 64, 4, 4)]).cls_logits
     assert (logits.sigmoid() - prior).abs().max() < 0.01
 
 
@@ -185,9 +187,8 @@ def test_losses_against_reference(loss_type, grouping, device):
     a, lg, d = anchors.to(device), logits.to(device), deltas.to(device)  # targets stay on the CPU
     # split into two "levels" to exercise the concatenation
     cut = 100
-    losses = _loss(loss_type, grouping)(
-        [a[:cut], a[cut:]], [lg[:, :cut], lg[:, cut:]], [d[:, :cut], d[:, cut:]], targets
-    )
+    outputs = DenseOutputs([lg[:, :cut], lg[:, cut:]], [d[:, :cut], d[:, cut:]])
+    losses = _loss(loss_type, grouping)([a[:cut], a[cut:]], outputs, targets)
     assert losses["loss_cls"].device == lg.device
     losses = {k: v.cpu() for k, v in losses.items()}
     ref_labels, ref_reg = _reference_targets(anchors, targets)
@@ -219,7 +220,7 @@ def test_losses_against_reference(loss_type, grouping, device):
 def test_batch_without_boxes_is_finite_with_zero_regression(loss_type):
     anchors = _anchors()
     logits, deltas = _predictions(2, len(anchors))
-    losses = _loss(loss_type)([anchors], [logits], [deltas], _targets((0, 0)))
+    losses = _loss(loss_type)([anchors], DenseOutputs([logits], [deltas]), _targets((0, 0)))
     assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"] > 0
     assert losses["loss_reg"].item() == 0.0
     (losses["loss_cls"] + losses["loss_reg"]).backward()
@@ -248,7 +249,7 @@ def test_builders_read_the_config():
             0.6,
             "MODEL.RETINANET.USE_GN",
             True,
-            "MODEL.RETINANET.NUM_CLASSES",
+            "MODEL.NUM_CLASSES",
             21,
             "MODEL.RETINANET.PRIOR_PROB",
             0.5,

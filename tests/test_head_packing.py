@@ -1,5 +1,6 @@
-"""The RetinaNet head with its levels packed on one canvas (drdet/layers/level_packing.py) against
-the same layers run on each level alone (float64, forward and backward)."""
+"""The dense heads (RetinaNet's and FCOS's) with their levels packed on one canvas
+(drdet/layers/level_packing.py) against the same layers run on each level alone (float64,
+forward and backward)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drdet.layers.level_packing import PackedLevels, packed_group_norm, plan_layout
+from drdet.modeling.fcos.head import FCOSHead
 from drdet.modeling.retinanet.head import RetinaNetHead
 
 # Odd sizes, as an FPN gives them for a 100 x 164 image (ceil halving), and a degenerate 1-pixel
@@ -18,11 +20,16 @@ from drdet.modeling.retinanet.head import RetinaNetHead
 SIZES = [(13, 21), (7, 11), (4, 6), (2, 3), (1, 2)]
 
 
-def _head(use_gn: bool, channels: int = 16, num_convs: int = 2) -> RetinaNetHead:
+STRIDES = [8, 16, 32, 64, 128]
+
+
+def _head(use_gn: bool, channels: int = 16, num_convs: int = 2, kind: str = "retinanet"):
     torch.manual_seed(0)
-    head = RetinaNetHead(
-        channels, num_classes=3, num_anchors=2, num_convs=num_convs, use_gn=use_gn, gn_groups=4
-    ).double()
+    args = dict(num_classes=3, num_convs=num_convs, use_gn=use_gn, gn_groups=4)
+    if kind == "fcos":
+        head = FCOSHead(channels, strides=STRIDES, **args).double()
+    else:
+        head = RetinaNetHead(channels, num_anchors=2, **args).double()
     head.pack_levels = True  # also in CPU training, where "auto" runs the levels one by one
     with torch.no_grad():  # weights far from the init, so that every term matters
         for p in head.parameters():
@@ -38,9 +45,9 @@ def _features(batch: int = 2, channels: int = 16, sizes=SIZES):
     ]
 
 
-def _reference(head: RetinaNetHead, features):
+def _reference(head, features):
     """Each level through torch's own modules alone, flattened as the head documents it:
-    (B, A * K, H, W) -> (B, H * W * A, K)."""
+    (B, A * K, H, W) -> (B, H * W * A, K); FCOS's distances relu(scale * x) * stride."""
 
     def flat(x, k):
         b, _, h, w = x.shape
@@ -48,7 +55,16 @@ def _reference(head: RetinaNetHead, features):
 
     cls = [flat(head.cls_logits(head.cls_tower(f)), head.num_classes) for f in features]
     box = [flat(head.bbox_pred(head.bbox_tower(f)), 4) for f in features]
-    return cls, box
+    if not isinstance(head, FCOSHead):
+        return cls, box
+    box = [F.relu(head.scales[i] * b) * s for i, (b, s) in enumerate(zip(box, STRIDES))]
+    ctr = [flat(head.centerness(head.bbox_tower(f)), 1)[..., 0] for f in features]
+    return cls, box, ctr
+
+
+def _maps(outputs):
+    """The head's per-level tensors, as a tuple of lists (None fields left out)."""
+    return tuple(field for field in outputs if field is not None)
 
 
 def _grads(head, features, outputs):
@@ -81,12 +97,13 @@ def test_layout_keeps_levels_apart():
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("use_gn", [False, True])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_packed_head_equals_per_level(use_gn, batch, device):
-    head = _head(use_gn).to(device)
+@pytest.mark.parametrize("kind", ["retinanet", "fcos"])
+def test_packed_head_equals_per_level(use_gn, batch, device, kind):
+    head = _head(use_gn, kind=kind).to(device)
     head.pack_levels = "auto" if device == "cuda" else True  # "auto" packs on CUDA
     features = [f.detach().to(device).requires_grad_() for f in _features(batch)]
     assert head.packs(features)
-    got = head(features)
+    got = _maps(head(features))
     want = _reference(head, features)
     for g, w in zip(itertools.chain(*got), itertools.chain(*want)):
         assert g.shape == w.shape
@@ -95,11 +112,12 @@ def test_packed_head_equals_per_level(use_gn, batch, device):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10)
 
 
-def test_packed_head_channels_last_and_eval():
-    head = _head(True).eval()
+@pytest.mark.parametrize("kind", ["retinanet", "fcos"])
+def test_packed_head_channels_last_and_eval(kind):
+    head = _head(True, kind=kind).eval()
     features = [f.detach().contiguous(memory_format=torch.channels_last) for f in _features()]
     with torch.no_grad():
-        got = head(features)
+        got = _maps(head(features))
         want = _reference(head, features)
     for g, w in zip(itertools.chain(*got), itertools.chain(*want)):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)

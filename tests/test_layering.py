@@ -11,21 +11,23 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "drdet")
 
-# Lower numbers are lower layers. config reads the registries of modeling to validate a config;
-# checkpoint converts weights with the backbone's own conversion.
+# Lower numbers are lower layers. config sits below the model: the parts declare their config
+# nodes and checks to it (drdet/__init__.py tells it, through drdet.utils.registry, which
+# packages register the built-in parts); checkpoint converts weights with the backbone's own
+# conversion.
 LAYERS: dict[str, int] = {
     "_C": 0,  # the compiled extension
     "utils": 0,
-    "structures": 1,
-    "layers": 1,
-    "modeling": 2,
-    "data": 2,
-    "solver": 2,
-    "evaluation": 2,
-    "config": 3,
-    "checkpoint": 3,
-    "engine": 4,
-    "": 5,  # drdet/__init__.py and top-level modules of drdet
+    "config": 1,
+    "structures": 2,
+    "layers": 2,
+    "modeling": 3,
+    "data": 3,
+    "solver": 3,
+    "evaluation": 3,
+    "checkpoint": 4,
+    "engine": 5,
+    "": 6,  # drdet/__init__.py and top-level modules of drdet
 }
 
 
@@ -106,9 +108,14 @@ def test_imports_point_down_the_layers():
             ["drdet.utils.visualize:2 imports drdet.data.catalog"],
         ),
         (
-            "drdet.modeling.detector",
+            "drdet.modeling.build",
             "import drdet.engine.trainer as t\n",
-            ["drdet.modeling.detector:1 imports drdet.engine.trainer"],
+            ["drdet.modeling.build:1 imports drdet.engine.trainer"],
+        ),
+        (
+            "drdet.config.schema",
+            "def f():\n    import drdet.modeling\n",
+            ["drdet.config.schema:2 imports drdet.modeling"],
         ),
         (
             "drdet.data.build",
@@ -135,3 +142,94 @@ def test_imports_point_down_the_layers():
 )
 def test_the_checker_flags_upward_and_sideways_imports(module, source, expected):
     assert upward_imports(source, module, is_package=False) == expected
+
+
+# ---------------------------------------------------------------- detectors as siblings
+MODELING = os.path.join(PACKAGE, "modeling")
+
+
+def _registers_a_detector(package: str) -> bool:
+    folder = os.path.join(MODELING, package)
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name)) as f:
+                if "META_ARCHITECTURES.register(" in f.read():
+                    return True
+    return False
+
+
+# A detector package: a package of drdet/modeling that registers a meta-architecture.
+DETECTORS = sorted(entry for entry in os.listdir(MODELING) if _registers_a_detector(entry))
+
+
+def test_the_detectors_are_found():
+    assert {"retinanet", "fcos"} <= set(DETECTORS)
+
+
+def _package_files(package: str) -> Iterator[tuple[str, str]]:
+    folder = os.path.join(MODELING, package)
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name)) as f:
+                yield f"drdet/modeling/{package}/{name}", f.read()
+
+
+def detector_imports(package: str) -> list[str]:
+    """'file:line imports X' for each import of another detector package by ``package``."""
+    bad = []
+    for path, source in _package_files(package):
+        module = path[: -len(".py")].replace("/", ".")
+        for line, target in drdet_imports(source, module, path.endswith("__init__.py")):
+            parts = target.split(".")
+            if len(parts) > 2 and parts[1] == "modeling" and parts[2] in DETECTORS:
+                if parts[2] != package:
+                    bad.append(f"{path}:{line} imports {target}")
+    return bad
+
+
+@pytest.mark.parametrize("package", DETECTORS)
+def test_a_detector_imports_no_other_detector(package):
+    bad = detector_imports(package)
+    assert not bad, "a detector imports another detector:\n" + "\n".join(bad)
+
+
+def _node_reads(source: str) -> Iterator[tuple[int, str]]:
+    """(line, NODE) of each ``<...>.MODEL.NODE`` attribute read in ``source``."""
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "MODEL"
+        ):
+            yield node.lineno, node.attr
+
+
+@pytest.mark.parametrize("package", DETECTORS)
+def test_only_a_detector_reads_its_own_config_node(package):
+    """Nothing outside drdet/modeling/<detector>/ reads MODEL.<DETECTOR> (in drdet/ and tools/);
+    what the detectors share lives in shared nodes."""
+    node = package.upper()
+    bad = []
+    for folder in (PACKAGE, os.path.join(ROOT, "tools")):
+        for directory, _, files in os.walk(folder):
+            if os.path.abspath(directory).startswith(os.path.join(MODELING, package)):
+                continue
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(directory, name)
+                    with open(path) as f:
+                        source = f.read()
+                    bad += [
+                        f"{os.path.relpath(path, ROOT)}:{line}"
+                        for line, attr in _node_reads(source)
+                        if attr == node
+                    ]
+    assert not bad, f"MODEL.{node} read outside drdet/modeling/{package}/:\n" + "\n".join(bad)
+
+
+def test_the_sibling_checks_catch_a_violation():
+    source = "from drdet.modeling.retinanet.head import RetinaNetHead\ncfg.MODEL.RETINANET.X\n"
+    module = "drdet.modeling.fcos.head"
+    targets = [t for _, t in drdet_imports(source, module, False)]
+    assert targets == ["drdet.modeling.retinanet.head"]
+    assert list(_node_reads(source)) == [(2, "RETINANET")]

@@ -1,14 +1,13 @@
-"""Each classification loss brings its own setup (drdet/modeling/losses/setup.py): config loading
-applies the setup of the loss a config names under the config's explicit keys."""
+"""Each classification loss brings its own setup (drdet/config/setups.py): every merge applies
+the setup of the loss a config names under the config's explicit keys, on every merge path."""
 
 import glob
 import os
 
 import pytest
 
-from drdet.config import get_cfg
+from drdet.config import get_cfg, loss_key, loss_setup
 from drdet.engine.defaults import load_config
-from drdet.modeling.losses.setup import loss_setup, loss_type_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DR_DEMO = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
@@ -114,12 +113,16 @@ def test_effective_setup_of_every_config_is_unchanged(rel):
 
 
 def test_declared_setups():
-    assert loss_type_key("RetinaNet") == "MODEL.RETINANET.LOSS_TYPE"
-    assert loss_type_key("FCOS") == "MODEL.FCOS.LOSS_TYPE"
+    assert loss_key("RetinaNet") == "MODEL.RETINANET.LOSS_TYPE"
+    assert loss_key("FCOS") == "MODEL.FCOS.LOSS_TYPE"
+    assert loss_key("NoSuchDetector") is None
     for loss, values in (("DR", DR), ("FOCAL", FOCAL)):
         setup = loss_setup(loss, "RetinaNet")
         assert setup == {f"MODEL.RETINANET.{k}": v for k, v in zip(KEYS[1:], values[1:])}
-    assert loss_setup("DR", "NoSuchDetector") is None
+    # FCOS takes only the prior of each loss's recipe (it has no IoU matcher)
+    assert loss_setup("DR", "FCOS") == {"MODEL.FCOS.PRIOR_PROB": 0.5}
+    assert loss_setup("FOCAL", "FCOS") == {"MODEL.FCOS.PRIOR_PROB": 0.01}
+    assert loss_setup("DR", "NoSuchDetector") == {}
 
 
 def test_switching_the_loss_on_the_command_line_switches_its_setup():
@@ -162,3 +165,58 @@ def test_a_config_that_names_no_loss_gets_the_defaults(tmp_path):
 def test_an_unknown_loss_is_still_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="MODEL.RETINANET.LOSS_TYPE"):
         load_config(DR_DEMO, ["MODEL.RETINANET.LOSS_TYPE", "NOPE"])
+
+
+# ---------------------------------------------------------------- every merge path
+def test_merge_from_file_then_merge_from_list_switches_the_setup():
+    """The use drdet/config/__init__.py documents: merge_from_file, then merge_from_list."""
+    cfg = get_cfg()
+    cfg.merge_from_file(DR_DEMO)
+    assert setup_of(cfg) == DR
+    cfg.merge_from_list(["MODEL.RETINANET.LOSS_TYPE", "FOCAL"])
+    assert setup_of(cfg) == FOCAL
+    cfg.merge_from_list(["MODEL.RETINANET.LOSS_TYPE", "DR"])
+    assert setup_of(cfg) == DR
+    # the dumped config holds the values in use
+    assert "PRIOR_PROB: 0.5" in cfg.dump() and "LOSS_TYPE: DR" in cfg.dump()
+
+
+def test_merge_from_list_alone_switches_the_setup_and_fcos_too():
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.RETINANET.LOSS_TYPE", "DR"])
+    assert setup_of(cfg) == DR
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "FCOS", "MODEL.FCOS.LOSS_TYPE", "DR"])
+    assert cfg.MODEL.FCOS.PRIOR_PROB == 0.5
+    cfg.merge_from_list(["MODEL.FCOS.LOSS_TYPE", "FOCAL"])
+    assert cfg.MODEL.FCOS.PRIOR_PROB == 0.01
+
+
+def test_a_value_set_by_hand_is_kept_when_the_loss_switches():
+    cfg = get_cfg()
+    cfg.merge_from_file(DR_DEMO)
+    cfg.MODEL.RETINANET.INFERENCE_TH = 0.3  # by attribute, not through a merge
+    cfg.merge_from_list(["MODEL.RETINANET.LOSS_TYPE", "FOCAL"])
+    assert setup_of(cfg) == ("FOCAL", 0.01, 0.5, 0.4, 0.3, 0.4)
+
+
+def test_merge_from_other_cfg_and_clone_keep_what_was_explicit():
+    cfg = get_cfg()
+    cfg.merge_from_file(FOCAL_DEMO)
+    copy = cfg.clone()
+    copy.merge_from_list(["MODEL.RETINANET.LOSS_TYPE", "DR"])
+    assert setup_of(copy) == DR and setup_of(cfg) == FOCAL
+    other = get_cfg()
+    other.merge_from_other_cfg(copy)
+    assert setup_of(other) == DR
+
+
+@pytest.mark.parametrize("loss, expected", [("FOCAL", FOCAL), ("DR", DR)])
+def test_the_command_line_switch_of_every_tool_gives_the_setup(loss, expected, tmp_path):
+    """The README's form: --config-file DR.yaml MODEL.RETINANET.LOSS_TYPE FOCAL, through
+    load_config (which every tool uses) and through a dumped config.yaml loaded again."""
+    cfg = load_config(DR_DEMO, ["MODEL.RETINANET.LOSS_TYPE", loss])
+    assert setup_of(cfg) == expected
+    dumped = tmp_path / "config.yaml"
+    dumped.write_text(cfg.dump())
+    assert setup_of(load_config(str(dumped))) == expected

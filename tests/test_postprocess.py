@@ -2,7 +2,13 @@ import pytest
 import torch
 import torchvision
 from helpers.detections import NUM_CLASSES as C
-from helpers.detections import SIZES, post_processor, postprocess_inputs, reference_postprocess
+from helpers.detections import (
+    SIZES,
+    post_processor,
+    postprocess_inputs,
+    reference_postprocess,
+    run_post,
+)
 from helpers.devices import DEVICES
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 
@@ -37,7 +43,7 @@ def test_against_per_class_loop_reference(device):
     anchors, logits, deltas = postprocess_inputs()
     args = dict(score_thresh=0.2, pre_nms_top_n=60, nms_thresh=0.5, detections_per_img=25)
     on_device = [[t.to(device) for t in ts] for ts in (anchors, logits, deltas)]
-    ours = post_processor(**args)(*on_device, SIZES)
+    ours = run_post(post_processor(**args), *on_device, SIZES)
     ours = [{k: v.cpu() for k, v in d.items()} for d in ours]
     ref = reference_postprocess(anchors, logits, deltas, SIZES, **args)
     for (h, w), det, r in zip(SIZES, ours, ref):
@@ -62,12 +68,12 @@ def test_against_per_class_loop_reference(device):
 
 def test_limits_bind_and_nms_removes_overlaps():
     anchors, logits, deltas = postprocess_inputs()
-    few = post_processor(detections_per_img=5)(anchors, logits, deltas, SIZES)
+    few = run_post(post_processor(detections_per_img=5), anchors, logits, deltas, SIZES)
     assert [len(d["scores"]) for d in few] == [5, 5]
-    everything = post_processor(nms_thresh=1.0, detections_per_img=10**6)(
-        anchors, logits, deltas, SIZES
+    everything = run_post(
+        post_processor(nms_thresh=1.0, detections_per_img=10**6), anchors, logits, deltas, SIZES
     )
-    pruned = post_processor(detections_per_img=10**6)(anchors, logits, deltas, SIZES)
+    pruned = run_post(post_processor(detections_per_img=10**6), anchors, logits, deltas, SIZES)
     for e, p in zip(everything, pruned):
         assert len(p["scores"]) < len(e["scores"]) <= 2 * 60
         for c in p["labels"].unique():
@@ -79,7 +85,7 @@ def test_limits_bind_and_nms_removes_overlaps():
 def test_nothing_above_threshold_gives_empty_results():
     anchors, logits, deltas = postprocess_inputs()
     logits = [torch.full_like(l, -10.0) for l in logits]
-    dets = post_processor()(anchors, logits, deltas, SIZES)
+    dets = run_post(post_processor(), anchors, logits, deltas, SIZES)
     assert [d["boxes"].shape for d in dets] == [(0, 4), (0, 4)]
     assert dets[0]["labels"].dtype == torch.int64
 

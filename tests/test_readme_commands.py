@@ -48,7 +48,7 @@ PLACEHOLDERS = [  # (regex, replacement), applied in order
     (r"--num-gpus 8", "--num-gpus 1"),
     (r"--max-iter 300", "--max-iter 2"),
 ]
-TINY = tiny_overrides(max_iter=2, overrides={"MODEL.RETINANET.NUM_CLASSES": 6})
+TINY = tiny_overrides(max_iter=2, overrides={"MODEL.NUM_CLASSES": 6})
 EXTRA = {  # tool -> arguments appended (after TINY for the tools that take overrides)
     "train_net.py": TINY + ["MODEL.WEIGHT", ""],  # no ImageNet file here
     "test_net.py": TINY + ["TEST.BBOX_AUG.SCALES", "(96, 128)"],  # ignored unless ENABLED
@@ -86,7 +86,7 @@ EXTRA = {  # tool -> arguments appended (after TINY for the tools that take over
     ],
     "plot_metrics.py": [],
     "compare_losses.py": ["--max-iter", "2", "--score-images", "2"]
-    + tiny_overrides(overrides={"MODEL.WEIGHT": "", "MODEL.RETINANET.NUM_CLASSES": 6}),
+    + tiny_overrides(overrides={"MODEL.WEIGHT": "", "MODEL.NUM_CLASSES": 6}),
 }
 
 

@@ -63,7 +63,7 @@ def tiny(dataset):
         test_size=False,
         test_ims_per_batch=None,
         overrides={
-            "MODEL.RETINANET.NUM_CLASSES": 2,
+            "MODEL.NUM_CLASSES": 2,
             "MODEL.RETINANET.NUM_CONVS": 1,
             "MODEL.RESNETS.STEM_OUT_CHANNELS": 32,
             "MODEL.RESNETS.RES2_OUT_CHANNELS": 32,

@@ -131,11 +131,11 @@ def test_compile_keeps_state_dict_keys(tmp_path):
 )
 def test_classification_loss_value_is_float32_for_bfloat16_logits(loss_type):
     cfg = get_cfg()
-    cfg.merge_from_list(["MODEL.RETINANET.LOSS_TYPE", loss_type, "MODEL.RETINANET.NUM_CLASSES", 4])
+    cfg.merge_from_list(["MODEL.RETINANET.LOSS_TYPE", loss_type, "MODEL.NUM_CLASSES", 4])
     torch.manual_seed(0)
     logits = torch.randn(2, 50, 3)
     labels = torch.randint(-1, 4, (2, 50))
-    loss = build_classification_loss(cfg)
+    loss = build_classification_loss(cfg, loss_type)
     got = loss(logits.bfloat16(), labels, torch.tensor(5.0))
     want = loss(logits.bfloat16().float(), labels, torch.tensor(5.0))
     assert got.dtype == torch.float32

@@ -40,7 +40,7 @@ READS = [
 
 # The reads left in a RetinaNet step with SPEED.DEFER_CHECKS, between two flushes:
 # the host-side check of the loader's (CPU) targets, no device sync on a GPU ...
-HOST_TARGET_CHECK = ("loss.py", "_raise_on_bad_target", "__bool__")
+HOST_TARGET_CHECK = ("targets.py", "_raise_on_bad_target", "__bool__")
 # ... and the positive anchors' nonzero(), whose size shapes the regression loss.
 POSITIVES = ("loss.py", "prepare_targets", "nonzero")
 
@@ -155,21 +155,21 @@ def test_bad_target_is_named_before_any_update_with_deferred_checks():
 def test_targets_are_checked_on_the_host_for_both_detectors(meta, monkeypatch):
     import inspect
 
-    from drdet.modeling.retinanet import loss
+    from drdet.modeling.dense import targets
 
     step = _retinanet_step("cpu", "MODEL.META_ARCHITECTURE", meta, "SPEED.DEFER_CHECKS", True)
-    original, callers = loss._raise_on_bad_target, []
+    original, callers = targets._raise_on_bad_target, []
 
     def recorded(*args):
-        callers.append(inspect.stack()[2].function)  # who called _pad_targets
+        callers.append(inspect.stack()[2].function)  # who called pad_targets
         return original(*args)
 
-    monkeypatch.setattr(loss, "_raise_on_bad_target", recorded)
+    monkeypatch.setattr(targets, "_raise_on_bad_target", recorded)
     step(1, *_batch())
     assert callers == ["check_targets"]  # the host check only; the loss trusts it
     with pytest.raises(ValueError, match=r"image 1 of the batch \(image_id 11\): box 1"):
         step(2, *_batch(bad_box=True))
-    assert not _toy_step(defer=True).check_targets_on_host
+    assert not _toy_step(defer=True).dense  # a detector that is not dense checks its own
 
 
 def _toy_step(defer: bool, nan_at: int = -1, clip: bool = False) -> TrainStep:

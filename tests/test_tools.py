@@ -213,7 +213,7 @@ def _reference_anchor_scores(model, cfg, image, target):
     with torch.no_grad():
         batch = model.preprocess([image])
         features = model.backbone(batch.tensors)
-        logits, _ = model.head(features)
+        logits = model.head(features).cls_logits
         anchors = torch.cat(model.anchor_generator(features, batch.tensors.shape[-2:]))
     scores = torch.cat(logits, 1)[0].sigmoid()
     rc = cfg.MODEL.RETINANET

@@ -50,8 +50,8 @@ def test_check_num_classes_counts_the_background():
             SimpleNamespace(name="b", num_classes=3),
         ]
     )
-    cfg.MODEL.RETINANET.NUM_CLASSES = 21  # 20 categories + background
+    cfg.MODEL.NUM_CLASSES = 21  # 20 categories + background
     check_num_classes(cfg, parts)
-    cfg.MODEL.RETINANET.NUM_CLASSES = 20
+    cfg.MODEL.NUM_CLASSES = 20
     with pytest.raises(ValueError, match=r"NUM_CLASSES is 20.*'a': 20.*set it to 21"):
         check_num_classes(cfg, parts)

@@ -21,7 +21,7 @@ from drdet.checkpoint.weights import COCO_CATEGORY_IDS, detect_format, to_drdet_
 from drdet.config import get_cfg
 from drdet.engine.predictor import Predictor
 from drdet.layers import FrozenBatchNorm2d
-from drdet.modeling.detector import build_detector
+from drdet.modeling import build_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TV_CONFIG = os.path.join(ROOT, "configs", "torchvision", "retinanet_resnet50_fpn_torchvision.yaml")
@@ -64,7 +64,7 @@ def _torchvision_retinanet(num_classes: int, tmp_path):
 def _drdet_from_torchvision_config(num_classes: int):
     cfg = get_cfg()
     cfg.merge_from_file(TV_CONFIG)
-    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+    cfg.MODEL.NUM_CLASSES = num_classes
     return cfg, build_detector(cfg).eval()
 
 
@@ -97,7 +97,8 @@ def test_torchvision_head_outputs_match_before_nms(tv_converted):
         tv_features = list(tv.backbone(x).values())
         tv_out = tv.head(tv_features)
         features = model.backbone(x)
-        cls_logits, box_deltas = model.head(features)
+        out = model.head(features)
+        cls_logits, box_deltas = out.cls_logits, out.box_regression
     assert [f.shape for f in features] == [f.shape for f in tv_features]
     for ours, theirs in zip(features, tv_features):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
@@ -127,7 +128,7 @@ def test_torchvision_anchors_are_torchvisions(tv_converted):
     """ANCHOR_CONVENTION "torchvision": the converted model's anchors are torchvision's own for
     this batch (including its P7 x-stride of 192 // 2 = 96)."""
     tv, cfg, model, _ = tv_converted
-    assert cfg.MODEL.RETINANET.ANCHOR_CONVENTION == "torchvision"
+    assert cfg.MODEL.ANCHOR_GENERATOR.CONVENTION == "torchvision"
     x = torch.zeros(1, 3, H, W)
     with torch.no_grad():
         feats = list(tv.backbone(x).values())
@@ -181,10 +182,10 @@ def test_converted_model_with_other_anchors_warns(tv_converted, tmp_path, caplog
     convert_checkpoint.convert_file(path, out)
     assert torch.load(out, weights_only=True)["anchor_convention"] == "torchvision"
     cfg = cfg.clone()
-    cfg.merge_from_list(["MODEL.RETINANET.ANCHOR_CONVENTION", "exact"])
+    cfg.merge_from_list(["MODEL.ANCHOR_GENERATOR.CONVENTION", "exact"])
     with caplog.at_level(logging.WARNING):
         Checkpointer(build_detector(cfg)).load(out)
-    assert "ANCHOR_CONVENTION torchvision" in caplog.text
+    assert "MODEL.ANCHOR_GENERATOR.CONVENTION torchvision" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         Checkpointer(_drdet_from_torchvision_config(81)[1]).load(out)
@@ -302,7 +303,7 @@ def _maskrcnn_benchmark_detections(cls_logits, box_deltas, cfg, image_hw):
     scales = [rc.OCTAVE ** (k / rc.SCALES_PER_OCTAVE) for k in range(rc.SCALES_PER_OCTAVE)]
     boxes, scores, labels = [], [], []
     for logits, deltas, stride, size in zip(
-        cls_logits, box_deltas, rc.ANCHOR_STRIDES, rc.ANCHOR_SIZES
+        cls_logits, box_deltas, (8, 16, 32, 64, 128), rc.ANCHOR_SIZES
     ):
         cell = detectron_cell_anchors_inclusive(
             stride, [size * k for k in scales], rc.ASPECT_RATIOS
@@ -369,7 +370,7 @@ def test_maskrcnn_benchmark_detections_match_after_nms(tmp_path):
             64,
             "MODEL.RETINANET.NUM_CONVS",
             1,
-            "MODEL.RETINANET.ANCHOR_CONVENTION",
+            "MODEL.ANCHOR_GENERATOR.CONVENTION",
             "maskrcnn_benchmark",
             "INPUT.MIN_SIZE_TEST",
             H,
@@ -393,7 +394,8 @@ def test_maskrcnn_benchmark_detections_match_after_nms(tmp_path):
         ours = predictor(image)
         tensor = torch.from_numpy(image).permute(2, 0, 1).float()  # BGR 0-255, no resize
         with torch.no_grad():
-            logits, deltas = source.head(source.backbone(source.preprocess([tensor]).tensors))
+            out = source.head(source.backbone(source.preprocess([tensor]).tensors))
+            logits, deltas = out.cls_logits, out.box_regression
         boxes, scores, labels = _maskrcnn_benchmark_detections(
             [x[0] for x in logits], [x[0] for x in deltas], cfg, (H, W)
         )
@@ -413,7 +415,7 @@ def test_maskrcnn_benchmark_detections_match_after_nms(tmp_path):
             assert row[j] < 1e-3, row[j]
             diff[:, j] = math.inf  # paired
     # drdet's own anchors would place them elsewhere (and the file says so when loaded).
-    cfg.merge_from_list(["MODEL.RETINANET.ANCHOR_CONVENTION", "exact"])
+    cfg.merge_from_list(["MODEL.ANCHOR_GENERATOR.CONVENTION", "exact"])
     shifted = Predictor(cfg)(bgr[0])["boxes"]
     assert shifted.shape != ours["boxes"].shape or (shifted - ours["boxes"]).abs().max() > 1
 

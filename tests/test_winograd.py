@@ -221,14 +221,14 @@ def test_apply_levels_convolves_all_levels_in_one_call(monkeypatch):
 
 def _detector(winograd_on, overrides=()):
     from drdet.config import get_cfg
-    from drdet.modeling.detector import build_detector
+    from drdet.modeling import build_detector
 
     cfg = get_cfg()
     cfg.merge_from_list(
         [
             "MODEL.DEVICE",
             "cpu",
-            "MODEL.RETINANET.NUM_CLASSES",
+            "MODEL.NUM_CLASSES",
             5,
             "MODEL.BACKBONE.CONV_BODY",
             "R-18-FPN-RETINANET",

@@ -11,7 +11,7 @@ side with the difference, the score distributions of the paper's Fig. 4/5, train
 
 Each run trains through tools/train_net.py in its own folder OUTPUT/<run>/ (torchrun with
 --num-gpus N > 1); each loss brings its own setup (prior, matcher, score threshold, NMS; see
-drdet/modeling/losses/setup.py), so the config may name either loss. Running the command again
+drdet/config/setups.py), so the config may name either loss. Running the command again
 with the same arguments resumes: finished runs are skipped, a half-finished one continues from
 its last checkpoint. Trailing KEY VALUE pairs override the config of every run.
 
@@ -36,7 +36,7 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from drdet.config import flat_keys, get_cfg, load_yaml_with_base  # noqa: E402
+from drdet.config import flat_keys, get_cfg, load_yaml_with_base, loss_key, setup_keys  # noqa: E402
 from drdet.engine.defaults import load_config, safe_folder_name  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join("configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
@@ -206,40 +206,26 @@ def scaled_schedule(cfg, max_iter: int) -> list[str]:
 
 def loss_key_of(config_file: str, opts: Sequence[str]) -> str:
     """The loss key of the config's meta-architecture; a clear error when it has none."""
-    from drdet.config.loss_setup import named_loss
-
-    meta, key, _ = named_loss(
-        load_yaml_with_base(config_file), list(opts), get_cfg().MODEL.META_ARCHITECTURE
-    )
-    node = get_cfg()
-    for part in key.split("."):
-        if part not in node:
-            fail(
-                f"{config_file}: meta-architecture {meta!r} has no loss key {key}, so the tool "
-                f"cannot switch its classification loss"
-            )
-        node = node[part]
-    return key
-
-
-def num_classes_key(loss_key: str) -> str:
-    """The detector's NUM_CLASSES key beside its loss key (MODEL.RETINANET.NUM_CLASSES for
-    RetinaNet), counting the background as maskrcnn-benchmark does."""
-    key = loss_key.rsplit(".", 1)[0] + ".NUM_CLASSES"
-    node = get_cfg()
-    for part in key.split("."):
-        if part not in node:
-            return "MODEL.RETINANET.NUM_CLASSES"
-        node = node[part]
-    return key
+    cfg = get_cfg()
+    try:
+        cfg.merge_from_file_and_list(config_file, list(opts))
+    except (KeyError, ValueError) as err:
+        fail(f"{config_file} with the overrides {list(opts)}: {err}")
+    meta = cfg.MODEL.META_ARCHITECTURE
+    key = loss_key(meta)
+    if key is None:
+        fail(
+            f"{config_file}: meta-architecture {meta!r} declares no loss key "
+            "(drdet.config.register_detector_losses), so the tool cannot switch its "
+            "classification loss"
+        )
+    return str(key)
 
 
 def check_switchable(
     config_file: str, opts: Sequence[str], loss_key: str, losses: Sequence[str], keep_explicit: bool
 ) -> None:
     """Refuses what would make the two runs differ in more than the loss and its setup."""
-    import drdet.modeling  # noqa: F401  (registers the losses and their setups)
-    from drdet.modeling.losses.setup import setup_keys
     from drdet.modeling.registry import CLASSIFICATION_LOSSES
 
     for loss in losses:
@@ -501,9 +487,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         )
     if not os.path.isfile(args.config_file):
         fail(f"config file not found: {args.config_file}")
-    loss_key = loss_key_of(args.config_file, args.opts)
+    key = loss_key_of(args.config_file, args.opts)
     losses = args.losses if not args.ablation else ["DR", "FOCAL"]
-    check_switchable(args.config_file, args.opts, loss_key, losses, args.keep_explicit)
+    check_switchable(args.config_file, args.opts, key, losses, args.keep_explicit)
     base = load_config(args.config_file, args.opts)
     train_name = args.dataset or (base.DATASETS.TRAIN[0] if base.DATASETS.TRAIN else None)
     test_name = args.test_dataset or (
@@ -520,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         repr((train_name,)),
         "DATASETS.TEST",
         repr((test_name,)),
-        num_classes_key(loss_key),
+        "MODEL.NUM_CLASSES",
         str(num_classes + 1),
     ]
     if args.max_iter:
@@ -528,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     if args.num_gpus:
         common += ["MODEL.DEVICE", "cuda"]
     max_iter = args.max_iter or base.SOLVER.MAX_ITER
-    runs = plan_runs(args, loss_key)
+    runs = plan_runs(args, key)
     run_opts = {r.name: common + r.opts + list(args.opts) for r in runs}
     for run in runs:  # every run's config is valid before anything trains
         load_config(args.config_file, run_opts[run.name])

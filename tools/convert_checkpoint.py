@@ -18,7 +18,7 @@ Sources (detected from the keys, or named with --source):
                       load the result with the configs in configs/dr_retina/ or configs/retinanet/,
                       which follow maskrcnn-benchmark's conventions (BGR 0-255, stride in 1x1,
                       box-coder weights 10, 10, 5, 5, P6 from C5), plus
-                      MODEL.RETINANET.ANCHOR_CONVENTION maskrcnn_benchmark: its anchors are
+                      MODEL.ANCHOR_GENERATOR.CONVENTION maskrcnn_benchmark: its anchors are
                       centred on (s*j + (s-1)/2, ...) with Detectron's rounded sizes, and it
                       writes boxes with inclusive corners ("+1" widths). drdet then gives the same
                       boxes with exclusive corners (x2, y2 one more), hence the same COCO json
@@ -58,7 +58,7 @@ from drdet.utils.errors import run_main  # noqa: E402
 from drdet.utils.io import atomic_open  # noqa: E402
 
 SOURCES = {"torchvision": "torchvision_retinanet", "maskrcnn-benchmark": "maskrcnn_benchmark"}
-# The MODEL.RETINANET.ANCHOR_CONVENTION of each source, stored in the output so that loading it
+# The MODEL.ANCHOR_GENERATOR.CONVENTION of each source, stored in the output so that loading it
 # into a model with other anchors warns.
 CONVENTIONS = {
     "torchvision_retinanet": "torchvision",
@@ -124,7 +124,7 @@ def convert_file(
         converted["head.bbox_pred.bias"].numel() // 4
     )
     logger.info(
-        "%s (%s) -> %s: %d tensors, %d classes; load it with MODEL.RETINANET.NUM_CLASSES "
+        "%s (%s) -> %s: %d tensors, %d classes; load it with MODEL.NUM_CLASSES "
         "%d and ANCHOR_CONVENTION %s",
         src,
         fmt,

@@ -1,7 +1,7 @@
 """Checkpoints: atomic saves, resume from OUTPUT_DIR/last_checkpoint, safe loading.
 
 A checkpoint is a dict {"model": state dict, "optimizer": ..., "scheduler": ..., "iteration": int,
-"anchor_convention": str (MODEL.RETINANET.ANCHOR_CONVENTION of the model), plus any extra
+"anchor_convention": str (MODEL.ANCHOR_GENERATOR.CONVENTION of the model), plus any extra
 state} holding only tensors, numbers, strings, None, lists, tuples and dicts, so that it loads
 with torch.load(weights_only=True): loading never runs code from the file. Files that need full
 unpickling (old maskrcnn-benchmark/Detectron .pth/.pkl files with pickled objects) load only when
@@ -132,8 +132,8 @@ def check_anchor_convention(
     if convention is None or ours is None or convention == ours:
         return
     (log or logger).warning(
-        "%s was made for MODEL.RETINANET.ANCHOR_CONVENTION %r, but the model uses %r: its "
-        "boxes will be misplaced unless you set MODEL.RETINANET.ANCHOR_CONVENTION %s "
+        "%s was made for MODEL.ANCHOR_GENERATOR.CONVENTION %r, but the model uses %r: its "
+        "boxes will be misplaced unless you set MODEL.ANCHOR_GENERATOR.CONVENTION %s "
         "(fine-tuning with other anchors is fine)",
         path,
         convention,

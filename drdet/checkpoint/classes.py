@@ -3,7 +3,7 @@ and a dataset.
 
 train_net stores ``{"num_classes": K, "names": [name of label 1, ..., name of label K]}`` (the
 training set's categories in contiguous order) under the checkpoint's "classes" key. K counts
-the object classes only; MODEL.RETINANET.NUM_CLASSES counts the background too (K + 1).
+the object classes only; MODEL.NUM_CLASSES counts the background too (K + 1).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from drdet.utils.errors import UserValueError
 
 CLASSES_KEY = "classes"
-NUM_CLASSES_KEY = "MODEL.RETINANET.NUM_CLASSES"
+NUM_CLASSES_KEY = "MODEL.NUM_CLASSES"
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 def cfg_num_classes(cfg) -> tuple[str, int]:
     """(config key, number of object classes) of the detector ``cfg`` builds. The key counts
     the background, so the number is its value - 1. The one place that knows the key."""
-    return NUM_CLASSES_KEY, int(cfg.MODEL.RETINANET.NUM_CLASSES) - 1
+    return NUM_CLASSES_KEY, int(cfg.MODEL.NUM_CLASSES) - 1
 
 
 def dataset_classes(dataset) -> tuple[str, list[str]]:

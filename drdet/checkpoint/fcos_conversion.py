@@ -6,7 +6,7 @@ Conventions of torchvision's FCOS that a drdet config must reproduce
 - locations: torchvision builds one square anchor per cell, of side 8 ... 128 (P3-P7), and uses
   its centre: (s*j, s*i) with s = (padded image size) // (feature size) per axis, i.e. no half-
   stride offset (the FCOS authors' code uses s*j + s//2), and s differs from the level's stride
-  on P6/P7 when the padded size is not a multiple of 128: MODEL.RETINANET.ANCHOR_CONVENTION
+  on P6/P7 when the padded size is not a multiple of 128: MODEL.ANCHOR_GENERATOR.CONVENTION
   "torchvision" reproduces it.
 - regression: torchvision's head outputs relu(x) per location and decodes it as distances
   times the anchor side (8 ... 128), i.e. regression normalised by the level's stride, with no

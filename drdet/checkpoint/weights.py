@@ -296,7 +296,7 @@ def convert_torchvision_retinanet(
 
     torchvision's K classification columns are labels 0..K-1 (no background column); drdet's C
     columns are labels 1..C. By default every column is kept: drdet label = torchvision label + 1,
-    MODEL.RETINANET.NUM_CLASSES = K + 1. `class_columns` keeps only those torchvision labels, in
+    MODEL.NUM_CLASSES = K + 1. `class_columns` keeps only those torchvision labels, in
     that order: drdet label k is torchvision label class_columns[k - 1] (e.g. COCO_CATEGORY_IDS for
     torchvision's 91-column COCO models, giving drdet's contiguous COCO labels, NUM_CLASSES 81).
     Unknown keys (e.g. the GroupNorm head of retinanet_resnet50_fpn_v2) raise KeyError.

@@ -1,14 +1,19 @@
-"""Default configuration of drdet (yacs), with maskrcnn-benchmark's key names.
+"""The framework's own config keys (yacs), with maskrcnn-benchmark's key names: the model's
+device, detector, weights and classes, the input, data, solver, speed and test settings.
 
-The defaults are maskrcnn-benchmark's RetinaNet (focal loss) defaults. A config that names a
-classification loss (``MODEL.RETINANET.LOSS_TYPE "DR"``) also gets the setup that loss declares
-(DR: ``PRIOR_PROB 0.5``, matcher thresholds 0.5 / 0.5, ``INFERENCE_TH 0.2``, ``NMS_TH 0.5``; see
-drdet/modeling/losses/setup.py), under the config's own keys.
+Each part of the model declares its own node beside its builder, with its defaults and their
+meaning (drdet.config.add_config_node): the backbone's MODEL.BACKBONE.* bodies, MODEL.RESNETS
+and MODEL.FPN (drdet/modeling/backbone/build.py), MODEL.GROUP_NORM (drdet/layers/misc.py),
+MODEL.ANCHOR_GENERATOR (drdet/modeling/anchor_generator.py), each detector's node
+(MODEL.RETINANET in drdet/modeling/retinanet/config.py, MODEL.FCOS in drdet/modeling/fcos/
+config.py, ...) and each loss's (MODEL.DR_LOSS, MODEL.FOCAL_LOSS in drdet/modeling/losses/).
+``python -c "from drdet.config import get_cfg; print(get_cfg().dump())"`` prints them all.
+
+A config that names a classification loss (``MODEL.RETINANET.LOSS_TYPE "DR"``) also gets the
+setup that loss declares for its detector (drdet/config/setups.py).
 
 Never modify ``_C``: call :func:`drdet.config.get_cfg` for an independent copy.
 """
-
-import math
 
 from .config import CfgNode as CN
 
@@ -16,9 +21,13 @@ _C = CN()
 
 _C.MODEL = CN()
 _C.MODEL.DEVICE = "cuda"
+# A registered detector (drdet.modeling.registry.META_ARCHITECTURES): "RetinaNet", "FCOS", ...
 _C.MODEL.META_ARCHITECTURE = "RetinaNet"
 # Path or catalog name of the weights to start from; "" trains from scratch.
 _C.MODEL.WEIGHT = ""
+# Classes the detector predicts, counting the background (maskrcnn-benchmark): the heads predict
+# NUM_CLASSES - 1 foreground classes, labelled 1 .. NUM_CLASSES - 1 (81 for COCO).
+_C.MODEL.NUM_CLASSES = 81
 # Training on the CPU: run the 3x3 stride-1 convolutions of the ResNet, the FPN and the head that
 # have enough channels and output tiles (>= 128 in, >= 64 out, >= 128 4x4 tiles, e.g. a 32 x 32
 # map at batch 2) by Winograd F(4x4, 3x3) (drdet/layers/winograd.py): 0.44-0.67x the time of
@@ -26,142 +35,13 @@ _C.MODEL.WEIGHT = ""
 # within ~1e-5 of their magnitude. No effect on CUDA, under autocast, or in eval mode.
 _C.MODEL.CPU_WINOGRAD = True
 
-# ---------------------------------------------------------------------------------------------
-# Backbone
-# ---------------------------------------------------------------------------------------------
+# A registered backbone (drdet.modeling.registry.BACKBONES): the ResNet/ResNeXt-FPN bodies
+# R-18/34/50/101/152-FPN-RETINANET (ResNeXt is R-101 with RESNETS.NUM_GROUPS / WIDTH_PER_GROUP;
+# their keys: MODEL.RESNETS, MODEL.FPN, drdet/modeling/backbone/build.py).
 _C.MODEL.BACKBONE = CN()
-# R-18/34/50/101/152-FPN-RETINANET. ResNeXt is R-101 with RESNETS.NUM_GROUPS / WIDTH_PER_GROUP.
 _C.MODEL.BACKBONE.CONV_BODY = "R-50-FPN-RETINANET"
 # 0: train everything; 1: freeze the stem; 2: stem and res2 (layer1); ... 5: the whole body.
 _C.MODEL.BACKBONE.FREEZE_CONV_BODY_AT = 2
-
-_C.MODEL.RESNETS = CN()
-# 1 for ResNet; 32 (x8d) or 64 (x4d) for ResNeXt.
-_C.MODEL.RESNETS.NUM_GROUPS = 1
-# Channels per group of the res2 bottleneck 3x3 conv (doubled at each stage). Basic-block bodies
-# (R-18/34) use NUM_GROUPS * WIDTH_PER_GROUP as the res2 output width and ignore RES2_OUT_CHANNELS.
-_C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
-# True: the stride of a bottleneck sits in its first 1x1 conv (MSRA / Caffe2 weights);
-# False: in its 3x3 conv (torchvision and FAIR ResNeXt weights).
-_C.MODEL.RESNETS.STRIDE_IN_1X1 = True
-_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
-_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
-_C.MODEL.RESNETS.BACKBONE_OUT_CHANNELS = 256
-# Must be 1 for the FPN-RETINANET bodies (P3-P7 need a stride-32 C5).
-_C.MODEL.RESNETS.RES5_DILATION = 1
-# Normalisation of the ResNet body: FrozenBN, BN, GN or SyncBN (drdet's key).
-_C.MODEL.RESNETS.NORM = "FrozenBN"
-
-_C.MODEL.GROUP_NORM = CN()
-# Channels per group; -1: use NUM_GROUPS groups instead.
-_C.MODEL.GROUP_NORM.DIM_PER_GP = -1
-_C.MODEL.GROUP_NORM.NUM_GROUPS = 32
-_C.MODEL.GROUP_NORM.EPSILON = 1e-5
-
-_C.MODEL.FPN = CN()
-_C.MODEL.FPN.USE_GN = False
-_C.MODEL.FPN.USE_RELU = False
-
-# ---------------------------------------------------------------------------------------------
-# RetinaNet head, anchors, matching, inference
-# ---------------------------------------------------------------------------------------------
-_C.MODEL.RETINANET = CN()
-# Includes the background class (maskrcnn-benchmark): the head predicts NUM_CLASSES - 1
-# foreground classes, labelled 1 .. NUM_CLASSES - 1.
-_C.MODEL.RETINANET.NUM_CLASSES = 81
-# One anchor size and stride per pyramid level P3-P7 (pixels).
-_C.MODEL.RETINANET.ANCHOR_SIZES = (32, 64, 128, 256, 512)
-_C.MODEL.RETINANET.ANCHOR_STRIDES = (8, 16, 32, 64, 128)
-_C.MODEL.RETINANET.ASPECT_RATIOS = (0.5, 1.0, 2.0)
-_C.MODEL.RETINANET.OCTAVE = 2.0
-_C.MODEL.RETINANET.SCALES_PER_OCTAVE = 3
-# How anchors are placed and sized (drdet/modeling/anchor_generator.py): "exact" (drdet), or the
-# conventions of models converted from elsewhere, "torchvision" or "maskrcnn_benchmark".
-_C.MODEL.RETINANET.ANCHOR_CONVENTION = "exact"
-# True: P6 from C5; False: P6 from P5.
-_C.MODEL.RETINANET.USE_C5 = True
-_C.MODEL.RETINANET.NUM_CONVS = 4
-# GroupNorm in the class and box towers of the head.
-_C.MODEL.RETINANET.USE_GN = False
-_C.MODEL.RETINANET.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-_C.MODEL.RETINANET.BBOX_REG_BETA = 0.11
-# Divisor of the regression loss per positive anchor (maskrcnn-benchmark: 4, one per coordinate).
-_C.MODEL.RETINANET.BBOX_REG_WEIGHT = 4.0
-_C.MODEL.RETINANET.PRE_NMS_TOP_N = 1000
-_C.MODEL.RETINANET.NMS_TH = 0.5
-# IoU >= FG_IOU_THRESHOLD: foreground; < BG_IOU_THRESHOLD: background; between: ignored.
-_C.MODEL.RETINANET.FG_IOU_THRESHOLD = 0.5
-_C.MODEL.RETINANET.BG_IOU_THRESHOLD = 0.4
-# Each ground-truth box also keeps the anchors of highest IoU with it (drdet's key).
-_C.MODEL.RETINANET.ALLOW_LOW_QUALITY_MATCHES = True
-# Focal loss.
-_C.MODEL.RETINANET.LOSS_ALPHA = 0.25
-_C.MODEL.RETINANET.LOSS_GAMMA = 2.0
-# Initial foreground probability of the classifier (bias = -log((1 - p) / p)).
-_C.MODEL.RETINANET.PRIOR_PROB = 0.01
-# Scores at or below this are dropped before NMS.
-_C.MODEL.RETINANET.INFERENCE_TH = 0.05
-# Classification loss: "FOCAL" (RetinaNet) or "DR" (Dr. Retina). drdet's key.
-_C.MODEL.RETINANET.LOSS_TYPE = "FOCAL"
-
-# ---------------------------------------------------------------------------------------------
-# FCOS (MODEL.META_ARCHITECTURE "FCOS"; drdet/modeling/fcos). FCOS also reads, from
-# MODEL.RETINANET: NUM_CLASSES (with the background, as for RetinaNet), USE_C5 (P6 from C5 or
-# P5; torchvision's FCOS uses P5), ANCHOR_CONVENTION (where the locations lie: "exact" (s*j),
-# "torchvision" (its strides), "maskrcnn_benchmark" (s*j + s/2, the FCOS authors' code)),
-# LOSS_ALPHA / LOSS_GAMMA (focal loss); and MODEL.DR_LOSS for the DR loss, MODEL.GROUP_NORM.
-# ---------------------------------------------------------------------------------------------
-_C.MODEL.FCOS = CN()
-# Classification loss, a registered name: "FOCAL" (FCOS) or "DR".
-_C.MODEL.FCOS.LOSS_TYPE = "FOCAL"
-_C.MODEL.FCOS.NUM_CONVS = 4
-# GroupNorm in the class and box towers of the head (FCOS: yes).
-_C.MODEL.FCOS.USE_GN = True
-# Initial foreground probability of the classifier (bias = -log((1 - p) / p)).
-_C.MODEL.FCOS.PRIOR_PROB = 0.01
-# Level l takes the locations whose largest distance to the box, max(l, t, r, b), lies in
-# [SIZES_OF_INTEREST[l-1], SIZES_OF_INTEREST[l]] (0 below P3, infinity above P7), pixels.
-_C.MODEL.FCOS.SIZES_OF_INTEREST = (64, 128, 256, 512)
-# Positives only within this many strides of the box centre (as well as inside the box);
-# 0 turns centre sampling off (every location inside the box).
-_C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
-# Box loss: "giou" (1 - GIoU, torchvision) or "iou" (-ln IoU, the FCOS paper).
-_C.MODEL.FCOS.REG_LOSS = "giou"
-# Weight each positive's box loss by its centre-ness target and divide by their sum (the FCOS
-# authors' code) instead of by the number of positives (torchvision).
-_C.MODEL.FCOS.CENTERNESS_WEIGHTED_REG = False
-# Score = sqrt(sigmoid(class logit) * sigmoid(centre-ness logit)); scores at or below this are
-# dropped before NMS (torchvision: 0.2).
-_C.MODEL.FCOS.INFERENCE_TH = 0.2
-_C.MODEL.FCOS.PRE_NMS_TOP_N = 1000
-_C.MODEL.FCOS.NMS_TH = 0.6
-
-# ---------------------------------------------------------------------------------------------
-# DR loss (drdet): drdet/layers/dr_loss.py (DRLossParams) and the paper's Eq. 6-9.
-# ---------------------------------------------------------------------------------------------
-_C.MODEL.DR_LOSS = CN()
-# Temperatures of the positive / negative distributions (lambda+ and lambda- of Eq. 6).
-_C.MODEL.DR_LOSS.POS_LAMBDA = 1.0
-_C.MODEL.DR_LOSS.NEG_LAMBDA = 0.1 / math.log(3.5)
-# The paper's Table 1 parametrisation: lambda+ = 1 / ln(H_POS), lambda- = 0.1 / ln(H_NEG).
-# 0 = not used (POS_LAMBDA / NEG_LAMBDA apply); a value > 1 overrides the matching lambda.
-# See drdet.layers.DRLossParams.from_cfg.
-_C.MODEL.DR_LOSS.H_POS = 0.0
-_C.MODEL.DR_LOSS.H_NEG = 0.0
-# Sharpness of the logistic smoothing (Eq. 8).
-_C.MODEL.DR_LOSS.L = 6.0
-# The ranking margin gamma.
-_C.MODEL.DR_LOSS.MARGIN = 0.5
-# Weight of the classification loss against the regression loss.
-_C.MODEL.DR_LOSS.TAU = 4.0
-# Smoothing of the hinge: "logistic" (Eq. 8), "quadratic" (Eq. 7, uses RHO) or "hinge" (none).
-_C.MODEL.DR_LOSS.SMOOTHING = "logistic"
-_C.MODEL.DR_LOSS.RHO = 0.5
-# "dr": rank E[negatives] against E[positives]; "negonly": against each positive (Table 3).
-_C.MODEL.DR_LOSS.PAIRING = "dr"
-# "image": one loss per image, averaged over the batch (the paper's Eq. 9);
-# "batch": one loss over all anchors of the per-GPU batch (the authors' released code).
-_C.MODEL.DR_LOSS.GROUPING = "image"
 
 # ---------------------------------------------------------------------------------------------
 # Input
@@ -231,7 +111,7 @@ _C.SOLVER.LOG_PERIOD = 20
 _C.SOLVER.DIST_TIMEOUT_MINUTES = 30.0
 
 # ---------------------------------------------------------------------------------------------
-# Speed switches of the training step (drdet, issue 16). Each is off by default, none changes a
+# Speed switches of the training step (drdet). Each is off by default, none changes a
 # checkpoint (same keys, same values), and their effect on a GPU is not yet measured
 # (docs/BENCHMARKS.md, "GPU speed switches"). Applied by drdet.engine.speed.
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Data: COCO/VOC/synthetic datasets, the dataset catalog, transforms, samplers and the loader."""
 
+from . import config as _config  # noqa: F401  (registers the INPUT and DATALOADER checks)
 from .bad_images import BadImage, BadImageLog, TooManyBadImagesError
 from .build import (
     DetectionDataLoader,

@@ -149,7 +149,7 @@ def default_setup(
 
 
 def check_num_classes(cfg, dataset) -> None:
-    """MODEL.RETINANET.NUM_CLASSES counts the background (maskrcnn-benchmark): it must be the
+    """MODEL.NUM_CLASSES counts the background (maskrcnn-benchmark): it must be the
     number of categories of the training set + 1."""
     parts = getattr(dataset, "datasets", [dataset])
     counts = {getattr(d, "name", "?"): d.num_classes for d in parts}

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from drdet.checkpoint import CLASSES_KEY, Checkpointer, check_classes
 from drdet.data.transforms import resized_hw
-from drdet.modeling.detector import build_detector
+from drdet.modeling import build_detector
 from drdet.modeling.inference_copy import prepare_for_inference
 
 

@@ -7,7 +7,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from drdet.config.config import AMP_DTYPES
+from drdet.config import register_config_check
+from drdet.utils.checks import require
+
+# SPEED.AMP_DTYPE: the autocast dtypes amp_dtype maps to a torch dtype.
+AMP_DTYPES = ("float16", "bfloat16", "auto")
 
 __all__ = ["amp_dtype", "apply_speed_switches", "to_channels_last"]
 
@@ -53,3 +57,11 @@ def apply_speed_switches(cfg, model: nn.Module) -> nn.Module:
     if speed.COMPILE:
         model.compile()
     return model
+
+
+def check_speed_cfg(cfg) -> None:
+    name = cfg.SPEED.AMP_DTYPE
+    require(name in AMP_DTYPES, "SPEED.AMP_DTYPE", name, f"must be one of {list(AMP_DTYPES)}")
+
+
+register_config_check("SPEED", check_speed_cfg)

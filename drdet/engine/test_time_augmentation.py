@@ -4,7 +4,7 @@ For each scale s of TEST.BBOX_AUG.SCALES (the paper: 400 to 1200) the image is r
 shorter side is s (longer side at most TEST.BBOX_AUG.MAX_SIZE), and, with TEST.BBOX_AUG.H_FLIP,
 also flipped; the detections of every variant are mapped back to the original image, pooled, and
 reduced by class-aware NMS to TEST.DETECTIONS_PER_IMG per image. The merge uses the detector's
-own NMS threshold (its post-processor's: MODEL.RETINANET.NMS_TH or MODEL.FCOS.NMS_TH).
+own NMS threshold (its post-processor's: MODEL.RETINANET.NMS_TH, MODEL.FCOS.NMS_TH, ...).
 The variants are resized from the image the test loader produced (shorter side MIN_SIZE_TEST).
 """
 
@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drdet.checkpoint import unwrap_model
+from drdet.config import register_config_check
 from drdet.data.transforms import resized_hw
 from drdet.layers import batched_nms
+from drdet.utils.checks import require
 
 
 def merge_detections(
@@ -100,3 +102,23 @@ def build_bbox_aug(cfg) -> BBoxAug:
     NMS threshold."""
     aug = cfg.TEST.BBOX_AUG
     return BBoxAug(aug.SCALES, aug.MAX_SIZE, aug.H_FLIP, None, cfg.TEST.DETECTIONS_PER_IMG)
+
+
+def check_test_cfg(cfg) -> None:
+    """ValueError naming the TEST key the evaluation cannot use (before any model is built)."""
+    t = cfg.TEST
+    require(t.IMS_PER_BATCH >= 1, "TEST.IMS_PER_BATCH", t.IMS_PER_BATCH, "must be >= 1")
+    require(
+        t.DETECTIONS_PER_IMG >= 1, "TEST.DETECTIONS_PER_IMG", t.DETECTIONS_PER_IMG, "must be >= 1"
+    )
+    aug = t.BBOX_AUG
+    require(
+        not aug.ENABLED or (len(aug.SCALES) >= 1 and all(s > 0 for s in aug.SCALES)),
+        "TEST.BBOX_AUG.SCALES",
+        aug.SCALES,
+        "TEST.BBOX_AUG.ENABLED needs the test scales, e.g. (400, 500, 600, 700, 800, 900, "
+        "1000, 1100, 1200)",
+    )
+
+
+register_config_check("TEST", check_test_cfg)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from drdet.checkpoint import unwrap_model
 from drdet.data.bad_images import BadImageLog
 from drdet.engine.speed import amp_dtype
-from drdet.modeling.retinanet.loss import check_targets, targets_checked
+from drdet.modeling.dense import DenseDetector
 from drdet.solver import make_gradient_clipper
 from drdet.utils import comm
 
@@ -106,9 +106,10 @@ class TrainStep:
     the bad-image limit and finite checks, backward, optional clipping, optimizer and scheduler
     step.
 
-    Host syncs. RetinaNet's targets, when they come on the CPU (from a data loader), are checked
-    there before they move to the device (drdet.modeling.retinanet.loss.check_targets: the same
-    error, naming the image, without a device sync), and the loss skips its device-side check.
+    Host syncs. A dense detector's targets, when they come on the CPU (from a data loader), are
+    checked there before they move to the device (``DenseDetector.check_targets``: the same
+    error, naming the image, without a device sync), and the detector is called with
+    ``check_targets=False``, so that its loss skips its device-side check.
     What the step reads back from the device:
 
     - by default, every iteration, the reduced loss terms and bad-image count, in one copy (the
@@ -151,13 +152,9 @@ class TrainStep:
             "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
         )
         self.clip_gradients = make_gradient_clipper(cfg)
-        self.num_classes = cfg.MODEL.RETINANET.NUM_CLASSES - 1
-        # The host-side target check, for detectors whose loss reads its targets through
-        # drdet.modeling.retinanet.loss (DenseDetector.HOST_CHECKED_TARGETS); skipped for
-        # targets already on the device.
-        self.check_targets_on_host = bool(
-            getattr(unwrap_model(model), "HOST_CHECKED_TARGETS", False)
-        )
+        # The dense detectors check their targets on the host (skipped for targets already on
+        # the device); other detectors check their own.
+        self.dense = isinstance(unwrap_model(model), DenseDetector)
         self.defer_checks = bool(cfg.SPEED.DEFER_CHECKS)
         periods = (cfg.SOLVER.LOG_PERIOD, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.TEST.EVAL_PERIOD)
         self.flush_periods = tuple(p for p in periods if p > 0)
@@ -176,7 +173,7 @@ class TrainStep:
     def _forward(self, images: Sequence[Tensor], targets: Sequence[dict]) -> dict[str, Tensor]:
         """The loss dict, with the targets checked on the host when they are there."""
         on_host = (
-            self.check_targets_on_host
+            self.dense
             and bool(targets)
             and all(
                 isinstance(t.get(k), Tensor) and t[k].device.type == "cpu"
@@ -185,13 +182,11 @@ class TrainStep:
             )
         )
         if on_host:
-            check_targets(targets, self.num_classes)
+            cast(DenseDetector, unwrap_model(self.model)).check_targets(targets)
         images, targets = move_batch(images, targets, self.device)
+        kwargs = {"check_targets": False} if on_host else {}
         with torch.autocast(self.device.type, enabled=self.use_amp, dtype=self.amp_dtype):
-            if on_host:
-                with targets_checked():
-                    return self.model(images, targets)
-            return self.model(images, targets)
+            return self.model(images, targets, **kwargs)
 
     def __call__(
         self, iteration: int, images: Sequence[Tensor], targets: Sequence[dict]

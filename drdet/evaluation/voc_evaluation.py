@@ -65,7 +65,7 @@ def evaluate_voc(
     predictions: {image_id: {"boxes": (K, 4) x1y1x2y2 pixels, "scores": (K,), "labels": (K,)
     int 1..num_classes-1}}; ground_truth: {image_id: {"boxes": (G, 4), "labels": (G,),
     "difficult": (G,) bool (optional, default all False)}}. num_classes counts the background
-    (as MODEL.RETINANET.NUM_CLASSES). Images missing from `predictions` have no detection;
+    (as MODEL.NUM_CLASSES). Images missing from `predictions` have no detection;
     predicted images missing from `ground_truth` are an error.
 
     Returns {"ap": {class id: AP} (NaN for a class without non-difficult ground truth), "mAP":

@@ -1,15 +1,19 @@
-"""Model components: backbone, anchors, box coding, matching, the RetinaNet head and the detector."""
+"""Model components: backbones, anchors, box coding, matching, the classification losses, the
+dense detectors' shared parts (dense/) and the detectors beside them (retinanet/, fcos/)."""
 
-from .detector import RetinaNet, build_detector  # noqa: E402
-from .fcos import FCOS  # noqa: E402  (registers the FCOS meta-architecture)
-from .losses import build_classification_loss  # noqa: E402
-from .registry import BACKBONES, CLASSIFICATION_LOSSES, META_ARCHITECTURES  # noqa: E402
+from .build import build_detector
+from .dense import DenseDetector
+from .fcos import FCOS  # registers the FCOS meta-architecture
+from .losses import build_classification_loss
+from .registry import BACKBONES, CLASSIFICATION_LOSSES, META_ARCHITECTURES
+from .retinanet import RetinaNet  # registers the RetinaNet meta-architecture
 
 __all__ = [
     "BACKBONES",
     "CLASSIFICATION_LOSSES",
     "FCOS",
     "META_ARCHITECTURES",
+    "DenseDetector",
     "RetinaNet",
     "build_classification_loss",
     "build_detector",

@@ -26,7 +26,31 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from drdet.config import CfgNode as CN
+from drdet.config import add_config_node, register_config_check
+from drdet.utils.checks import require
+
 ANCHOR_CONVENTIONS = ("exact", "torchvision", "maskrcnn_benchmark")
+
+_ANCHOR_GENERATOR = CN()
+# Where the anchors (and FCOS's locations, the centres of one anchor per cell) lie, and how they
+# are sized: "exact" (drdet's: centred on s*j), or the conventions of models converted from
+# elsewhere, "torchvision" or "maskrcnn_benchmark" (see the module docstring).
+_ANCHOR_GENERATOR.CONVENTION = "exact"
+add_config_node("MODEL.ANCHOR_GENERATOR", _ANCHOR_GENERATOR)
+
+
+def check_anchor_generator_cfg(cfg) -> None:
+    convention = cfg.MODEL.ANCHOR_GENERATOR.CONVENTION
+    require(
+        convention in ANCHOR_CONVENTIONS,
+        "MODEL.ANCHOR_GENERATOR.CONVENTION",
+        convention,
+        f"must be one of {list(ANCHOR_CONVENTIONS)}",
+    )
+
+
+register_config_check("MODEL.ANCHOR_GENERATOR", check_anchor_generator_cfg)
 
 
 def cell_anchors(
@@ -162,16 +186,3 @@ class AnchorGenerator(nn.Module):
                 stride = (int(image_size[0]) // height, int(image_size[1]) // width)
             anchors.append(self.grid_anchors(level, height, width, f.device, torch.float32, stride))
         return anchors
-
-
-def build_anchor_generator(cfg) -> AnchorGenerator:
-    """AnchorGenerator from cfg.MODEL.RETINANET: level l gets sizes
-    ANCHOR_SIZES[l] * OCTAVE**(k / SCALES_PER_OCTAVE)
-    for k = 0 .. SCALES_PER_OCTAVE-1 (32, 40.3, 50.8 for P3 by default; truncated to integers,
-    32, 40, 50, with ANCHOR_CONVENTION "torchvision"), in ANCHOR_CONVENTION."""
-    rcfg = cfg.MODEL.RETINANET
-    scales = [rcfg.OCTAVE ** (k / rcfg.SCALES_PER_OCTAVE) for k in range(rcfg.SCALES_PER_OCTAVE)]
-    sizes = [[size * s for s in scales] for size in rcfg.ANCHOR_SIZES]
-    if rcfg.ANCHOR_CONVENTION == "torchvision":
-        sizes = [[float(int(s)) for s in level] for level in sizes]
-    return AnchorGenerator(sizes, rcfg.ASPECT_RATIOS, rcfg.ANCHOR_STRIDES, rcfg.ANCHOR_CONVENTION)

@@ -6,7 +6,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .lr_scheduler import WarmupCosineLR, WarmupMultiStepLR
+from drdet.config import register_config_check
+from drdet.utils.checks import require
+
+from .lr_scheduler import WARMUP_METHODS, WarmupCosineLR, WarmupMultiStepLR
 
 # SOLVER.LR_SCHEDULER
 LR_SCHEDULERS = ("multistep", "cosine")
@@ -145,3 +148,23 @@ def make_gradient_clipper(cfg) -> Callable[[nn.Module], torch.Tensor] | None:
         return torch.nn.utils.clip_grad_norm_(list(trainable_parameters(model)), max_norm)
 
     return clip_gradients
+
+
+def check_solver_cfg(cfg) -> None:
+    """ValueError naming the SOLVER key that the optimizer and schedule cannot use."""
+    s = cfg.SOLVER
+    require(s.BASE_LR > 0.0, "SOLVER.BASE_LR", s.BASE_LR, "must be > 0")
+    require(s.IMS_PER_BATCH >= 1, "SOLVER.IMS_PER_BATCH", s.IMS_PER_BATCH, "must be >= 1")
+    require(list(s.STEPS) == sorted(s.STEPS), "SOLVER.STEPS", s.STEPS, "must be increasing")
+    require(s.MAX_ITER >= 1, "SOLVER.MAX_ITER", s.MAX_ITER, "must be >= 1")
+    require(
+        s.DIST_TIMEOUT_MINUTES > 0,
+        "SOLVER.DIST_TIMEOUT_MINUTES",
+        s.DIST_TIMEOUT_MINUTES,
+        "must be > 0 (minutes, fractions allowed)",
+    )
+    for key, allowed in (("WARMUP_METHOD", WARMUP_METHODS), ("LR_SCHEDULER", LR_SCHEDULERS)):
+        require(s[key] in allowed, f"SOLVER.{key}", s[key], f"must be one of {list(allowed)}")
+
+
+register_config_check("SOLVER", check_solver_cfg)

@@ -8,7 +8,7 @@ import torchvision
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 
 from drdet.modeling.box_coder import BoxCoder
-from drdet.modeling.retinanet.inference import RetinaNetPostProcessor
+from drdet.modeling.dense import DenseOutputs, DensePostProcessor
 
 Detections = dict[str, torch.Tensor]
 
@@ -55,11 +55,17 @@ def postprocess_inputs() -> tuple[list[torch.Tensor], list[torch.Tensor], list[t
     return anchors, logits, deltas
 
 
-def post_processor(**kw) -> RetinaNetPostProcessor:
-    """A RetinaNetPostProcessor with the tests' defaults, overridden by ``kw``."""
+def post_processor(**kw) -> DensePostProcessor:
+    """A DensePostProcessor with RetinaNet's box coder and the tests' defaults, overridden by
+    ``kw``."""
     args = dict(score_thresh=0.2, pre_nms_top_n=60, nms_thresh=0.5, detections_per_img=25)
     args.update(kw)
-    return RetinaNetPostProcessor(BoxCoder(), **args)
+    return DensePostProcessor(BoxCoder(), **args)
+
+
+def run_post(post: DensePostProcessor, anchors, logits, deltas, sizes):
+    """``post`` on per-level RetinaNet logits and deltas."""
+    return post(anchors, DenseOutputs(logits, deltas), sizes)
 
 
 def reference_postprocess(

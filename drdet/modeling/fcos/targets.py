@@ -89,16 +89,3 @@ def assign_locations(
     areas = torch.where(ok, areas, torch.full_like(areas, math.inf))
     smallest, matches = areas.min(dim=-1)  # min() returns the first index among equal values
     return matches.masked_fill(~torch.isfinite(smallest), -1)
-
-
-def centerness_targets(distances: Tensor) -> Tensor:
-    """FCOS's centre-ness, sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)).
-
-    Args:
-        distances: (..., 4) float (l, t, r, b) > 0.
-    Returns:
-        (...) float in (0, 1]: 1 at the box centre, towards 0 near a side.
-    """
-    lr, tb = distances[..., 0::2], distances[..., 1::2]
-    ratio = (lr.amin(-1) / lr.amax(-1)) * (tb.amin(-1) / tb.amax(-1))
-    return ratio.clamp(min=0).sqrt()

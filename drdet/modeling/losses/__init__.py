@@ -1,4 +1,5 @@
-"""Classification losses of the dense detectors, by name (``MODEL.RETINANET.LOSS_TYPE``).
+"""Classification losses of the dense detectors, by name (each detector names its loss with its
+own key: ``MODEL.RETINANET.LOSS_TYPE``, ``MODEL.FCOS.LOSS_TYPE``).
 
 A classification loss is built from the config by the builder registered under its name in
 :data:`drdet.modeling.registry.CLASSIFICATION_LOSSES`, and called as ::
@@ -12,10 +13,10 @@ A classification loss is built from the config by the builder registered under i
   the batch, averaged over the ranks). Losses summed over entries divide by it; losses that are
   normalised by construction (the DR loss, a mean over groups) ignore it.
 
-The built-in losses (``FOCAL``, ``DR``) register themselves in the modules below; a new one is a
-new module with one ``@CLASSIFICATION_LOSSES.register("NAME")`` (CONTRIBUTING.md). A loss whose
-detector needs other settings (prior, matcher thresholds, score threshold) declares them with
-:func:`drdet.modeling.losses.setup.register_loss_setup`; configs naming the loss get them.
+The built-in losses (``FOCAL``, ``DR``) register themselves in the modules below, each with its
+config node, its check and the setup it brings to a detector
+(:func:`drdet.config.register_loss_recipe`); a new one is a new module with one
+``@CLASSIFICATION_LOSSES.register("NAME")`` (CONTRIBUTING.md).
 """
 
 from typing import Protocol
@@ -30,10 +31,9 @@ class ClassificationLoss(Protocol):
     def __call__(self, logits: Tensor, labels: Tensor, normalizer: Tensor) -> Tensor: ...
 
 
-def build_classification_loss(cfg, name: str | None = None) -> ClassificationLoss:
-    """The loss registered as ``name`` (default ``cfg.MODEL.RETINANET.LOSS_TYPE``), built from
+def build_classification_loss(cfg, name: str) -> ClassificationLoss:
+    """The loss registered as ``name`` (the value of the detector's loss key), built from
     ``cfg``."""
-    name = cfg.MODEL.RETINANET.LOSS_TYPE if name is None else name
     return CLASSIFICATION_LOSSES.get(name)(cfg)
 
 

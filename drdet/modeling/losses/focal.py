@@ -1,25 +1,31 @@
-"""The sigmoid focal loss of RetinaNet (Lin et al., 2017) as a classification loss."""
+"""The sigmoid focal loss of RetinaNet (Lin et al., 2017) as a classification loss, its config
+node MODEL.FOCAL_LOSS and the setup it brings."""
 
 from torch import Tensor
 
+from drdet.config import CfgNode as CN
+from drdet.config import add_config_node, register_loss_recipe
 from drdet.layers.sigmoid_focal_loss import sigmoid_focal_loss
-from drdet.modeling.losses.setup import register_loss_setup
 from drdet.modeling.registry import CLASSIFICATION_LOSSES
+from drdet.utils.checks import require
+
+_FOCAL_LOSS = CN()
+# Weight of the positive entries (negatives: 1 - ALPHA), in [0, 1].
+_FOCAL_LOSS.ALPHA = 0.25
+# Focusing parameter, >= 0 (0: alpha-weighted binary cross-entropy).
+_FOCAL_LOSS.GAMMA = 2.0
+add_config_node("MODEL.FOCAL_LOSS", _FOCAL_LOSS)
 
 # RetinaNet's setup (Lin et al. 2017; maskrcnn-benchmark's configs): prior probability 0.01,
 # matcher FG 0.5 / BG 0.4 (anchors in between ignored), score threshold 0.05, NMS at 0.4.
-register_loss_setup(
+register_loss_recipe(
     "FOCAL",
-    "RetinaNet",
-    {
-        "MODEL.RETINANET.PRIOR_PROB": 0.01,
-        "MODEL.RETINANET.FG_IOU_THRESHOLD": 0.5,
-        "MODEL.RETINANET.BG_IOU_THRESHOLD": 0.4,
-        "MODEL.RETINANET.INFERENCE_TH": 0.05,
-        "MODEL.RETINANET.NMS_TH": 0.4,
-    },
+    prior_prob=0.01,
+    fg_iou_threshold=0.5,
+    bg_iou_threshold=0.4,
+    score_threshold=0.05,
+    nms_threshold=0.4,
 )
-register_loss_setup("FOCAL", "FCOS", {"MODEL.FCOS.PRIOR_PROB": 0.01})  # FCOS (Tian et al.)
 
 
 class FocalLoss:
@@ -41,7 +47,13 @@ class FocalLoss:
         return f"FocalLoss(gamma={self.gamma}, alpha={self.alpha})"
 
 
-@CLASSIFICATION_LOSSES.register("FOCAL")
+def check_focal_loss_cfg(cfg) -> None:
+    f = cfg.MODEL.FOCAL_LOSS
+    require(0.0 <= f.ALPHA <= 1.0, "MODEL.FOCAL_LOSS.ALPHA", f.ALPHA, "must be in [0, 1]")
+    require(f.GAMMA >= 0.0, "MODEL.FOCAL_LOSS.GAMMA", f.GAMMA, "must be >= 0")
+
+
+@CLASSIFICATION_LOSSES.register("FOCAL", check=check_focal_loss_cfg)
 def build_focal_loss(cfg) -> FocalLoss:
-    """From MODEL.RETINANET.LOSS_GAMMA and LOSS_ALPHA."""
-    return FocalLoss(gamma=cfg.MODEL.RETINANET.LOSS_GAMMA, alpha=cfg.MODEL.RETINANET.LOSS_ALPHA)
+    """From MODEL.FOCAL_LOSS."""
+    return FocalLoss(gamma=cfg.MODEL.FOCAL_LOSS.GAMMA, alpha=cfg.MODEL.FOCAL_LOSS.ALPHA)

@@ -1,0 +1,77 @@
+"""FCOS's config node MODEL.FCOS, its check, and how it takes a classification loss's setup.
+Shared keys live elsewhere: MODEL.NUM_CLASSES, MODEL.FPN.USE_C5 (FCOS takes P6 from P5: False),
+MODEL.ANCHOR_GENERATOR.CONVENTION (where the locations lie: "exact" (s*j), "torchvision" (its
+strides), "maskrcnn_benchmark" (s*j + s/2, the FCOS authors' code)), MODEL.GROUP_NORM, and the
+losses' MODEL.FOCAL_LOSS / MODEL.DR_LOSS."""
+
+from __future__ import annotations
+
+from drdet.config import CfgNode as CN
+from drdet.config import add_config_node, register_detector_losses
+from drdet.modeling.dense import REG_LOSSES
+from drdet.utils.checks import require
+
+_F = CN()
+# Classification loss, a registered name: "FOCAL" (FCOS) or "DR".
+_F.LOSS_TYPE = "FOCAL"
+_F.NUM_CONVS = 4
+# GroupNorm in the class and box towers of the head (FCOS: yes).
+_F.USE_GN = True
+# Initial foreground probability of the classifier (bias = -log((1 - p) / p)).
+_F.PRIOR_PROB = 0.01
+# Level l takes the locations whose largest distance to the box, max(l, t, r, b), lies in
+# [SIZES_OF_INTEREST[l-1], SIZES_OF_INTEREST[l]] (0 below P3, infinity above P7), pixels.
+_F.SIZES_OF_INTEREST = (64, 128, 256, 512)
+# Positives only within this many strides of the box centre (as well as inside the box);
+# 0 turns centre sampling off (every location inside the box).
+_F.CENTER_SAMPLING_RADIUS = 1.5
+# Box loss: "giou" (1 - GIoU, torchvision) or "iou" (-ln IoU, the FCOS paper).
+_F.REG_LOSS = "giou"
+# Weight each positive's box loss by its centre-ness target and divide by their sum (the FCOS
+# authors' code) instead of by the number of positives (torchvision).
+_F.CENTERNESS_WEIGHTED_REG = False
+# Score = sqrt(sigmoid(class logit) * sigmoid(centre-ness logit)); scores at or below this are
+# dropped before NMS (torchvision: 0.2).
+_F.INFERENCE_TH = 0.2
+_F.PRE_NMS_TOP_N = 1000
+_F.NMS_TH = 0.6
+add_config_node("MODEL.FCOS", _F)
+
+# The classification loss is MODEL.FCOS.LOSS_TYPE. FCOS has no IoU matcher, and its score
+# threshold and NMS apply to sqrt(class score * centre-ness), the same for every loss: of a
+# loss's setup it takes the prior (DR: 0.5, which carried over from Dr. Retina; focal: 0.01).
+register_detector_losses(
+    "FCOS", loss_key="MODEL.FCOS.LOSS_TYPE", fields={"prior_prob": "MODEL.FCOS.PRIOR_PROB"}
+)
+
+
+def check_fcos_cfg(cfg) -> None:
+    """ValueError naming the key for MODEL.FCOS values FCOS cannot use."""
+    f = cfg.MODEL.FCOS
+    require(f.NUM_CONVS >= 0, "MODEL.FCOS.NUM_CONVS", f.NUM_CONVS, "must be >= 0")
+    require(0.0 < f.PRIOR_PROB < 1.0, "MODEL.FCOS.PRIOR_PROB", f.PRIOR_PROB, "must be in (0, 1)")
+    require(
+        len(f.SIZES_OF_INTEREST) >= 1
+        and all(s > 0 for s in f.SIZES_OF_INTEREST)
+        and list(f.SIZES_OF_INTEREST) == sorted(f.SIZES_OF_INTEREST),
+        "MODEL.FCOS.SIZES_OF_INTEREST",
+        f.SIZES_OF_INTEREST,
+        "needs increasing positive bounds between the levels (4 for P3-P7)",
+    )
+    require(
+        f.CENTER_SAMPLING_RADIUS >= 0.0,
+        "MODEL.FCOS.CENTER_SAMPLING_RADIUS",
+        f.CENTER_SAMPLING_RADIUS,
+        "must be >= 0 (0: off)",
+    )
+    require(
+        f.REG_LOSS in REG_LOSSES,
+        "MODEL.FCOS.REG_LOSS",
+        f.REG_LOSS,
+        f"must be one of {list(REG_LOSSES)}",
+    )
+    require(
+        0.0 <= f.INFERENCE_TH < 1.0, "MODEL.FCOS.INFERENCE_TH", f.INFERENCE_TH, "must be in [0, 1)"
+    )
+    require(0.0 <= f.NMS_TH <= 1.0, "MODEL.FCOS.NMS_TH", f.NMS_TH, "must be in [0, 1]")
+    require(f.PRE_NMS_TOP_N >= 1, "MODEL.FCOS.PRE_NMS_TOP_N", f.PRE_NMS_TOP_N, "must be >= 1")
