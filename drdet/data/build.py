@@ -91,6 +91,10 @@ def aspect_ratio_group_ids(dataset: DetectionDataset) -> list[int]:
     """Group id of every index: 0 for landscape or square images (w >= h), 1 for portrait."""
     ids = []
     for part in _parts(dataset):
+        if hasattr(part, "image_sizes"):  # (N, 2) heights and widths in one array
+            sizes = part.image_sizes()
+            ids += (sizes[:, 1] < sizes[:, 0]).astype(int).tolist()
+            continue
         for i in range(len(part)):
             info = part.get_img_info(i)
             ids.append(0 if info["width"] >= info["height"] else 1)
