@@ -3,7 +3,9 @@
 Config keys read (maskrcnn-benchmark names): DATASETS.TRAIN/TEST, INPUT.*, SOLVER.IMS_PER_BATCH,
 SOLVER.MAX_ITER, TEST.IMS_PER_BATCH, DATALOADER.NUM_WORKERS, DATALOADER.ASPECT_RATIO_GROUPING,
 and (drdet) DATALOADER.SEED (default 0): the seed of the training index stream,
-DATALOADER.MAX_BAD_IMAGES (default 0): how many unreadable images training skips.
+DATALOADER.MAX_BAD_IMAGES (default 0): how many unreadable images training skips,
+TEST.COCO_EVAL_BACKEND: set on test sets as `coco_eval_backend`, for their "coco" evaluator
+(drdet.evaluation, which checks it).
 """
 
 from __future__ import annotations
@@ -180,6 +182,8 @@ def build_data_loader(
     policy = ReadPolicy(replacements=max_bad + 1 if is_train else 0)
     for part in _parts(dataset):
         part.read_policy = policy
+        if not is_train and "COCO_EVAL_BACKEND" in cfg.TEST:
+            part.coco_eval_backend = cfg.TEST.COCO_EVAL_BACKEND
     bad_images = BadImageLog(max_bad if is_train else None, name=", ".join(names))
 
     if is_train:

@@ -166,6 +166,11 @@ class VOCDataset(GuardedReads, torch.utils.data.Dataset):
         cats = [{"id": i + 1, "name": n} for i, n in enumerate(VOC_CLASSES)]
         return {"images": images, "annotations": anns, "categories": cats}
 
+    def coco_dict(self) -> dict[str, Any]:
+        """The split as a COCO json dict (`to_coco_dict`), the ground truth of its "coco"
+        evaluator."""
+        return self.to_coco_dict()
+
     @property
     def coco(self):
         """pycocotools COCO object of the split (built on first use), for COCO-metric evaluation."""
