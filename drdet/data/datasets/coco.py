@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from drdet.utils.memory import release_free_heap
+
 from ..bad_images import GuardedReads
 from ..image_io import read_image
 from ..registry import DATASET_TYPES, DatasetType, require_path, two_parts
@@ -126,6 +128,8 @@ class COCODataset(GuardedReads, torch.utils.data.Dataset):
                            self.num_clipped_boxes, _named_ids(table.clipped_ids),
                            self.num_dropped_boxes, _named_ids(table.dropped_ids))
         self._warn_duplicate_files(columns)
+        del columns
+        release_free_heap()  # the parse's freed heap, before DataLoader workers are forked
         logger.info("%s: %d images (%d in the json), %d classes, %d crowd boxes left out",
                     self.name, len(self), self.num_images_listed, self.num_classes,
                     self.num_crowd_boxes)
