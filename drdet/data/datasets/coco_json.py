@@ -270,14 +270,7 @@ def explain_coco_errors(path: str, data: dict, annotations: list) -> None:
 def _check_annotation(
     path: str, position: int, ann: Any, seen: set, image_ids: set, cat_ids: set
 ) -> None:
-    if not isinstance(ann, dict):
-        raise ValueError(f"{path}: annotation #{position} is a {type(ann).__name__}, not an object")
-    where = (
-        f"annotation id {ann['id']}" if "id" in ann else f"annotation #{position} (counting from 0)"
-    )
-    missing = [k for k in ANNOTATION_KEYS if k not in ann]
-    if missing:
-        raise ValueError(f"{path}: {where} has no {', '.join(map(repr, missing))}")
+    where = _entry_where(path, "annotation", position, ann, ANNOTATION_KEYS)
     for key in ANNOTATION_KEYS[:3]:
         if not _is_id(ann[key]):
             raise ValueError(f"{path}: {where} has {key} {ann[key]!r}; ids are integers")
@@ -300,17 +293,22 @@ def _check_annotation(
         )
 
 
+def _entry_where(path: str, what: str, position: int, entry: Any, keys: Sequence[str]) -> str:
+    """ "<what> id <id>" (or "#<position>" when it has none) of an entry that must be an object
+    with `keys`; a ValueError naming it when it is not."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: {what} #{position} is a {type(entry).__name__}, not an object")
+    where = f"{what} id {entry['id']}" if "id" in entry else f"{what} #{position} (counting from 0)"
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise ValueError(f"{path}: {where} has no {', '.join(map(repr, missing))}")
+    return where
+
+
 def _checked_ids(path: str, entries: list, what: str, keys: tuple[str, ...]) -> set:
     ids: set = set()
     for position, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ValueError(f"{path}: {what} #{position} is a {type(entry).__name__}, not an object")
-        where = (
-            f"{what} id {entry['id']}" if "id" in entry else f"{what} #{position} (counting from 0)"
-        )
-        missing = [k for k in keys if k not in entry]
-        if missing:
-            raise ValueError(f"{path}: {where} has no {', '.join(map(repr, missing))}")
+        where = _entry_where(path, what, position, entry, keys)
         if not _is_id(entry["id"]):
             raise ValueError(f"{path}: {where} has id {entry['id']!r}; ids are integers")
         if entry["id"] in ids:
