@@ -144,6 +144,10 @@ _C.TEST.DETECTIONS_PER_IMG = 100
 _C.TEST.EVAL_PERIOD = 0
 # drdet: also report the AP of every category.
 _C.TEST.PER_CATEGORY_AP = False
+# drdet: what computes the COCO metric: "hotcoco" (the default: pycocotools' figures, faster;
+# pycocotools where it cannot be imported) or "pycocotools" (the reference). Values:
+# drdet.evaluation.coco_backends.COCO_EVAL_BACKENDS.
+_C.TEST.COCO_EVAL_BACKEND = "hotcoco"
 _C.TEST.BBOX_AUG = CN()
 _C.TEST.BBOX_AUG.ENABLED = False
 _C.TEST.BBOX_AUG.SCALES = ()

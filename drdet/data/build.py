@@ -3,7 +3,9 @@
 Config keys read (maskrcnn-benchmark names): DATASETS.TRAIN/TEST, INPUT.*, SOLVER.IMS_PER_BATCH,
 SOLVER.MAX_ITER, TEST.IMS_PER_BATCH, DATALOADER.NUM_WORKERS, DATALOADER.ASPECT_RATIO_GROUPING,
 and (drdet) DATALOADER.SEED (default 0): the seed of the training index stream,
-DATALOADER.MAX_BAD_IMAGES (default 0): how many unreadable images training skips.
+DATALOADER.MAX_BAD_IMAGES (default 0): how many unreadable images training skips,
+TEST.COCO_EVAL_BACKEND: set on test sets as `coco_eval_backend`, for their "coco" evaluator
+(drdet.evaluation, which checks it).
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ def aspect_ratio_group_ids(dataset: DetectionDataset) -> list[int]:
     """Group id of every index: 0 for landscape or square images (w >= h), 1 for portrait."""
     ids = []
     for part in _parts(dataset):
+        if hasattr(part, "image_sizes"):  # (N, 2) heights and widths in one array
+            sizes = part.image_sizes()
+            ids += (sizes[:, 1] < sizes[:, 0]).astype(int).tolist()
+            continue
         for i in range(len(part)):
             info = part.get_img_info(i)
             ids.append(0 if info["width"] >= info["height"] else 1)
@@ -126,6 +132,43 @@ def _per_rank_batch(total: int, world_size: int, key: str) -> int:
     return total // world_size
 
 
+def _prepare_parts(
+    dataset: DetectionDataset, cfg, is_train: bool, names: Sequence[str]
+) -> BadImageLog:
+    """Set each part's read policy (and, on test sets, `coco_eval_backend` from
+    TEST.COCO_EVAL_BACKEND); returns the loader's BadImageLog."""
+    max_bad = int(cfg.DATALOADER.get("MAX_BAD_IMAGES", 0))
+    # Training reads up to max_bad + 1 replacements: one more than the limit lets a run that
+    # allows none still finish the iteration on every rank before all of them stop together.
+    policy = ReadPolicy(replacements=max_bad + 1 if is_train else 0)
+    for part in _parts(dataset):
+        part.read_policy = policy
+        if not is_train and "COCO_EVAL_BACKEND" in cfg.TEST:
+            part.coco_eval_backend = cfg.TEST.COCO_EVAL_BACKEND
+    return BadImageLog(max_bad if is_train else None, name=", ".join(names))
+
+
+def _batch_sampler(
+    cfg,
+    size: int,
+    group_ids: list[int] | None,
+    is_train: bool,
+    seed: int,
+    rank: int,
+    world_size: int,
+    start_iter: int,
+) -> tuple[int, Sampler[list[int]]]:
+    """(images per batch on this rank, the batch sampler) of build_data_loader."""
+    if is_train:
+        batch = _per_rank_batch(cfg.SOLVER.IMS_PER_BATCH, world_size, "SOLVER.IMS_PER_BATCH")
+        sampler: Sampler[int] = TrainingSampler(size, seed=seed, rank=rank, world_size=world_size)
+        grouped = GroupedBatchSampler(sampler, group_ids, batch, drop_uneven=True)
+        return batch, IterationBasedBatchSampler(grouped, cfg.SOLVER.MAX_ITER, start_iter)
+    batch = _per_rank_batch(cfg.TEST.IMS_PER_BATCH, world_size, "TEST.IMS_PER_BATCH")
+    sampler = InferenceSampler(size, rank, world_size)
+    return batch, GroupedBatchSampler(sampler, group_ids, batch, drop_uneven=False)
+
+
 def build_data_loader(
     cfg,
     is_train: bool,
@@ -159,51 +202,22 @@ def build_data_loader(
     """
     if rank is None or world_size is None:
         rank, world_size = world_info()
-    names = (
-        dataset_names
-        if dataset_names is not None
-        else (cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
-    )
+    names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
+    names = names if dataset_names is None else dataset_names
     dataset = build_dataset(list(names), build_transforms(cfg, is_train), is_train)
     if is_train:
         check_training_set(dataset, names)
-    grouping = cfg.DATALOADER.ASPECT_RATIO_GROUPING
-    group_ids = aspect_ratio_group_ids(dataset) if grouping else None
-    seed = int(cfg.DATALOADER.get("SEED", 0))
-    max_bad = int(cfg.DATALOADER.get("MAX_BAD_IMAGES", 0))
-    # Training reads up to max_bad + 1 replacements: one more than the limit lets a run that
-    # allows none still finish the iteration on every rank before all of them stop together.
-    policy = ReadPolicy(replacements=max_bad + 1 if is_train else 0)
-    for part in _parts(dataset):
-        part.read_policy = policy
-    bad_images = BadImageLog(max_bad if is_train else None, name=", ".join(names))
-
-    if is_train:
-        batch = _per_rank_batch(cfg.SOLVER.IMS_PER_BATCH, world_size, "SOLVER.IMS_PER_BATCH")
-        sampler: Sampler[int] = TrainingSampler(
-            len(dataset), seed=seed, rank=rank, world_size=world_size
-        )
-        batch_sampler: Sampler[list[int]] = IterationBasedBatchSampler(
-            GroupedBatchSampler(sampler, group_ids, batch, drop_uneven=True),
-            cfg.SOLVER.MAX_ITER,
-            start_iter,
-        )
-    else:
-        batch = _per_rank_batch(cfg.TEST.IMS_PER_BATCH, world_size, "TEST.IMS_PER_BATCH")
-        sampler = InferenceSampler(len(dataset), rank, world_size)
-        batch_sampler = GroupedBatchSampler(sampler, group_ids, batch, drop_uneven=False)
-
-    num_workers = cfg.DATALOADER.NUM_WORKERS
+    group_ids = aspect_ratio_group_ids(dataset) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
+    seed, num_workers = int(cfg.DATALOADER.get("SEED", 0)), cfg.DATALOADER.NUM_WORKERS
+    bad_images = _prepare_parts(dataset, cfg, is_train, names)
+    batch, batch_sampler = _batch_sampler(
+        cfg, len(dataset), group_ids, is_train, seed, rank, world_size, start_iter
+    )
     generator = torch.Generator()
     generator.manual_seed(seed * 1000003 + rank)  # seeds the workers' augmentation RNGs
     logger.info(
         "%s loader: %d images, %d per batch on rank %d/%d, %d workers",
-        "train" if is_train else "test",
-        len(dataset),
-        batch,
-        rank,
-        world_size,
-        num_workers,
+        *("train" if is_train else "test", len(dataset), batch, rank, world_size, num_workers),
     )
     return DetectionDataLoader(
         dataset,

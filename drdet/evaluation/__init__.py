@@ -1,6 +1,7 @@
-"""Detection metrics: COCO (pycocotools) and PASCAL VOC, registered as the evaluators "coco"
+"""Detection metrics: COCO (hotcoco or pycocotools, TEST.COCO_EVAL_BACKEND) and PASCAL VOC, registered as the evaluators "coco"
 and "voc07" (drdet/evaluation/registry.py)."""
 
+from .coco_backends import COCO_EVAL_BACKENDS, DEFAULT_COCO_EVAL_BACKEND
 from .coco_evaluation import (
     COCO_METRICS,
     coco_evaluator,
@@ -13,7 +14,9 @@ from .registry import EVALUATORS, Evaluator, evaluator_names, run_evaluators
 from .voc_evaluation import evaluate_voc, voc07_evaluator, voc_ap
 
 __all__ = [
+    "COCO_EVAL_BACKENDS",
     "COCO_METRICS",
+    "DEFAULT_COCO_EVAL_BACKEND",
     "EVALUATORS",
     "Evaluator",
     "coco_evaluator",

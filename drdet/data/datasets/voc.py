@@ -1,4 +1,5 @@
 """Pascal VOC 2007/2012 detection dataset read from its XML annotations."""
+
 from __future__ import annotations
 
 import os
@@ -9,13 +10,31 @@ import numpy as np
 import torch
 
 from ..bad_images import GuardedReads
+from ..flat import RaggedArray, StringArray
 from ..image_io import read_image
 from ..registry import DATASET_TYPES, DatasetType, require_path, two_parts
 
 VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 
@@ -58,8 +77,33 @@ def parse_voc_xml(path: str) -> dict[str, Any]:
     boxes = np.asarray(corners, dtype=np.float32).reshape(-1, 4)
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    return {"height": height, "width": width, "boxes": boxes,
-            "labels": np.asarray(labels, dtype=np.int64), "difficult": np.asarray(difficult, bool)}
+    return {
+        "height": height,
+        "width": width,
+        "boxes": boxes,
+        "labels": np.asarray(labels, dtype=np.int64),
+        "difficult": np.asarray(difficult, bool),
+    }
+
+
+def _flat_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parsed records in flat arrays (drdet.data.flat), which DataLoader workers read
+    without copying the main process's pages."""
+    counts = np.array([len(r["boxes"]) for r in records], dtype=np.int64)
+
+    def runs(key: str, dtype, shape: tuple[int, ...]) -> RaggedArray:
+        parts = [r[key] for r in records]
+        values = np.concatenate(parts) if parts else np.zeros(shape, dtype)
+        return RaggedArray(values.astype(dtype).reshape((-1, *shape[1:])), counts)
+
+    return {
+        "image_ids": np.array([r["image_id"] for r in records], dtype=np.int64),
+        "stems": StringArray([r["stem"] for r in records]),
+        "sizes": np.array([(r["height"], r["width"]) for r in records], np.int64).reshape(-1, 2),
+        "boxes": runs("boxes", np.float32, (0, 4)),
+        "labels": runs("labels", np.int64, (0,)),
+        "difficult": runs("difficult", bool, (0,)),
+    }
 
 
 # Why a training image has no box (keys of VOCDataset.skipped_images).
@@ -79,7 +123,9 @@ class VOCDataset(GuardedReads, torch.utils.data.Dataset):
     iscrowd=1 in `coco` (the split as a pycocotools COCO object, for the COCO metric of the
     paper's Table 7). With `is_train`, images left with no box are skipped, counted by reason in
     `skipped_images` ({NO_OBJECTS / DIFFICULT_ONLY: count}); `annotation_source` (the image list)
-    and `num_images_listed` let build_data_loader say why a training set is empty.
+    and `num_images_listed` let build_data_loader say why a training set is empty. The parsed
+    annotations are kept in flat arrays (drdet.data.flat), so that DataLoader workers do not
+    copy the main process's pages; `records` rebuilds the per-image dicts on demand.
 
     Evaluated by the COCO metric and the VOC07 11-point mAP (`evaluators`,
     drdet.evaluation.EVALUATORS).
@@ -87,8 +133,14 @@ class VOCDataset(GuardedReads, torch.utils.data.Dataset):
 
     evaluators: tuple[str, ...] = ("coco", "voc07")
 
-    def __init__(self, root: str, split: str, is_train: bool, transforms: Callable | None = None,
-                 name: str | None = None):
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        is_train: bool,
+        transforms: Callable | None = None,
+        name: str | None = None,
+    ):
         list_file = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
         if not os.path.isfile(list_file):
             raise FileNotFoundError(f"VOC image list {list_file!r} does not exist")
@@ -116,27 +168,54 @@ class VOCDataset(GuardedReads, torch.utils.data.Dataset):
                     self.skipped_images[why] = self.skipped_images.get(why, 0) + 1
                     continue
             records.append(rec)
-        self.records = records
+        self._table = _flat_records(records)
         self._coco = None
 
     @property
     def num_classes(self) -> int:
         return len(VOC_CLASSES)
 
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Per image (a new list at each call): {"image_id", "stem", "height", "width",
+        "boxes" (K, 4) float32 x1y1x2y2, "labels" (K,) int64, "difficult" (K,) bool}."""
+        return [self._record(i) for i in range(len(self))]
+
+    def _record(self, index: int) -> dict[str, Any]:
+        t = self._table
+        return {
+            "image_id": int(t["image_ids"][index]),
+            "stem": t["stems"][index],
+            "height": int(t["sizes"][index, 0]),
+            "width": int(t["sizes"][index, 1]),
+            "boxes": t["boxes"][index],
+            "labels": t["labels"][index],
+            "difficult": t["difficult"][index],
+        }
+
     def get_img_info(self, index: int) -> dict[str, Any]:
-        rec = self.records[index]
-        return {"id": rec["image_id"], "height": rec["height"], "width": rec["width"],
-                "file_name": f"{rec['stem']}.jpg"}
+        rec = self._record(index)
+        return {
+            "id": rec["image_id"],
+            "height": rec["height"],
+            "width": rec["width"],
+            "file_name": f"{rec['stem']}.jpg",
+        }
+
+    def image_sizes(self) -> np.ndarray:
+        """(len(self), 2): the (height, width) of every entry, in pixels."""
+        return self._table["sizes"]
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self._table["image_ids"])
 
     def load_item(self, index: int):
         """(image, target, index) of entry `index`; raises an ImageReadError naming file and
         image id when the image cannot be read."""
-        rec = self.records[index]
-        image = read_image(os.path.join(self.root, "JPEGImages", f"{rec['stem']}.jpg"),
-                           rec["image_id"])
+        rec = self._record(index)
+        image = read_image(
+            os.path.join(self.root, "JPEGImages", f"{rec['stem']}.jpg"), rec["image_id"]
+        )
         w, h = image.size
         target = {
             "boxes": torch.from_numpy(rec["boxes"].copy()),
@@ -155,16 +234,34 @@ class VOCDataset(GuardedReads, torch.utils.data.Dataset):
         """The split in COCO json form (boxes xywh in original pixels; difficult -> iscrowd=1)."""
         images: list[dict[str, Any]] = []
         anns: list[dict[str, Any]] = []
-        for rec in self.records:
-            images.append({"id": rec["image_id"], "height": rec["height"], "width": rec["width"],
-                           "file_name": f"{rec['stem']}.jpg"})
+        for rec in map(self._record, range(len(self))):
+            images.append(
+                {
+                    "id": rec["image_id"],
+                    "height": rec["height"],
+                    "width": rec["width"],
+                    "file_name": f"{rec['stem']}.jpg",
+                }
+            )
             for box, label, diff in zip(rec["boxes"], rec["labels"], rec["difficult"]):
                 x1, y1, x2, y2 = (float(v) for v in box)
-                anns.append({"id": len(anns) + 1, "image_id": rec["image_id"],
-                             "category_id": int(label), "bbox": [x1, y1, x2 - x1, y2 - y1],
-                             "area": (x2 - x1) * (y2 - y1), "iscrowd": int(diff)})
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": rec["image_id"],
+                        "category_id": int(label),
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": (x2 - x1) * (y2 - y1),
+                        "iscrowd": int(diff),
+                    }
+                )
         cats = [{"id": i + 1, "name": n} for i, n in enumerate(VOC_CLASSES)]
         return {"images": images, "annotations": anns, "categories": cats}
+
+    def coco_dict(self) -> dict[str, Any]:
+        """The split as a COCO json dict (`to_coco_dict`), the ground truth of its "coco"
+        evaluator."""
+        return self.to_coco_dict()
 
     @property
     def coco(self):
@@ -196,26 +293,37 @@ VOC_DATASETS: dict[str, tuple[str, str]] = {
 }
 
 
-def _voc_checked(name: str, folder: str, split: str, from_root: bool, transforms: Callable | None,
-                 is_train: bool) -> VOCDataset:
+def _voc_checked(
+    name: str, folder: str, split: str, from_root: bool, transforms: Callable | None, is_train: bool
+) -> VOCDataset:
     require_path(folder, name, "VOC folder", from_root)
-    require_path(os.path.join(folder, "ImageSets", "Main", f"{split}.txt"), name, "image list",
-                 from_root)
+    require_path(
+        os.path.join(folder, "ImageSets", "Main", f"{split}.txt"), name, "image list", from_root
+    )
     return VOCDataset(folder, split, is_train=is_train, transforms=transforms, name=name)
 
 
-def _voc_from_parts(name: str, parts: list[str], transforms: Callable | None,
-                    is_train: bool) -> VOCDataset:
+def _voc_from_parts(
+    name: str, parts: list[str], transforms: Callable | None, is_train: bool
+) -> VOCDataset:
     folder, split = two_parts(name, parts)
     return _voc_checked(name, folder, split, False, transforms, is_train)
 
 
-def _voc_from_entry(name: str, entry: tuple[str, str], root: str, transforms: Callable | None,
-                    is_train: bool) -> VOCDataset:
+def _voc_from_entry(
+    name: str, entry: tuple[str, str], root: str, transforms: Callable | None, is_train: bool
+) -> VOCDataset:
     folder, split = entry
     return _voc_checked(name, os.path.join(root, folder), split, True, transforms, is_train)
 
 
-DATASET_TYPES.register("voc", DatasetType(
-    form="voc:<VOC folder>:<split>", from_parts=_voc_from_parts, max_parts=2,
-    names=VOC_DATASETS, from_entry=_voc_from_entry))
+DATASET_TYPES.register(
+    "voc",
+    DatasetType(
+        form="voc:<VOC folder>:<split>",
+        from_parts=_voc_from_parts,
+        max_parts=2,
+        names=VOC_DATASETS,
+        from_entry=_voc_from_entry,
+    ),
+)
