@@ -6,9 +6,11 @@ turns them off. No GPU is needed to compile: set ``TORCH_CUDA_ARCH_LIST`` (e.g. 
 choose the architectures, otherwise torch picks them (all supported ones when no GPU is visible).
 
 Install with ``pip install --no-build-isolation -e .`` into an environment that already has torch.
-``DRDET_BUILD_EXT=0`` registers the package without compiling; the Makefile uses it and then
-compiles with ``setup.py build_ext --inplace``, which rebuilds incrementally (pip's editable build
-starts from an empty folder every time).
+``DRDET_BUILD_EXT=0`` installs the package without compiling and without importing torch (so
+``DRDET_BUILD_EXT=0 pip install .`` works in pip's isolated build environment and on machines
+without a compiler): drdet then runs the pure-PyTorch forms of its ops (drdet/layers/_ext.py).
+The Makefile uses it and then compiles with ``setup.py build_ext --inplace``, which rebuilds
+incrementally (pip's editable build starts from an empty folder every time).
 """
 
 import glob
@@ -72,8 +74,12 @@ def _want_cuda(cuda_home):
     return cuda_home is not None
 
 
+def _build_ext():
+    return os.environ.get("DRDET_BUILD_EXT", "1").strip() != "0"
+
+
 def get_extensions():
-    if os.environ.get("DRDET_BUILD_EXT", "1") == "0":
+    if not _build_ext():
         return []
     cuda_home = _find_cuda_home()
     with_cuda = _want_cuda(cuda_home)
@@ -123,6 +129,8 @@ def get_extensions():
 
 
 def _cmdclass():
+    if not _build_ext():
+        return {}
     from torch.utils.cpp_extension import BuildExtension
 
     return {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}

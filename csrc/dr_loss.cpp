@@ -11,6 +11,10 @@
 namespace drdet {
 namespace dr_loss {
 
+at::ScalarType loss_dtype(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 Params check_inputs(const at::Tensor& logits, const at::Tensor& labels,
                     const std::optional<at::Tensor>& group_ids, int64_t num_groups,
                     double pos_lambda, double neg_lambda, double L, double margin, double tau,

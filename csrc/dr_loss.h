@@ -294,6 +294,10 @@ DRDET_HOST_DEVICE T grad_logit(T x, bool positive, const GroupGrad<T>& g, const 
 namespace drdet {
 namespace dr_loss {
 
+// The dtype of the loss the forward returns: float64 for float64 logits, float32 otherwise
+// (float16 and bfloat16 logits get an unrounded float32 loss, as the focal loss does).
+at::ScalarType loss_dtype(const at::Tensor& logits);
+
 // Checks shapes, dtypes and parameters (no data access) and returns the parsed parameters.
 Params check_inputs(const at::Tensor& logits, const at::Tensor& labels,
                     const std::optional<at::Tensor>& group_ids, int64_t num_groups,

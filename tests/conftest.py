@@ -7,15 +7,33 @@ import torch
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped where none is visible)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line(
+        "markers", "extension: tests drdet._C itself (skipped where it is not loaded)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="no CUDA GPU visible")
+    from drdet.layers import extension_loaded
+
+    no_cuda = not torch.cuda.is_available()
+    no_extension = not extension_loaded()
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        if no_cuda and "cuda" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="no CUDA GPU visible"))
+        if no_extension and item.get_closest_marker("extension"):
+            item.add_marker(pytest.mark.skip(reason="drdet._C is not loaded"))
+
+
+@pytest.fixture(params=["extension", "pure"])
+def op_form(request):
+    """Runs a test twice: with the extension's kernels and with the pure-PyTorch forms of the
+    ops (drdet.layers.use_extension); the first is skipped where drdet._C is not loaded."""
+    from drdet.layers import extension_loaded, use_extension
+
+    if request.param == "extension" and not extension_loaded():
+        pytest.skip("drdet._C is not loaded")
+    with use_extension(request.param == "extension"):
+        yield request.param
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +53,14 @@ def _fresh_drdet_logger():
         handler.close()
     logger.propagate = True
     yield
+
+
+@pytest.fixture
+def keep_num_threads():
+    """torch's CPU thread count restored after the test (a tool's --threads sets it)."""
+    threads = torch.get_num_threads()
+    yield threads
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

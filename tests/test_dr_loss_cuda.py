@@ -15,17 +15,11 @@ import os
 import pytest
 import torch
 from helpers.devices import BACKENDS, use_backend
-from helpers.dr_loss import (
-    NEG_LAMBDA,
-    PAIRINGS,
-    SMOOTHINGS,
-    loss_and_grad,
-    random_inputs,
-    reference,
-)
+from helpers.dr_loss import NEG_LAMBDA, PAIRINGS, loss_and_grad, random_inputs, reference
 
 from drdet.layers import dr_loss, get_cuda_kernels, set_cuda_kernels
 from drdet.layers._ext import CUDA_KERNELS_ENV, ops
+from drdet.layers.dr_loss import SMOOTHINGS
 
 # Columns of the statistics that do not depend on the softmax shift (csrc/dr_loss.h, enum Stat):
 # P-, P+, positives, valid rows, loss, the two gradient coefficients.
@@ -75,7 +69,9 @@ def check_against_reference(
     ref_loss, ref_grad = loss_and_grad(
         reference, logits.double(), labels, gids, num_groups=num_groups, **kwargs
     )
-    assert loss.dtype == logits.dtype and grad.dtype == logits.dtype
+    # the loss in float32 (float64 for float64 logits), the gradient in the logits' dtype
+    loss_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    assert loss.dtype == loss_dtype and grad.dtype == logits.dtype
     scale = ref_grad.abs().max().item()
     torch.testing.assert_close(loss.cpu().double(), ref_loss, rtol=rtol, atol=rtol * 1e-1)
     torch.testing.assert_close(
@@ -101,7 +97,7 @@ def check_against_reference(
         "empty-and-all-ignored",
     ],
 )
-@pytest.mark.parametrize("smoothing", SMOOTHINGS)
+@pytest.mark.parametrize("smoothing", SMOOTHINGS)  # every smoothing the op offers
 @pytest.mark.parametrize("pairing", PAIRINGS)
 def test_groupings_smoothings_pairings(device, case, smoothing, pairing):
     logits, labels, gids, num_groups = grouping_case(case)

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 from helpers.detections import assert_same_detections
+from helpers.weights import calibrate_frozen_bn
 from torch import nn
 
 from drdet.layers.batch_norm import FrozenBatchNorm2d, fold_frozen_batchnorm, fuse_frozen_batchnorm
@@ -27,31 +28,6 @@ def _randomize(module: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
             m.bias.copy_(torch.randn(n, generator=gen) * 0.2)
     return module
-
-
-def _calibrate(model: nn.Module, images) -> nn.Module:
-    """Sets every FrozenBatchNorm2d's statistics to those of its input on ``images`` (one
-    forward; each layer sees the already-normalised output of the layers before it), with random
-    affine values near (1, 0): activations of a trained network's size, whatever the depth."""
-    gen = torch.Generator().manual_seed(1)
-
-    def hook(bn, inputs):
-        x = inputs[0].detach()
-        bn.running_mean.copy_(x.mean((0, 2, 3)))
-        bn.running_var.copy_(x.var((0, 2, 3)))
-        bn.weight.copy_(torch.rand(bn.num_features, generator=gen) * 0.5 + 0.75)
-        bn.bias.copy_(torch.randn(bn.num_features, generator=gen) * 0.1)
-
-    handles = [
-        m.register_forward_pre_hook(hook)
-        for m in model.modules()
-        if isinstance(m, FrozenBatchNorm2d)
-    ]
-    with torch.no_grad():
-        model.eval()(images)
-    for h in handles:
-        h.remove()
-    return model
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -134,7 +110,7 @@ def _detector(overrides=()):
     for m in model.head.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.normal_(m.weight, std=0.025)
-    return _calibrate(model, _images())
+    return calibrate_frozen_bn(model, _images())
 
 
 def _images():

@@ -3,7 +3,9 @@
 The reference builds the one-hot targets and the ignore mask from the labels and sums
 torchvision.ops.sigmoid_focal_loss(reduction="none") over the non-ignored rows. The float32 CPU
 kernels (AVX-512 / AVX2 loops with polynomial exp and log1p) are also checked entry by entry
-against a float64 reference with an error bound, on every instruction-set path.
+against a float64 reference with an error bound, on every instruction-set path. The tests that
+take ``op_form`` run twice: with the extension and with the pure-PyTorch form
+(drdet/layers/pure_ops.py), which meets the same bounds.
 """
 
 import pytest
@@ -43,7 +45,7 @@ def loss_and_grad(fn, logits, labels, **kw):
 @pytest.mark.parametrize(
     "gamma,alpha", [(2.0, 0.25), (0.0, 0.25), (0.5, 0.75), (3.0, 0.0), (1.0, 1.0)]
 )
-def test_matches_torchvision(device, gamma, alpha):
+def test_matches_torchvision(device, gamma, alpha, op_form):
     logits, labels = random_case(300, 11, device)
     loss, grad = loss_and_grad(sigmoid_focal_loss, logits, labels, gamma=gamma, alpha=alpha)
     ref_loss, ref_grad = loss_and_grad(reference_loss, logits, labels, gamma=gamma, alpha=alpha)
@@ -53,7 +55,7 @@ def test_matches_torchvision(device, gamma, alpha):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_float32_matches_torchvision(device):
+def test_float32_matches_torchvision(device, op_form):
     logits, labels = random_case(2000, 80, device, dtype=torch.float32)
     loss, grad = loss_and_grad(sigmoid_focal_loss, logits, labels)
     ref_loss, ref_grad = loss_and_grad(reference_loss, logits.double(), labels)
@@ -63,7 +65,7 @@ def test_float32_matches_torchvision(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_ignored_rows_contribute_nothing(device):
+def test_ignored_rows_contribute_nothing(device, op_form):
     logits, labels = random_case(64, 5, device)
     labels[::3] = -1
     loss, grad = loss_and_grad(sigmoid_focal_loss, logits, labels)
@@ -80,7 +82,7 @@ def test_ignored_rows_contribute_nothing(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_all_background(device):
+def test_all_background(device, op_form):
     logits, _ = random_case(128, 7, device)
     labels = torch.zeros(128, dtype=torch.long, device=device)
     loss, grad = loss_and_grad(sigmoid_focal_loss, logits, labels)
@@ -95,7 +97,7 @@ def test_all_background(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("magnitude", [30.0, 1e4])
-def test_large_logits_are_finite_and_correct(device, magnitude):
+def test_large_logits_are_finite_and_correct(device, magnitude, op_form):
     base = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
     # Rows of +-m: positives and negatives that are confidently right and confidently wrong.
     logits = (torch.stack([base, -base] * 3) * magnitude).to(device)
@@ -113,7 +115,7 @@ def test_large_logits_are_finite_and_correct(device, magnitude):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_accumulates_in_float32(device, dtype):
+def test_half_precision_accumulates_in_float32(device, dtype, op_form):
     logits, labels = random_case(4000, 80, device, dtype=dtype)
     loss, grad = loss_and_grad(sigmoid_focal_loss, logits, labels)
     assert loss.dtype == torch.float32 and grad.dtype == dtype
@@ -125,7 +127,7 @@ def test_half_precision_accumulates_in_float32(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_non_contiguous_inputs(device):
+def test_non_contiguous_inputs(device, op_form):
     logits, labels = random_case(90, 12, device)
     x = logits.t().contiguous().t()[::2, 1:]  # column-major, then strided rows and columns
     y = torch.stack([labels.clamp(max=11), labels], 1)[::2, 0]
@@ -137,7 +139,7 @@ def test_non_contiguous_inputs(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_empty_input(device):
+def test_empty_input(device, op_form):
     logits = torch.zeros(0, 80, device=device, requires_grad=True)
     labels = torch.zeros(0, dtype=torch.long, device=device)
     loss = sigmoid_focal_loss(logits, labels)
@@ -146,14 +148,14 @@ def test_empty_input(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_int32_labels(device):
+def test_int32_labels(device, op_form):
     logits, labels = random_case(50, 6, device)
     torch.testing.assert_close(
         sigmoid_focal_loss(logits, labels.int()), sigmoid_focal_loss(logits, labels)
     )
 
 
-def test_gradcheck():
+def test_gradcheck(op_form):
     logits, labels = random_case(20, 5)
     logits.requires_grad_(True)
     for gamma, alpha in [(2.0, 0.25), (0.5, 0.6)]:
@@ -162,6 +164,7 @@ def test_gradcheck():
         )
 
 
+@pytest.mark.extension
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     logits, labels = random_case(30, 4, device, dtype=torch.float32)
@@ -175,6 +178,7 @@ def test_opcheck(device):
     )
 
 
+@pytest.mark.extension
 def test_torch_compile_traces_the_op():
     logits, labels = random_case(40, 3, dtype=torch.float32)
 
@@ -189,7 +193,7 @@ def test_torch_compile_traces_the_op():
     torch.testing.assert_close(x1.grad, x2.grad)
 
 
-def test_module():
+def test_module(op_form):
     logits, labels = random_case(33, 9)
     module = SigmoidFocalLoss(gamma=1.5, alpha=0.4)
     torch.testing.assert_close(
@@ -209,13 +213,13 @@ def test_module():
         (lambda x, y: (x, torch.full_like(y, -2)), r"labels must be in \[-1, C\]"),
     ],
 )
-def test_bad_inputs_raise(make_args, message):
+def test_bad_inputs_raise(make_args, message, op_form):
     logits, labels = random_case(8, 5)
     with pytest.raises(RuntimeError, match=message):
         sigmoid_focal_loss(*make_args(logits, labels))
 
 
-def test_bad_hyperparameters_raise():
+def test_bad_hyperparameters_raise(op_form):
     logits, labels = random_case(8, 5)
     with pytest.raises(RuntimeError, match="gamma"):
         sigmoid_focal_loss(logits, labels, gamma=-1.0)
@@ -223,6 +227,7 @@ def test_bad_hyperparameters_raise():
         sigmoid_focal_loss(logits, labels, alpha=1.5)
 
 
+@pytest.mark.extension
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_cuda_matches_cpu(dtype):
@@ -316,7 +321,7 @@ EXTREME_LOGITS = [
 
 @pytest.mark.parametrize("gamma", [0.0, 1.5, 2.0])
 @pytest.mark.parametrize("alpha", [0.0, 0.25, 1.0])
-def test_float32_kernels_within_float_rounding(gamma, alpha):
+def test_float32_kernels_within_float_rounding(gamma, alpha, op_form):
     """Random sizes, column counts around the 8 and 16 lanes, ignored rows, int32 and int64
     labels, moderate and extreme logits, at every label (background, each class, ignored)."""
     gen = torch.Generator().manual_seed(int(gamma * 10 + alpha * 100))
@@ -334,6 +339,7 @@ def test_float32_kernels_within_float_rounding(gamma, alpha):
         assert_within_float_rounding(logits, labels, gamma, alpha)
 
 
+@pytest.mark.extension
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
 def test_float32_kernels_over_the_logit_range(gamma):
     """Every 1/1000 of a unit in [-110, 110], logarithmically spaced small logits and the
@@ -367,7 +373,7 @@ def test_float32_kernels_over_the_logit_range(gamma):
         assert worst <= 1.0, f"loss error {worst:.2f} x the bound (gamma={gamma}, label={label})"
 
 
-def test_float32_kernels_limits_and_nan():
+def test_float32_kernels_limits_and_nan(op_form):
     x = torch.tensor([[100.0, -100.0, 1e4, -1e4, 3e38]])
     wrong_negatives = 0.75 * (100.0 + 1e4 + 3e38)
     # Confidently right entries cost 0 with gradient 0; confidently wrong ones cost alpha_t * |x|
@@ -393,6 +399,7 @@ def test_float32_kernels_limits_and_nan():
     assert torch.isfinite(loss)
 
 
+@pytest.mark.extension
 @pytest.mark.parametrize("isa", ISA_PARAMS)
 def test_every_instruction_set_path(isa):
     """The CPU kernels have AVX-512 and AVX2 loops and the scalar per-entry math (baseline),
@@ -400,10 +407,10 @@ def test_every_instruction_set_path(isa):
     with use_cpu_isa(isa):
         for gamma in (0.0, 1.5, 2.0):
             for alpha in (0.0, 0.25, 1.0):
-                test_float32_kernels_within_float_rounding(gamma, alpha)
+                test_float32_kernels_within_float_rounding(gamma, alpha, "extension")
             test_float32_kernels_over_the_logit_range(gamma)
-        test_float32_kernels_limits_and_nan()
-        test_float32_matches_torchvision("cpu")
-        test_ignored_rows_contribute_nothing("cpu")
+        test_float32_kernels_limits_and_nan("extension")
+        test_float32_matches_torchvision("cpu", "extension")
+        test_ignored_rows_contribute_nothing("cpu", "extension")
         for dtype in (torch.float16, torch.bfloat16):
-            test_half_precision_accumulates_in_float32("cpu", dtype)
+            test_half_precision_accumulates_in_float32("cpu", dtype, "extension")

@@ -42,7 +42,7 @@ READS = [
 # the host-side check of the loader's (CPU) targets, no device sync on a GPU ...
 HOST_TARGET_CHECK = ("targets.py", "_raise_on_bad_target", "__bool__")
 # ... and the positive anchors' nonzero(), whose size shapes the regression loss.
-POSITIVES = ("loss.py", "prepare_targets", "nonzero")
+POSITIVES = ("loss.py", "assign", "nonzero")
 
 
 def _cfg(*opts):
@@ -151,8 +151,8 @@ def test_bad_target_is_named_before_any_update_with_deferred_checks():
     assert all(torch.equal(a, p) for a, p in zip(before, step.model.parameters()))
 
 
-@pytest.mark.parametrize("meta", ["RetinaNet", "FCOS"])
-def test_targets_are_checked_on_the_host_for_both_detectors(meta, monkeypatch):
+@pytest.mark.parametrize("meta", ["RetinaNet", "FCOS", "ATSS"])
+def test_targets_are_checked_on_the_host_for_every_dense_detector(meta, monkeypatch):
     import inspect
 
     from drdet.modeling.dense import targets
@@ -170,6 +170,18 @@ def test_targets_are_checked_on_the_host_for_both_detectors(meta, monkeypatch):
     with pytest.raises(ValueError, match=r"image 1 of the batch \(image_id 11\): box 1"):
         step(2, *_batch(bad_box=True))
     assert not _toy_step(defer=True).dense  # a detector that is not dense checks its own
+
+
+def test_a_deferred_atss_step_reads_only_the_host_check_and_the_positives(monkeypatch):
+    """ATSS's centre-ness-weighted box loss is normalised on the device (no read of its sum)."""
+    deferred = _retinanet_step("cpu", "MODEL.META_ARCHITECTURE", "ATSS", "SPEED.DEFER_CHECKS", True)
+    deferred(1, *_batch())  # warm-up
+    counter = _ReadCounter(monkeypatch)
+    assert deferred(2, *_batch()) == ({}, 0)
+    assert dict(counter.sites) == {
+        HOST_TARGET_CHECK: 1,
+        ("targets.py", "matched_targets", "nonzero"): 1,  # the positives, as RetinaNet's
+    }
 
 
 def _toy_step(defer: bool, nan_at: int = -1, clip: bool = False) -> TrainStep:

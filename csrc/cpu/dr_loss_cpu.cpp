@@ -409,16 +409,170 @@ struct PosSums {
   double sum_dl;  // sum over positives of l'(P- - p_j + margin)
 };
 
+// What the forward's row functions read: the logits (N, C), labels, group ids (nullptr: one
+// group), the loss's settings, and the path chosen for this dtype and machine.
+template <typename scalar_t>
+struct ForwardRows {
+  const scalar_t* x;
+  const int64_t* labels;
+  const int64_t* group_ids;
+  int64_t num_rows;
+  int64_t num_classes;
+  int64_t num_groups;
+  Params prm;
+  double inv_neg;
+  double inv_pos;
+  Isa isa;
+  // The fused float path: one vectorised pass per row with the fixed shift (the negatives'
+  // statistic has max = 1 for every row, so rows add up); otherwise the scores of a row go to
+  // scratch and are reduced with the row's maximum as shift, then merged.
+  bool fused;
+  bool fixed_pos;  // the positives' weights with the fixed shift 0
+};
+
+template <typename scalar_t>
+ForwardRows<scalar_t> forward_rows(const at::Tensor& x, const int64_t* labels,
+                                   const int64_t* group_ids, int64_t num_groups,
+                                   const Params& prm) {
+  using acc_t = at::opmath_type<scalar_t>;
+  ForwardRows<scalar_t> rows;
+  rows.x = x.data_ptr<scalar_t>();
+  rows.labels = labels;
+  rows.group_ids = group_ids;
+  rows.num_rows = x.size(0);
+  rows.num_classes = x.size(1);
+  rows.num_groups = num_groups;
+  rows.prm = prm;
+  rows.inv_neg = 1.0 / prm.neg_lambda;
+  rows.inv_pos = 1.0 / prm.pos_lambda;
+  rows.isa = simd::cpu_isa();
+  rows.fused = DRDET_HAVE_AVX2_PATH && std::is_same<acc_t, float>::value &&
+               rows.isa >= Isa::AVX2 && rows.inv_neg <= kMaxFixedShiftInv;
+  rows.fixed_pos = rows.inv_pos <= kMaxFixedShiftInv;
+  return rows;
+}
+
+// Adds the negative scores of row xr (positive column y - 1; y = 0: none) to acc.neg and
+// returns the row's positive score (0 when y = 0). scratch holds one row of scores in acc_t
+// (sized in doubles, which are at least as wide).
+template <typename scalar_t>
+double add_row_negatives(const ForwardRows<scalar_t>& rows, const scalar_t* xr, int64_t y,
+                         GroupAccum<double>& acc, double* scratch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = rows.num_classes;
+#if DRDET_HAVE_AVX2_PATH
+  if (rows.fused) {
+    const float* xf = float_row(xr, C, reinterpret_cast<float*>(scratch));
+    float sum_w = 0.f, sum_wp = 0.f;
+    if (rows.isa == Isa::AVX512) {
+      negative_row_sums_avx512(xf, C, y - 1, float(rows.inv_neg), sum_w, sum_wp);
+    } else {
+      negative_row_sums_avx2(xf, C, y - 1, float(rows.inv_neg), sum_w, sum_wp);
+    }
+    if (sum_w != 0.f) {  // 0: no negative column (NaN propagates)
+      acc.neg.max = 1.0;
+      acc.neg.sum_w += sum_w;
+      acc.neg.sum_wv += sum_wp;
+    }
+    return y > 0 ? double(sigmoid(xf[y - 1])) : 0.0;
+  }
+#endif
+  acc_t* p = reinterpret_cast<acc_t*>(scratch);
+  sigmoid_row(rows.isa, xr, C, p);
+  const acc_t inv_neg = acc_t(rows.inv_neg);
+  acc.neg = merge(acc.neg, to_double(row_negative_stat(rows.isa, p, C, y - 1, inv_neg)),
+                  rows.inv_neg);
+  return y > 0 ? double(p[y - 1]) : 0.0;
+}
+
+// Adds one positive score py to acc.pos: with the fixed shift 0 (weight exp(-p / lambda+)) or
+// as an online-softmax merge.
+inline void add_positive(GroupAccum<double>& acc, double py, double inv_pos, bool fixed_pos) {
+  acc.num_pos += 1;
+  if (fixed_pos) {
+    const double w = math_exp(-py * inv_pos);
+    acc.pos.max = 0.0;
+    acc.pos.sum_w += w;
+    acc.pos.sum_wv += w * py;
+  } else {
+    acc.pos = merge(acc.pos, SoftmaxStat<double>{-py, 1.0, py}, inv_pos);
+  }
+}
+
+// Adds row r to its group's accumulator; an ignored row (label -1) adds nothing, a label
+// outside [-1, C] sets bad_value.
+template <typename scalar_t>
+void accumulate_row(const ForwardRows<scalar_t>& rows, int64_t r, GroupAccum<double>& acc,
+                    double* scratch, std::atomic<bool>& bad_value) {
+  const int64_t y = rows.labels[r];
+  if (y < 0 || y > rows.num_classes) {
+    if (y != -1) bad_value.store(true, std::memory_order_relaxed);
+    return;
+  }
+  acc.num_valid += 1;
+  const double py = add_row_negatives(rows, rows.x + r * rows.num_classes, y, acc, scratch);
+  if (y > 0) add_positive(acc, py, rows.inv_pos, rows.fixed_pos);
+}
+
+// NegOnly pairing: per group, the sums over its positives of l(P- - p_j + margin) and of l'.
+template <typename scalar_t>
+std::vector<PosSums> negonly_sums(const ForwardRows<scalar_t>& rows,
+                                  const std::vector<GroupAccum<double>>& accums,
+                                  std::atomic<bool>& bad_value) {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::vector<double> neg_mean(rows.num_groups);
+  for (int64_t g = 0; g < rows.num_groups; ++g) neg_mean[g] = weighted_mean(accums[g].neg, 0.0);
+  const auto positive_row = [&](int64_t r, PosSums& acc, double*) {
+    const int64_t y = rows.labels[r];
+    if (y <= 0) return;
+    const double p = sigmoid(static_cast<acc_t>(rows.x[r * rows.num_classes + y - 1]));
+    const double z = neg_mean[rows.group_ids ? rows.group_ids[r] : 0] - p + rows.prm.margin;
+    acc.sum_l += smooth_value(z, rows.prm);
+    acc.sum_dl += smooth_grad(z, rows.prm);
+  };
+  const auto add = [](const PosSums& a, const PosSums& b) {
+    return PosSums{a.sum_l + b.sum_l, a.sum_dl + b.sum_dl};
+  };
+  return reduce_rows_by_group(rows.num_rows, rows.num_groups, rows.group_ids, 0,
+                              PosSums{0.0, 0.0}, positive_row, add, bad_value);
+}
+
+// The forward for one dtype: the per-group statistics into stats_p (num_groups x kNumStats);
+// returns the loss. labels and group_ids (the tensors as given) name a bad value in the error.
+template <typename scalar_t>
+double forward_groups(const ForwardRows<scalar_t>& rows, const at::Tensor& labels,
+                      const std::optional<at::Tensor>& group_ids, double* stats_p) {
+  // The value checks (labels in [-1, C], group ids in [0, num_groups)) are made in the row loop
+  // rather than by extra passes over the (N,) tensors; check_values reports a failure.
+  std::atomic<bool> bad_value{false};
+  const auto accum_row = [&](int64_t r, GroupAccum<double>& acc, double* scratch) {
+    accumulate_row(rows, r, acc, scratch, bad_value);
+  };
+  const auto merge_accum = [&](const GroupAccum<double>& a, const GroupAccum<double>& b) {
+    return merge(a, b, rows.inv_neg, rows.inv_pos);
+  };
+  const std::vector<GroupAccum<double>> accums =
+      reduce_rows_by_group(rows.num_rows, rows.num_groups, rows.group_ids, rows.num_classes,
+                           empty_accum<double>(), accum_row, merge_accum, bad_value);
+  if (bad_value.load()) {
+    check_values(labels, group_ids, rows.num_classes, rows.num_groups);  // throws
+    TORCH_CHECK(false, "dr_loss: labels or group_ids out of range");
+  }
+  std::vector<PosSums> pos_sums(rows.num_groups, PosSums{0.0, 0.0});
+  if (rows.prm.pairing == Pairing::kNegOnly) pos_sums = negonly_sums(rows, accums, bad_value);
+  for (int64_t g = 0; g < rows.num_groups; ++g) {
+    finalize_group(accums[g], pos_sums[g].sum_l, pos_sums[g].sum_dl, rows.prm,
+                   stats_p + g * kNumStats);
+  }
+  return finish_groups(stats_p, rows.num_groups);
+}
+
 std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
     const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& group_ids,
     int64_t num_groups, double pos_lambda, double neg_lambda, double L, double margin, double tau,
     c10::string_view smoothing, double rho, c10::string_view pairing) {
   const Params prm = check_inputs(logits, labels, group_ids, num_groups, pos_lambda, neg_lambda,
                                   L, margin, tau, smoothing, rho, pairing);
-  const int64_t N = logits.size(0), C = logits.size(1);
-  // The value checks (labels in [-1, C], group ids in [0, num_groups)) are made in the row loop
-  // rather than by extra passes over the (N,) tensors; check_values reports a failure.
-  std::atomic<bool> bad_value{false};
   const at::Tensor x = logits.contiguous();
   const at::Tensor lab = labels.to(at::kLong).contiguous();
   const at::Tensor gid =
@@ -428,101 +582,12 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cpu(
   at::Tensor stats = at::zeros({num_groups, kNumStats}, logits.options().dtype(at::kDouble));
   double* stats_p = stats.data_ptr<double>();
   double loss = 0.0;
-
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dr_loss_forward_cpu",
                                   [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* x_p = x.data_ptr<scalar_t>();
-    const double inv_neg = 1.0 / prm.neg_lambda, inv_pos = 1.0 / prm.pos_lambda;
-    // The fused float path: one vectorised pass per row with the fixed shift (the negatives'
-    // statistic has max = 1 for every row, so rows add up); otherwise the scores of a row go to
-    // scratch and are reduced with the row's maximum as shift, then merged.
-    const Isa isa = simd::cpu_isa();
-    const bool fused = DRDET_HAVE_AVX2_PATH && std::is_same<acc_t, float>::value &&
-                       isa >= Isa::AVX2 && inv_neg <= kMaxFixedShiftInv;
-    const bool fixed_pos = inv_pos <= kMaxFixedShiftInv;
-    // scratch holds one row of scores in acc_t (sized in doubles, which are at least as wide)
-    const auto accum_row = [&](int64_t r, GroupAccum<double>& acc, double* scratch) {
-      const int64_t y = lab_p[r];
-      if (y < 0 || y > C) {
-        if (y != -1) bad_value.store(true, std::memory_order_relaxed);
-        return;
-      }
-      const scalar_t* xr = x_p + r * C;
-      acc.num_valid += 1;
-      double py = 0.0;
-      if (fused) {
-#if DRDET_HAVE_AVX2_PATH
-        {
-          const float* xf = float_row(xr, C, reinterpret_cast<float*>(scratch));
-          float sum_w = 0.f, sum_wp = 0.f;
-          if (isa == Isa::AVX512) {
-            negative_row_sums_avx512(xf, C, y - 1, float(inv_neg), sum_w, sum_wp);
-          } else {
-            negative_row_sums_avx2(xf, C, y - 1, float(inv_neg), sum_w, sum_wp);
-          }
-          if (sum_w != 0.f) {  // 0: no negative column (NaN propagates)
-            acc.neg.max = 1.0;
-            acc.neg.sum_w += sum_w;
-            acc.neg.sum_wv += sum_wp;
-          }
-          if (y > 0) py = sigmoid(xf[y - 1]);
-        }
-#endif
-      } else {
-        acc_t* p = reinterpret_cast<acc_t*>(scratch);
-        sigmoid_row(isa, xr, C, p);
-        acc.neg = merge(
-            acc.neg, to_double(row_negative_stat(isa, p, C, y - 1, acc_t(inv_neg))), inv_neg);
-        if (y > 0) py = p[y - 1];
-      }
-      if (y > 0) {
-        acc.num_pos += 1;
-        if (fixed_pos) {  // shift 0: weight exp(-p / lambda+)
-          const double w = math_exp(-py * inv_pos);
-          acc.pos.max = 0.0;
-          acc.pos.sum_w += w;
-          acc.pos.sum_wv += w * py;
-        } else {
-          acc.pos = merge(acc.pos, SoftmaxStat<double>{-py, 1.0, py}, inv_pos);
-        }
-      }
-    };
-    const auto merge_accum = [&](const GroupAccum<double>& a, const GroupAccum<double>& b) {
-      return merge(a, b, inv_neg, inv_pos);
-    };
-    const std::vector<GroupAccum<double>> accums = reduce_rows_by_group(
-        N, num_groups, gid_p, C, empty_accum<double>(), accum_row, merge_accum, bad_value);
-    if (bad_value.load()) {
-      check_values(labels, group_ids, C, num_groups);  // throws with the offending range
-      TORCH_CHECK(false, "dr_loss: labels or group_ids out of range");
-    }
-
-    std::vector<PosSums> pos_sums(num_groups, PosSums{0.0, 0.0});
-    if (prm.pairing == Pairing::kNegOnly) {
-      std::vector<double> neg_mean(num_groups);
-      for (int64_t g = 0; g < num_groups; ++g) neg_mean[g] = weighted_mean(accums[g].neg, 0.0);
-      const auto positive_row = [&](int64_t r, PosSums& acc, double*) {
-        const int64_t y = lab_p[r];
-        if (y <= 0) return;
-        const double p = sigmoid(static_cast<acc_t>(x_p[r * C + y - 1]));
-        const double z = neg_mean[gid_p ? gid_p[r] : 0] - p + prm.margin;
-        acc.sum_l += smooth_value(z, prm);
-        acc.sum_dl += smooth_grad(z, prm);
-      };
-      const auto add = [](const PosSums& a, const PosSums& b) {
-        return PosSums{a.sum_l + b.sum_l, a.sum_dl + b.sum_dl};
-      };
-      pos_sums = reduce_rows_by_group(N, num_groups, gid_p, 0, PosSums{0.0, 0.0}, positive_row,
-                                      add, bad_value);
-    }
-    for (int64_t g = 0; g < num_groups; ++g) {
-      finalize_group(accums[g], pos_sums[g].sum_l, pos_sums[g].sum_dl, prm,
-                     stats_p + g * kNumStats);
-    }
-    loss = finish_groups(stats_p, num_groups);
+    const auto rows = forward_rows<scalar_t>(x, lab_p, gid_p, num_groups, prm);
+    loss = forward_groups(rows, labels, group_ids, stats_p);
   });
-  return {at::scalar_tensor(loss, logits.options()), stats};
+  return {at::scalar_tensor(loss, logits.options().dtype(loss_dtype(logits))), stats};
 }
 
 at::Tensor dr_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& logits,

@@ -201,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cuda(
       group_ids.has_value() ? group_ids->to(at::kLong).contiguous() : at::Tensor();
   const int64_t* gid_p = gid.defined() ? gid.data_ptr<int64_t>() : nullptr;
   at::Tensor stats = at::empty({num_groups, kNumStats}, logits.options().dtype(at::kDouble));
-  at::Tensor loss = at::empty({}, logits.options());
+  at::Tensor loss = at::empty({}, logits.options().dtype(loss_dtype(logits)));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
@@ -219,8 +219,9 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cuda(
     group_reduce_kernel<acc_t><<<num_groups, kReduceThreads, 0, stream>>>(
         ws.data_ptr<acc_t>(), lab.data_ptr<int64_t>(), gid_p, N, prm, stats.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    finish_kernel<scalar_t><<<1, 1, 0, stream>>>(stats.data_ptr<double>(), num_groups,
-                                                 loss.data_ptr<scalar_t>());
+    // the loss in acc_t: float32 (float64 for float64 logits), as loss_dtype allocated it
+    finish_kernel<acc_t><<<1, 1, 0, stream>>>(stats.data_ptr<double>(), num_groups,
+                                              loss.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {loss, stats};

@@ -435,7 +435,7 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cuda_v2(
   const IdView lab_v = id_view(lab), gid_v = id_view(gid);
   const at::TensorOptions bytes = logits.options().dtype(at::kByte);
   at::Tensor stats = at::empty({G, kNumStats}, logits.options().dtype(at::kDouble));
-  at::Tensor loss = at::empty({}, logits.options());
+  at::Tensor loss = at::empty({}, logits.options().dtype(loss_dtype(logits)));
   at::Tensor groups = at::empty({G * int64_t(sizeof(GroupAccum<double>))}, bytes);
   auto* groups_p = reinterpret_cast<GroupAccum<double>*>(groups.mutable_data_ptr());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -467,8 +467,9 @@ std::tuple<at::Tensor, at::Tensor> dr_loss_forward_cuda_v2(
     finalize_kernel<<<(G + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
         groups_p, sums_p, G, prm, stats.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    finish_kernel<scalar_t><<<1, 1, 0, stream>>>(stats.mutable_data_ptr<double>(), G,
-                                                 loss.mutable_data_ptr<scalar_t>());
+    // the loss in acc_t: float32 (float64 for float64 logits), as loss_dtype allocated it
+    finish_kernel<acc_t><<<1, 1, 0, stream>>>(stats.mutable_data_ptr<double>(), G,
+                                              loss.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {loss, stats};

@@ -1,7 +1,14 @@
-"""Layers: thin Python wrappers of the extension ops (DR loss, sigmoid focal loss, NMS) and
-normalisation helpers."""
+"""Layers: thin Python wrappers of the extension ops (DR loss, sigmoid focal loss, NMS), which
+fall back to pure-PyTorch forms without the extension, and normalisation helpers."""
 
-from ._ext import get_cuda_kernels, set_cuda_kernels
+from ._ext import (
+    ExtensionMissingWarning,
+    extension_in_use,
+    extension_loaded,
+    get_cuda_kernels,
+    set_cuda_kernels,
+    use_extension,
+)
 from .batch_norm import FrozenBatchNorm2d
 from .cpu_isa import cpu_isa, set_cpu_isa, supported_cpu_isas, use_cpu_isa
 from .dr_loss import DRLoss, DRLossParams, dr_loss
@@ -23,4 +30,8 @@ __all__ = [
     "use_cpu_isa",
     "set_cuda_kernels",
     "get_cuda_kernels",
+    "ExtensionMissingWarning",
+    "extension_in_use",
+    "extension_loaded",
+    "use_extension",
 ]

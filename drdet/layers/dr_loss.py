@@ -3,7 +3,8 @@
 The loss is computed by ``torch.ops.drdet.dr_loss_forward`` (CPU and CUDA kernels in ``csrc/``):
 one pass over the logits gathers per-group softmax statistics, and the backward is one
 element-wise pass given those statistics. No mask, gather or copy of size N x C is made (a
-non-contiguous ``logits`` is made contiguous first).
+non-contiguous ``logits`` is made contiguous first). Without the extension (drdet/layers/_ext.py)
+the same loss is computed by its pure-PyTorch form (drdet/layers/pure_ops.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._ext import ops
+from . import pure_ops
+from ._ext import extension_in_use, extension_loaded, loss_dtype, ops
 
 __all__ = ["DRLoss", "DRLossParams", "InvalidDRLossParam", "PAIRINGS", "SMOOTHINGS", "dr_loss"]
 
@@ -161,7 +163,9 @@ def dr_loss(
       (with a zero gradient, still attached to the graph) when no group is counted, e.g. N = 0.
 
     Returns:
-        scalar tensor of the dtype of ``logits``. The gradient w.r.t. ``logits`` has its dtype.
+        scalar tensor, float32 whatever the dtype of ``logits`` (float64 for float64 logits), so
+        that a float16 or bfloat16 head (autocast) gets an unrounded loss. The gradient w.r.t.
+        ``logits`` has their dtype.
     """
     params = _resolve(params, overrides)
     if num_groups is None:
@@ -171,6 +175,8 @@ def dr_loss(
             num_groups = int(group_ids.max()) + 1
     if num_groups < 1:
         raise ValueError(f"dr_loss: num_groups must be >= 1, got {num_groups}")
+    if not extension_in_use():
+        return pure_ops.dr_loss(logits, labels, group_ids, num_groups, params)
     loss, _ = ops.dr_loss_forward(logits, labels, group_ids, num_groups, *params.as_op_args())
     return loss
 
@@ -217,17 +223,18 @@ class DRLoss(nn.Module):
 _FORWARD_INPUTS = ("logits", "labels", "group_ids", "num_groups")
 
 
-@torch.library.register_fake("drdet::dr_loss_forward")
+# (registered where the extension defines the ops: see the end of this file)
+
+
 def _dr_loss_forward_fake(logits, labels, group_ids, num_groups, *params):
     torch._check(logits.dim() == 2, lambda: "dr_loss: logits must be (N, C)")
     torch._check(labels.shape == logits.shape[:1], lambda: "dr_loss: labels must be (N,)")
     torch._check(len(params) == _NUM_PARAMS, lambda: "dr_loss: wrong number of parameters")
-    loss = logits.new_empty(())
+    loss = logits.new_empty((), dtype=loss_dtype(logits))
     stats = logits.new_empty((num_groups, _NUM_STATS), dtype=torch.float64)
     return loss, stats
 
 
-@torch.library.register_fake("drdet::dr_loss_backward")
 def _dr_loss_backward_fake(grad_loss, logits, labels, group_ids, stats, *params):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
@@ -246,4 +253,9 @@ def _backward(ctx, grad_loss, grad_stats):
     return (grad,) + (None,) * (len(_FORWARD_INPUTS) - 1 + len(ctx.params))
 
 
-torch.library.register_autograd("drdet::dr_loss_forward", _backward, setup_context=_setup_context)
+if extension_loaded():
+    torch.library.register_fake("drdet::dr_loss_forward", _dr_loss_forward_fake)
+    torch.library.register_fake("drdet::dr_loss_backward", _dr_loss_backward_fake)
+    torch.library.register_autograd(
+        "drdet::dr_loss_forward", _backward, setup_context=_setup_context
+    )

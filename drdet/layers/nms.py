@@ -9,12 +9,16 @@ CUDA kernels: version "v1" (the default, verified on a GPU) makes one suppressio
 boxes and handles at most 393,216 boxes; version "v2" (``drdet.layers.set_cuda_kernels("v2")`` or
 ``DRDET_CUDA_KERNELS=v2``) makes one mask per class segment (memory grows with the boxes per
 class) and has no such limit, but has NOT YET RUN ON A GPU.
+
+Without the extension (drdet/layers/_ext.py), both run torchvision.ops.nms (per class for
+batched_nms) with the same checks (drdet/layers/pure_ops.py).
 """
 
 import torch
 from torch import Tensor
 
-from drdet.layers._ext import ops
+from drdet.layers import pure_ops
+from drdet.layers._ext import extension_in_use, extension_loaded, ops
 
 __all__ = ["nms", "batched_nms"]
 
@@ -36,6 +40,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         RuntimeError: on a wrong shape, dtype or device, or a non-finite threshold; on CUDA with
             the default kernels ("v1"), above 393,216 boxes (see the module docstring).
     """
+    if not extension_in_use():
+        return pure_ops.nms(boxes, scores, float(iou_threshold))
     return ops.nms(boxes, scores, float(iou_threshold))
 
 
@@ -56,10 +62,13 @@ def batched_nms(boxes: Tensor, scores: Tensor, class_ids: Tensor, iou_threshold:
             the default kernels ("v1"), above 393,216 boxes in all (with "v2" there is no limit
             below the GPU's memory: the mask takes about n_c^2 / 8 bytes per class of n_c boxes).
     """
+    if not extension_in_use():
+        return pure_ops.batched_nms(boxes, scores, class_ids, float(iou_threshold))
     return ops.batched_nms(boxes, scores, class_ids, float(iou_threshold))
 
 
 # --- fake (meta) kernels, so torch.compile can trace the ops: the number kept is data-dependent
+# (registered where the extension defines the ops)
 
 
 def _kept_fake(boxes: Tensor) -> Tensor:
@@ -71,11 +80,14 @@ def _kept_fake(boxes: Tensor) -> Tensor:
     return boxes.new_empty((num_kept,), dtype=torch.int64)
 
 
-@torch.library.register_fake("drdet::nms")
 def _nms_fake(boxes, scores, iou_threshold):
     return _kept_fake(boxes)
 
 
-@torch.library.register_fake("drdet::batched_nms")
 def _batched_nms_fake(boxes, scores, class_ids, iou_threshold):
     return _kept_fake(boxes)
+
+
+if extension_loaded():
+    torch.library.register_fake("drdet::nms", _nms_fake)
+    torch.library.register_fake("drdet::batched_nms", _batched_nms_fake)

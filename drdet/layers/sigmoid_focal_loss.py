@@ -3,12 +3,15 @@
 A fused CPU/CUDA op (``torch.ops.drdet.sigmoid_focal_loss``) that reduces inside the kernel: no
 (N, C) temporary is made in the forward pass, and the backward pass writes the gradient directly.
 Labels follow the DR loss convention, so the two losses are interchangeable in the detector.
+Without the extension (drdet/layers/_ext.py) its pure-PyTorch form runs
+(drdet/layers/pure_ops.py).
 """
 
 import torch
 from torch import Tensor, nn
 
-from drdet.layers._ext import ops
+from drdet.layers import pure_ops
+from drdet.layers._ext import extension_in_use, extension_loaded, loss_dtype, ops
 
 __all__ = ["sigmoid_focal_loss", "SigmoidFocalLoss"]
 
@@ -36,6 +39,8 @@ def sigmoid_focal_loss(
         RuntimeError: on a wrong shape, dtype or device, a label outside [-1, C], gamma < 0 or
             alpha outside [0, 1].
     """
+    if not extension_in_use():
+        return pure_ops.sigmoid_focal_loss(logits, labels, float(gamma), float(alpha))
     return ops.sigmoid_focal_loss(logits, labels, float(gamma), float(alpha))
 
 
@@ -55,29 +60,21 @@ class SigmoidFocalLoss(nn.Module):
         return f"gamma={self.gamma}, alpha={self.alpha}"
 
 
-# --- fake (meta) kernels, so torch.compile can trace the ops -----------------------------------
+# --- fake (meta) kernels, so torch.compile can trace the ops, and autograd (registered where the
+# extension defines the ops: see the end of this file) ----------------------------------------
 
 
-def _loss_dtype(logits: Tensor) -> torch.dtype:
-    return torch.float64 if logits.dtype == torch.float64 else torch.float32
-
-
-@torch.library.register_fake("drdet::sigmoid_focal_loss")
 def _sigmoid_focal_loss_fake(logits, labels, gamma, alpha):
     torch._check(logits.dim() == 2, lambda: f"logits must be (N, C), got {tuple(logits.shape)}")
     torch._check(
         labels.dim() == 1 and labels.shape[0] == logits.shape[0],
         lambda: f"labels must be (N,), got {tuple(labels.shape)}",
     )
-    return logits.new_empty((), dtype=_loss_dtype(logits))
+    return logits.new_empty((), dtype=loss_dtype(logits))
 
 
-@torch.library.register_fake("drdet::sigmoid_focal_loss_backward")
 def _sigmoid_focal_loss_backward_fake(grad_loss, logits, labels, gamma, alpha):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
-
-
-# --- autograd ----------------------------------------------------------------------------------
 
 
 def _setup_context(ctx, inputs, output):
@@ -97,6 +94,11 @@ def _backward(ctx, grad_loss):
     return grad_logits, None, None, None
 
 
-torch.library.register_autograd(
-    "drdet::sigmoid_focal_loss", _backward, setup_context=_setup_context
-)
+if extension_loaded():
+    torch.library.register_fake("drdet::sigmoid_focal_loss", _sigmoid_focal_loss_fake)
+    torch.library.register_fake(
+        "drdet::sigmoid_focal_loss_backward", _sigmoid_focal_loss_backward_fake
+    )
+    torch.library.register_autograd(
+        "drdet::sigmoid_focal_loss", _backward, setup_context=_setup_context
+    )

@@ -19,8 +19,9 @@ Accuracy: the transforms use the points 0, +-1, +-2 and infinity; against a dire
 convolution the outputs differ by about 1e-6 to 1e-5 of their largest magnitude (a float64
 input is exact to ~1e-14). cuDNN makes the same trade when it picks a Winograd algorithm.
 
-Used for float32 / float64 CPU tensors outside autocast; everything else (CUDA, other dtypes,
-other kernel sizes, strides or paddings) goes to the ordinary convolution.
+Used for float32 / float64 CPU tensors outside autocast, where drdet's extension is in use
+(drdet/layers/_ext.py); everything else (CUDA, other dtypes, other kernel sizes, strides or
+paddings, no extension) goes to the ordinary convolution.
 """
 
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from drdet.layers._ext import ops
+from drdet.layers._ext import extension_in_use, extension_loaded, ops
 
 __all__ = [
     "apply_levels",
@@ -105,10 +106,12 @@ class _WinogradConv3x3(torch.autograd.Function):
 
 
 def winograd_supported(x: Tensor, weight: Tensor) -> bool:
-    """Whether :func:`conv3x3_levels` takes the Winograd path for this input and filter: CPU,
-    float32 or float64, not under CPU autocast, and a (K, C, 3, 3) filter of x's dtype."""
+    """Whether :func:`conv3x3_levels` takes the Winograd path for this input and filter: the
+    extension in use, CPU, float32 or float64, not under CPU autocast, and a (K, C, 3, 3) filter
+    of x's dtype."""
     return (
-        x.device.type == "cpu"
+        extension_in_use()
+        and x.device.type == "cpu"
         and weight.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and weight.dtype == x.dtype
@@ -236,7 +239,8 @@ def set_winograd(module: nn.Module, enabled: bool) -> int:
     return len(convs)
 
 
-# --- fake (meta) kernels, so that torch.compile can trace the ops -----------------------------
+# --- fake (meta) kernels, so that torch.compile can trace the ops (registered where the
+# extension defines the ops) --------------------------------------------------------------------
 
 
 def _channels_last_like(x: Tensor, channels: int) -> Tensor:
@@ -248,13 +252,16 @@ def _channels_last_like(x: Tensor, channels: int) -> Tensor:
     )
 
 
-@torch.library.register_fake("drdet::winograd_conv3x3")
 def _winograd_conv3x3_fake(xs, u, bias):
     torch._check(u.dim() == 3 and u.shape[0] == 36, lambda: "u must be (36, C, K)")
     return [_channels_last_like(x, u.shape[2]) for x in xs]
 
 
-@torch.library.register_fake("drdet::winograd_conv3x3_backward")
 def _winograd_conv3x3_backward_fake(grads, xs, u, input_grad, weight_grad):
     grad_xs = [_channels_last_like(x, x.shape[1]) for x in xs] if input_grad else []
     return grad_xs, (u.new_empty(u.shape) if weight_grad else u.new_empty(0))
+
+
+if extension_loaded():
+    torch.library.register_fake("drdet::winograd_conv3x3", _winograd_conv3x3_fake)
+    torch.library.register_fake("drdet::winograd_conv3x3_backward", _winograd_conv3x3_backward_fake)

@@ -1,5 +1,6 @@
 """An independent float64 pure-PyTorch DR loss (the paper's formula with masks and a softmax,
-one group at a time), random detection-like inputs for it, and a loss-and-gradient helper."""
+one group at a time), the paper's settings, random detection-like inputs for it, and a
+loss-and-gradient helper."""
 
 from __future__ import annotations
 
@@ -12,6 +13,25 @@ import torch.nn.functional as F
 NEG_LAMBDA = 0.1 / math.log(3.5)
 SMOOTHINGS = ["logistic", "quadratic", "hinge"]
 PAIRINGS = ["dr", "negonly"]
+# The paper's settings (lambda+ = 1, lambda- = 0.1 / ln 3.5, L = 6, margin 0.5, tau 4, logistic
+# smoothing, DR pairing), by the names of dr_loss's keyword arguments.
+PAPER_SETTINGS = {
+    "pos_lambda": 1.0,
+    "neg_lambda": NEG_LAMBDA,
+    "L": 6.0,
+    "margin": 0.5,
+    "tau": 4.0,
+    "smoothing": "logistic",
+    "rho": 0.5,
+    "pairing": "dr",
+}
+
+
+def dr_settings(**changes: object) -> dict[str, object]:
+    """The paper's settings with `changes` (the same names); an unknown name is an error."""
+    unknown = set(changes) - set(PAPER_SETTINGS)
+    assert not unknown, f"not a setting of the DR loss: {sorted(unknown)}"
+    return {**PAPER_SETTINGS, **changes}
 
 
 def smooth(z: torch.Tensor, smoothing: str, L: float = 6.0, rho: float = 0.5) -> torch.Tensor:
