@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.detections import assert_same_detections
+from helpers.dr_loss import dr_settings
 from torch import nn
 
 from drdet.modeling import RetinaNet
@@ -50,16 +51,7 @@ def _tiny_detector(loss_type="DR"):
         (8, 16, 32, 64, 128),
     )
     coder = BoxCoder()
-    dr = dict(
-        pos_lambda=1.0,
-        neg_lambda=0.08,
-        L=6.0,
-        margin=0.5,
-        tau=4.0,
-        smoothing="logistic",
-        rho=0.5,
-        pairing="dr",
-    )
+    dr = dr_settings(neg_lambda=0.08)
     cls_loss = DRClassificationLoss(dr) if loss_type == "DR" else FocalLoss()
     loss = RetinaNetLossComputation(Matcher(0.5, 0.4), coder, C, cls_loss)
     post = DensePostProcessor(coder, score_thresh=0.05, detections_per_img=20)

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.tiny import RecordingLoss, small_detector_cfg
 
-from drdet.config import get_cfg, validate_cfg
+from drdet.config import get_cfg
 from drdet.modeling import build_detector
 from drdet.modeling.dense import (
     DenseOutputs,
@@ -135,15 +136,6 @@ def test_locations_of_each_convention():
 
 
 # ---------------------------------------------------------------- losses
-class _Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, logits, labels, normalizer):
-        self.calls.append((labels.clone(), float(normalizer)))
-        return logits.sum() * 0
-
-
 def _one_level(num_images=2, height=4, width=5, stride=8, num_classes=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     ys, xs = torch.meshgrid(
@@ -164,7 +156,7 @@ def _one_level(num_images=2, height=4, width=5, stride=8, num_classes=3, seed=0)
 def test_labels_normalizer_and_box_losses_by_hand():
     anchors, strides, outputs = _one_level()
     cls, dist, ctr = outputs
-    recorder = _Recorder()
+    recorder = RecordingLoss()
     loss = FCOSLossComputation(3, recorder, strides, [(0, INF)], center_sampling_radius=0.0)
     # image 0: one box covering (8, 8) and (16, 8) only; image 1: none.
     targets = [
@@ -204,7 +196,7 @@ def test_images_without_boxes():
     anchors, strides, outputs = _one_level()
     for p in outputs.cls_logits + outputs.box_regression + outputs.centerness:
         p.requires_grad_(True)
-    recorder = _Recorder()
+    recorder = RecordingLoss()
     loss = FCOSLossComputation(3, recorder, strides, [(0, INF)])
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
     out = loss(anchors, outputs, [empty, empty])
@@ -277,29 +269,9 @@ def test_centerness_weighted_scores():
 
 # ---------------------------------------------------------------- the detector from a config
 def _cfg(*overrides):
-    cfg = get_cfg()
-    cfg.merge_from_list(
-        [
-            "MODEL.META_ARCHITECTURE",
-            "FCOS",
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.BACKBONE.CONV_BODY",
-            "R-18-FPN-RETINANET",
-            "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
-            32,
-            "MODEL.FCOS.NUM_CONVS",
-            1,
-            "MODEL.NUM_CLASSES",
-            4,
-            "MODEL.FPN.USE_C5",
-            False,
-            "MODEL.GROUP_NORM.NUM_GROUPS",
-            8,
-            *overrides,
-        ]
-    )
-    return validate_cfg(cfg)
+    fcos = ["MODEL.META_ARCHITECTURE", "FCOS", "MODEL.FPN.USE_C5", False]
+    fcos += ["MODEL.GROUP_NORM.NUM_GROUPS", 8]
+    return small_detector_cfg(*fcos, *overrides, node="MODEL.FCOS")
 
 
 @pytest.mark.parametrize("loss_type", ["FOCAL", "DR"])

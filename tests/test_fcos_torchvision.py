@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 import torchvision
+from helpers.detections import assert_predictor_matches_torchvision, bgr_and_rgb_images
 from helpers.tiny import benchmark_model_args  # tests/ is on sys.path under pytest
 from tool_loader import load_tool  # tests/ is on sys.path under pytest
 from torch import nn
@@ -140,24 +141,9 @@ def test_detections_match_after_nms(converted):
     tv, cfg, _, out = converted
     cfg = cfg.clone()
     cfg.merge_from_list(["MODEL.WEIGHT", out, "INPUT.MIN_SIZE_TEST", H, "INPUT.MAX_SIZE_TEST", 256])
-    predictor = Predictor(cfg)
-    g = torch.Generator().manual_seed(5)
-    bgr = [
-        torch.randint(0, 256, (H, W, 3), generator=g, dtype=torch.uint8).numpy() for _ in range(2)
-    ]
-    rgb = [torch.from_numpy(b[..., ::-1].copy()).permute(2, 0, 1).float() / 255 for b in bgr]
-    with torch.no_grad():
-        theirs = tv(rgb)
     assert cfg.TEST.DETECTIONS_PER_IMG == tv.detections_per_img == 100
-    for image, t in zip(bgr, theirs):
-        o = predictor(image)
-        assert len(t["boxes"]) > 20  # enough detections to compare
-        widths, heights = (t["boxes"][:, 2:] - t["boxes"][:, :2]).unbind(1)
-        assert (widths > 0).all() and (heights > 0).all()  # none that drdet would drop
-        assert o["boxes"].shape == t["boxes"].shape
-        torch.testing.assert_close(o["boxes"], t["boxes"], rtol=0, atol=1e-3)
-        torch.testing.assert_close(o["scores"], t["scores"], rtol=0, atol=1e-4)
-        assert torch.equal(o["labels"], t["labels"] + 1)  # torchvision 0..79 -> drdet 1..80
+    bgr, rgb = bgr_and_rgb_images(H, W)
+    assert_predictor_matches_torchvision(Predictor(cfg), tv, bgr, rgb, score_atol=1e-4)
 
 
 def _random_targets(g, n):
@@ -229,22 +215,16 @@ def test_fcos_source_name_and_anchor_convention(converted, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("keep_num_threads")
 def test_benchmark_model_compares_fcos(capsys):
     """tools/benchmark_model.py --model fcos: both FCOS models, same weights and images, return
     the same number of detections."""
     import re
-    import sys
 
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import benchmark_model
-
-    threads = torch.get_num_threads()
-    try:
-        rows = benchmark_model.main(
-            ["--model", "fcos"] + benchmark_model_args("inference", "--score-thresh", "0.005")
-        )
-    finally:
-        torch.set_num_threads(threads)
+    benchmark_model = load_tool("benchmark_model")
+    rows = benchmark_model.main(
+        ["--model", "fcos"] + benchmark_model_args("inference", "--score-thresh", "0.005")
+    )
     assert [r[0] for r in rows] == [
         "inference per image (torchvision)",
         "inference per image (drdet)",

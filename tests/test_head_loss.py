@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from helpers.devices import DEVICES
+from helpers.dr_loss import dr_settings
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 from torchvision.models.detection._utils import Matcher as TVMatcher
 
@@ -17,16 +18,7 @@ from drdet.modeling.retinanet.head import RetinaNetHead
 from drdet.modeling.retinanet.loss import RetinaNetLossComputation
 
 NUM_CLASSES = 3
-DR_PARAMS = dict(
-    pos_lambda=1.0,
-    neg_lambda=0.1 / math.log(3.5),
-    L=6.0,
-    margin=0.5,
-    tau=4.0,
-    smoothing="logistic",
-    rho=0.5,
-    pairing="dr",
-)
+DR_PARAMS = dr_settings()
 
 
 # ---------------------------------------------------------------- head
@@ -115,7 +107,8 @@ def _reference_targets(anchors, targets):
 
 def test_prepare_targets_against_torchvision():
     anchors, targets = _anchors(), _targets()
-    labels, positives, reg = _loss().prepare_targets(anchors, targets)
+    t = _loss().prepare_targets([anchors], targets)
+    labels, positives, reg = t["labels"], t["positives"], t["regression_targets"]
     ref_labels, ref_reg = _reference_targets(anchors, targets)
     assert torch.equal(labels, ref_labels)
     assert torch.equal(positives, (ref_labels > 0).nonzero())
@@ -135,13 +128,13 @@ def test_degenerate_box_names_the_image(box, message):
     targets = _targets((2, 1))
     targets[1] = {"boxes": torch.tensor([box]), "labels": torch.tensor([1]), "image_id": 1234}
     with pytest.raises(ValueError, match=rf"image 1 of the batch \(image_id 1234\).*{message}"):
-        _loss().prepare_targets(_anchors(), targets)
+        _loss().prepare_targets([_anchors()], targets)
 
 
 def test_bad_label_is_an_error():
     targets = [{"boxes": _random_boxes(1), "labels": torch.tensor([NUM_CLASSES + 1])}]
     with pytest.raises(ValueError, match="label 4, expected 1..3"):
-        _loss().prepare_targets(_anchors(), targets)
+        _loss().prepare_targets([_anchors()], targets)
     with pytest.raises(ValueError, match="grouping"):
         _loss(loss_type="DR", grouping="gpu")
     with pytest.raises(TypeError, match="cls_loss"):

@@ -26,8 +26,9 @@ LAYERS: dict[str, int] = {
     "solver": 3,
     "evaluation": 3,
     "checkpoint": 4,
-    "engine": 5,
-    "": 6,  # drdet/__init__.py and top-level modules of drdet
+    "export": 5,  # loads a checkpoint into a model; the engine runs what it exports
+    "engine": 6,
+    "": 7,  # drdet/__init__.py and top-level modules of drdet
 }
 
 

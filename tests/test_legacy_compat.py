@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from drdet.checkpoint import Checkpointer
+from drdet.config import flat_keys
 from drdet.data import build_data_loader
 from drdet.engine.defaults import load_config
 from drdet.modeling import build_detector
@@ -33,14 +34,9 @@ MOVED = {
 GONE = {"MODEL.RETINANET.ANCHOR_STRIDES"}
 
 
-def _flat(node, prefix=""):
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return out
+def _flat(node):
+    """{"MODEL.NUM_CLASSES": 81, ...} of a config, tuples as lists (as the json holds them)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flat_keys(node).items()}
 
 
 with open(os.path.join(LEGACY, "effective_configs.json")) as _f:

@@ -57,7 +57,7 @@ BEFORE = {
 
 # MODEL.FCOS's (LOSS_TYPE, PRIOR_PROB, INFERENCE_TH, NMS_TH) of the FCOS configs, as their yaml
 # files set them explicitly before the FCOS setups were declared in the loss modules.
-FCOS_KEYS = ("LOSS_TYPE", "PRIOR_PROB", "INFERENCE_TH", "NMS_TH")
+NODE_KEYS = ("LOSS_TYPE", "PRIOR_PROB", "INFERENCE_TH", "NMS_TH")
 FCOS_BEFORE = {
     "configs/fcos/fcos_R-50-FPN_1x.yaml": ("FOCAL", 0.01, 0.2, 0.6),
     "configs/fcos/dr_fcos_R-50-FPN_1x.yaml": ("DR", 0.5, 0.2, 0.6),
@@ -65,14 +65,18 @@ FCOS_BEFORE = {
     "configs/synthetic/dr_fcos_R-18-FPN_synthetic.yaml": ("DR", 0.5, 0.2, 0.6),
     "configs/torchvision/fcos_resnet50_fpn_torchvision.yaml": ("FOCAL", 0.01, 0.2, 0.6),
 }
+# config -> (the detector's node, its NODE_KEYS values)
+NODE_SETUPS = {
+    **{rel: ("FCOS", values) for rel, values in FCOS_BEFORE.items()},
+}
 
 
 def setup_of(cfg):
     return tuple(cfg.MODEL.RETINANET[k] for k in KEYS)
 
 
-def fcos_setup_of(cfg):
-    return tuple(cfg.MODEL.FCOS[k] for k in FCOS_KEYS)
+def node_setup_of(cfg, node):
+    return tuple(cfg.MODEL[node][k] for k in NODE_KEYS)
 
 
 def test_the_table_covers_every_shipped_config():
@@ -80,27 +84,26 @@ def test_the_table_covers_every_shipped_config():
         os.path.relpath(p, ROOT)
         for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
     }
-    assert shipped == set(BEFORE) | set(FCOS_BEFORE)
+    assert shipped == set(BEFORE) | set(NODE_SETUPS)
 
 
-@pytest.mark.parametrize("rel", sorted(FCOS_BEFORE))
-def test_effective_fcos_setup_of_every_fcos_config_is_unchanged(rel):
+@pytest.mark.parametrize("rel", sorted(NODE_SETUPS))
+def test_effective_setup_of_every_fcos_config(rel):
+    node, values = NODE_SETUPS[rel]
     cfg = load_config(os.path.join(ROOT, rel))
-    assert cfg.MODEL.META_ARCHITECTURE == "FCOS"
-    assert fcos_setup_of(cfg) == FCOS_BEFORE[rel]
+    assert cfg.MODEL.META_ARCHITECTURE == node
+    assert node_setup_of(cfg, node) == values
 
 
-def test_switching_the_fcos_loss_switches_its_prior():
-    focal = os.path.join(ROOT, "configs", "synthetic", "fcos_R-18-FPN_synthetic.yaml")
-    dr = os.path.join(ROOT, "configs", "synthetic", "dr_fcos_R-18-FPN_synthetic.yaml")
-    assert (
-        fcos_setup_of(load_config(focal, ["MODEL.FCOS.LOSS_TYPE", "DR"]))
-        == FCOS_BEFORE["configs/synthetic/dr_fcos_R-18-FPN_synthetic.yaml"]
-    )
-    assert (
-        fcos_setup_of(load_config(dr, ["MODEL.FCOS.LOSS_TYPE", "FOCAL"]))
-        == FCOS_BEFORE["configs/synthetic/fcos_R-18-FPN_synthetic.yaml"]
-    )
+@pytest.mark.parametrize("name,node", [("fcos", "FCOS")])
+def test_switching_the_loss_switches_the_prior_of_fcos(name, node):
+    focal = f"configs/synthetic/{name}_R-18-FPN_synthetic.yaml"
+    dr = f"configs/synthetic/dr_{name}_R-18-FPN_synthetic.yaml"
+    key = f"MODEL.{node}.LOSS_TYPE"
+    switched = load_config(os.path.join(ROOT, focal), [key, "DR"])
+    assert node_setup_of(switched, node) == NODE_SETUPS[dr][1]
+    switched = load_config(os.path.join(ROOT, dr), [key, "FOCAL"])
+    assert node_setup_of(switched, node) == NODE_SETUPS[focal][1]
 
 
 @pytest.mark.parametrize("rel", sorted(BEFORE))

@@ -4,6 +4,7 @@ registries alone, and config validation and the builders follow what is register
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.tiny import small_detector_cfg
 
 from drdet.config import get_cfg, validate_cfg
 from drdet.data.registry import DATASET_TYPES, DatasetType, MalformedDatasetName
@@ -44,24 +45,7 @@ def bce_registered():
 
 
 def _tiny_cfg(loss_type):
-    cfg = get_cfg()
-    cfg.merge_from_list(
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.BACKBONE.CONV_BODY",
-            "R-18-FPN-RETINANET",
-            "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
-            32,
-            "MODEL.RETINANET.NUM_CONVS",
-            1,
-            "MODEL.NUM_CLASSES",
-            4,
-            "MODEL.RETINANET.LOSS_TYPE",
-            loss_type,
-        ]
-    )
-    return validate_cfg(cfg)
+    return small_detector_cfg("MODEL.RETINANET.LOSS_TYPE", loss_type)
 
 
 def test_a_registered_loss_trains_the_detector(bce_registered):
@@ -94,7 +78,8 @@ def test_a_registered_loss_trains_the_detector(bce_registered):
             model.preprocess(images).tensors.shape[-2:],
         )
     )
-    labels, positives, _ = model.loss.prepare_targets(anchors, targets)
+    t = model.loss.prepare_targets([anchors], targets)
+    labels, positives = t["labels"], t["positives"]
     keep = labels >= 0
     onehot = (labels[keep][:, None] == torch.arange(1, 4)).float()
     expected = F.binary_cross_entropy_with_logits(logits[keep], onehot, reduction="sum") / (

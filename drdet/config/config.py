@@ -139,12 +139,42 @@ def current_key(full_key: str, where: str) -> str | None:
     return full_key
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (safe_load keeps the last
+    silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str) -> Any:
+    """The data of the yaml file `path` (safe: plain data only). ValueError naming the file,
+    line and problem for invalid YAML (tabs, a duplicated key, ...)."""
+    with open(path) as f:
+        text = f.read()
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as err:
+        hint = " (indent with spaces: YAML does not allow tabs)" if "\t" in text else ""
+        where = getattr(err, "problem_mark", None)
+        line = f", line {where.line + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ValueError(f"config file {path}{line}: invalid YAML: {problem}{hint}") from None
+
+
 def load_yaml_with_base(path: str) -> dict[str, Any]:
     """Read ``path`` with yaml.safe_load and resolve its ``_BASE_`` chain into one dict. Keys of
     earlier versions are put in their current places (MOVED_KEYS) and removed ones dropped,
     file by file, before the files are merged."""
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping at top level, not {type(data)}")
     base = data.pop(BASE_KEY, None)
@@ -154,6 +184,8 @@ def load_yaml_with_base(path: str) -> dict[str, Any]:
     if not isinstance(base, str):
         raise ValueError(f"{BASE_KEY} in {path} must be a path string, got {base!r}")
     base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+    if not os.path.isfile(base_path):
+        raise FileNotFoundError(f"{BASE_KEY} of config file {path}: {base_path} not found")
     merged = load_yaml_with_base(base_path)
     _update_dict(merged, data)
     return merged

@@ -24,15 +24,15 @@ from .config import CfgNode
 from .defaults import _C
 
 # full path -> the node's defaults, in the order the parts declared them
-_NODES: dict[str, CfgNode] = {}
+_NODES: dict[str, Any] = {}
 # name -> check(cfg) run on every config
 _CHECKS: dict[str, Callable[[Any], None]] = {}
 
 
-def add_config_node(path: str, node: CfgNode) -> None:
-    """Adds ``node`` (a CfgNode of defaults) to every config made by :func:`get_cfg` at ``path``
-    ("MODEL.FCOS"), whose parent must exist. Declaring the same path twice with other defaults
-    is an error."""
+def add_config_node(path: str, node: Any) -> None:
+    """Adds ``node`` (a CfgNode of defaults, or one key's default value) to every config made
+    by :func:`get_cfg` at ``path`` ("MODEL.FCOS"), whose parent must exist. Declaring the same
+    path twice with other defaults is an error."""
     if path in _NODES and _NODES[path] != node:
         raise KeyError(f"config node {path} is already declared, with other defaults")
     parent = _C
@@ -61,7 +61,7 @@ def get_cfg() -> CfgNode:
         parent = cfg
         for part in path.split(".")[:-1]:
             parent = parent[part]
-        parent[path.split(".")[-1]] = node.clone()
+        parent[path.split(".")[-1]] = node.clone() if isinstance(node, CfgNode) else node
     return cfg
 
 

@@ -148,22 +148,25 @@ class AnchorGenerator(nn.Module):
         stride: tuple[int, int] | None = None,
     ) -> Tensor:
         """(height * width * A, 4) anchors of ``level`` for a feature map of height x width,
-        with the level's stride or ``stride`` = (stride_y, stride_x)."""
+        with the level's stride or ``stride`` = (stride_y, stride_x). Symbolic sizes (a
+        ``torch.export`` trace with dynamic shapes) are computed in the graph, not cached."""
         stride_y, stride_x = stride or (self.strides[level],) * 2
         key = (level, height, width, stride_y, stride_x, str(device), dtype)
+        if not all(isinstance(v, int) for v in key[1:5]):
+            return self._grid(level, height, width, (stride_y, stride_x)).to(device, dtype)
         anchors = self._cache.get(key)
         if anchors is None:
-            ys = torch.arange(height, dtype=torch.float64) * stride_y
-            xs = torch.arange(width, dtype=torch.float64) * stride_x
-            ys, xs = torch.meshgrid(ys, xs, indexing="ij")
-            shifts = torch.stack([xs, ys, xs, ys], dim=-1).reshape(-1, 1, 4)
-            anchors = (
-                (shifts + self._cell_anchors[level][None])
-                .reshape(-1, 4)
-                .to(device=device, dtype=dtype)
-            )
+            anchors = self._grid(level, height, width, (stride_y, stride_x)).to(device, dtype)
             self._cache[key] = anchors
         return anchors
+
+    def _grid(self, level: int, height, width, stride) -> Tensor:
+        """(height * width * A, 4) float64 anchors of ``level``, on the CPU."""
+        ys = torch.arange(height, dtype=torch.float64) * stride[0]
+        xs = torch.arange(width, dtype=torch.float64) * stride[1]
+        ys, xs = torch.meshgrid(ys, xs, indexing="ij")
+        shifts = torch.stack([xs, ys, xs, ys], dim=-1).reshape(-1, 1, 4)
+        return (shifts + self._cell_anchors[level][None]).reshape(-1, 4)
 
     def forward(
         self, features: list[Tensor], image_size: tuple[int, int] | None = None
@@ -183,6 +186,6 @@ class AnchorGenerator(nn.Module):
             height, width = f.shape[-2], f.shape[-1]
             stride = None
             if image_size is not None and self.convention == "torchvision":
-                stride = (int(image_size[0]) // height, int(image_size[1]) // width)
+                stride = (image_size[0] // height, image_size[1] // width)
             anchors.append(self.grid_anchors(level, height, width, f.device, torch.float32, stride))
         return anchors

@@ -148,6 +148,63 @@ class Bottleneck(nn.Module):
         return F.relu_(out)
 
 
+def _check_resnet_args(
+    depth: int,
+    num_groups: int,
+    res5_dilation: int,
+    freeze_at: int,
+    return_stages: Sequence[int],
+) -> None:
+    """ValueError naming the argument of :class:`ResNet` that is out of range."""
+    if depth not in RESNET_SPECS:
+        raise ValueError(f"depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
+    if res5_dilation not in (1, 2):
+        raise ValueError(f"res5_dilation must be 1 or 2, got {res5_dilation}")
+    if not 0 <= freeze_at <= 5:
+        raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")
+    if not return_stages or any(s not in (1, 2, 3, 4) for s in return_stages):
+        raise ValueError(f"return_stages must be a non-empty subset of 1..4, got {return_stages}")
+    if RESNET_SPECS[depth][0] == "basic" and num_groups != 1:
+        raise ValueError(
+            f"ResNet-{depth} uses basic blocks, which need num_groups 1, got {num_groups}"
+        )
+
+
+def _stage(
+    kind: str,
+    num_blocks: int,
+    channels: tuple[int, int, int],
+    first_stride: int,
+    dilation: int,
+    norm_layer: Callable[[int], nn.Module],
+    num_groups: int,
+    stride_in_1x1: bool,
+) -> nn.Sequential:
+    """One stage (layer1..layer4): `num_blocks` blocks of `kind` ("basic" or "bottleneck");
+    channels = (input, bottleneck width, output); the first block takes the input channels at
+    `first_stride`, the others the output channels at stride 1."""
+    in_ch, width, out_ch = channels
+    layers: list[nn.Module] = []
+    for b in range(num_blocks):
+        stride, block_in = (first_stride, in_ch) if b == 0 else (1, out_ch)
+        if kind == "basic":
+            layers.append(BasicBlock(block_in, out_ch, stride, norm_layer, dilation))
+        else:
+            layers.append(
+                Bottleneck(
+                    block_in,
+                    width,
+                    out_ch,
+                    stride,
+                    norm_layer,
+                    num_groups,
+                    stride_in_1x1,
+                    dilation,
+                )
+            )
+    return nn.Sequential(*layers)
+
+
 class ResNet(nn.Module):
     """ResNet / ResNeXt body returning the features of ``return_stages``.
 
@@ -182,21 +239,8 @@ class ResNet(nn.Module):
         return_stages: Sequence[int] = (2, 3, 4),
     ) -> None:
         super().__init__()
-        if depth not in RESNET_SPECS:
-            raise ValueError(f"depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
-        if res5_dilation not in (1, 2):
-            raise ValueError(f"res5_dilation must be 1 or 2, got {res5_dilation}")
-        if not 0 <= freeze_at <= 5:
-            raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")
-        if not return_stages or any(s not in (1, 2, 3, 4) for s in return_stages):
-            raise ValueError(
-                f"return_stages must be a non-empty subset of 1..4, got {return_stages}"
-            )
+        _check_resnet_args(depth, num_groups, res5_dilation, freeze_at, return_stages)
         kind, blocks = RESNET_SPECS[depth]
-        if kind == "basic" and num_groups != 1:
-            raise ValueError(
-                f"ResNet-{depth} uses basic blocks, which need num_groups 1, got {num_groups}"
-            )
         norm_layer = make_norm_factory(norm) if isinstance(norm, str) else norm
 
         self.stem = Stem(stem_out_channels, norm_layer)
@@ -207,26 +251,18 @@ class ResNet(nn.Module):
         for idx, n in enumerate(blocks, start=1):
             dilation = res5_dilation if idx == 4 else 1
             first_stride = 1 if idx == 1 or dilation > 1 else 2
-            layers: list[nn.Module] = []
-            for b in range(n):
-                stride = first_stride if b == 0 else 1
-                if kind == "basic":
-                    layers.append(BasicBlock(in_ch, out_ch, stride, norm_layer, dilation))
-                else:
-                    layers.append(
-                        Bottleneck(
-                            in_ch,
-                            width,
-                            out_ch,
-                            stride,
-                            norm_layer,
-                            num_groups,
-                            stride_in_1x1,
-                            dilation,
-                        )
-                    )
-                in_ch = out_ch
-            self.add_module(f"layer{idx}", nn.Sequential(*layers))
+            stage = _stage(
+                kind,
+                n,
+                (in_ch, width, out_ch),
+                first_stride,
+                dilation,
+                norm_layer,
+                num_groups,
+                stride_in_1x1,
+            )
+            self.add_module(f"layer{idx}", stage)
+            in_ch = out_ch
             stride_total *= first_stride
             stage_channels.append(out_ch)
             stage_strides.append(stride_total)

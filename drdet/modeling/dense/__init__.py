@@ -3,16 +3,26 @@ post-processing), the heads' towers and level packing, the targets' padding and 
 losses' normalizer and box losses, and the post-processing. The detectors (retinanet/, fcos/,
 ...) stand beside this package and import nothing from each other."""
 
-from drdet.modeling.dense.config import num_foreground_classes
-from drdet.modeling.dense.detector import DenseDetector
+from drdet.modeling.dense.config import check_dense_node, num_foreground_classes
+from drdet.modeling.dense.detector import DenseDetector, backbone_strides, input_args
 from drdet.modeling.dense.head import (
+    CenternessHead,
     DenseHead,
     conv_tower,
+    dense_head_args,
     flatten_levels,
     head_norm_groups,
     init_dense_head,
 )
-from drdet.modeling.dense.losses import REG_LOSSES, centerness_targets, iou_loss, per_rank_average
+from drdet.modeling.dense.losses import (
+    REG_LOSSES,
+    DenseLoss,
+    centerness_losses,
+    centerness_targets,
+    dense_loss_args,
+    iou_loss,
+    per_rank_average,
+)
 from drdet.modeling.dense.outputs import DenseOutputs
 from drdet.modeling.dense.postprocessor import (
     BoxDecoder,
@@ -20,24 +30,39 @@ from drdet.modeling.dense.postprocessor import (
     build_dense_postprocessor,
     centerness_weighted_logits,
 )
-from drdet.modeling.dense.targets import check_targets, pad_targets
+from drdet.modeling.dense.targets import (
+    PaddedTargets,
+    check_targets,
+    matched_targets,
+    pad_targets,
+)
 
 __all__ = [
     "REG_LOSSES",
     "BoxDecoder",
+    "CenternessHead",
     "DenseDetector",
     "DenseHead",
+    "DenseLoss",
     "DenseOutputs",
+    "PaddedTargets",
     "DensePostProcessor",
+    "backbone_strides",
     "build_dense_postprocessor",
+    "centerness_losses",
+    "check_dense_node",
     "centerness_targets",
     "centerness_weighted_logits",
     "check_targets",
     "conv_tower",
+    "dense_head_args",
+    "dense_loss_args",
     "flatten_levels",
     "head_norm_groups",
     "init_dense_head",
+    "input_args",
     "iou_loss",
+    "matched_targets",
     "num_foreground_classes",
     "pad_targets",
     "per_rank_average",

@@ -12,6 +12,24 @@ def num_foreground_classes(cfg) -> int:
     return int(cfg.MODEL.NUM_CLASSES) - 1
 
 
+def check_dense_node(cfg, name: str) -> None:
+    """ValueError naming the key for a detector's node `name` (e.g. "MODEL.FCOS") whose keys
+    read by the shared dense parts are out of range: NUM_CONVS, PRIOR_PROB (the head,
+    drdet.modeling.dense.head.dense_head_args), INFERENCE_TH, NMS_TH, PRE_NMS_TOP_N (the
+    post-processing, drdet.modeling.dense.postprocessor.build_dense_postprocessor)."""
+    node = cfg
+    for part in name.split("."):
+        node = node[part]
+    for key, ok, expected in (
+        ("NUM_CONVS", node.NUM_CONVS >= 0, "must be >= 0"),
+        ("PRIOR_PROB", 0.0 < node.PRIOR_PROB < 1.0, "must be in (0, 1)"),
+        ("INFERENCE_TH", 0.0 <= node.INFERENCE_TH < 1.0, "must be in [0, 1)"),
+        ("NMS_TH", 0.0 <= node.NMS_TH <= 1.0, "must be in [0, 1]"),
+        ("PRE_NMS_TOP_N", node.PRE_NMS_TOP_N >= 1, "must be >= 1"),
+    ):
+        require(ok, f"{name}.{key}", node[key], expected)
+
+
 def check_num_classes_cfg(cfg) -> None:
     n = cfg.MODEL.NUM_CLASSES
     require(n >= 2, "MODEL.NUM_CLASSES", n, "counts the background, so it must be >= 2")

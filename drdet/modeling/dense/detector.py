@@ -16,6 +16,21 @@ from drdet.modeling.dense.targets import check_targets
 from drdet.structures.image_list import ImageList, to_image_list
 
 
+def backbone_strides(backbone: nn.Module) -> list[int]:
+    """The stride of each feature map of ``backbone`` (its ``strides``), pixels."""
+    return [int(s) for s in cast(Sequence[int], backbone.strides)]
+
+
+def input_args(cfg) -> dict[str, Any]:
+    """DenseDetector's input arguments from the config: INPUT.PIXEL_MEAN, INPUT.PIXEL_STD and
+    DATALOADER.SIZE_DIVISIBILITY."""
+    return {
+        "pixel_mean": cfg.INPUT.PIXEL_MEAN,
+        "pixel_std": cfg.INPUT.PIXEL_STD,
+        "size_divisibility": cfg.DATALOADER.SIZE_DIVISIBILITY,
+    }
+
+
 class DenseDetector(nn.Module):
     """A dense detector on a batch of images of different sizes.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,8 @@ from torch import Tensor, nn
 from drdet.layers.level_packing import PackedLevels, apply_packed, packable
 from drdet.layers.misc import group_norm_groups
 from drdet.layers.winograd import WinogradConv2d, apply_levels
+from drdet.modeling.dense.config import num_foreground_classes
+from drdet.modeling.dense.outputs import DenseOutputs
 
 
 def conv_tower(
@@ -58,13 +61,32 @@ def head_norm_groups(cfg, in_channels: int, use_gn: bool) -> int:
     return group_norm_groups(in_channels, gn.DIM_PER_GP, gn.NUM_GROUPS) if use_gn else gn.NUM_GROUPS
 
 
+def dense_head_args(cfg, node, in_channels: int) -> dict[str, Any]:
+    """The keyword arguments every dense head takes: num_classes (MODEL.NUM_CLASSES - 1),
+    num_convs, use_gn and prior_prob from the detector's config `node` (its NUM_CONVS, USE_GN,
+    PRIOR_PROB), gn_groups and gn_eps from MODEL.GROUP_NORM."""
+    return {
+        "num_classes": num_foreground_classes(cfg),
+        "num_convs": node.NUM_CONVS,
+        "use_gn": node.USE_GN,
+        "gn_groups": head_norm_groups(cfg, in_channels, node.USE_GN),
+        "gn_eps": cfg.MODEL.GROUP_NORM.EPSILON,
+        "prior_prob": node.PRIOR_PROB,
+    }
+
+
 def flatten_levels(maps: Sequence[Tensor], channels: int) -> list[Tensor]:
     """Per level (B, A * K, H, W) -> (B, H * W * A, K), rows in (y, x, anchor) order (the order
     of drdet.modeling.anchor_generator.AnchorGenerator's anchors); K = ``channels``."""
     out = []
     for m in maps:
         b, _, h, w = m.shape
-        out.append(m.view(b, -1, channels, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, channels))
+        levels = m.view(b, -1, channels, h, w).permute(0, 3, 4, 1, 2)
+        if not isinstance(h * w, int):
+            # symbolic sizes (torch.export): a copy, since reshape's view-or-copy choice would
+            # guard on h * w != 1 and the program would refuse a one-cell level (P7 <= 128 px)
+            levels = levels.clone(memory_format=torch.contiguous_format)
+        out.append(levels.reshape(b, -1, channels))
     return out
 
 
@@ -133,3 +155,61 @@ class DenseHead(nn.Module):
         if isinstance(first, WinogradConv2d) and first.uses_winograd(features):
             return False
         return features[0].device.type != "cpu" or not torch.is_grad_enabled()
+
+
+class CenternessHead(DenseHead):
+    """One prediction per location of every level: ``num_classes`` class logits (sigmoid, no
+    background column) from the class tower; 4 box outputs and a centre-ness logit from the box
+    tower (FCOS's and ATSS's layout). The box outputs are ``scales[l] * x`` for the raw output x
+    at level l, with a learnt scale per level initialised to 1, then :meth:`box_outputs`.
+    Convolutions start from normal(0, 0.01) with zero bias; the class bias starts at
+    -log((1 - p) / p) so that every score starts at ``prior_prob``.
+
+    Args:
+        in_channels: channels of the FPN features.
+        num_classes: foreground classes C.
+        num_levels: pyramid levels (5 for P3-P7), one scale each.
+        prior_prob: the class scores' initial probability.
+        use_gn, tower: the towers' GroupNorm (on by default here) and :class:`DenseHead`'s
+            other arguments.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        num_levels: int,
+        prior_prob: float = 0.01,
+        use_gn: bool = True,
+        **tower: Any,
+    ):
+        super().__init__(in_channels, num_classes, use_gn=use_gn, **tower)
+        self.cls_logits = WinogradConv2d(in_channels, num_classes, kernel_size=3, padding=1)
+        self.bbox_pred = WinogradConv2d(in_channels, 4, kernel_size=3, padding=1)
+        self.centerness = WinogradConv2d(in_channels, 1, kernel_size=3, padding=1)
+        self.scales = nn.Parameter(torch.ones(num_levels))
+        init_dense_head(self, self.cls_logits, prior_prob)
+
+    def predictors(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        return [self.cls_logits], [self.bbox_pred, self.centerness]
+
+    def box_outputs(self, scaled: list[Tensor]) -> list[Tensor]:
+        """The box maps (B, 4, H_l, W_l) per level from the scaled raw ones: as they are here."""
+        return scaled
+
+    def forward(self, features: list[Tensor]) -> DenseOutputs:
+        """Predictions for FPN ``features`` (list of (B, in_channels, H_l, W_l), one per level):
+        per level, rows in (y, x) order (the locations' order), ``cls_logits`` (B, H_l * W_l,
+        C), ``box_regression`` (B, H_l * W_l, 4) (:meth:`box_outputs`) and ``centerness``
+        (B, H_l * W_l) logits."""
+        num_levels = self.scales.shape[0]
+        if len(features) != num_levels:
+            name = type(self).__name__
+            raise ValueError(f"{name}: {len(features)} feature maps for {num_levels} levels")
+        cls_maps, box_maps, ctr_maps = self.run(features)
+        boxes = self.box_outputs([self.scales[level] * m for level, m in enumerate(box_maps)])
+        return DenseOutputs(
+            flatten_levels(cls_maps, self.num_classes),
+            flatten_levels(boxes, 4),
+            [m[..., 0] for m in flatten_levels(ctr_maps, 1)],
+        )

@@ -176,14 +176,13 @@ class DensePostProcessor:
         return keep[rank < self.detections_per_img]
 
 
-def build_dense_postprocessor(
-    cfg, box_coder: BoxDecoder, score_thresh: float, pre_nms_top_n: int, nms_thresh: float
-) -> DensePostProcessor:
-    """A DensePostProcessor with a detector's own thresholds and TEST.DETECTIONS_PER_IMG."""
+def build_dense_postprocessor(cfg, box_coder: BoxDecoder, node) -> DensePostProcessor:
+    """A DensePostProcessor with the thresholds of the detector's config `node` (its
+    INFERENCE_TH, PRE_NMS_TOP_N, NMS_TH) and TEST.DETECTIONS_PER_IMG."""
     return DensePostProcessor(
         box_coder,
-        score_thresh=score_thresh,
-        pre_nms_top_n=pre_nms_top_n,
-        nms_thresh=nms_thresh,
+        score_thresh=node.INFERENCE_TH,
+        pre_nms_top_n=node.PRE_NMS_TOP_N,
+        nms_thresh=node.NMS_TH,
         detections_per_img=cfg.TEST.DETECTIONS_PER_IMG,
     )

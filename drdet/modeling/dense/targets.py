@@ -1,5 +1,6 @@
 """The ground truth of a batch as the dense losses read it: per-image target dicts padded into
-tensors, and their check (degenerate boxes, labels outside 1..C), which names the image.
+tensors, their check (degenerate boxes, labels outside 1..C), which names the image, and the
+labels and boxes an assignment of the anchors to those boxes gives.
 
 The check is one host sync on a GPU. The training step runs it on the host while the targets are
 still there (:func:`check_targets`, drdet/engine/train_step.py) and then calls the detector with
@@ -10,9 +11,19 @@ hidden state.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+
+class PaddedTargets(NamedTuple):
+    """A batch's targets as tensors (:func:`pad_targets`): (B, M, 4) float boxes x1y1x2y2
+    pixels, (B, M) int64 labels and the (B, M) bool mask of the real boxes among the M slots."""
+
+    boxes: Tensor
+    labels: Tensor
+    valid: Tensor
 
 
 def check_targets(targets: Sequence[dict[str, Tensor]], num_classes: int) -> None:
@@ -26,7 +37,7 @@ def pad_targets(
     num_classes: int,
     device: torch.device,
     check: bool = True,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> PaddedTargets:
     """Stacks per-image targets into (B, M, 4) boxes, (B, M) labels and a (B, M) validity mask,
     M the largest number of boxes. With ``check`` (one host sync on a GPU) it raises ValueError
     naming the image for a degenerate (width or height <= 0) or non-finite box, or a label
@@ -47,7 +58,30 @@ def pad_targets(
         valid[i, :n] = True  # a fill, not a host-to-device copy of the counts
     if check:
         _raise_on_bad_target(targets, boxes, labels, valid, num_classes)
-    return boxes, labels, valid
+    return PaddedTargets(boxes, labels, valid)
+
+
+def matched_targets(
+    matches: Tensor, gt_boxes: Tensor, gt_labels: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The targets an assignment gives every anchor (or location) of a batch.
+
+    Args:
+        matches: (B, A) int64, the index in 0..M-1 of each anchor's box, < 0 for background.
+        gt_boxes, gt_labels: (B, M, 4) and (B, M) of :func:`pad_targets`.
+    Returns:
+        labels (B, A) int64 in 0..C (0: background); positives (P, 2) int64 (image, anchor) of
+        the anchors with a label > 0; boxes (P, 4) float their boxes.
+    """
+    labels = (
+        torch.gather(gt_labels, 1, matches.clamp(min=0))
+        if gt_labels.shape[1]
+        else torch.zeros_like(matches)
+    )
+    labels = labels.masked_fill(matches < 0, 0)
+    positives = (labels > 0).nonzero()
+    image_idx, anchor_idx = positives.unbind(1)
+    return labels, positives, gt_boxes[image_idx, matches[image_idx, anchor_idx]]
 
 
 def _raise_on_bad_target(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from drdet.config import CfgNode as CN
 from drdet.config import add_config_node, register_detector_losses
 from drdet.modeling.dense import REG_LOSSES
+from drdet.modeling.dense.config import check_dense_node
 from drdet.utils.checks import require
 
 _F = CN()
@@ -47,9 +48,8 @@ register_detector_losses(
 
 def check_fcos_cfg(cfg) -> None:
     """ValueError naming the key for MODEL.FCOS values FCOS cannot use."""
+    check_dense_node(cfg, "MODEL.FCOS")
     f = cfg.MODEL.FCOS
-    require(f.NUM_CONVS >= 0, "MODEL.FCOS.NUM_CONVS", f.NUM_CONVS, "must be >= 0")
-    require(0.0 < f.PRIOR_PROB < 1.0, "MODEL.FCOS.PRIOR_PROB", f.PRIOR_PROB, "must be in (0, 1)")
     require(
         len(f.SIZES_OF_INTEREST) >= 1
         and all(s > 0 for s in f.SIZES_OF_INTEREST)
@@ -70,8 +70,3 @@ def check_fcos_cfg(cfg) -> None:
         f.REG_LOSS,
         f"must be one of {list(REG_LOSSES)}",
     )
-    require(
-        0.0 <= f.INFERENCE_TH < 1.0, "MODEL.FCOS.INFERENCE_TH", f.INFERENCE_TH, "must be in [0, 1)"
-    )
-    require(0.0 <= f.NMS_TH <= 1.0, "MODEL.FCOS.NMS_TH", f.NMS_TH, "must be in [0, 1]")
-    require(f.PRE_NMS_TOP_N >= 1, "MODEL.FCOS.PRE_NMS_TOP_N", f.PRE_NMS_TOP_N, "must be >= 1")

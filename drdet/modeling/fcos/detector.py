@@ -7,25 +7,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
+from drdet.modeling import dense
 from drdet.modeling.backbone import build_backbone
-from drdet.modeling.dense import (
-    DenseDetector,
-    DensePostProcessor,
-    build_dense_postprocessor,
-    head_norm_groups,
-    num_foreground_classes,
-)
 from drdet.modeling.fcos.box_coder import DistanceCoder, location_generator
 from drdet.modeling.fcos.config import check_fcos_cfg
 from drdet.modeling.fcos.head import FCOSHead
 from drdet.modeling.fcos.loss import FCOSLossComputation
 from drdet.modeling.fcos.targets import level_ranges
-from drdet.modeling.losses import build_classification_loss
 from drdet.modeling.registry import META_ARCHITECTURES
 from drdet.utils.checks import require
 
 
-class FCOS(DenseDetector):
+class FCOS(dense.DenseDetector):
     """FCOS on a batch of images of different sizes (input format, arguments and forward: see
     :class:`~drdet.modeling.dense.DenseDetector`): the backbone also has ``strides``, one per FPN
     map; the anchor generator gives one anchor per location, whose centres are the locations
@@ -34,21 +27,13 @@ class FCOS(DenseDetector):
 
     head: FCOSHead
     loss: FCOSLossComputation
-    postprocessor: DensePostProcessor
+    postprocessor: dense.DensePostProcessor
 
 
 def build_fcos_head(cfg, in_channels: int, strides: Sequence[int]) -> FCOSHead:
     """FCOSHead from MODEL.FCOS, MODEL.NUM_CLASSES and MODEL.GROUP_NORM."""
-    f = cfg.MODEL.FCOS
     return FCOSHead(
-        in_channels,
-        num_classes=num_foreground_classes(cfg),
-        strides=strides,
-        num_convs=f.NUM_CONVS,
-        use_gn=f.USE_GN,
-        gn_groups=head_norm_groups(cfg, in_channels, f.USE_GN),
-        gn_eps=cfg.MODEL.GROUP_NORM.EPSILON,
-        prior_prob=f.PRIOR_PROB,
+        in_channels, strides=strides, **dense.dense_head_args(cfg, cfg.MODEL.FCOS, in_channels)
     )
 
 
@@ -64,8 +49,7 @@ def build_fcos_loss(cfg, strides: Sequence[int]) -> FCOSLossComputation:
         f"{tuple(strides)}",
     )
     return FCOSLossComputation(
-        num_classes=num_foreground_classes(cfg),
-        cls_loss=build_classification_loss(cfg, f.LOSS_TYPE),
+        **dense.dense_loss_args(cfg, cfg.MODEL.FCOS),
         strides=strides,
         ranges=level_ranges(f.SIZES_OF_INTEREST, len(strides)),
         center_sampling_radius=f.CENTER_SAMPLING_RADIUS,
@@ -74,13 +58,10 @@ def build_fcos_loss(cfg, strides: Sequence[int]) -> FCOSLossComputation:
     )
 
 
-def build_fcos_postprocessor(cfg) -> DensePostProcessor:
+def build_fcos_postprocessor(cfg) -> dense.DensePostProcessor:
     """Post-processing at MODEL.FCOS's INFERENCE_TH, PRE_NMS_TOP_N and NMS_TH, on the score
     sqrt(class score * centre-ness)."""
-    f = cfg.MODEL.FCOS
-    return build_dense_postprocessor(
-        cfg, DistanceCoder(), f.INFERENCE_TH, f.PRE_NMS_TOP_N, f.NMS_TH
-    )
+    return dense.build_dense_postprocessor(cfg, DistanceCoder(), cfg.MODEL.FCOS)
 
 
 @META_ARCHITECTURES.register("FCOS", check=check_fcos_cfg)
@@ -88,14 +69,12 @@ def build_fcos(cfg) -> FCOS:
     """FCOS from ``cfg``: the backbone of MODEL.BACKBONE, the head, loss and post-processing of
     MODEL.FCOS, the locations in MODEL.ANCHOR_GENERATOR.CONVENTION."""
     backbone = build_backbone(cfg)
-    strides = [int(s) for s in cast(Sequence[int], backbone.strides)]
+    strides = dense.backbone_strides(backbone)
     return FCOS(
         backbone,
         build_fcos_head(cfg, cast(int, backbone.out_channels), strides),
         location_generator(strides, cfg.MODEL.ANCHOR_GENERATOR.CONVENTION),
         build_fcos_loss(cfg, strides),
         build_fcos_postprocessor(cfg),
-        pixel_mean=cfg.INPUT.PIXEL_MEAN,
-        pixel_std=cfg.INPUT.PIXEL_STD,
-        size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
+        **dense.input_args(cfg),
     )

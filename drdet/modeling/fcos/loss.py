@@ -18,23 +18,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from drdet.modeling.dense import (
-    REG_LOSSES,
-    DenseOutputs,
-    centerness_targets,
-    iou_loss,
-    pad_targets,
-    per_rank_average,
-)
+from drdet.modeling.dense import REG_LOSSES, DenseOutputs
+from drdet.modeling.dense.losses import DenseLoss, centerness_losses, per_rank_average
+from drdet.modeling.dense.targets import PaddedTargets, matched_targets
 from drdet.modeling.fcos.box_coder import DistanceCoder, anchor_centres
 from drdet.modeling.fcos.targets import assign_locations
 from drdet.modeling.losses import ClassificationLoss
 
 
-class FCOSLossComputation:
+class FCOSLossComputation(DenseLoss):
     """Assigns locations to boxes and computes ``{"loss_cls", "loss_reg", "loss_centerness"}``.
 
     Args:
@@ -52,6 +46,8 @@ class FCOSLossComputation:
     of positives (averaged over the ranks, at least 1): 0 for a batch without boxes.
     """
 
+    name = "FCOS"
+
     def __init__(
         self,
         num_classes: int,
@@ -68,31 +64,19 @@ class FCOSLossComputation:
             raise ValueError(f"center_sampling_radius must be >= 0, got {center_sampling_radius}")
         if len(strides) != len(ranges):
             raise ValueError(f"FCOS: {len(strides)} strides for {len(ranges)} level ranges")
-        self.num_classes = num_classes
-        self.cls_loss = cls_loss
+        super().__init__(num_classes, cls_loss)
         self.strides = [int(s) for s in strides]
         self.ranges = [(float(lo), float(hi)) for lo, hi in ranges]
         self.center_sampling_radius = center_sampling_radius
         self.reg_loss = reg_loss
         self.centerness_weighted_reg = centerness_weighted_reg
 
-    def prepare_targets(
-        self,
-        anchors: list[Tensor],
-        targets: Sequence[dict[str, Tensor]],
-        check_targets: bool = True,
-    ) -> dict[str, Tensor]:
-        """Labels and box targets of every location of every image.
-
-        Args:
-            anchors: per level (L_l, 4) float, the anchors whose centres are the locations.
-            targets: B dicts, "boxes" (K_i, 4) float x1y1x2y2 pixels, "labels" (K_i,) in 1..C
-                (checked, naming the image, unless ``check_targets`` is False).
-        Returns:
-            "labels": (B, L) int64 in 0..C; "positives": (P, 2) int64 (image, location) of the
-            locations with label > 0; "boxes": (P, 4) float their boxes; "distances": (P, 4)
-            their (l, t, r, b) to those boxes; "anchors": (L, 4) the anchors concatenated.
-        """
+    def assign(self, anchors: list[Tensor], gt: PaddedTargets) -> dict[str, Tensor]:
+        """FCOS's assignment of the locations (the centres of ``anchors``; see
+        drdet.modeling.fcos.targets): "labels" (B, L) int64 in 0..C; "positives" (P, 2);
+        "boxes" (P, 4) float their boxes; "distances" (P, 4) their (l, t, r, b) to those boxes;
+        "anchors" (L, 4) the anchors concatenated."""
+        gt_boxes, gt_labels, gt_valid = gt
         if len(anchors) != len(self.ranges):
             raise ValueError(f"FCOS: {len(anchors)} levels of locations, {len(self.ranges)} ranges")
         device = anchors[0].device
@@ -109,9 +93,6 @@ class FCOSLossComputation:
                 for a, r in zip(anchors, self.ranges)
             ]
         )
-        gt_boxes, gt_labels, gt_valid = pad_targets(
-            targets, self.num_classes, device, check=check_targets
-        )
         matches = assign_locations(
             anchor_centres(all_anchors),
             sizes,
@@ -120,16 +101,8 @@ class FCOSLossComputation:
             gt_valid,
             self.center_sampling_radius,
         )
-        labels = (
-            torch.gather(gt_labels, 1, matches.clamp(min=0))
-            if gt_labels.shape[1]
-            else torch.zeros_like(matches)
-        )
-        labels = labels.masked_fill(matches < 0, 0)
-        positives = (labels > 0).nonzero()
-        image_idx, point_idx = positives.unbind(1)
-        boxes = gt_boxes[image_idx, matches[image_idx, point_idx]]
-        distances = DistanceCoder.encode(boxes, all_anchors[point_idx])
+        labels, positives, boxes = matched_targets(matches, gt_boxes, gt_labels)
+        distances = DistanceCoder.encode(boxes, all_anchors[positives[:, 1]])
         return {
             "labels": labels,
             "positives": positives,
@@ -138,46 +111,26 @@ class FCOSLossComputation:
             "anchors": all_anchors,
         }
 
-    def labels(self, anchors: list[Tensor], targets: Sequence[dict[str, Tensor]]) -> Tensor:
-        """(B, L) int64 label of every location, as the classification loss sees it."""
-        return self.prepare_targets(anchors, targets)["labels"]
-
-    def __call__(
-        self,
-        anchors: list[Tensor],
-        outputs: DenseOutputs,
-        targets: Sequence[dict[str, Tensor]],
-        check_targets: bool = True,
+    def losses(
+        self, logits: Tensor, outputs: DenseOutputs, t: dict[str, Tensor]
     ) -> dict[str, Tensor]:
-        """Losses of a batch: per-level ``anchors`` (L_l, 4) (the locations' anchors), the
-        head's ``outputs`` (cls_logits (B, L_l, C), box_regression (B, L_l, 4) distances in
-        pixels, centerness (B, L_l) logits) and B target dicts (see prepare_targets).
-        Returns {"loss_cls", "loss_reg", "loss_centerness"}: scalars."""
+        """{"loss_cls", "loss_reg", "loss_centerness"}; the head's box_regression are (l, t, r, b)
+        distances in pixels."""
         assert outputs.centerness is not None, "FCOS needs the head's centre-ness"
-        logits = torch.cat(outputs.cls_logits, dim=1)
-        num_images, num_points, num_classes = logits.shape
-        if len(targets) != num_images:
-            raise ValueError(f"FCOS: got {len(targets)} target dicts for {num_images} images")
-        if num_classes != self.num_classes:
-            raise ValueError(f"FCOS: {num_classes} class logits for {self.num_classes} classes")
-        t = self.prepare_targets(anchors, targets, check_targets)
-        if t["labels"].shape[1] != num_points:
-            raise ValueError(f"FCOS: {num_points} predictions for {t['labels'].shape[1]} locations")
         num_pos = per_rank_average(t["positives"].shape[0], logits).clamp(min=1.0)
         loss_cls = self.cls_loss(logits, t["labels"], num_pos)
 
         image_idx, point_idx = t["positives"].unbind(1)
         pred = torch.cat(outputs.box_regression, dim=1)[image_idx, point_idx].float()
         pred_boxes = DistanceCoder.decode(pred, t["anchors"][point_idx])
-        box_loss = iou_loss(pred_boxes, t["boxes"], self.reg_loss)
-        ctr_target = centerness_targets(t["distances"])
-        if self.centerness_weighted_reg:
-            weight_sum = per_rank_average(float(ctr_target.sum()), logits).clamp(min=1e-6)
-            loss_reg = (box_loss * ctr_target).sum() / weight_sum
-        else:
-            loss_reg = box_loss.sum() / num_pos
         ctr_logits = torch.cat(outputs.centerness, dim=1)[image_idx, point_idx].float()
-        loss_ctr = (
-            F.binary_cross_entropy_with_logits(ctr_logits, ctr_target, reduction="sum") / num_pos
+        loss_reg, loss_ctr = centerness_losses(
+            pred_boxes,
+            t["boxes"],
+            t["distances"],
+            ctr_logits,
+            num_pos,
+            self.reg_loss,
+            self.centerness_weighted_reg,
         )
         return {"loss_cls": loss_cls, "loss_reg": loss_reg, "loss_centerness": loss_ctr}

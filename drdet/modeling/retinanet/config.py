@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from drdet.config import CfgNode as CN
 from drdet.config import add_config_node, register_detector_losses
+from drdet.modeling.dense.config import check_dense_node
 from drdet.utils.checks import require
 
 _R = CN()
@@ -54,6 +55,7 @@ register_detector_losses(
 def check_retinanet_cfg(cfg) -> None:
     """ValueError naming the key for MODEL.RETINANET values RetinaNet cannot use. (That there
     is one anchor size per level of the backbone is checked when the detector is built.)"""
+    check_dense_node(cfg, "MODEL.RETINANET")
     r = cfg.MODEL.RETINANET
     require(
         len(r.ANCHOR_SIZES) >= 1 and all(s > 0 for s in r.ANCHOR_SIZES),
@@ -73,7 +75,6 @@ def check_retinanet_cfg(cfg) -> None:
         r.SCALES_PER_OCTAVE,
         "must be >= 1",
     )
-    require(r.NUM_CONVS >= 0, "MODEL.RETINANET.NUM_CONVS", r.NUM_CONVS, "must be >= 0")
     require(
         0.0 <= r.BG_IOU_THRESHOLD <= r.FG_IOU_THRESHOLD <= 1.0,
         "MODEL.RETINANET.BG_IOU_THRESHOLD",
@@ -81,16 +82,5 @@ def check_retinanet_cfg(cfg) -> None:
         f"needs 0 <= BG_IOU_THRESHOLD <= FG_IOU_THRESHOLD ({r.FG_IOU_THRESHOLD}) <= 1",
     )
     require(
-        0.0 < r.PRIOR_PROB < 1.0, "MODEL.RETINANET.PRIOR_PROB", r.PRIOR_PROB, "must be in (0, 1)"
-    )
-    require(
-        0.0 <= r.INFERENCE_TH < 1.0,
-        "MODEL.RETINANET.INFERENCE_TH",
-        r.INFERENCE_TH,
-        "must be in [0, 1)",
-    )
-    require(0.0 <= r.NMS_TH <= 1.0, "MODEL.RETINANET.NMS_TH", r.NMS_TH, "must be in [0, 1]")
-    require(
         r.BBOX_REG_BETA >= 0.0, "MODEL.RETINANET.BBOX_REG_BETA", r.BBOX_REG_BETA, "must be >= 0"
     )
-    require(r.PRE_NMS_TOP_N >= 1, "MODEL.RETINANET.PRE_NMS_TOP_N", r.PRE_NMS_TOP_N, "must be >= 1")

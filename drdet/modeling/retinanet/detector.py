@@ -7,17 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
+from drdet.modeling import dense
 from drdet.modeling.anchor_generator import AnchorGenerator
 from drdet.modeling.backbone import build_backbone
 from drdet.modeling.box_coder import BoxCoder
-from drdet.modeling.dense import (
-    DenseDetector,
-    DensePostProcessor,
-    build_dense_postprocessor,
-    head_norm_groups,
-    num_foreground_classes,
-)
-from drdet.modeling.losses import build_classification_loss
 from drdet.modeling.matcher import Matcher
 from drdet.modeling.registry import META_ARCHITECTURES
 from drdet.modeling.retinanet.config import check_retinanet_cfg
@@ -26,14 +19,14 @@ from drdet.modeling.retinanet.loss import RetinaNetLossComputation
 from drdet.utils.checks import require
 
 
-class RetinaNet(DenseDetector):
+class RetinaNet(dense.DenseDetector):
     """RetinaNet on a batch of images of different sizes (input format, arguments and forward:
     see :class:`~drdet.modeling.dense.DenseDetector`), with the RetinaNet head, anchors, loss and
     post-processor."""
 
     head: RetinaNetHead
     loss: RetinaNetLossComputation
-    postprocessor: DensePostProcessor
+    postprocessor: dense.DensePostProcessor
 
 
 def build_retinanet_anchors(cfg, strides: Sequence[int]) -> AnchorGenerator:
@@ -58,17 +51,8 @@ def build_retinanet_anchors(cfg, strides: Sequence[int]) -> AnchorGenerator:
 
 def build_retinanet_head(cfg, in_channels: int, num_anchors: int) -> RetinaNetHead:
     """RetinaNetHead from MODEL.RETINANET, MODEL.NUM_CLASSES and MODEL.GROUP_NORM."""
-    rcfg = cfg.MODEL.RETINANET
-    return RetinaNetHead(
-        in_channels,
-        num_classes=num_foreground_classes(cfg),
-        num_anchors=num_anchors,
-        num_convs=rcfg.NUM_CONVS,
-        use_gn=rcfg.USE_GN,
-        gn_groups=head_norm_groups(cfg, in_channels, rcfg.USE_GN),
-        gn_eps=cfg.MODEL.GROUP_NORM.EPSILON,
-        prior_prob=rcfg.PRIOR_PROB,
-    )
+    args = dense.dense_head_args(cfg, cfg.MODEL.RETINANET, in_channels)
+    return RetinaNetHead(in_channels, num_anchors=num_anchors, **args)
 
 
 def build_retinanet_loss(cfg, box_coder: BoxCoder) -> RetinaNetLossComputation:
@@ -78,26 +62,22 @@ def build_retinanet_loss(cfg, box_coder: BoxCoder) -> RetinaNetLossComputation:
     return RetinaNetLossComputation(
         matcher,
         box_coder,
-        num_classes=num_foreground_classes(cfg),
-        cls_loss=build_classification_loss(cfg, rcfg.LOSS_TYPE),
+        **dense.dense_loss_args(cfg, cfg.MODEL.RETINANET),
         reg_beta=rcfg.BBOX_REG_BETA,
         reg_norm=rcfg.BBOX_REG_WEIGHT,
     )
 
 
-def build_retinanet_postprocessor(cfg, box_coder: BoxCoder) -> DensePostProcessor:
+def build_retinanet_postprocessor(cfg, box_coder: BoxCoder) -> dense.DensePostProcessor:
     """Post-processing at MODEL.RETINANET's INFERENCE_TH, PRE_NMS_TOP_N and NMS_TH."""
-    rcfg = cfg.MODEL.RETINANET
-    return build_dense_postprocessor(
-        cfg, box_coder, rcfg.INFERENCE_TH, rcfg.PRE_NMS_TOP_N, rcfg.NMS_TH
-    )
+    return dense.build_dense_postprocessor(cfg, box_coder, cfg.MODEL.RETINANET)
 
 
 @META_ARCHITECTURES.register("RetinaNet", check=check_retinanet_cfg)
 def build_retinanet(cfg) -> RetinaNet:
     """RetinaNet (with any registered backbone and classification loss) from ``cfg``."""
     backbone = build_backbone(cfg)
-    anchors = build_retinanet_anchors(cfg, cast(Sequence[int], backbone.strides))
+    anchors = build_retinanet_anchors(cfg, dense.backbone_strides(backbone))
     box_coder = BoxCoder(cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS)
     return RetinaNet(
         backbone,
@@ -107,7 +87,5 @@ def build_retinanet(cfg) -> RetinaNet:
         anchors,
         build_retinanet_loss(cfg, box_coder),
         build_retinanet_postprocessor(cfg, box_coder),
-        pixel_mean=cfg.INPUT.PIXEL_MEAN,
-        pixel_std=cfg.INPUT.PIXEL_STD,
-        size_divisibility=cfg.DATALOADER.SIZE_DIVISIBILITY,
+        **dense.input_args(cfg),
     )

@@ -21,6 +21,8 @@ class RetinaNetHead(DenseHead):
         in_channels: channels of the FPN features.
         num_classes: foreground classes C (MODEL.NUM_CLASSES - 1).
         num_anchors: anchors per location A.
+        prior_prob: the class scores' initial probability.
+        tower: :class:`~drdet.modeling.dense.DenseHead`'s arguments (num_convs, use_gn, ...).
     """
 
     def __init__(
@@ -28,13 +30,10 @@ class RetinaNetHead(DenseHead):
         in_channels: int,
         num_classes: int,
         num_anchors: int,
-        num_convs: int = 4,
-        use_gn: bool = False,
-        gn_groups: int = 32,
-        gn_eps: float = 1e-5,
         prior_prob: float = 0.01,
+        **tower,
     ):
-        super().__init__(in_channels, num_classes, num_convs, use_gn, gn_groups, gn_eps)
+        super().__init__(in_channels, num_classes, **tower)
         self.num_anchors = num_anchors
         self.cls_logits = WinogradConv2d(
             in_channels, num_anchors * num_classes, kernel_size=3, padding=1

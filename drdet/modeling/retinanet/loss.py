@@ -7,20 +7,18 @@ matcher's thresholds).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from drdet.modeling.box_coder import BoxCoder
-from drdet.modeling.dense import DenseOutputs, pad_targets, per_rank_average
+from drdet.modeling.dense import DenseLoss, DenseOutputs, PaddedTargets, per_rank_average
 from drdet.modeling.losses import ClassificationLoss
 from drdet.modeling.matcher import Matcher
 from drdet.structures.boxes import pairwise_iou
 
 
-class RetinaNetLossComputation:
+class RetinaNetLossComputation(DenseLoss):
     """Matches anchors to targets and computes ``{"loss_cls", "loss_reg"}``.
 
     Args:
@@ -40,6 +38,8 @@ class RetinaNetLossComputation:
     loss discards only the anchors between the matcher's thresholds).
     """
 
+    name = "RetinaNet"
+
     def __init__(
         self,
         matcher: Matcher,
@@ -49,87 +49,42 @@ class RetinaNetLossComputation:
         reg_beta: float = 0.11,
         reg_norm: float = 4.0,
     ):
-        if not callable(cls_loss):
-            raise TypeError(f"cls_loss must be callable, got {type(cls_loss).__name__}")
+        super().__init__(num_classes, cls_loss)
         self.matcher = matcher
         self.box_coder = box_coder
-        self.num_classes = num_classes
-        self.cls_loss = cls_loss
         self.reg_beta = reg_beta
         self.reg_norm = reg_norm
 
-    def prepare_targets(
-        self,
-        anchors: Tensor,
-        targets: Sequence[dict[str, Tensor]],
-        check_targets: bool = True,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Labels and box-regression targets of every anchor of every image.
-
-        Args:
-            anchors: (A, 4) float, all levels concatenated, shared by the images.
-            targets: B dicts with "boxes" (K_i, 4) float x1y1x2y2 pixels and "labels" (K_i,)
-                int64 in 1..C (checked, naming the image, unless ``check_targets`` is False).
-        Returns:
-            labels: (B, A) int64 in {-1, 0, 1..C}.
-            positives: (P, 2) int64 (image, anchor) index of the anchors with label > 0.
-            regression_targets: (P, 4) float encoded deltas of those anchors' boxes.
-        """
-        gt_boxes, gt_labels, gt_valid = pad_targets(
-            targets, self.num_classes, anchors.device, check=check_targets
-        )
-        num_images = len(targets)
+    def assign(self, anchors: list[Tensor], gt: PaddedTargets) -> dict[str, Tensor]:
+        """The IoU matcher's assignment: "labels" (B, A) int64 in {-1, 0, 1..C}; "positives"
+        (P, 2); "regression_targets" (P, 4) float the encoded deltas of the positives' boxes."""
+        gt_boxes, gt_labels, gt_valid = gt
+        anchors_all = torch.cat(anchors)
+        num_images = gt_boxes.shape[0]
         if gt_boxes.shape[1] == 0:
             labels = torch.zeros(
-                num_images, anchors.shape[0], dtype=torch.int64, device=anchors.device
+                num_images, anchors_all.shape[0], dtype=torch.int64, device=anchors_all.device
             )
             matches = torch.full_like(labels, Matcher.BELOW_LOW_THRESHOLD)
         else:
-            matches = self.matcher(pairwise_iou(gt_boxes, anchors), gt_valid)
+            matches = self.matcher(pairwise_iou(gt_boxes, anchors_all), gt_valid)
             labels = torch.gather(gt_labels, 1, matches.clamp(min=0))
             labels = labels.masked_fill(matches == Matcher.BELOW_LOW_THRESHOLD, 0)
             labels = labels.masked_fill(matches == Matcher.BETWEEN_THRESHOLDS, -1)
         positives = (labels > 0).nonzero()
         image_idx, anchor_idx = positives[:, 0], positives[:, 1]
         matched_boxes = gt_boxes[image_idx, matches[image_idx, anchor_idx]]
-        regression_targets = self.box_coder.encode(matched_boxes, anchors[anchor_idx])
-        return labels, positives, regression_targets
+        regression_targets = self.box_coder.encode(matched_boxes, anchors_all[anchor_idx])
+        return {"labels": labels, "positives": positives, "regression_targets": regression_targets}
 
-    def labels(self, anchors: list[Tensor], targets: Sequence[dict[str, Tensor]]) -> Tensor:
-        """(B, A) int64 label of every anchor (per-level ``anchors``), as the loss sees it."""
-        return self.prepare_targets(torch.cat(anchors), targets)[0]
-
-    def __call__(
-        self,
-        anchors: list[Tensor],
-        outputs: DenseOutputs,
-        targets: Sequence[dict[str, Tensor]],
-        check_targets: bool = True,
+    def losses(
+        self, logits: Tensor, outputs: DenseOutputs, t: dict[str, Tensor]
     ) -> dict[str, Tensor]:
-        """Losses of a batch.
-
-        Args:
-            anchors: per level (A_l, 4) float.
-            outputs: the head's per level ``cls_logits`` (B, A_l, C) and ``box_regression``
-                (B, A_l, 4).
-            targets: B target dicts (see prepare_targets).
-        Returns:
-            {"loss_cls": scalar, "loss_reg": scalar}.
-        """
-        anchors_all = torch.cat(anchors)
-        logits = torch.cat(outputs.cls_logits, dim=1)
+        """{"loss_cls", "loss_reg"}: the classification loss normalised by the positives plus
+        the images, smooth-L1 on the positives' deltas."""
         deltas = torch.cat(outputs.box_regression, dim=1)
-        num_images, num_anchors, num_classes = logits.shape
-        if len(targets) != num_images:
-            raise ValueError(f"got {len(targets)} target dicts for {num_images} images")
-        if num_anchors != anchors_all.shape[0] or num_classes != self.num_classes:
-            raise ValueError(
-                f"predictions (B, {num_anchors}, {num_classes}) do not match "
-                f"{anchors_all.shape[0]} anchors and {self.num_classes} classes"
-            )
-        labels, positives, regression_targets = self.prepare_targets(
-            anchors_all, targets, check_targets
-        )
+        num_images = logits.shape[0]
+        labels, positives = t["labels"], t["positives"]
         num_pos = per_rank_average(positives.shape[0], logits)
         num_norm = per_rank_average(num_images, logits)
 
@@ -137,6 +92,6 @@ class RetinaNetLossComputation:
 
         predicted = deltas[positives[:, 0], positives[:, 1]]
         loss_reg = F.smooth_l1_loss(
-            predicted.float(), regression_targets.float(), beta=self.reg_beta, reduction="sum"
+            predicted.float(), t["regression_targets"].float(), beta=self.reg_beta, reduction="sum"
         ) / (num_pos * self.reg_norm).clamp(min=1.0)
         return {"loss_cls": loss_cls, "loss_reg": loss_reg}
