@@ -164,7 +164,7 @@ DETECTORS = sorted(entry for entry in os.listdir(MODELING) if _registers_a_detec
 
 
 def test_the_detectors_are_found():
-    assert {"retinanet", "fcos"} <= set(DETECTORS)
+    assert {"retinanet", "fcos", "atss"} <= set(DETECTORS)
 
 
 def _package_files(package: str) -> Iterator[tuple[str, str]]:

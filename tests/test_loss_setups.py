@@ -65,9 +65,18 @@ FCOS_BEFORE = {
     "configs/synthetic/dr_fcos_R-18-FPN_synthetic.yaml": ("DR", 0.5, 0.2, 0.6),
     "configs/torchvision/fcos_resnet50_fpn_torchvision.yaml": ("FOCAL", 0.01, 0.2, 0.6),
 }
+# MODEL.ATSS's, as the ATSS configs' headers and configs/atss/README.md state them: the loss's
+# prior, ATSS's own threshold and NMS.
+ATSS_SETUPS = {
+    "configs/atss/atss_R-50-FPN_1x.yaml": ("FOCAL", 0.01, 0.05, 0.6),
+    "configs/atss/dr_atss_R-50-FPN_1x.yaml": ("DR", 0.5, 0.05, 0.6),
+    "configs/synthetic/atss_R-18-FPN_synthetic.yaml": ("FOCAL", 0.01, 0.05, 0.6),
+    "configs/synthetic/dr_atss_R-18-FPN_synthetic.yaml": ("DR", 0.5, 0.05, 0.6),
+}
 # config -> (the detector's node, its NODE_KEYS values)
 NODE_SETUPS = {
     **{rel: ("FCOS", values) for rel, values in FCOS_BEFORE.items()},
+    **{rel: ("ATSS", values) for rel, values in ATSS_SETUPS.items()},
 }
 
 
@@ -88,15 +97,15 @@ def test_the_table_covers_every_shipped_config():
 
 
 @pytest.mark.parametrize("rel", sorted(NODE_SETUPS))
-def test_effective_setup_of_every_fcos_config(rel):
+def test_effective_setup_of_every_fcos_and_atss_config(rel):
     node, values = NODE_SETUPS[rel]
     cfg = load_config(os.path.join(ROOT, rel))
     assert cfg.MODEL.META_ARCHITECTURE == node
     assert node_setup_of(cfg, node) == values
 
 
-@pytest.mark.parametrize("name,node", [("fcos", "FCOS")])
-def test_switching_the_loss_switches_the_prior_of_fcos(name, node):
+@pytest.mark.parametrize("name,node", [("fcos", "FCOS"), ("atss", "ATSS")])
+def test_switching_the_loss_switches_the_prior_of_fcos_and_atss(name, node):
     focal = f"configs/synthetic/{name}_R-18-FPN_synthetic.yaml"
     dr = f"configs/synthetic/dr_{name}_R-18-FPN_synthetic.yaml"
     key = f"MODEL.{node}.LOSS_TYPE"
@@ -125,6 +134,10 @@ def test_declared_setups():
     # FCOS takes only the prior of each loss's recipe (it has no IoU matcher)
     assert loss_setup("DR", "FCOS") == {"MODEL.FCOS.PRIOR_PROB": 0.5}
     assert loss_setup("FOCAL", "FCOS") == {"MODEL.FCOS.PRIOR_PROB": 0.01}
+    # so does ATSS (no IoU matcher; its threshold applies to sqrt(class x centre-ness))
+    assert loss_key("ATSS") == "MODEL.ATSS.LOSS_TYPE"
+    assert loss_setup("DR", "ATSS") == {"MODEL.ATSS.PRIOR_PROB": 0.5}
+    assert loss_setup("FOCAL", "ATSS") == {"MODEL.ATSS.PRIOR_PROB": 0.01}
     assert loss_setup("DR", "NoSuchDetector") == {}
 
 

@@ -3,12 +3,13 @@ check of its own config keys; see CONTRIBUTING.md for the recipes and drdet/util
 for the table itself.
 
 - ``META_ARCHITECTURES``: ``builder(cfg) -> nn.Module``, the whole detector (``RetinaNet``,
-  ``FCOS``), selected by MODEL.META_ARCHITECTURE.
+  ``FCOS``, ``ATSS``), selected by MODEL.META_ARCHITECTURE.
 - ``BACKBONES``: ``builder(cfg) -> nn.Module`` with ``out_channels`` and ``strides``, returning
   the feature maps P3-P7 (``R-50-FPN-RETINANET``, ...), selected by MODEL.BACKBONE.CONV_BODY.
 - ``CLASSIFICATION_LOSSES``: ``builder(cfg) -> ClassificationLoss`` (``DR``, ``FOCAL``; see
   drdet/modeling/losses/__init__.py for the call interface), selected by the key its detector
-  declares (``MODEL.RETINANET.LOSS_TYPE``, ``MODEL.FCOS.LOSS_TYPE``: drdet.config.loss_key).
+  declares (``MODEL.RETINANET.LOSS_TYPE``, ``MODEL.FCOS.LOSS_TYPE``, ``MODEL.ATSS.LOSS_TYPE``:
+  drdet.config.loss_key).
 """
 
 from drdet.config import loss_key
