@@ -278,14 +278,9 @@ def test_annotation_file_errors_name_file_and_id(tmp_path, edit, message):
 
 
 def test_unknown_category_of_a_crowd_box_is_an_error_too(tmp_path):
-    ann, img_dir = write_set(
-        tmp_path,
-        good_files(2),
-        annotations=[
-            {"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]},
-            {"id": 6, "image_id": 2, "category_id": 4, "bbox": [1, 1, 9, 9], "iscrowd": 1},
-        ],
-    )
+    crowd = {"id": 6, "image_id": 2, "category_id": 4, "bbox": [1, 1, 9, 9], "iscrowd": 1}
+    plain = {"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]}
+    ann, img_dir = write_set(tmp_path, good_files(2), annotations=[plain, crowd])
     with pytest.raises(ValueError, match="annotation id 6 names category id 4"):
         COCODataset(ann, img_dir, remove_images_without_annotations=True)
 

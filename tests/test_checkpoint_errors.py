@@ -164,8 +164,14 @@ def test_checkpoint_records_its_classes_and_they_are_checked(tmp_path, caplog):
     FiveShapes.class_names = ["a", "b", "x"]  # same count, other names
     with pytest.raises(UserValueError, match=r"has 3 classes \[a, b, x\]"):
         check_classes(record, path, dataset=FiveShapes())
+    with pytest.raises(
+        UserValueError, match="old.pth records no classes.*Set MODEL.NUM_CLASSES to 4"
+    ):
+        check_classes(None, "old.pth", cfg, dataset=FiveShapes())  # 5 + 1 vs 3 categories
     with caplog.at_level(logging.WARNING):
-        check_classes(None, "old.pth", cfg, dataset=FiveShapes())
+        check_classes(
+            None, "old.pth", load_config(CONFIG, ["MODEL.NUM_CLASSES", "4"]), FiveShapes()
+        )
     assert "old.pth records no classes" in caplog.text
 
 

@@ -7,7 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
+from tool_loader import (  # tests/tool_loader.py (tests/ is on sys.path under pytest)
+    checkout_env,
+    load_tool,
+)
 
 from drdet.engine.defaults import load_config
 from drdet.utils.errors import (
@@ -175,7 +178,7 @@ def test_run_main_keeps_bugs_and_passes_argv(monkeypatch):
     ],
 )
 def test_test_net_user_error_has_no_traceback(tmp_path, argv, message):
-    env = {k: v for k, v in os.environ.items() if k != "DRDET_DEBUG"}
+    env = {k: v for k, v in checkout_env().items() if k != "DRDET_DEBUG"}
     cmd = [
         sys.executable,
         os.path.join(ROOT, "tools", "test_net.py"),

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
+from helpers.data_config import input_node, loader_config
 from PIL import Image
-from yacs.config import CfgNode as CN
 
 from drdet.data import build_data_loader, num_dropped_boxes
 
@@ -50,25 +50,10 @@ def coco_name(tmp_path):
 
 
 def make_cfg(name, grouping=True, ims_train=2, ims_test=3, max_iter=6):
-    cfg = CN()
-    cfg.MODEL = CN(dict(DEVICE="cpu"))
-    cfg.INPUT = CN(
-        dict(
-            MIN_SIZE_TRAIN=(64, 72),
-            MAX_SIZE_TRAIN=100,
-            MIN_SIZE_TEST=64,
-            MAX_SIZE_TEST=100,
-            TO_BGR255=True,
-            HORIZONTAL_FLIP_PROB_TRAIN=0.5,
-        )
+    inputs = input_node((64, 72), 100, 64, 100, flip=0.5)
+    return loader_config(
+        name, inputs, ims_train, ims_test, max_iter, ASPECT_RATIO_GROUPING=grouping
     )
-    cfg.DATASETS = CN(dict(TRAIN=(name,), TEST=(name,)))
-    cfg.DATALOADER = CN(
-        dict(NUM_WORKERS=0, SIZE_DIVISIBILITY=32, ASPECT_RATIO_GROUPING=grouping, SEED=0)
-    )
-    cfg.SOLVER = CN(dict(IMS_PER_BATCH=ims_train, MAX_ITER=max_iter))
-    cfg.TEST = CN(dict(IMS_PER_BATCH=ims_test))
-    return cfg
 
 
 def test_train_batches_have_the_documented_structure(coco_name):

@@ -144,3 +144,38 @@ def test_bad_spec_raises():
         SyntheticSpec(min_object_size=2)
     with pytest.raises(ValueError, match="image_format"):
         SyntheticSpec(image_format="gif")
+
+
+def test_command_line_regenerates_for_other_settings(tmp_path):
+    """`python -m drdet.data.datasets.synthetic --out DIR` run again with another seed or size
+    replaces DIR's data (the reference: ensure_dataset of that spec in a fresh folder); with the
+    same settings it keeps them; ensure_dataset alone refuses a folder of other settings."""
+    out = str(tmp_path / "shapes")
+
+    def generate(images, seed, size):
+        synthetic.main(
+            ["--out", out, "--num-images", images, "--seed", seed, "--image-size", size]
+            + ["--max-object-size", "32"]
+        )
+
+    generate("2", "3", "64")
+    kept = os.stat(os.path.join(out, "annotations.json")).st_mtime_ns
+    generate("2", "3", "64")
+    assert os.stat(os.path.join(out, "annotations.json")).st_mtime_ns == kept
+    generate("3", "4", "96")
+    fresh = SyntheticSpec(num_images=3, seed=4, image_size=96, max_object_size=32)
+    reference = ensure_dataset(fresh, str(tmp_path / "reference"))
+    for name in ("annotations.json", "images/000002.jpg"):
+        with (
+            open(os.path.join(out, name), "rb") as a,
+            open(os.path.join(reference, name), "rb") as b,
+        ):
+            assert a.read() == b.read(), name
+    assert sorted(os.listdir(os.path.join(out, "images"))) == [
+        "000000.jpg",
+        "000001.jpg",
+        "000002.jpg",
+    ]
+    with pytest.raises(ValueError, match="other settings"):
+        ensure_dataset(SyntheticSpec(num_images=2, seed=3, image_size=64, max_object_size=32), out)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporary folder left

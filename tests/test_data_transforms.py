@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers.data_config import input_node
 from PIL import Image
 from yacs.config import CfgNode as CN
 
@@ -89,16 +90,7 @@ def test_to_tensor_formats():
 
 def test_build_transforms_from_cfg():
     cfg = CN()
-    cfg.INPUT = CN(
-        dict(
-            MIN_SIZE_TRAIN=(64,),
-            MAX_SIZE_TRAIN=100,
-            MIN_SIZE_TEST=32,
-            MAX_SIZE_TEST=50,
-            TO_BGR255=False,
-            HORIZONTAL_FLIP_PROB_TRAIN=1.0,
-        )
-    )
+    cfg.INPUT = input_node((64,), 100, 32, 50, to_bgr255=False, flip=1.0)
     train, test = build_transforms(cfg, True), build_transforms(cfg, False)
     assert isinstance(train, Compose)
     image = Image.new("RGB", (80, 40), (255, 0, 0))

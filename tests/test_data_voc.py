@@ -86,3 +86,18 @@ def test_catalog_voc_forms(voc_root, tmp_path, monkeypatch):
     assert len(catalog.get_dataset("voc_2007_trainval", None, is_train=True)) == 1
     with pytest.raises(FileNotFoundError, match="test.txt.*DRDET_DATASETS"):
         catalog.get_dataset("voc_2007_test", None, is_train=False)
+
+
+def test_voc_folder_with_other_classes_says_how_to_load_them(voc_root):
+    """A LabelImg-style export with its own class: the error names the XML file and the class,
+    and the coco: form to use instead; the tools print it alone (a UserInputError)."""
+    from drdet.utils.errors import UserInputError
+
+    (voc_root / "Annotations" / "000005.xml").write_text(
+        _xml(60, 40, [("widget", (1, 2, 9, 9), 0)])
+    )
+    with pytest.raises(UserInputError) as info:
+        catalog.get_dataset(f"voc:{voc_root}:trainval", None, is_train=True)
+    message = str(info.value)
+    assert str(voc_root / "Annotations" / "000005.xml") in message and "'widget'" in message
+    assert "coco:<json>:<image folder>" in message

@@ -14,7 +14,7 @@ import cv2
 import pytest
 import torch
 from helpers.bad_data import good_files, loader_cfg, write_set  # tests/ is on sys.path
-from helpers.tiny import SMALL_HEAD, STEADY, demo_argv, tiny_overrides
+from helpers.tiny import SMALL_HEAD, STEADY, demo_argv, saved_detector, tiny_overrides
 from helpers.tiny import SYNTHETIC_CONFIG as CONFIG
 from tool_loader import load_tool
 
@@ -25,7 +25,6 @@ from drdet.data.datasets.voc import VOCDataset
 from drdet.engine.defaults import load_config
 from drdet.engine.hooks import HookBase
 from drdet.engine.predictor import Predictor
-from drdet.modeling import build_detector
 from drdet.utils.io import atomic_write_json, atomic_write_text
 
 convert_checkpoint = load_tool("convert_checkpoint")
@@ -40,10 +39,7 @@ TINY = tiny_overrides(TRAIN_SET, TEST_SET, overrides={**SMALL_HEAD, **STEADY})
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pth"
-    torch.save({"model": build_detector(load_config(CONFIG, TINY)).state_dict()}, path)
-    return str(path)
+    return saved_detector(tmp_path_factory.mktemp("ckpt"), TINY)
 
 
 @contextmanager
@@ -315,6 +311,7 @@ def test_clipped_and_dropped_boxes_are_named_by_annotation_id(tmp_path, caplog):
     assert "annotation ids 22, 25, 100, 101, 102, ..." in message, message
     assert "annotation ids 23, 24" in message, message
     assert "107" not in message and ", 21" not in message
+    assert "[x, y, width, height]" in message and "[x1, y1, x2, y2]" in message  # the format hint
 
 
 def test_the_same_image_file_under_two_ids_is_warned_about_once(tmp_path, caplog):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from helpers.anchors import detectron_cell_anchors_inclusive
+from helpers.detections import assert_predictor_matches_torchvision, bgr_and_rgb_images
 from tool_loader import load_tool  # tests/ is on sys.path under pytest
 from torch import nn
 
@@ -113,17 +114,6 @@ def test_torchvision_head_outputs_match_before_nms(tv_converted):
     assert cls_logits.std() > 0.5  # the heads really compute something
 
 
-def _bgr_uint8_images():
-    """Two (H, W, 3) uint8 BGR images (what drdet.Predictor takes) and the same pixels as
-    torchvision's input, RGB 0-1 tensors."""
-    g = torch.Generator().manual_seed(5)
-    bgr = [
-        torch.randint(0, 256, (H, W, 3), generator=g, dtype=torch.uint8).numpy() for _ in range(2)
-    ]
-    rgb = [torch.from_numpy(b[..., ::-1].copy()).permute(2, 0, 1).float() / 255 for b in bgr]
-    return bgr, rgb
-
-
 def test_torchvision_anchors_are_torchvisions(tv_converted):
     """ANCHOR_CONVENTION "torchvision": the converted model's anchors are torchvision's own for
     this batch (including its P7 x-stride of 192 // 2 = 96)."""
@@ -158,22 +148,9 @@ def test_torchvision_detections_match_after_nms(tv_converted, tmp_path):
             256,
         ]
     )
-    predictor = Predictor(cfg)
-    bgr, rgb = _bgr_uint8_images()
-    with torch.no_grad():
-        theirs = tv(rgb)
     assert cfg.TEST.DETECTIONS_PER_IMG == tv.detections_per_img == 300
-    for image, t in zip(bgr, theirs):
-        o = predictor(image)
-        assert len(t["boxes"]) > 20  # enough detections to compare
-        # torchvision keeps boxes that clipping made empty; drdet drops them (min_size 0). Not
-        # the case here, so the outputs must agree exactly.
-        widths, heights = (t["boxes"][:, 2:] - t["boxes"][:, :2]).unbind(1)
-        assert (widths > 0).all() and (heights > 0).all()
-        assert o["boxes"].shape == t["boxes"].shape
-        torch.testing.assert_close(o["boxes"], t["boxes"], rtol=0, atol=1e-3)
-        torch.testing.assert_close(o["scores"], t["scores"], rtol=0, atol=1e-3)
-        assert torch.equal(o["labels"], t["labels"] + 1)  # torchvision 0..79 -> drdet 1..80
+    bgr, rgb = bgr_and_rgb_images(H, W)
+    assert_predictor_matches_torchvision(Predictor(cfg), tv, bgr, rgb, score_atol=1e-3)
 
 
 def test_converted_model_with_other_anchors_warns(tv_converted, tmp_path, caplog):
@@ -389,7 +366,7 @@ def test_maskrcnn_benchmark_detections_match_after_nms(tmp_path):
     convert_checkpoint.main([src, out])
     cfg.merge_from_list(["MODEL.WEIGHT", out])
     predictor = Predictor(cfg)
-    bgr, _ = _bgr_uint8_images()
+    bgr, _ = bgr_and_rgb_images(H, W)
     for image in bgr:
         ours = predictor(image)
         tensor = torch.from_numpy(image).permute(2, 0, 1).float()  # BGR 0-255, no resize
@@ -450,6 +427,8 @@ def test_torchvision_resnet50_fills_the_body_only(tmp_path, caplog):
     after = model.state_dict()
     missing = [k for k in after if not k.startswith("backbone.body.")]
     assert missing and all(k in log for k in missing)  # FPN and head reported missing...
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not any(k in m for m in warned for k in missing), warned  # ...by design: not a warning
     for k in missing:
         assert torch.equal(after[k], before[k])  # ...and left as initialised
     assert "fc.weight" in log  # reported as dropped
@@ -568,3 +547,31 @@ def test_detect_format_from_keys():
     )
     state = {"backbone.body.stem.conv1.weight": t}
     assert to_drdet_state(state) == state
+
+
+@pytest.mark.usefixtures("synthetic_datasets_root")
+def test_imagenet_weights_of_the_other_convention_are_refused(tmp_path):
+    """torchvision ImageNet weights (RGB 0-1, stride in the 3x3 conv) given to train_net with
+    a config of MSRA's conventions (BGR 0-255, stride in the 1x1 conv): an error naming the
+    file and both keys, before any training; set as the message says, they load."""
+    from helpers.tiny import SYNTHETIC_CONFIG, tiny_overrides
+
+    from drdet.engine.defaults import load_config
+    from drdet.utils.errors import UserValueError
+
+    torch.manual_seed(0)
+    path = str(tmp_path / "resnet18.pth")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    out = tmp_path / "out"
+    opts = tiny_overrides("synthetic:4:0:128", "", max_iter=1) + ["MODEL.WEIGHT", path]
+    msra = ["MODEL.RESNETS.STRIDE_IN_1X1", "True", "OUTPUT_DIR", str(out)]
+    with pytest.raises(UserValueError) as info:
+        load_tool("train_net").main(["--config-file", SYNTHETIC_CONFIG, *opts, *msra])
+    message = str(info.value)
+    assert path in message and "torchvision_resnet" in message
+    assert "INPUT.TO_BGR255 True" in message and "MODEL.RESNETS.STRIDE_IN_1X1 True" in message
+    assert not any(name.endswith(".pth") for name in os.listdir(out))
+    torchvision_input = ["INPUT.TO_BGR255", "False", "INPUT.PIXEL_MEAN", "[0.485, 0.456, 0.406]"]
+    torchvision_input += ["INPUT.PIXEL_STD", "[0.229, 0.224, 0.225]"]
+    cfg = load_config(SYNTHETIC_CONFIG, opts + torchvision_input)  # STRIDE_IN_1X1 False there
+    Checkpointer(build_detector(cfg)).load(path, load_training_state=False, cfg=cfg)

@@ -8,7 +8,10 @@ Sources (detected from the keys, or named with --source):
                           weights="COCO_V1").state_dict(), "tv.pth")
                       Load the result with
                       configs/torchvision/retinanet_resnet50_fpn_torchvision.yaml.
-                      Labels: drdet label = torchvision label + 1 (NUM_CLASSES = K + 1), or, with
+                      Labels: drdet label = torchvision label + 1 (NUM_CLASSES = K + 1), so
+                      torchvision's column 0 (its background: torchvision's num_classes counts
+                      it) becomes drdet label 1. --drop-background-column drops it: drdet label
+                      = torchvision label (NUM_CLASSES = K, the torchvision num_classes); with
                       --coco-category-ids, drdet's contiguous COCO labels 1..80 (NUM_CLASSES 81).
                       An fcos_resnet50_fpn state dict (keys head.regression_head.bbox_ctrness.*)
                       becomes a drdet FCOS: load it with
@@ -27,8 +30,8 @@ Sources (detected from the keys, or named with --source):
 The output records the source's anchor convention; loading it into a model with another one warns.
 ImageNet backbones (torchvision ResNet .pth, MSRA R-50.pkl) need no conversion: set MODEL.WEIGHT.
 
-  python tools/convert_checkpoint.py IN.pth OUT.pth [--source ...] [--coco-category-ids]
-      [--allow-pickle] [--force]
+  python tools/convert_checkpoint.py IN.pth OUT.pth [--source ...] [--coco-category-ids |
+      --drop-background-column] [--allow-pickle] [--force]
 
 An existing OUT is replaced only with --force; OUT can never be IN (the same path or the same
 file through a link). OUT is written atomically with the mode a new file gets under the umask.
@@ -37,25 +40,24 @@ file through a link). OUT is written atomically with the mode a new file gets un
 files you trust. The output holds tensors only and loads with torch.load(weights_only=True).
 """
 
-import argparse
 import logging
 import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from drdet.checkpoint import check_weights_only_safe, load_checkpoint_file  # noqa: E402
-from drdet.checkpoint.fcos_conversion import convert_torchvision_fcos, is_torchvision_fcos  # noqa: E402
-from drdet.checkpoint.weights import (  # noqa: E402
+from drdet.checkpoint import check_weights_only_safe, load_checkpoint_file
+from drdet.checkpoint.fcos_conversion import convert_torchvision_fcos, is_torchvision_fcos
+from drdet.checkpoint.weights import (
     COCO_CATEGORY_IDS,
     convert_maskrcnn_benchmark_retinanet,
     convert_torchvision_retinanet,
     detect_format,
+    strip_module_prefix,
 )
-from drdet.utils.errors import run_main  # noqa: E402
-from drdet.utils.io import atomic_open  # noqa: E402
+from drdet.engine.defaults import tool_parser
+from drdet.utils.errors import UserFileExistsError, UserValueError, run_main
+from drdet.utils.io import atomic_open
 
 SOURCES = {"torchvision": "torchvision_retinanet", "maskrcnn-benchmark": "maskrcnn_benchmark"}
 # The MODEL.ANCHOR_GENERATOR.CONVENTION of each source, stored in the output so that loading it
@@ -76,12 +78,34 @@ def check_output(src: str, dst: str, force: bool) -> None:
     if not same and os.path.exists(src) and os.path.exists(dst):
         same = os.path.samefile(src, dst)
     if same:
-        raise ValueError(
+        raise UserValueError(
             f"output {dst!r} is the same file as the input {src!r}; write the "
             "converted checkpoint to another path"
         )
     if os.path.lexists(dst) and not force:
-        raise FileExistsError(f"output {dst!r} already exists; pass --force to replace it")
+        raise UserFileExistsError(f"output {dst!r} already exists; pass --force to replace it")
+
+
+CONFIGS = {
+    "torchvision_retinanet": "configs/torchvision/retinanet_resnet50_fpn_torchvision.yaml",
+    "torchvision_fcos": "configs/torchvision/fcos_resnet50_fpn_torchvision.yaml",
+    "maskrcnn_benchmark": "a config of configs/dr_retina/ or configs/retinanet/",
+}
+
+
+def torchvision_columns(state: dict, coco: bool, drop_background: bool) -> list[int] | None:
+    """The torchvision class columns to keep, in drdet's label order (None: all of them):
+    COCO_CATEGORY_IDS with `coco`, columns 1..K-1 with `drop_background`."""
+    if coco and drop_background:
+        raise UserValueError("give --coco-category-ids or --drop-background-column, not both")
+    if coco:
+        return list(COCO_CATEGORY_IDS)
+    if not drop_background:
+        return None
+    state = strip_module_prefix(state)
+    cls_bias = state["head.classification_head.cls_logits.bias"]
+    anchors = state["head.regression_head.bbox_reg.bias"].numel() // 4
+    return list(range(1, cls_bias.numel() // anchors))
 
 
 def convert_file(
@@ -91,6 +115,7 @@ def convert_file(
     coco_category_ids: bool = False,
     allow_pickle: bool = False,
     force: bool = False,
+    drop_background: bool = False,
 ) -> dict:
     """Convert `src` to a drdet checkpoint at `dst`; return the converted state dict. An
     existing `dst` is replaced only when `force`; `dst` == `src` is always refused."""
@@ -100,19 +125,23 @@ def convert_file(
     if fmt == "torchvision_retinanet" and is_torchvision_fcos(state):
         fmt = "torchvision_fcos"
     if source != "auto" and SOURCES[source] != fmt.replace("_fcos", "_retinanet"):
-        raise ValueError(f"{src}: --source {source}, but its keys look like {fmt}")
+        raise UserValueError(f"{src}: --source {source}, but its keys look like {fmt}")
+    columns: list[int] | None = []  # maskrcnn-benchmark: no background column to explain
     if fmt == "torchvision_fcos":
-        columns = COCO_CATEGORY_IDS if coco_category_ids else None
+        columns = torchvision_columns(state, coco_category_ids, drop_background)
         converted = convert_torchvision_fcos(state, class_columns=columns)
     elif fmt == "torchvision_retinanet":
-        columns = COCO_CATEGORY_IDS if coco_category_ids else None
+        columns = torchvision_columns(state, coco_category_ids, drop_background)
         converted = convert_torchvision_retinanet(state, class_columns=columns)
     elif fmt == "maskrcnn_benchmark":
-        if coco_category_ids:
-            raise ValueError("--coco-category-ids applies to torchvision checkpoints only")
+        if coco_category_ids or drop_background:
+            raise UserValueError(
+                "--coco-category-ids and --drop-background-column apply to torchvision "
+                "checkpoints only"
+            )
         converted = convert_maskrcnn_benchmark_retinanet(state)
     else:
-        raise ValueError(
+        raise UserValueError(
             f"{src}: keys look like {fmt}, not a torchvision or maskrcnn-benchmark "
             "RetinaNet (ImageNet backbones load directly as MODEL.WEIGHT)"
         )
@@ -120,12 +149,18 @@ def convert_file(
     check_weights_only_safe(data)
     with atomic_open(dst, "wb") as f:
         torch.save(data, f)
+    report(src, dst, fmt, converted, columns)
+    return converted
+
+
+def report(src: str, dst: str, fmt: str, converted: dict, columns: list[int] | None) -> None:
+    """Logs what was written and how to load it: class count, anchors, config, label mapping."""
     num_classes = converted["head.cls_logits.bias"].numel() // (
         converted["head.bbox_pred.bias"].numel() // 4
     )
     logger.info(
-        "%s (%s) -> %s: %d tensors, %d classes; load it with MODEL.NUM_CLASSES "
-        "%d and ANCHOR_CONVENTION %s",
+        "%s (%s) -> %s: %d tensors, %d classes; load it with MODEL.NUM_CLASSES %d and "
+        "MODEL.ANCHOR_GENERATOR.CONVENTION %s (%s)",
         src,
         fmt,
         dst,
@@ -133,14 +168,20 @@ def convert_file(
         num_classes,
         num_classes + 1,
         CONVENTIONS[fmt],
+        CONFIGS[fmt],
     )
-    return converted
+    if columns is None:
+        logger.info(
+            "Labels: drdet label k is torchvision column k - 1, so torchvision's column 0 (the "
+            "background of a model trained with torchvision's labels 1..K-1) is drdet label 1. "
+            "For such a model convert again with --drop-background-column (MODEL.NUM_CLASSES "
+            "%d), or with --coco-category-ids for torchvision's COCO models (81)",
+            num_classes,
+        )
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("input", help="checkpoint to convert")
     parser.add_argument("output", help="drdet checkpoint to write")
     parser.add_argument("--source", choices=["auto", *SOURCES], default="auto")
@@ -149,6 +190,12 @@ def main(argv=None) -> None:
         action="store_true",
         help="torchvision COCO model (91 columns): keep the 80 COCO categories as "
         "drdet's labels 1..80",
+    )
+    parser.add_argument(
+        "--drop-background-column",
+        action="store_true",
+        help="torchvision model whose num_classes counts the background (label 0): drop that "
+        "column, drdet label k = torchvision label k",
     )
     parser.add_argument(
         "--allow-pickle", action="store_true", help="fully unpickle the input (trusted files only)"
@@ -163,6 +210,7 @@ def main(argv=None) -> None:
         args.coco_category_ids,
         args.allow_pickle,
         force=args.force,
+        drop_background=args.drop_background_column,
     )
 
 

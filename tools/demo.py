@@ -12,8 +12,9 @@ detections.json is a list with one record per image or frame:
     {"file": input path (video frames: "<video>#<frame index>"), "output": drawn image path,
      "height": H, "width": W, "boxes": [[x1, y1, x2, y2], ...] in the input's pixels,
      "scores": [...], "labels": [1..C], "class_names": [...]}
-Class names come from the checkpoint (what train_net recorded), else from the first dataset of
-DATASETS.TRAIN when it can be opened, else "class <k>"; when both are known they must agree.
+Class names come from the checkpoint (what train_net recorded; the training set is then not
+opened), else from the first dataset of DATASETS.TRAIN when it can be opened and has the
+config's class count, else "class <k>".
 Config overrides (KEY VALUE) may come before, between or after the flags.
 
 A file OpenCV cannot decode is skipped with a warning naming it, and the count is given at the
@@ -29,22 +30,20 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from drdet.checkpoint import check_classes  # noqa: E402
-from drdet.engine.defaults import (  # noqa: E402
+from drdet.checkpoint import check_classes
+from drdet.engine.defaults import (
     default_argument_parser,
     load_config,
     parse_tool_args,
     train_dataset_from_cfg,
 )
-from drdet.engine.predictor import Predictor  # noqa: E402
-from drdet.utils.errors import run_main  # noqa: E402
-from drdet.utils.io import atomic_write_text  # noqa: E402
-from drdet.utils.visualize import draw_detections, label_name  # noqa: E402
+from drdet.engine.predictor import Predictor
+from drdet.utils.errors import UserFileNotFoundError, UserValueError, run_main
+from drdet.utils.io import atomic_write_text
+from drdet.utils.visualize import draw_detections, label_name
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")  # e.g. MODEL.WEIGHT
@@ -100,7 +99,26 @@ def parse_args(argv=None):
                 parser.error("--input needs at least one image file or folder")
     if args.webcam is not None and args.max_frames <= 0:
         parser.error("--webcam needs --max-frames N > 0")
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        parser.error(
+            f"--confidence-threshold {args.confidence_threshold:g} is not a score: give one "
+            "in [0, 1] (e.g. 0.5)"
+        )
     return args
+
+
+def check_output(output: str, inputs: Sequence[str]) -> None:
+    """Refuses an --output that would write over the input: the folder of an --input folder or
+    file (also through a link; the drawn images keep the input's file names), or a file."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UserValueError(f"--output {output!r} is a file, not a folder: give a folder")
+    for path in inputs:
+        folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+        if os.path.isdir(output) and os.path.isdir(folder) and os.path.samefile(output, folder):
+            raise UserValueError(
+                f"--output {output!r} is the folder of --input {path!r}: the drawn images "
+                "would replace the input images; give another --output folder"
+            )
 
 
 def list_images(paths: Sequence[str]) -> list[str]:
@@ -125,12 +143,14 @@ def list_images(paths: Sequence[str]) -> list[str]:
                     named(others),
                 )
             if not found:
-                raise FileNotFoundError(f"folder {path!r} has no image files ({IMAGE_EXTENSIONS})")
+                raise UserFileNotFoundError(
+                    f"--input folder {path!r} has no image files ({' '.join(IMAGE_EXTENSIONS)})"
+                )
             files.extend(found)
         elif os.path.isfile(path):
             files.append(path)
         else:
-            raise FileNotFoundError(f"input {path!r} does not exist")
+            raise UserFileNotFoundError(f"--input {path!r} does not exist")
     return files
 
 
@@ -154,11 +174,22 @@ def read_images(
         yield path, name, image
 
 
-def read_frames(source, max_frames: int) -> Iterator[tuple[str, str, np.ndarray]]:
-    """(source name "<video>#<i>", output name "frame_<i>.png", BGR frame) per frame."""
+def open_capture(source: str | int) -> cv2.VideoCapture:
+    """An opened OpenCV capture of a video file or camera index (an error naming it when OpenCV
+    cannot open it)."""
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
-        raise ValueError(f"cannot open video source {source!r} with OpenCV")
+        capture.release()
+        what = "--webcam" if isinstance(source, int) else "--video"
+        raise UserValueError(f"{what} {source!r}: OpenCV cannot open it")
+    return capture
+
+
+def read_frames(
+    capture: cv2.VideoCapture, source: str | int, max_frames: int
+) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(source name "<video>#<i>", output name "frame_<i>.png", BGR frame) per frame of the
+    opened `capture`, which is released at the end."""
     try:
         index = 0
         while max_frames <= 0 or index < max_frames:
@@ -198,20 +229,20 @@ def detections_record(
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    if args.video is not None and not os.path.isfile(args.video):
+        raise UserFileNotFoundError(f"--video {args.video!r} does not exist")
+    files = list_images(args.input) if args.input else []  # input errors before the model
+    check_output(args.output, args.input or ([args.video] if args.video is not None else []))
+    source = args.video if args.video is not None else args.webcam
+    capture = open_capture(source) if source is not None else None  # before the model too
     cfg = load_config(args.config_file, args.opts)
     predictor = Predictor(cfg)
-    train_set = train_dataset_from_cfg(cfg)
-    if predictor.checkpoint_classes and train_set is not None:
-        check_classes(predictor.checkpoint_classes, cfg.MODEL.WEIGHT, dataset=train_set)
-    class_names = predictor.class_names or (list(train_set.class_names) if train_set else None)
+    class_names = predictor.class_names or training_set_names(cfg, predictor)
     unreadable: list[str] = []
-    if args.input:
-        frames = read_images(list_images(args.input), unreadable)
+    if capture is None:
+        frames = read_images(files, unreadable)
     else:
-        source = args.video if args.video is not None else args.webcam
-        if args.video is not None and not os.path.isfile(args.video):
-            raise FileNotFoundError(f"video {args.video!r} does not exist")
-        frames = read_frames(source, args.max_frames)
+        frames = read_frames(capture, source, args.max_frames)
     os.makedirs(args.output, exist_ok=True)
     records: list[dict] = []
     try:
@@ -243,6 +274,28 @@ def main(argv=None) -> list[dict]:
             + (f"; {len(unreadable)} unreadable: {named(unreadable)}" if unreadable else "")
         )
     return records
+
+
+def training_set_names(cfg, predictor: Predictor) -> list[str] | None:
+    """Class names from the first dataset of DATASETS.TRAIN, for weights that record none (the
+    recorded names are used without opening the training set), checked against the recorded
+    class count when there is one; None when the set cannot be opened or its class count is
+    not the config's."""
+    train_set = train_dataset_from_cfg(cfg)
+    if train_set is None:
+        return None
+    if predictor.checkpoint_classes:
+        check_classes(predictor.checkpoint_classes, cfg.MODEL.WEIGHT, dataset=train_set)
+    elif len(train_set.class_names) != cfg.MODEL.NUM_CLASSES - 1:
+        logger.warning(
+            "%s has %d classes, MODEL.NUM_CLASSES %d: its names are not used (labels are "
+            "shown as 'class <k>')",
+            cfg.DATASETS.TRAIN[0],
+            len(train_set.class_names),
+            cfg.MODEL.NUM_CLASSES,
+        )
+        return None
+    return list(train_set.class_names)
 
 
 def write_detections(folder: str, records: list[dict], unreadable: Sequence[str]) -> None:

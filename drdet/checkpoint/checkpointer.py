@@ -20,11 +20,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from drdet.checkpoint.classes import CLASSES_KEY, check_state_classes
+from drdet.checkpoint.classes import (
+    CLASSES_KEY,
+    RESET_KEY,
+    check_state_classes,
+    classifier_keys,
+    state_num_classes,
+)
 from drdet.checkpoint.files import damaged, holds_objects, load_error, not_a_checkpoint
-from drdet.checkpoint.weights import to_drdet_state
+from drdet.checkpoint.weights import IMAGENET_FORMATS, detect_format, to_drdet_state
 from drdet.utils.comm import is_main_process
-from drdet.utils.errors import CheckpointError, UserFileNotFoundError
+from drdet.utils.errors import CheckpointError, UserFileNotFoundError, UserValueError
 from drdet.utils.io import atomic_open, atomic_write_text
 
 LAST_CHECKPOINT = "last_checkpoint"
@@ -153,6 +159,12 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False) -> dict[str, Any
     in such files become tensors. A file holding a bare state dict is returned as
     {"model": state dict}.
     """
+    if "://" in path:
+        raise UserFileNotFoundError(
+            f"checkpoint {path}: drdet downloads nothing and reads no {path.split('://')[0]}:// "
+            "names; download the file yourself (an ImageNet backbone: torchvision's "
+            "resnet50-*.pth or Detectron's R-50.pkl) and set MODEL.WEIGHT to its path"
+        )
     if not os.path.isfile(path):
         raise UserFileNotFoundError(f"checkpoint file not found: {path}")
     error = not_a_checkpoint(path)
@@ -201,6 +213,7 @@ def load_model_state(
     state: Mapping[str, torch.Tensor],
     log: logging.Logger | None = None,
     strict: bool = False,
+    missing_level: int = logging.WARNING,
 ) -> dict[str, list]:
     """Copy `state` into `model` (a DDP wrapper is unwrapped; a "module." prefix on every key of
     `state` is dropped). Keys are matched by name; a matched key whose shape differs is an error
@@ -208,6 +221,8 @@ def load_model_state(
     ones (in `state`, not in the model) are logged and returned, not errors, so that a backbone
     checkpoint can initialise a detector; with `strict` (inference: every weight must come from
     the file) they are an error naming them. Returns {"loaded", "missing", "unexpected"} key lists.
+    `missing_level`: the log level of the missing keys (INFO for an ImageNet backbone, which
+    leaves the FPN and the head to their initialisation by design).
     """
     log = log or logger
     model = unwrap_model(model)
@@ -241,7 +256,9 @@ def load_model_state(
     unexpected = sorted(set(state) - set(own))
     log.info("Loaded %d of %d model tensors from the checkpoint", len(loaded), len(own))
     if missing:
-        log.warning("Missing in the checkpoint (left as initialised): %s", ", ".join(missing))
+        log.log(
+            missing_level, "Missing in the checkpoint (left as initialised): %s", ", ".join(missing)
+        )
     if unexpected:
         log.warning("In the checkpoint but not in the model (ignored): %s", ", ".join(unexpected))
     return {"loaded": sorted(loaded), "missing": missing, "unexpected": unexpected}
@@ -279,6 +296,8 @@ class Checkpointer:
         self.logger = log or logger
         # Saved in every checkpoint, e.g. {"classes": classes_record(training set)}.
         self.record: dict[str, Any] = {}
+        # The class count of the classifier in the file loaded last (None: no classifier).
+        self.loaded_classes: int | None = None
 
     # -- saving
     def save(self, name: str, **extra: Any) -> str | None:
@@ -328,28 +347,42 @@ class Checkpointer:
         allow_pickle: bool = False,
         load_training_state: bool = True,
         strict: bool = False,
+        reset_classifier: bool = False,
+        cfg=None,
     ) -> dict[str, Any]:
         """Load `path` into the model, and into the optimizer and scheduler when
         `load_training_state`; return the rest of the checkpoint (iteration, extra state).
         `strict`: every model tensor must come from the file (see load_model_state). ImageNet
-        backbones of torchvision and MSRA/Detectron are converted (drdet.checkpoint.weights)."""
+        backbones of torchvision and MSRA/Detectron are converted (drdet.checkpoint.weights).
+        `reset_classifier` (MODEL.RESET_CLASSIFIER): the classifier's last layer is not loaded
+        and keeps its initialisation, whatever its class count in the file. `cfg`: the model's
+        config, against which ImageNet weights' input convention is checked."""
         data = load_checkpoint_file(path, allow_pickle=allow_pickle)
-        return self._load_data(data, path, load_training_state, strict)
+        return self._load_data(data, path, load_training_state, strict, reset_classifier, cfg)
 
     def _load_data(
-        self, data: dict[str, Any], path: str, load_training_state: bool, strict: bool
+        self,
+        data: dict[str, Any],
+        path: str,
+        load_training_state: bool,
+        strict: bool,
+        reset_classifier: bool = False,
+        cfg=None,
     ) -> dict[str, Any]:
-        """Load what load_checkpoint_file(`path`) returned (see load)."""
+        """Load what load_checkpoint_file(`path`) returned (see load). Sets `loaded_classes`:
+        the class count of the file's classifier (None without one)."""
         self.logger.info("Loading checkpoint from %s", path)
         # ImageNet backbones (torchvision .pth, MSRA .pkl) are renamed to drdet's names here.
-        state = to_drdet_state(data.pop("model"), source=path, log=self.logger)
+        backbone_only = detect_format(data["model"]) in IMAGENET_FORMATS
+        state = _strip_prefix(to_drdet_state(data.pop("model"), path, self.logger, cfg), "module.")
+        self.loaded_classes = state_num_classes(state)
+        if reset_classifier:
+            state = self._without_classifier(state, path)
         check_state_classes(
-            _strip_prefix(state, "module."),
-            unwrap_model(self.model).state_dict(),
-            path,
-            data.get(CLASSES_KEY),
+            state, unwrap_model(self.model).state_dict(), path, data.get(CLASSES_KEY)
         )
-        load_model_state(self.model, state, self.logger, strict=strict)
+        level = logging.INFO if backbone_only else logging.WARNING
+        load_model_state(self.model, state, self.logger, strict=strict, missing_level=level)
         check_anchor_convention(self.model, data.pop("anchor_convention", None), path, self.logger)
         optimizer_state = data.pop("optimizer", None)
         scheduler_state = data.pop("scheduler", None)
@@ -359,6 +392,21 @@ class Checkpointer:
             if self.scheduler is not None and scheduler_state is not None:
                 self.scheduler.load_state_dict(scheduler_state)
         return data
+
+    def _without_classifier(self, state: dict[str, Any], path: str) -> dict[str, Any]:
+        """`state` less the keys of the model's classifier (its last layer), logged."""
+        keys = classifier_keys(unwrap_model(self.model))
+        if not keys:
+            raise UserValueError(f"{RESET_KEY}: the detector's head names no classifier")
+        self.logger.warning(
+            "%s True: %s of %s not loaded (%s classes there); they start from the head's "
+            "initialisation (the loss's prior)",
+            RESET_KEY,
+            ", ".join(keys),
+            path,
+            self.loaded_classes,
+        )
+        return {k: v for k, v in state.items() if k not in keys}
 
     def resume_or_load(self, weights: str = "", allow_pickle: bool = False) -> dict[str, Any]:
         """Resume from save_dir/last_checkpoint when there is one (the run was interrupted);

@@ -4,6 +4,10 @@ and a dataset.
 train_net stores ``{"num_classes": K, "names": [name of label 1, ..., name of label K]}`` (the
 training set's categories in contiguous order) under the checkpoint's "classes" key. K counts
 the object classes only; MODEL.NUM_CLASSES counts the background too (K + 1).
+
+MODEL.RESET_CLASSIFIER (declared here) fine-tunes a checkpoint on other classes: train_net,
+starting from MODEL.WEIGHT, loads every tensor but the classifier's last layer
+(:func:`classifier_keys`), which keeps the initialisation the head gives it (the loss's prior).
 """
 
 from __future__ import annotations
@@ -14,10 +18,38 @@ from typing import Any
 
 import torch
 
+from drdet.config import add_config_node, register_config_check
+from drdet.utils.checks import require
 from drdet.utils.errors import UserValueError
 
 CLASSES_KEY = "classes"
 NUM_CLASSES_KEY = "MODEL.NUM_CLASSES"
+RESET_KEY = "MODEL.RESET_CLASSIFIER"
+RESET_HINT = (
+    f"to fine-tune it on other classes (train_net), keep {NUM_CLASSES_KEY} for your data and "
+    f"set {RESET_KEY} True: every tensor but the classifier's last layer is loaded"
+)
+CONVERTED_HINT = (
+    "a torchvision model converted by tools/convert_checkpoint.py keeps torchvision's column 0 "
+    "(its background) as label 1 unless converted with --drop-background-column (or "
+    "--coco-category-ids for its COCO models, with configs/torchvision/)"
+)
+
+add_config_node(RESET_KEY, False)
+
+
+def check_reset_cfg(cfg) -> None:
+    """MODEL.RESET_CLASSIFIER needs MODEL.WEIGHT (the checkpoint to fine-tune)."""
+    require(
+        not cfg.MODEL.RESET_CLASSIFIER or bool(cfg.MODEL.WEIGHT),
+        RESET_KEY,
+        cfg.MODEL.RESET_CLASSIFIER,
+        "it re-initialises the classifier of MODEL.WEIGHT, which is empty: set MODEL.WEIGHT "
+        "to the checkpoint to fine-tune",
+    )
+
+
+register_config_check(RESET_KEY, check_reset_cfg)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +82,21 @@ def state_num_classes(state: Mapping[str, torch.Tensor]) -> int | None:
     return cls_bias.numel() // (box_bias.numel() // 4)
 
 
+def classifier_keys(model: torch.nn.Module) -> list[str]:
+    """State-dict keys of the detector's final classification layer, found through its head: the
+    first of the class tower's predictors (``DenseHead.predictors``), else ``head.cls_logits``.
+    [] when the detector has no such head."""
+    head = getattr(model, "head", None)
+    if hasattr(head, "predictors"):
+        layer = head.predictors()[0][0]  # type: ignore[union-attr]
+    else:
+        layer = getattr(head, "cls_logits", None)
+    for name, module in model.named_modules():
+        if layer is not None and module is layer:
+            return [f"{name}.{key}" for key in module.state_dict()]
+    return []
+
+
 def _describe(num: int, names: Sequence[str] | None) -> str:
     listed = f" [{', '.join(map(str, names))}]" if names else ""
     return f"{num} classes{listed}"
@@ -68,9 +115,11 @@ def check_classes(
     older drdet, or converted)."""
     log = log or logger
     if not record:
+        if cfg is not None and dataset is not None:
+            check_unrecorded_classes(path, cfg, dataset)
         log.warning(
-            "%s records no classes (an older or converted checkpoint): its classes are "
-            "not checked against the config and the dataset",
+            "%s records no classes (an older or converted checkpoint): its class names are "
+            "not checked against the dataset's",
             path,
         )
         return
@@ -81,7 +130,7 @@ def check_classes(
         if expected != num:
             raise UserValueError(
                 f"{trained}; config {key} is {expected + 1} ({expected} classes "
-                f"+ background): set it to {num + 1}"
+                f"+ background): set it to {num + 1} to use its classes, or, {RESET_HINT}"
             )
     if dataset is not None:
         name, categories = dataset_classes(dataset)
@@ -89,6 +138,21 @@ def check_classes(
             raise UserValueError(
                 f"{trained}; dataset {name} has {_describe(len(categories), categories)}"
             )
+
+
+def check_unrecorded_classes(path: str, cfg, dataset) -> None:
+    """For a checkpoint that records no classes, the config's class count stands for the
+    checkpoint's: it must be the dataset's (else every label would be off)."""
+    key, expected = cfg_num_classes(cfg)
+    name, categories = dataset_classes(dataset)
+    if expected != len(categories):
+        raise UserValueError(
+            f"checkpoint {path} records no classes, so config {key} {expected + 1} stands for "
+            f"its {expected} classes, but dataset {name} has "
+            f"{_describe(len(categories), categories)}: the labels would not match. Set {key} "
+            f"to {len(categories) + 1} if its classes are the dataset's, in the same order; "
+            f"{CONVERTED_HINT}"
+        )
 
 
 def check_state_classes(
@@ -106,5 +170,5 @@ def check_state_classes(
     raise UserValueError(
         f"checkpoint {path} has {_describe(num, names)}, config "
         f"{NUM_CLASSES_KEY} is {own + 1} ({own} classes + background): set it "
-        f"to {num + 1} to load this checkpoint"
+        f"to {num + 1} to use its classes, or, {RESET_HINT}"
     )

@@ -22,7 +22,8 @@ The ImageNet formats (torchvision, MSRA) are converted when they are loaded as `
 conventions (anchors, box coder, input format) that a config must reproduce, so they are
 converted once with ``tools/convert_checkpoint.py`` and loaded with the matching config.
 
-Input conventions the weights imply (not checked here, set them in the config):
+Input conventions the weights imply (train_net checks the config's INPUT.TO_BGR255 and
+MODEL.RESNETS.STRIDE_IN_1X1 against them: :func:`check_input_convention`):
 torchvision ImageNet weights: RGB 0-1 input normalised with ImageNet mean/std, stride in the 3x3
 conv (``INPUT.TO_BGR255 False``, ``MODEL.RESNETS.STRIDE_IN_1X1 False``); MSRA/Caffe2 weights:
 BGR 0-255 input minus the Caffe2 mean, stride in the 1x1 conv (drdet's defaults). MSRA scale/bias
@@ -38,12 +39,14 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from drdet.modeling.backbone.resnet import convert_torchvision_resnet_state_dict
+from drdet.utils.errors import UserValueError
 
 logger = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
 
 DETECTOR_FORMATS = ("torchvision_retinanet", "maskrcnn_benchmark")
+IMAGENET_FORMATS = ("torchvision_resnet", "msra")  # a backbone only: FPN and head initialised
 
 # COCO's 80 category ids (of 1..90) in increasing order: torchvision's COCO detectors predict
 # 91 columns indexed by category id; drdet's COCO datasets number the classes 1..80 in this order.
@@ -144,6 +147,34 @@ _INPUT_CONVENTIONS = {
 }
 
 
+# The config values each ImageNet format needs: a config with others trains on the wrong input.
+_INPUT_KEYS = {
+    "torchvision_resnet": {"INPUT.TO_BGR255": False, "MODEL.RESNETS.STRIDE_IN_1X1": False},
+    "msra": {"INPUT.TO_BGR255": True, "MODEL.RESNETS.STRIDE_IN_1X1": True},
+}
+
+
+def _cfg_value(cfg, key: str):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def check_input_convention(fmt: str, cfg, source: str) -> None:
+    """UserValueError naming the config keys to set when ImageNet weights of format `fmt`
+    (torchvision or MSRA) are given to a config with the other format's input (RGB/BGR) or
+    stride convention. Other formats pass."""
+    wanted = _INPUT_KEYS.get(fmt, {})
+    wrong = [key for key, value in wanted.items() if _cfg_value(cfg, key) != value]
+    if wrong:
+        have = ", ".join(f"{key} {_cfg_value(cfg, key)}" for key in wrong)
+        raise UserValueError(
+            f"{source} holds {fmt} ImageNet weights, which expect {_INPUT_CONVENTIONS[fmt]}, "
+            f"but the config has {have}: set the keys listed (or give weights of the config's "
+            "convention)"
+        )
+
+
 def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> StateDict:
     """Drop a "module." prefix (DataParallel/DDP) present on every key."""
     if state and all(k.startswith("module.") for k in state):
@@ -227,13 +258,20 @@ def convert_msra_backbone(
 
 
 def to_drdet_state(
-    state: Mapping[str, torch.Tensor], source: str = "checkpoint", log: logging.Logger | None = None
+    state: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    log: logging.Logger | None = None,
+    cfg=None,
 ) -> StateDict:
     """`state` with drdet's names: ImageNet backbones (torchvision, MSRA) are renamed and the
     mapping is logged; drdet states pass unchanged; detector checkpoints of torchvision or
-    maskrcnn-benchmark raise ValueError pointing at tools/convert_checkpoint.py."""
+    maskrcnn-benchmark raise ValueError pointing at tools/convert_checkpoint.py. With `cfg`
+    (the config of the model they initialise), ImageNet weights must fit its input convention
+    (:func:`check_input_convention`)."""
     log = log or logger
     fmt = detect_format(state)
+    if cfg is not None:
+        check_input_convention(fmt, cfg, source)
     if fmt == "drdet":
         return dict(state)
     if fmt in DETECTOR_FORMATS:

@@ -22,6 +22,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from drdet.utils.errors import UserInputError
+
 from .image_io import ImageReadError, MissingImageError, describe
 
 logger = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ class GuardedReads:
         return self.read_policy.fetch(self.load_item, index, len(self))  # type: ignore[arg-type]
 
 
-class TooManyBadImagesError(RuntimeError):
+class TooManyBadImagesError(UserInputError, RuntimeError):
     """More unreadable images than DATALOADER.MAX_BAD_IMAGES during training."""
 
 

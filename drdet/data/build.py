@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from drdet.utils import comm
+from drdet.utils.errors import UserValueError
 
 from .bad_images import BadImageLog, ReadPolicy
 from .catalog import get_dataset
@@ -53,14 +54,14 @@ def build_dataset(names: Sequence[str], transforms, is_train: bool) -> Detection
     the same thing).
     """
     if isinstance(names, str) or not names:
-        raise ValueError(
+        raise UserValueError(
             f"need a non-empty list of dataset names (DATASETS.TRAIN / TEST), got {names!r}"
         )
     datasets = [get_dataset(name, transforms, is_train) for name in names]
     first = datasets[0]
     for other in datasets[1:]:
         if other.class_names != first.class_names:
-            raise ValueError(
+            raise UserValueError(
                 f"datasets {first.name!r} and {other.name!r} have different classes: "
                 f"{first.class_names} vs {other.class_names}"
             )
@@ -84,7 +85,7 @@ def check_training_set(dataset: DetectionDataset, names: Sequence[str]) -> None:
         reasons = f" ({', '.join(f'{n} {why}' for why, n in skipped.items())})" if skipped else ""
         images = "images" if listed is None else f"{listed} images"
         problems.append(f"{source}: none of the {images} has a usable box{reasons}")
-    raise ValueError(
+    raise UserValueError(
         f"training set {', '.join(names)} has no image to train on: " + "; ".join(problems)
     )
 
@@ -125,7 +126,7 @@ class DetectionDataLoader(DataLoader):
 
 def _per_rank_batch(total: int, world_size: int, key: str) -> int:
     if total < 1 or total % world_size:
-        raise ValueError(
+        raise UserValueError(
             f"{key} ({total}) must be a positive multiple of the number of processes "
             f"({world_size}): each process takes {key} / {world_size} images"
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from drdet.utils.errors import UserInputError
+from drdet.utils.errors import UserInputError, as_user_error
 
 from .registry import (
     DATASET_TYPES,
@@ -66,6 +66,16 @@ def _forms(types: dict[str, DatasetType]) -> str:
 
 
 def get_dataset(name: str, transforms: Callable | None, is_train: bool) -> Any:
+    """Build the dataset called `name` (see :func:`build_named_dataset`). Every error about the
+    name or the files it points to (missing, malformed, inconsistent) is a UserInputError
+    subclass of the builtin type raised (drdet.utils.errors): the tools print it alone."""
+    try:
+        return build_named_dataset(name, transforms, is_train)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise as_user_error(err) from err
+
+
+def build_named_dataset(name: str, transforms: Callable | None, is_train: bool) -> Any:
     """Build the dataset called `name` (a registered name or a ``<kind>:...`` form).
 
     `is_train` selects training behaviour: images without usable boxes are skipped and VOC's

@@ -20,13 +20,15 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from drdet.utils.errors import UserInputError
+
 EXIF_ORIENTATION = 0x0112
 # Orientations whose upright image has width and height swapped (rotations by 90 degrees).
 _SWAPS_SIDES = (5, 6, 7, 8)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(UserInputError, RuntimeError):
     """An image that cannot be used: unreadable, undecodable or not of the annotated size.
 
     Attributes: path, image_id (None when unknown) and reason (the message without the file)."""

@@ -11,13 +11,16 @@ from torch import Tensor
 
 from drdet.checkpoint import CLASSES_KEY, Checkpointer, check_classes
 from drdet.data.transforms import resized_hw
+from drdet.export.config import export_suffix
 from drdet.modeling import build_detector
 from drdet.modeling.inference_copy import prepare_for_inference
 
 
 class Predictor:
     """Builds the detector of ``cfg`` in eval mode on cfg.MODEL.DEVICE, loads cfg.MODEL.WEIGHT
-    (when set), and runs it on one image at a time (like detectron2's DefaultPredictor).
+    (when set), and runs it on one image at a time (like detectron2's DefaultPredictor). A
+    MODEL.WEIGHT ending in .onnx or .pt2 is an exported model (tools/export_model.py), run on
+    the CPU by onnxruntime or torch.export (drdet.export.runtime.ExportedDetector).
 
     The image is resized with INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (bilinear) and given to the
     network as BGR 0-255 when INPUT.TO_BGR255, else RGB 0-1.
@@ -36,14 +39,22 @@ class Predictor:
     def __init__(self, cfg):
         self.cfg = cfg.clone()
         self.device = torch.device(cfg.MODEL.DEVICE)
-        self.model = build_detector(self.cfg).to(self.device).eval()
         self.checkpoint_classes: dict[str, Any] | None = None
-        if cfg.MODEL.WEIGHT:
-            extra = Checkpointer(self.model).load(
-                cfg.MODEL.WEIGHT, load_training_state=False, strict=True
-            )
-            self.checkpoint_classes = extra.get(CLASSES_KEY)
+        if export_suffix(cfg.MODEL.WEIGHT):  # an exported model (.onnx, .pt2): on the CPU
+            from drdet.export.runtime import ExportedDetector
+
+            self.device = torch.device("cpu")
+            self.model = ExportedDetector(cfg.MODEL.WEIGHT, self.cfg)
+            self.checkpoint_classes = self.model.classes
             check_classes(self.checkpoint_classes, cfg.MODEL.WEIGHT, self.cfg)
+        else:
+            self.model = build_detector(self.cfg).to(self.device).eval()
+            if cfg.MODEL.WEIGHT:
+                extra = Checkpointer(self.model).load(
+                    cfg.MODEL.WEIGHT, load_training_state=False, strict=True
+                )
+                self.checkpoint_classes = extra.get(CLASSES_KEY)
+                check_classes(self.checkpoint_classes, cfg.MODEL.WEIGHT, self.cfg)
         self.refresh()
         self.min_size = cfg.INPUT.MIN_SIZE_TEST
         self.max_size = cfg.INPUT.MAX_SIZE_TEST

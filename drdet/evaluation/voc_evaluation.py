@@ -53,6 +53,81 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, np.finfo(np.float64).eps)
 
 
+GroundTruth = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _ground_truth_arrays(
+    predictions: Mapping[int, Mapping[str, object]],
+    ground_truth: Mapping[int, Mapping[str, object]],
+) -> GroundTruth:
+    """{image_id: (boxes (G, 4) float64, labels (G,) int64, difficult (G,) bool)}; an error for
+    a predicted image without ground truth, or arrays of different lengths."""
+    unknown = sorted(set(predictions) - set(ground_truth))
+    if unknown:
+        raise ValueError(f"evaluate_voc: predicted image ids {unknown[:10]} have no ground truth")
+    gt = {}
+    for image_id, g in ground_truth.items():
+        boxes = _np(g["boxes"]).astype(np.float64).reshape(-1, 4)
+        labels = _np(g["labels"]).astype(np.int64).reshape(-1)
+        difficult = _np(g.get("difficult", np.zeros(len(labels), bool))).astype(bool).reshape(-1)
+        if not len(boxes) == len(labels) == len(difficult):
+            raise ValueError(
+                f"evaluate_voc: image {image_id}: boxes, labels and difficult differ in length"
+            )
+        gt[image_id] = (boxes, labels, difficult)
+    return gt
+
+
+def _class_detections(
+    predictions: Mapping[int, Mapping[str, object]], cls: int
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(image id of each detection, scores (D,), boxes (D, 4)) of class `cls`, over all
+    images in the order of `predictions`."""
+    det_images: list[int] = []
+    det_scores, det_boxes = [], []
+    for image_id, p in predictions.items():
+        keep = _np(p["labels"]).reshape(-1) == cls
+        scores = _np(p["scores"]).astype(np.float64).reshape(-1)[keep]
+        det_images += [image_id] * len(scores)
+        det_scores.append(scores)
+        det_boxes.append(_np(p["boxes"]).astype(np.float64).reshape(-1, 4)[keep])
+    scores = np.concatenate(det_scores) if det_scores else np.zeros(0)
+    boxes = np.concatenate(det_boxes) if det_boxes else np.zeros((0, 4))
+    return det_images, scores, boxes
+
+
+def _match(
+    det_images: list[int],
+    scores: np.ndarray,
+    boxes: np.ndarray,
+    class_gt: dict[int, tuple[np.ndarray, np.ndarray]],
+    iou_threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(true positive, false positive) flags of the detections in order of decreasing score,
+    matched greedily as the devkit does (a detection whose best match is difficult: neither)."""
+    order = np.argsort(-scores, kind="stable")
+    matched = {i: np.zeros(len(b), bool) for i, (b, _) in class_gt.items()}
+    tp = np.zeros(len(order))
+    fp = np.zeros(len(order))
+    for rank, d in enumerate(order):
+        image_id = det_images[d]
+        g_boxes, g_difficult = class_gt[image_id]
+        if len(g_boxes) == 0:
+            fp[rank] = 1
+            continue
+        ious = _iou(boxes[d], g_boxes)
+        best = int(np.argmax(ious))
+        if ious[best] <= iou_threshold:
+            fp[rank] = 1
+        elif not g_difficult[best]:
+            if matched[image_id][best]:
+                fp[rank] = 1
+            else:
+                matched[image_id][best] = True
+                tp[rank] = 1
+    return tp, fp
+
+
 def evaluate_voc(
     predictions: Mapping[int, Mapping[str, object]],
     ground_truth: Mapping[int, Mapping[str, object]],
@@ -71,58 +146,16 @@ def evaluate_voc(
     Returns {"ap": {class id: AP} (NaN for a class without non-difficult ground truth), "mAP":
     mean over the classes whose AP is not NaN}.
     """
-    unknown = sorted(set(predictions) - set(ground_truth))
-    if unknown:
-        raise ValueError(f"evaluate_voc: predicted image ids {unknown[:10]} have no ground truth")
-    gt = {}
-    for image_id, g in ground_truth.items():
-        boxes = _np(g["boxes"]).astype(np.float64).reshape(-1, 4)
-        labels = _np(g["labels"]).astype(np.int64).reshape(-1)
-        difficult = _np(g.get("difficult", np.zeros(len(labels), bool))).astype(bool).reshape(-1)
-        if not len(boxes) == len(labels) == len(difficult):
-            raise ValueError(
-                f"evaluate_voc: image {image_id}: boxes, labels and difficult differ in length"
-            )
-        gt[image_id] = (boxes, labels, difficult)
-
+    gt = _ground_truth_arrays(predictions, ground_truth)
     aps: dict[int, float] = {}
     for cls in range(1, num_classes):
         class_gt = {i: (b[l == cls], d[l == cls]) for i, (b, l, d) in gt.items()}
         npos = int(sum((~d).sum() for _, d in class_gt.values()))
-        det_images, det_scores, det_boxes = [], [], []
-        for image_id, p in predictions.items():
-            keep = _np(p["labels"]).reshape(-1) == cls
-            scores = _np(p["scores"]).astype(np.float64).reshape(-1)[keep]
-            det_images += [image_id] * len(scores)
-            det_scores.append(scores)
-            det_boxes.append(_np(p["boxes"]).astype(np.float64).reshape(-1, 4)[keep])
         if npos == 0:
             aps[cls] = float("nan")
             continue
-        scores = np.concatenate(det_scores) if det_scores else np.zeros(0)
-        boxes = np.concatenate(det_boxes) if det_boxes else np.zeros((0, 4))
-        order = np.argsort(-scores, kind="stable")
-        matched = {i: np.zeros(len(b), bool) for i, (b, _) in class_gt.items()}
-        tp = np.zeros(len(order))
-        fp = np.zeros(len(order))
-        for rank, d in enumerate(order):
-            image_id = det_images[d]
-            g_boxes, g_difficult = class_gt[image_id]
-            if len(g_boxes) == 0:
-                fp[rank] = 1
-                continue
-            ious = _iou(boxes[d], g_boxes)
-            best = int(np.argmax(ious))
-            if ious[best] > iou_threshold:
-                if g_difficult[best]:
-                    continue
-                if not matched[image_id][best]:
-                    matched[image_id][best] = True
-                    tp[rank] = 1
-                else:
-                    fp[rank] = 1
-            else:
-                fp[rank] = 1
+        det_images, scores, boxes = _class_detections(predictions, cls)
+        tp, fp = _match(det_images, scores, boxes, class_gt, iou_threshold)
         tp, fp = np.cumsum(tp), np.cumsum(fp)
         recall = tp / npos
         precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)

@@ -39,6 +39,10 @@ class UserFileNotFoundError(UserInputError, FileNotFoundError):
     """A path of the user's that does not exist."""
 
 
+class UserFileExistsError(UserInputError, FileExistsError):
+    """A path of the user's that exists where drdet would create it."""
+
+
 class CheckpointError(UserInputError, RuntimeError):
     """A checkpoint file that cannot be loaded: not a checkpoint, damaged, or a legacy pickle
     given without allow_pickle."""
@@ -49,6 +53,8 @@ def as_user_error(err: Exception) -> UserInputError:
     subclass, with the same arguments (hence the same message). Raise it ``from err``."""
     if isinstance(err, UserInputError):
         return err
+    if isinstance(err, OSError) and err.filename is not None:  # keep the path in the message
+        err = type(err)(str(err))
     for builtin, user in (
         (FileNotFoundError, UserFileNotFoundError),
         (KeyError, UserKeyError),

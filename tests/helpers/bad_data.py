@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image
 from yacs.config import CfgNode as CN
 
+from .data_config import input_node, loader_config
+
 W, H = 64, 48  # size of the images the helpers write (w x h)
 
 
@@ -73,29 +75,12 @@ def loader_cfg(
 ) -> CN:
     """The config keys build_data_loader reads, on the CPU, for the set (ann, img_dir) as both
     the training and the test set; images resized to 48 x 64 at most."""
-    name = f"coco:{ann}:{img_dir}"
-    cfg = CN()
-    cfg.MODEL = CN(dict(DEVICE="cpu"))
-    cfg.INPUT = CN(
-        dict(
-            MIN_SIZE_TRAIN=(48,),
-            MAX_SIZE_TRAIN=64,
-            MIN_SIZE_TEST=48,
-            MAX_SIZE_TEST=64,
-            TO_BGR255=True,
-            HORIZONTAL_FLIP_PROB_TRAIN=0.0,
-        )
+    return loader_config(
+        f"coco:{ann}:{img_dir}",
+        input_node((48,), 64, 48, 64),
+        ims,
+        ims,
+        max_iter,
+        NUM_WORKERS=workers,
+        MAX_BAD_IMAGES=max_bad,
     )
-    cfg.DATASETS = CN(dict(TRAIN=(name,), TEST=(name,)))
-    cfg.DATALOADER = CN(
-        dict(
-            NUM_WORKERS=workers,
-            SIZE_DIVISIBILITY=32,
-            ASPECT_RATIO_GROUPING=True,
-            SEED=0,
-            MAX_BAD_IMAGES=max_bad,
-        )
-    )
-    cfg.SOLVER = CN(dict(IMS_PER_BATCH=ims, MAX_ITER=max_iter))
-    cfg.TEST = CN(dict(IMS_PER_BATCH=ims))
-    return cfg

@@ -1,4 +1,5 @@
 """Dataset classes: COCO json, Pascal VOC xml, and the built-in synthetic shapes generator."""
+
 from .coco import COCODataset, contiguous_to_category_ids
 from .voc import VOC_CLASSES, VOCDataset
 

@@ -15,6 +15,7 @@ byte-identical from run to run and the first N images do not depend on how many 
 Command line:  python -m drdet.data.datasets.synthetic --out DIR [--num-images 600] [--seed 0]
 writes DIR/annotations.json and DIR/images/*.jpg.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,14 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
+
+from drdet.utils.errors import UserValueError
 
 from ..registry import DATASET_TYPES, DatasetType, MalformedDatasetName, datasets_root
 from .coco import COCODataset
@@ -37,7 +41,12 @@ CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
 CLASS_FREQUENCIES: tuple[float, ...] = (0.36, 0.26, 0.18, 0.12, 0.08)
 # Typical colour (RGB) of each class; drawn with jitter, and at random with COLOUR_RANDOM_PROB.
 CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
-    (215, 55, 45), (45, 90, 215), (40, 175, 60), (230, 200, 40), (190, 60, 200))
+    (215, 55, 45),
+    (45, 90, 215),
+    (40, 175, 60),
+    (230, 200, 40),
+    (190, 60, 200),
+)
 COLOUR_RANDOM_PROB = 0.2
 MAX_OVERLAP_IOU = 0.35
 ANNOTATION_FILE = "annotations.json"
@@ -65,7 +74,9 @@ class SyntheticSpec:
         if self.num_images < 1 or self.image_size < 32:
             raise ValueError(f"need num_images >= 1 and image_size >= 32, got {self}")
         if not 4 <= self.min_object_size <= self.max_object_size <= self.image_size:
-            raise ValueError(f"need 4 <= min_object_size <= max_object_size <= image_size, got {self}")
+            raise ValueError(
+                f"need 4 <= min_object_size <= max_object_size <= image_size, got {self}"
+            )
         if self.mean_objects < 1 or self.mean_distractors < 0:
             raise ValueError(f"need mean_objects >= 1 and mean_distractors >= 0, got {self}")
         if self.image_format not in ("jpg", "png"):
@@ -74,10 +85,19 @@ class SyntheticSpec:
     @property
     def folder_name(self) -> str:
         """Folder name that identifies the content, e.g. '600x256px_seed0'."""
-        extra = "" if (self.min_object_size, self.max_object_size, self.mean_objects,
-                       self.mean_distractors, self.image_format) == (8, 96, 4.0, 5.0, "jpg") \
-            else f"_{self.min_object_size}-{self.max_object_size}_{self.mean_objects:g}-" \
-                 f"{self.mean_distractors:g}_{self.image_format}"
+        extra = (
+            ""
+            if (
+                self.min_object_size,
+                self.max_object_size,
+                self.mean_objects,
+                self.mean_distractors,
+                self.image_format,
+            )
+            == (8, 96, 4.0, 5.0, "jpg")
+            else f"_{self.min_object_size}-{self.max_object_size}_{self.mean_objects:g}-"
+            f"{self.mean_distractors:g}_{self.image_format}"
+        )
         return f"{self.num_images}x{self.image_size}px_seed{self.seed}{extra}"
 
 
@@ -90,7 +110,9 @@ def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
     return points @ np.array([[c, s], [-s, c]])
 
 
-def _draw_shape(mask: np.ndarray, kind: str, cx: float, cy: float, size: float, angle: float) -> None:
+def _draw_shape(
+    mask: np.ndarray, kind: str, cx: float, cy: float, size: float, angle: float
+) -> None:
     """Fill `mask` (H, W) uint8 with 255 where shape `kind` of extent ~`size` px lies.
 
     (cx, cy) is in continuous coordinates (pixel i covers [i, i + 1]); cv2 puts pixel centres at
@@ -100,11 +122,17 @@ def _draw_shape(mask: np.ndarray, kind: str, cx: float, cy: float, size: float, 
     centre = np.array([cx, cy])
     r = size / 2.0
     if kind == "circle":
-        cv2.circle(mask, (int(cx * _ONE), int(cy * _ONE)), int(r * _ONE), 255, -1, cv2.LINE_8, _SHIFT)
+        cv2.circle(
+            mask, (int(cx * _ONE), int(cy * _ONE)), int(r * _ONE), 255, -1, cv2.LINE_8, _SHIFT
+        )
     elif kind == "ring":
-        cv2.circle(mask, (int(cx * _ONE), int(cy * _ONE)), int(r * _ONE), 255, -1, cv2.LINE_8, _SHIFT)
+        cv2.circle(
+            mask, (int(cx * _ONE), int(cy * _ONE)), int(r * _ONE), 255, -1, cv2.LINE_8, _SHIFT
+        )
         inner = r * 0.62
-        cv2.circle(mask, (int(cx * _ONE), int(cy * _ONE)), int(inner * _ONE), 0, -1, cv2.LINE_8, _SHIFT)
+        cv2.circle(
+            mask, (int(cx * _ONE), int(cy * _ONE)), int(inner * _ONE), 0, -1, cv2.LINE_8, _SHIFT
+        )
     elif kind == "square":
         half = r / (abs(np.cos(angle)) + abs(np.sin(angle)))  # fits the rotated square in `size`
         corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64) * half
@@ -115,11 +143,32 @@ def _draw_shape(mask: np.ndarray, kind: str, cx: float, cy: float, size: float, 
         cv2.fillPoly(mask, [_pts(corners + centre)], 255, cv2.LINE_8, _SHIFT)
     elif kind == "cross":
         a, b = r, r * 0.32
-        arm = np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a],
-                        [-b, b], [-a, b], [-a, -b], [-b, -b]])
+        arm = np.array(
+            [
+                [-b, -a],
+                [b, -a],
+                [b, -b],
+                [a, -b],
+                [a, b],
+                [b, b],
+                [b, a],
+                [-b, a],
+                [-b, b],
+                [-a, b],
+                [-a, -b],
+                [-b, -b],
+            ]
+        )
         cv2.fillPoly(mask, [_pts(_rotate(arm, angle) + centre)], 255, cv2.LINE_8, _SHIFT)
     else:
         raise ValueError(f"unknown shape {kind!r}")
+
+
+def _fill_ellipse(mask: np.ndarray, cx: float, cy: float, axes, angle: float, end: int) -> None:
+    """Fill the ellipse centred on (cx, cy) pixels with fixed-point `axes`, rotated by `angle`
+    radians, from 0 to `end` degrees (360: whole, 180: half)."""
+    centre = (int(cx * _ONE), int(cy * _ONE))
+    cv2.ellipse(mask, centre, axes, float(np.degrees(angle)), 0, end, 255, -1, cv2.LINE_8, _SHIFT)
 
 
 def _draw_distractor(mask: np.ndarray, rng: np.random.Generator, size: int) -> None:
@@ -130,27 +179,44 @@ def _draw_distractor(mask: np.ndarray, rng: np.random.Generator, size: int) -> N
     kind = rng.integers(5)
     if kind == 0:  # elongated ellipse
         axes = (int(extent / 2 * _ONE), int(extent / 2 * rng.uniform(0.12, 0.35) * _ONE))
-        cv2.ellipse(mask, (int(cx * _ONE), int(cy * _ONE)), axes, float(np.degrees(angle)), 0, 360,
-                    255, -1, cv2.LINE_8, _SHIFT)
+        _fill_ellipse(mask, cx, cy, axes, angle, 360)
     elif kind == 1:  # line segment
         d = _rotate(np.array([[extent / 2, 0.0]]), angle)[0]
         p, q = np.array([cx, cy]) - d, np.array([cx, cy]) + d
-        cv2.line(mask, tuple(int(v) for v in p * _ONE), tuple(int(v) for v in q * _ONE), 255,
-                 int(rng.integers(1, 4)), cv2.LINE_8, _SHIFT)
+        cv2.line(
+            mask,
+            tuple(int(v) for v in p * _ONE),
+            tuple(int(v) for v in q * _ONE),
+            255,
+            int(rng.integers(1, 4)),
+            cv2.LINE_8,
+            _SHIFT,
+        )
     elif kind == 2:  # hollow rectangle
         half = np.array([extent / 2, extent / 2 * rng.uniform(0.5, 1.0)])
         corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half
-        cv2.polylines(mask, [_pts(_rotate(corners, angle) + [cx, cy])], True, 255,
-                      int(rng.integers(1, 3)), cv2.LINE_8, _SHIFT)
+        cv2.polylines(
+            mask,
+            [_pts(_rotate(corners, angle) + [cx, cy])],
+            True,
+            255,
+            int(rng.integers(1, 3)),
+            cv2.LINE_8,
+            _SHIFT,
+        )
     elif kind == 3:  # irregular polygon
         n = int(rng.integers(5, 9))
         t = np.sort(rng.uniform(0, 2 * np.pi, n))
         rad = extent / 2 * rng.uniform(0.3, 1.0, n)
-        cv2.fillPoly(mask, [_pts(np.stack([np.cos(t) * rad + cx, np.sin(t) * rad + cy], 1))],
-                     255, cv2.LINE_8, _SHIFT)
+        cv2.fillPoly(
+            mask,
+            [_pts(np.stack([np.cos(t) * rad + cx, np.sin(t) * rad + cy], 1))],
+            255,
+            cv2.LINE_8,
+            _SHIFT,
+        )
     else:  # half disc
-        cv2.ellipse(mask, (int(cx * _ONE), int(cy * _ONE)), (int(extent / 2 * _ONE),) * 2,
-                    float(np.degrees(angle)), 0, 180, 255, -1, cv2.LINE_8, _SHIFT)
+        _fill_ellipse(mask, cx, cy, (int(extent / 2 * _ONE),) * 2, angle, 180)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -159,8 +225,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     direction = rng.normal(size=2)
     ramp = (xx * direction[0] + yy * direction[1])[..., None] * rng.uniform(-50, 50, 3)
-    blotch = cv2.resize(rng.normal(0, 25, (6, 6, 3)).astype(np.float32), (size, size),
-                        interpolation=cv2.INTER_CUBIC)
+    blotch = cv2.resize(
+        rng.normal(0, 25, (6, 6, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC
+    )
     noise = rng.normal(0, 10, (size, size, 3))
     return (base + ramp + blotch + noise).astype(np.float32)
 
@@ -171,8 +238,13 @@ def _jittered_colour(rng: np.random.Generator, label: int) -> np.ndarray:
     return np.asarray(CLASS_COLOURS[label], dtype=np.float64) + rng.uniform(-35, 35, 3)
 
 
-def _paint(canvas: np.ndarray, mask: np.ndarray, colour: np.ndarray, rng: np.random.Generator,
-           noise_std: float) -> None:
+def _paint(
+    canvas: np.ndarray,
+    mask: np.ndarray,
+    colour: np.ndarray,
+    rng: np.random.Generator,
+    noise_std: float,
+) -> None:
     sel = mask > 0
     canvas[sel] = colour + rng.normal(0, noise_std, (int(sel.sum()), 3))
 
@@ -197,8 +269,11 @@ def generate_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, list[di
     for _ in range(int(rng.poisson(spec.mean_distractors))):
         mask[:] = 0
         _draw_distractor(mask, rng, size)
-        colour = (_jittered_colour(rng, int(rng.integers(len(CLASSES)))) if rng.random() < 0.5
-                  else rng.uniform(20, 235, 3))
+        colour = (
+            _jittered_colour(rng, int(rng.integers(len(CLASSES))))
+            if rng.random() < 0.5
+            else rng.uniform(20, 235, 3)
+        )
         _paint(canvas, mask, colour, rng, 12.0)
 
     objects, boxes = [], np.zeros((0, 4))
@@ -224,8 +299,9 @@ def generate_image(spec: SyntheticSpec, index: int) -> tuple[np.ndarray, list[di
             _paint(canvas, mask, _jittered_colour(rng, label), rng, 14.0)
             boxes = np.vstack([boxes, box])
             x1, y1, x2, y2 = (int(v) for v in box)
-            objects.append({"category_id": label + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                            "area": int(len(xs))})
+            objects.append(
+                {"category_id": label + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "area": int(len(xs))}
+            )
             break
     return np.clip(canvas, 0, 255).astype(np.uint8), objects
 
@@ -242,17 +318,25 @@ def write_dataset(spec: SyntheticSpec, out_dir: str) -> None:
         path = os.path.join(out_dir, IMAGE_DIR, file_name)
         if not cv2.imwrite(path, cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), params):
             raise RuntimeError(f"could not write {path}")
-        images.append({"id": index + 1, "file_name": file_name, "height": spec.image_size,
-                       "width": spec.image_size})
+        images.append(
+            {
+                "id": index + 1,
+                "file_name": file_name,
+                "height": spec.image_size,
+                "width": spec.image_size,
+            }
+        )
         for obj in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "iscrowd": 0,
-                                **obj})
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": index + 1, "iscrowd": 0, **obj}
+            )
     data = {
         "info": {"description": "drdet synthetic shapes", "generator": asdict(spec)},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n, "supercategory": "shape"}
-                       for i, n in enumerate(CLASSES)],
+        "categories": [
+            {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)
+        ],
     }
     with open(os.path.join(out_dir, ANNOTATION_FILE), "w") as f:
         json.dump(data, f, sort_keys=True, separators=(",", ":"))
@@ -274,8 +358,28 @@ def _exclusive_lock(path: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_dataset(spec: SyntheticSpec, out_dir: str) -> str:
+def _holds(spec: SyntheticSpec, out_dir: str, replace: bool) -> bool:
+    """Whether `out_dir` holds `spec`'s dataset (the generator settings its json records). One
+    made with other settings: False with `replace` (it is then replaced), else an error."""
+    path = os.path.join(out_dir, ANNOTATION_FILE)
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        recorded = json.load(f).get("info", {}).get("generator")
+    if recorded == json.loads(json.dumps(asdict(spec))):
+        return True
+    if replace:
+        return False
+    raise UserValueError(
+        f"{out_dir} holds a synthetic dataset made with other settings "
+        f"({recorded}, wanted {asdict(spec)}): remove it or use another folder"
+    )
+
+
+def ensure_dataset(spec: SyntheticSpec, out_dir: str, replace: bool = False) -> str:
     """Make sure `out_dir` holds `spec`'s dataset, generating it if missing; returns out_dir.
+    One made with other settings (another seed or size) is replaced when `replace` (the
+    command line's --out), else an error.
 
     Atomic: the data are written to a temporary sibling folder that is renamed to `out_dir` only
     when complete, so an interrupted run leaves no half-written `out_dir`. Concurrent callers
@@ -283,20 +387,25 @@ def ensure_dataset(spec: SyntheticSpec, out_dir: str) -> str:
     rename still guarantees that exactly one complete copy wins.
     """
     out_dir = os.path.abspath(out_dir)
-    if os.path.isfile(os.path.join(out_dir, ANNOTATION_FILE)):
+    if _holds(spec, out_dir, replace):
         return out_dir
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     with _exclusive_lock(out_dir + ".lock"):
-        if os.path.isfile(os.path.join(out_dir, ANNOTATION_FILE)):
+        if _holds(spec, out_dir, replace):
             return out_dir  # another process made it while we waited
-        if os.path.exists(out_dir):
-            raise RuntimeError(f"{out_dir} exists but has no {ANNOTATION_FILE}: not made by this "
-                               "generator; remove it to regenerate")
+        if os.path.exists(out_dir) and not os.path.isfile(os.path.join(out_dir, ANNOTATION_FILE)):
+            raise RuntimeError(
+                f"{out_dir} exists but has no {ANNOTATION_FILE}: not made by this "
+                "generator; remove it to regenerate"
+            )
         logger.info("generating the synthetic dataset (%d images) in %s", spec.num_images, out_dir)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
         try:
             write_dataset(spec, os.path.join(tmp, "data"))
+            if os.path.exists(out_dir):  # made with other settings, replaced (`replace`)
+                logger.info("replacing %s, made with other settings", out_dir)
+                os.rename(out_dir, os.path.join(tmp, "old"))
             try:
                 os.rename(os.path.join(tmp, "data"), out_dir)
             except OSError:
@@ -309,8 +418,12 @@ def ensure_dataset(spec: SyntheticSpec, out_dir: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True,
-                        help="output folder (kept if it already holds a complete dataset)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder (kept if it already holds this dataset; one made with "
+        "other settings is replaced)",
+    )
     defaults = SyntheticSpec()
     parser.add_argument("--num-images", type=int, default=defaults.num_images)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -319,10 +432,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-object-size", type=int, default=defaults.max_object_size)
     parser.add_argument("--format", choices=("jpg", "png"), default=defaults.image_format)
     args = parser.parse_args(argv)
-    spec = SyntheticSpec(num_images=args.num_images, seed=args.seed, image_size=args.image_size,
-                         min_object_size=args.min_object_size,
-                         max_object_size=args.max_object_size, image_format=args.format)
-    out = ensure_dataset(spec, args.out)
+    sizes = ("num_images", "seed", "image_size", "min_object_size", "max_object_size")
+    spec = SyntheticSpec(**{key: getattr(args, key) for key in sizes}, image_format=args.format)
+    out = ensure_dataset(spec, args.out, replace=True)
     print(f"synthetic dataset ({spec.num_images} images, seed {spec.seed}) in {out}")
 
 
@@ -335,16 +447,23 @@ SYNTHETIC_DATASETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _synthetic_from_entry(name: str, spec_args: dict[str, Any], root: str,
-                          transforms: Callable | None, is_train: bool) -> COCODataset:
+def _synthetic_from_entry(
+    name: str, spec_args: dict[str, Any], root: str, transforms: Callable | None, is_train: bool
+) -> COCODataset:
     spec = SyntheticSpec(**spec_args)
     folder = ensure_dataset(spec, os.path.join(root, "synthetic", spec.folder_name))
-    return COCODataset(os.path.join(folder, ANNOTATION_FILE), os.path.join(folder, IMAGE_DIR),
-                       remove_images_without_annotations=is_train, transforms=transforms, name=name)
+    return COCODataset(
+        os.path.join(folder, ANNOTATION_FILE),
+        os.path.join(folder, IMAGE_DIR),
+        remove_images_without_annotations=is_train,
+        transforms=transforms,
+        name=name,
+    )
 
 
-def _synthetic_from_parts(name: str, parts: list[str], transforms: Callable | None,
-                          is_train: bool) -> COCODataset:
+def _synthetic_from_parts(
+    name: str, parts: list[str], transforms: Callable | None, is_train: bool
+) -> COCODataset:
     if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
         raise MalformedDatasetName(name)
     sizes = dict(zip(("num_images", "seed", "image_size"), map(int, parts)))
@@ -353,9 +472,16 @@ def _synthetic_from_parts(name: str, parts: list[str], transforms: Callable | No
 
 if __name__ != "__main__":  # run as a script, this file is a second copy of the module:
     # the package's copy (drdet.data.datasets.synthetic) is the one that registers the type
-    DATASET_TYPES.register("synthetic", DatasetType(
-        form="synthetic:<num images>:<seed>[:<size px>]", from_parts=_synthetic_from_parts,
-        max_parts=3, names=SYNTHETIC_DATASETS, from_entry=_synthetic_from_entry))
+    DATASET_TYPES.register(
+        "synthetic",
+        DatasetType(
+            form="synthetic:<num images>:<seed>[:<size px>]",
+            from_parts=_synthetic_from_parts,
+            max_parts=3,
+            names=SYNTHETIC_DATASETS,
+            from_entry=_synthetic_from_entry,
+        ),
+    )
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ def parse_voc_xml(path: str) -> dict[str, Any]:
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as err:
-        raise RuntimeError(f"cannot parse VOC annotation {path!r}: {err}") from err
+        raise ValueError(f"cannot parse VOC annotation {path!r}: {err}") from err
 
     def text(element: ET.Element | None, tag: str) -> str:
         value = None if element is None else element.findtext(tag)
@@ -68,7 +69,11 @@ def parse_voc_xml(path: str) -> dict[str, Any]:
     for obj in root.iter("object"):
         name = text(obj, "name").strip().lower()
         if name not in VOC_CLASSES:
-            raise ValueError(f"{path}: unknown VOC class {name!r}")
+            raise ValueError(
+                f"{path}: class {name!r} is not one of the 20 PASCAL VOC classes: voc:<folder>:"
+                "<split> reads VOC's own classes only; for your own classes convert the XML "
+                "files to one COCO json and use coco:<json>:<image folder> (datasets/README.md)"
+            )
         bb = obj.find("bndbox")
         xmin, ymin, xmax, ymax = (float(text(bb, k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         corners.append([xmin - 1.0, ymin - 1.0, xmax, ymax])
@@ -137,6 +142,7 @@ class VOCDataset(GuardedReads, torch.utils.data.Dataset):
         self,
         root: str,
         split: str,
+        *,
         is_train: bool,
         transforms: Callable | None = None,
         name: str | None = None,
@@ -306,8 +312,7 @@ def _voc_checked(
 def _voc_from_parts(
     name: str, parts: list[str], transforms: Callable | None, is_train: bool
 ) -> VOCDataset:
-    folder, split = two_parts(name, parts)
-    return _voc_checked(name, folder, split, False, transforms, is_train)
+    return _voc_checked(name, *two_parts(name, parts), False, transforms, is_train)
 
 
 def _voc_from_entry(
