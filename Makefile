@@ -33,7 +33,7 @@ venv: $(PY)
 
 # pip runs only for what is missing, so that offline GPU machines that carry torch and the
 # requirements need no registry. The import names of requirements*.txt, in their order:
-IMPORTS := yacs yaml numpy pycocotools hotcoco orjson cv2 PIL tqdm matplotlib pytest ninja setuptools wheel ruff mypy
+IMPORTS := yacs yaml numpy pycocotools hotcoco orjson cv2 PIL tqdm matplotlib onnx onnxscript onnxruntime pytest ninja setuptools wheel ruff mypy
 deps: $(PY)
 	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
 	@$(PY) -c "import $(shell echo $(IMPORTS) | tr ' ' ',')" 2>/dev/null || \

@@ -1,5 +1,6 @@
-"""Detections compared up to float rounding, and the RetinaNet post-processing inputs with an
-independent reference (maskrcnn-benchmark's order of operations on torchvision's ops)."""
+"""Detections compared up to float rounding (also drdet's Predictor against a torchvision
+detector), and the RetinaNet post-processing inputs with an independent reference
+(maskrcnn-benchmark's order of operations on torchvision's ops)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,39 @@ def assert_same_detections(
         match = [j for j in close.nonzero().flatten().tolist() if j not in used]
         assert match, f"no match for label {int(label)}, score {float(score)}, box {box.tolist()}"
         used.add(match[0])
+
+
+def bgr_and_rgb_images(
+    height: int, width: int, n: int = 2, seed: int = 5
+) -> tuple[list, list[torch.Tensor]]:
+    """`n` random (H, W, 3) uint8 BGR images (what drdet.Predictor takes) and the same pixels as
+    torchvision's detectors take them: (3, H, W) RGB 0-1 float tensors."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (height, width, 3)
+    bgr = [torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).numpy() for _ in range(n)]
+    rgb = [torch.from_numpy(b[..., ::-1].copy()).permute(2, 0, 1).float() / 255 for b in bgr]
+    return bgr, rgb
+
+
+def assert_predictor_matches_torchvision(
+    predictor, torchvision_model, bgr: list, rgb: list[torch.Tensor], score_atol: float
+) -> None:
+    """drdet's `predictor` on the BGR images and `torchvision_model` on the same pixels (RGB 0-1)
+    give the same detections in the same order: boxes within 1e-3 px, scores within
+    `score_atol`, labels one higher (torchvision's 0..79 are drdet's 1..80). Each image needs
+    more than 20 detections to compare, none empty (torchvision keeps boxes that clipping made
+    empty, drdet drops them: such an image could not agree)."""
+    with torch.no_grad():
+        theirs = torchvision_model(rgb)
+    for image, t in zip(bgr, theirs):
+        o = predictor(image)
+        assert len(t["boxes"]) > 20  # enough detections to compare
+        widths, heights = (t["boxes"][:, 2:] - t["boxes"][:, :2]).unbind(1)
+        assert (widths > 0).all() and (heights > 0).all()
+        assert o["boxes"].shape == t["boxes"].shape
+        torch.testing.assert_close(o["boxes"], t["boxes"], rtol=0, atol=1e-3)
+        torch.testing.assert_close(o["scores"], t["scores"], rtol=0, atol=score_atol)
+        assert torch.equal(o["labels"], t["labels"] + 1)
 
 
 def _level(stride: int, grid: int) -> torch.Tensor:
