@@ -6,13 +6,15 @@ import re
 import subprocess
 import sys
 
+from tool_loader import checkout_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "benchmark_data.py")
 
 
 def test_benchmark_data_prints_and_writes_images_per_second(tmp_path):
     out_json = tmp_path / "data.json"
-    env = dict(os.environ, DRDET_DATASETS=str(tmp_path / "untouched"))
+    env = checkout_env(DRDET_DATASETS=str(tmp_path / "untouched"))
     proc = subprocess.run(
         [
             sys.executable,

@@ -1,22 +1,19 @@
 """tools/benchmark_model.py runs both models' inference the way their users do, on tiny inputs."""
 
 import json
-import os
 import re
-import sys
 
 import pytest
-import torch
 from helpers.tiny import benchmark_model_args  # tests/ is on sys.path under pytest
+from tool_loader import load_tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+benchmark_model = load_tool("benchmark_model")
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("keep_num_threads")
 def test_benchmark_model_inference_rows_and_json(tmp_path, capsys, monkeypatch):
-    import benchmark_model
-
+    from drdet.engine.model_benchmark import measure
     from drdet.modeling import inference_copy
 
     prepared = []
@@ -26,15 +23,11 @@ def test_benchmark_model_inference_rows_and_json(tmp_path, capsys, monkeypatch):
         return inference_copy.prepare_for_inference(model, *args, **kwargs)
 
     # drdet's side goes through prepare_for_inference, as the Predictor and the test loop do
-    monkeypatch.setattr(benchmark_model, "prepare_for_inference", spy)
+    monkeypatch.setattr(measure, "prepare_for_inference", spy)
     out = tmp_path / "model.json"
-    threads = torch.get_num_threads()
-    try:
-        rows = benchmark_model.main(
-            benchmark_model_args("inference", "--score-thresh", "0.005", "--json", str(out))
-        )
-    finally:
-        torch.set_num_threads(threads)
+    rows = benchmark_model.main(
+        benchmark_model_args("inference", "--score-thresh", "0.005", "--json", str(out))
+    )
     assert len(prepared) == 1 and prepared[0].training  # the built model itself is not changed
     assert [r[0] for r in rows] == [
         "inference per image (torchvision)",
@@ -52,17 +45,12 @@ def test_benchmark_model_inference_rows_and_json(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("keep_num_threads")
 def test_benchmark_model_training_rows_memory_and_json(tmp_path, capsys):
-    import benchmark_model
-
     out = tmp_path / "train.json"
-    threads = torch.get_num_threads()
-    try:
-        rows = benchmark_model.main(
-            benchmark_model_args("train", "--direct-conv", "--profile", "--json", str(out))
-        )
-    finally:
-        torch.set_num_threads(threads)
+    rows = benchmark_model.main(
+        benchmark_model_args("train", "--direct-conv", "--profile", "--json", str(out))
+    )
     assert [r[0] for r in rows] == [
         "train step, focal (torchvision)",
         "train step, focal (drdet)",
@@ -79,3 +67,54 @@ def test_benchmark_model_training_rows_memory_and_json(tmp_path, capsys):
         assert written["ratio"] is None or written["ratio"] == pytest.approx(
             written["ms"] / data["rows"][0]["ms"]
         )
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("keep_num_threads")
+def test_benchmark_model_times_drdet_without_its_extension(monkeypatch):
+    """--without-extension adds rows whose calls run the pure-PyTorch forms of the ops (counted
+    here), beside the rows with the extension's kernels (which do not call them)."""
+    from drdet.layers import extension_in_use, pure_ops
+
+    calls = {"dr_loss": 0, "sigmoid_focal_loss": 0}
+    for name in calls:
+        original = getattr(pure_ops, name)
+
+        def counting(*args, _original=original, _name=name, **kwargs):
+            assert not extension_in_use()
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(pure_ops, name, counting)
+    rows = benchmark_model.main(benchmark_model_args("train,inference", "--without-extension"))
+    assert [r[0] for r in rows] == [
+        "train step, focal (torchvision)",
+        "train step, focal (drdet)",
+        "train step, DR (drdet)",
+        "train step, focal, without the extension (drdet)",
+        "train step, DR, without the extension (drdet)",
+        "inference per image (torchvision)",
+        "inference per image (drdet)",
+        "  same, without the extension (pure-PyTorch ops)",
+    ]
+    # each pure row ran once per warm-up-free repetition and once for its peak memory
+    assert calls == {"dr_loss": 2, "sigmoid_focal_loss": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("keep_num_threads")
+def test_benchmark_model_puts_drdet_detectors_side_by_side(tmp_path):
+    """--detectors: drdet's RetinaNet, FCOS and ATSS (DR loss), each row's ratio its time over
+    the first detector's, as written in the json."""
+    out = tmp_path / "detectors.json"
+    args = benchmark_model_args("train", "--detectors", "retinanet,fcos,atss", "--json", str(out))
+    rows = benchmark_model.main(args)
+    archs = ("retinanet", "fcos", "atss")
+    assert [r[0] for r in rows] == [f"train step, DR, {a} (drdet)" for a in archs] + [
+        f"inference per image, {a} (drdet)" for a in archs
+    ]
+    written = json.loads(out.read_text())["rows"]
+    for first, k in ((0, range(3)), (3, range(3, 6))):
+        for i in k:
+            assert rows[i][2] == pytest.approx(rows[i][1] / rows[first][1])
+            assert written[i]["ratio"] == pytest.approx(rows[i][2])

@@ -110,17 +110,17 @@ def test_bbox_aug_maps_flipped_detections_back():
     assert boxes == {(0.0, 0.0, 15.0, 15.0), (45.0, 0.0, 60.0, 15.0)}
 
 
-@pytest.mark.parametrize("meta", ["RetinaNet", "FCOS"])
+@pytest.mark.parametrize("meta", ["RetinaNet", "FCOS", "ATSS"])
 def test_bbox_aug_merges_at_the_detectors_own_nms_threshold(meta):
     from drdet.modeling import build_detector
 
     cfg = get_cfg()
     cfg.merge_from_list(
         ["MODEL.META_ARCHITECTURE", meta, "MODEL.BACKBONE.CONV_BODY", "R-18-FPN-RETINANET"]
-        + ["MODEL.RETINANET.NMS_TH", 0.31, "MODEL.FCOS.NMS_TH", 0.47]
+        + ["MODEL.RETINANET.NMS_TH", 0.31, "MODEL.FCOS.NMS_TH", 0.47, "MODEL.ATSS.NMS_TH", 0.53]
     )
     model = build_detector(cfg)
-    expected = {"RetinaNet": 0.31, "FCOS": 0.47}[meta]
+    expected = {"RetinaNet": 0.31, "FCOS": 0.47, "ATSS": 0.53}[meta]
     assert detector_nms_thresh(model) == pytest.approx(expected)
     wrapped = nn.DataParallel(model)
     assert detector_nms_thresh(wrapped) == pytest.approx(expected)

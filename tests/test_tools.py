@@ -20,6 +20,7 @@ from drdet.data.transforms import build_transforms
 from drdet.engine.defaults import load_config
 from drdet.engine.predictor import Predictor
 from drdet.modeling import build_detector
+from drdet.modeling.analysis import count_flops, forward_flops
 
 analyze_model = load_tool("analyze_model")
 demo = load_tool("demo")
@@ -174,7 +175,7 @@ def test_demo_on_webcam(weights, tmp_path, monkeypatch):
     saved = json.loads((out / "detections.json").read_text())
     assert [r["file"] for r in saved] == ["0#0", "0#1", "0#2"]
     _check_against_predictor(saved, [camera.frames[i] for i in range(3)], weights, 0.4)
-    with pytest.raises(ValueError, match="cannot open video source 1"):
+    with pytest.raises(ValueError, match="--webcam 1: OpenCV cannot open it"):
         demo.main(
             ["--config-file", CONFIG, "--webcam", "1", "--max-frames", "3", "--output", str(out)]
             + TINY
@@ -357,7 +358,7 @@ def _hand_conv_flops(module, image):
 
 def test_analyze_model_counts():
     conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-    flops = analyze_model.count_flops(conv, torch.randn(1, 3, 20, 30))
+    flops = count_flops(conv, torch.randn(1, 3, 20, 30))
     assert flops[""] == 2 * 3 * 9 * 8 * 10 * 15
 
     report = analyze_model.main(["--config-file", CONFIG, "--input-size", "96", "128"] + TINY)
@@ -371,6 +372,9 @@ def test_analyze_model_counts():
     )
     parts = sum(report[p]["gflops"] for p in ("backbone", "fpn", "head"))
     assert report["total"]["gflops"] == pytest.approx(parts, rel=1e-9)
+    model.train()  # forward_flops counts in eval mode and gives the model back as it was
+    assert forward_flops(model, (96, 128)) == pytest.approx(report["total"]["gflops"] * 1e9)
+    assert model.training
 
 
 def test_class_names_fall_back_to_class_k(tmp_path):

@@ -17,7 +17,10 @@ from helpers.tiny import (  # tests/ is on sys.path under pytest
     tiny_overrides,
     train_net_command,
 )
-from tool_loader import load_tool  # tests/tool_loader.py (tests/ is on sys.path under pytest)
+from tool_loader import (  # tests/tool_loader.py (tests/ is on sys.path under pytest)
+    checkout_env,
+    load_tool,
+)
 
 from drdet.engine.defaults import load_config, seed_everything
 from drdet.engine.hooks import HookBase
@@ -61,7 +64,7 @@ def _free_port():
 
 
 def _torchrun(script, args, output_dir, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env = checkout_env(OMP_NUM_THREADS="1")
     cmd = (
         [
             sys.executable,
@@ -155,34 +158,18 @@ def test_short_training_learns(tmp_path):
     """300 iterations on 200 synthetic 128-px images lift AP50 on 30 held-out images far above the
     untrained model's. Measured on the 2-core CPU: AP50 0.282 after training (53 s); the margin
     asserted leaves room for run-to-run variation."""
-    common = [
-        "--config-file",
-        CONFIG,
-        "MODEL.DEVICE",
-        "cpu",
-        "DATASETS.TRAIN",
-        "('synthetic:200:0:128',)",
-        "DATASETS.TEST",
-        "('synthetic:30:1:128',)",
-        "INPUT.MIN_SIZE_TRAIN",
-        "(128,)",
-        "INPUT.MAX_SIZE_TRAIN",
-        "128",
-        "INPUT.MIN_SIZE_TEST",
-        "128",
-        "INPUT.MAX_SIZE_TEST",
-        "128",
-        "DATALOADER.NUM_WORKERS",
-        "0",
-        "SOLVER.STEPS",
-        "(250,)",
-        "SOLVER.WARMUP_ITERS",
-        "50",
-        "SOLVER.LOG_PERIOD",
-        "50",
-        "SOLVER.CHECKPOINT_PERIOD",
-        "1000",
-    ]
+    common = ["--config-file", CONFIG] + tiny_overrides(
+        "synthetic:200:0:128",
+        "synthetic:30:1:128",
+        ims_per_batch=None,
+        warmup_iters=50,
+        test_ims_per_batch=None,
+        overrides={
+            "SOLVER.STEPS": "(250,)",
+            "SOLVER.LOG_PERIOD": 50,
+            "SOLVER.CHECKPOINT_PERIOD": 1000,
+        },
+    )
     cfg = load_config(CONFIG, common[2:])
     seed_everything(cfg.DATALOADER.SEED)  # the initialisation train_net starts from
     torch.save({"model": build_detector(cfg).state_dict()}, tmp_path / "init.pth")
@@ -205,7 +192,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches(tmp_path):
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
+        env=checkout_env(),
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -1,5 +1,6 @@
 """Loads a command-line tool of tools/ as a module, by its path, for the tests that run its main():
-no sys.path entry for tools/, so library code is always imported from drdet."""
+no sys.path entry for tools/, so library code is always imported from drdet. And the environment
+of a test's subprocess that runs a tool: this checkout's drdet first on PYTHONPATH."""
 
 import importlib.util
 import os
@@ -25,3 +26,11 @@ def load_tool(name: str) -> ModuleType:
         del sys.modules[module_name]
         raise
     return module
+
+
+def checkout_env(**changes: str) -> dict[str, str]:
+    """os.environ with this checkout first on PYTHONPATH, so that a tool run in a subprocess
+    imports this checkout's drdet (not an installed one: a worktree or a second clone tests its
+    own code), and with `changes` set."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **changes}

@@ -13,22 +13,12 @@ padded to a multiple of DATALOADER.SIZE_DIVISIBILITY as in training and testing;
 applied (give the size the network sees, e.g. 800 x 1216 for COCO's 1x setting).
 """
 
-import os
 import sys
-from collections.abc import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from drdet.engine.defaults import default_argument_parser, load_config, parse_tool_args  # noqa: E402
-from drdet.modeling import build_detector  # noqa: E402
-from drdet.utils.errors import run_main  # noqa: E402
-
-# Reported parts: (name shown, attribute path in the detector).
-PARTS = (("backbone", "backbone.body"), ("fpn", "backbone.fpn"), ("head", "head"))
+from drdet.engine.defaults import default_argument_parser, load_config, parse_tool_args
+from drdet.modeling import build_detector
+from drdet.modeling.analysis import analyze
+from drdet.utils.errors import run_main
 
 
 def parse_args(argv=None):
@@ -45,57 +35,6 @@ def parse_args(argv=None):
     if min(args.input_size) <= 0:
         parser.error(f"--input-size must be positive, got {args.input_size}")
     return args
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def count_flops(module: nn.Module, *inputs) -> dict[str, int]:
-    """FLOPs (2 per multiply-add) of ``module(*inputs)`` under torch.no_grad, per submodule:
-    {"": total, "<dotted submodule name>": its FLOPs, ...}."""
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        module(*inputs)
-    top = type(module).__name__
-    flops = {}
-    for name, per_op in counter.get_flop_counts().items():
-        if name == "Global":
-            continue
-        key = "" if name == top else name[len(top) + 1 :] if name.startswith(top + ".") else name
-        flops[key] = int(sum(per_op.values()))
-    flops.setdefault("", int(counter.get_total_flops()))
-    return flops
-
-
-def forward_flops(model: nn.Module, input_size: Sequence[int]) -> int:
-    """FLOPs (2 per multiply-add, :func:`count_flops`) of the detector ``model``'s forward on
-    one (3, H, W) image, counted in eval mode; the model's mode is restored."""
-    training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    height, width = input_size
-    try:
-        return count_flops(model, [torch.rand(3, height, width, device=device) * 255])[""]
-    finally:
-        model.train(training)
-
-
-def analyze(model: nn.Module, input_size: Sequence[int]) -> dict[str, dict[str, float]]:
-    """{"total"|"backbone"|"fpn"|"head": {"params": count, "gflops": GFLOPs}} of the detector
-    ``model`` on one (3, H, W) image in eval mode (the model is left in eval mode)."""
-    model.eval()
-    device = next(model.parameters()).device
-    height, width = input_size
-    image = torch.rand(3, height, width, device=device) * 255
-    flops = count_flops(model, [image])
-    report = {"total": {"params": count_parameters(model), "gflops": flops[""] / 1e9}}
-    for shown, path in PARTS:
-        report[shown] = {
-            "params": count_parameters(model.get_submodule(path)),
-            "gflops": flops.get(path, 0) / 1e9,
-        }
-    return report
 
 
 def main(argv=None) -> dict[str, dict[str, float]]:

@@ -31,13 +31,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from drdet.data import build_data_loader  # noqa: E402
-from drdet.engine.defaults import default_argument_parser, load_config, parse_tool_args  # noqa: E402
-from drdet.utils.errors import run_main  # noqa: E402
+from drdet.data import build_data_loader
+from drdet.engine.defaults import default_argument_parser, load_config, parse_tool_args
+from drdet.utils.errors import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "dr_retina", "dr_R-50-FPN_1x.yaml")

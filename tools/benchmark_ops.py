@@ -26,20 +26,16 @@
   limits leave to the direct convolution (few tiles, few channels), timed on both paths.
 """
 
-import argparse
 import functools
 import math
-import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from drdet.layers import (  # noqa: E402
+from drdet.engine.defaults import tool_parser
+from drdet.layers import (
     batched_nms,
     dr_loss,
     get_cuda_kernels,
@@ -47,8 +43,9 @@ from drdet.layers import (  # noqa: E402
     set_cuda_kernels,
     sigmoid_focal_loss,
 )
-from drdet.layers.winograd import conv3x3_levels  # noqa: E402
-from drdet.utils.errors import run_main  # noqa: E402
+from drdet.layers.winograd import conv3x3_levels
+from drdet.utils.benchmark import measure, peak_memory_bytes, timed_call
+from drdet.utils.errors import UserValueError, run_main
 
 NEG_LAMBDA = 0.1 / math.log(3.5)
 H200_BANDWIDTH_GBS = 4800.0
@@ -126,66 +123,17 @@ def _fused(logits, labels, group_ids, num_groups):
     return dr_loss(logits, labels, group_ids, num_groups=num_groups)
 
 
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _time_fwd_bwd(fn, logits, labels, gids, groups, device, reps):
     """Median seconds of forward + backward (after one warm-up run), then, in a separate run,
     the peak memory in bytes allocated above the inputs (gradient included)."""
-    times = []
-    for i in range(reps + 1):
+
+    def fwd_bwd():
         x = logits.detach().requires_grad_(True)
-        _sync(device)
-        t0 = time.perf_counter()
-        fn(x, labels, gids, groups).backward()
-        _sync(device)
-        if i > 0:
-            times.append(time.perf_counter() - t0)
-        del x
-    times.sort()
-    x = logits.detach().requires_grad_(True)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn(x, labels, gids, groups).backward()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        _cpu_peak_start()
-        fn(x, labels, gids, groups).backward()
-        peak = _cpu_peak_stop()
-    return times[len(times) // 2], peak
+        return lambda: fn(x, labels, gids, groups).backward()
 
-
-# CPU peak memory: torch's CPU allocator keeps no statistics, so we replay the profiler's
-# record of tensor allocations and frees. Each op's own allocations (those not made by a nested
-# op) count from its start and its own frees from its end: an op that frees its temporaries
-# before returning (often inside a nested op's caller) is then charged with all of them at once,
-# which is what it holds at its busiest moment.
-_cpu_prof = None
-
-
-def _cpu_peak_start():
-    global _cpu_prof
-    _cpu_prof = torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    )
-    _cpu_prof.__enter__()
-
-
-def _cpu_peak_stop():
-    _cpu_prof.__exit__(None, None, None)
-    events = []
-    for e in _cpu_prof.events():
-        delta = e.self_cpu_memory_usage
-        if delta:
-            events.append((e.time_range.start if delta > 0 else e.time_range.end, delta))
-    cur = peak = 0
-    for _, delta in sorted(events):
-        cur += delta
-        peak = max(peak, cur)
-    return peak
+    timed_call(fwd_bwd(), device)  # warm-up
+    times = sorted(timed_call(fwd_bwd(), device) for _ in range(reps))
+    return times[len(times) // 2], peak_memory_bytes(fwd_bwd(), device)
 
 
 def bench_dr_loss(device, args):
@@ -244,24 +192,6 @@ def bench_dr_loss(device, args):
             f"{'':>28} (logits: {logits.numel() * logits.element_size() * mib:.1f} MiB; "
             f"the gradient is one more)"
         )
-
-
-def timed_call(fn, device) -> float:
-    """Wall time of one call of fn() in seconds, synchronising CUDA around it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
-def measure(fn, device, repeat, warmup=1):
-    """Median wall time of fn() in milliseconds, synchronising CUDA around each call."""
-    for _ in range(warmup):
-        fn()
-    return statistics.median(timed_call(fn, device) * 1e3 for _ in range(repeat))
 
 
 def report(op, size, ours_ms, ref_ms, ref_name, floor=""):
@@ -413,10 +343,8 @@ def bench_winograd(device, args):
         report("conv3x3 f+b", f"{label} {c_in}->{c_out}", ours, ref, "direct")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args(argv=None):
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "--device",
         default="all",
@@ -444,14 +372,35 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     args.bandwidth = None
-    torch.set_num_threads(args.threads)
-    ops = set(args.ops.split(","))
+    return args
+
+
+def devices_to_run(args):
+    """The device names of --device, without CUDA where no GPU is visible (an error when
+    --device cuda asked for it)."""
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
         if args.device == "cuda":
-            raise SystemExit("--device cuda: no CUDA GPU is visible")
+            raise UserValueError("--device cuda: no CUDA GPU is visible")
         print("no CUDA GPU visible: CPU only")
         devices.remove("cuda")
+    return devices
+
+
+# --ops name: (title printed before it, or None; benchmark; takes a torch.device, not a name)
+BENCHMARKS = {
+    "dr": (None, bench_dr_loss, False),
+    "nms": ("NMS", bench_nms, True),
+    "focal": ("Sigmoid focal loss", bench_focal, True),
+    "winograd": ("3x3 convolution, forward + backward,", bench_winograd, True),
+}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ops = set(args.ops.split(","))
+    devices = devices_to_run(args)
     print(
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"{torch.get_num_threads()} CPU threads"
@@ -464,17 +413,11 @@ def main(argv=None):
             f"{', '.join(CUDA_VERSIONS)} (in use: {get_cuda_kernels()})"
         )
     for name in devices:
-        if "dr" in ops:
-            bench_dr_loss(name, args)
-        if "nms" in ops:
-            print(f"\nNMS on {name}")
-            bench_nms(torch.device(name), args)
-        if "focal" in ops:
-            print(f"\nSigmoid focal loss on {name}")
-            bench_focal(torch.device(name), args)
-        if "winograd" in ops:
-            print(f"\n3x3 convolution, forward + backward, on {name}")
-            bench_winograd(torch.device(name), args)
+        for op, (title, bench, takes_device) in BENCHMARKS.items():
+            if op in ops:
+                if title:
+                    print(f"\n{title} on {name}")
+                bench(torch.device(name) if takes_device else name, args)
 
 
 if __name__ == "__main__":

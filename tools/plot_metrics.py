@@ -10,19 +10,15 @@ Each run is a metrics.jsonl file or an OUTPUT_DIR holding one. Left panel: every
 A resumed run's records are read in order; a repeated iteration keeps its last value.
 """
 
-import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from drdet.utils.training_curves import plot_runs  # noqa: E402
+from drdet.engine.defaults import tool_parser
+from drdet.utils.errors import run_main
+from drdet.utils.training_curves import plot_runs
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="metrics.jsonl or OUTPUT_DIR")
     parser.add_argument("--labels", nargs="+", help="one legend label per run (default: paths)")
     parser.add_argument("--output", required=True, metavar="PNG", help="figure to write")
@@ -44,4 +40,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

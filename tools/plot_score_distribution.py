@@ -17,25 +17,20 @@ their assignment, and the class score without centre-ness):
 Ignored anchors (between the thresholds) are left out. The means are printed.
 """
 
-import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from drdet.data.catalog import get_dataset  # noqa: E402
-from drdet.data.transforms import build_transforms  # noqa: E402
-from drdet.engine.defaults import add_override_arguments, load_config, parse_tool_args  # noqa: E402
-from drdet.engine.score_distribution import collect, plot  # noqa: E402
-from drdet.utils.errors import UserFileNotFoundError, run_main  # noqa: E402
+from drdet.data.catalog import get_dataset
+from drdet.data.transforms import build_transforms
+from drdet.engine.defaults import add_override_arguments, load_config, parse_tool_args, tool_parser
+from drdet.engine.score_distribution import collect, plot
+from drdet.utils.errors import UserFileNotFoundError, UserValueError, run_main
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument(
         "--config-file",
         action="append",
@@ -89,7 +84,7 @@ def main(argv=None) -> list[tuple[str, np.ndarray, np.ndarray]]:
     cfgs = [load_config(c, args.opts) for c in args.config_file]
     name = args.dataset or (cfgs[0].DATASETS.TEST[0] if cfgs[0].DATASETS.TEST else None)
     if not name:
-        raise SystemExit("no dataset: pass --dataset or set DATASETS.TEST")
+        raise UserValueError("no dataset: pass --dataset or set DATASETS.TEST")
     results = []
     for cfg, weights, label in zip(cfgs, args.weights, labels):
         if not os.path.isfile(weights):

@@ -9,21 +9,38 @@ import logging
 import os
 import random
 import re
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from drdet.checkpoint import cfg_num_classes, check_classes
-from drdet.config import get_cfg, validate_cfg
+from drdet.checkpoint.classes import RESET_KEY, check_unrecorded_classes
+from drdet.config import get_cfg, register_config_check, validate_cfg
 from drdet.data import build_data_loader
 from drdet.data.catalog import get_dataset
 from drdet.engine.inference import inference
 from drdet.engine.test_time_augmentation import build_bbox_aug
 from drdet.utils import comm
-from drdet.utils.errors import DEBUG_ENV, DEBUG_FLAG, UserFileNotFoundError, as_user_error
+from drdet.utils.checks import require
+from drdet.utils.errors import (
+    DEBUG_ENV,
+    DEBUG_FLAG,
+    UserFileNotFoundError,
+    UserValueError,
+    as_user_error,
+)
 from drdet.utils.io import atomic_write_text
 from drdet.utils.logger import setup_logger
+
+
+def tool_parser(description: str | None) -> argparse.ArgumentParser:
+    """An empty parser for a tool whose help is `description` (its module docstring) as
+    written, line breaks kept."""
+    return argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def default_argument_parser(
@@ -32,9 +49,7 @@ def default_argument_parser(
     """The parser of a tool that takes a config: --config-file FILE (when `config_file`),
     --debug, and KEY VALUE config overrides (`opts`). Add the tool's own flags, then parse with
     :func:`parse_tool_args`, which accepts the flags before, between or after the overrides."""
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(description)
     if config_file:
         parser.add_argument("--config-file", required=True, metavar="FILE", help="yaml config")
     add_override_arguments(parser)
@@ -59,12 +74,27 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_allow_pickle_argument(parser: argparse.ArgumentParser) -> None:
+    """--allow-pickle: MODEL.WEIGHT may be a legacy pickle (unpickling runs the file's code)."""
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="let MODEL.WEIGHT be a legacy pickle; unpickling runs code from the "
+        "file, so only for files you trust",
+    )
+
+
 def parse_tool_args(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
 ) -> argparse.Namespace:
     """Parse `argv` (default: sys.argv[1:]) with `parser`, taking its flags anywhere among the
     KEY VALUE overrides (``--config-file CFG OUTPUT_DIR out --resume``). A flag-like word that
     is not one of the parser's flags is an error listing them (argparse's exit status 2)."""
+    known = {option for action in parser._actions for option in action.option_strings}
+    for word in argv if argv is not None else sys.argv[1:]:
+        near = word.split("=")[0].replace("_", "-")
+        if word.startswith("--") and "_" in word.split("=")[0] and near in known:
+            parser.error(f"unrecognized flag {word}: did you mean {near}?")
     args, unknown = parser.parse_known_intermixed_args(argv)
     if unknown:
         flags = sorted(option for action in parser._actions for option in action.option_strings)
@@ -77,7 +107,7 @@ def parse_tool_args(
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()):
-    """Defaults <- the setup of the loss the config names (drdet.modeling.losses.setup) <- the
+    """Defaults <- the setup of the loss the config names (drdet/config/setups.py) <- the
     yaml file (and its _BASE_ chain) <- KEY VALUE overrides; validated and frozen. Errors name
     the file or the key at fault (UserInputError subclasses)."""
     cfg = get_cfg()
@@ -95,6 +125,13 @@ def load_config(config_file: str, opts: Sequence[str] = ()):
                 f"the overrides: {opts}"
             )
         )
+    joined = [o for o in opts if re.match(r"^[A-Z][A-Z0-9_.]*=", o)]
+    if joined:
+        key, _, value = joined[0].partition("=")
+        raise UserValueError(
+            f"Config overrides are KEY VALUE pairs separated by a space: write {key} {value}, "
+            f"not {joined[0]}"
+        )
     if len(opts) % 2:
         raise as_user_error(
             ValueError(f"Config overrides must be KEY VALUE pairs, got an odd list: {opts}")
@@ -107,6 +144,14 @@ def load_config(config_file: str, opts: Sequence[str] = ()):
     return cfg
 
 
+def write_config_record(cfg, name: str = "config.yaml") -> None:
+    """Writes the merged config to OUTPUT_DIR/`name` (rank 0)."""
+    if comm.is_main_process():
+        record = os.path.join(cfg.OUTPUT_DIR, name)
+        os.makedirs(os.path.dirname(record), exist_ok=True)
+        atomic_write_text(record, cfg.dump())
+
+
 def seed_everything(seed: int) -> None:
     """Seeds Python, NumPy and torch (all devices); each rank gets seed + rank."""
     seed = seed + comm.get_rank()
@@ -116,21 +161,28 @@ def seed_everything(seed: int) -> None:
 
 
 def default_setup(
-    config_file: str, opts: Sequence[str] = (), resume: bool = False
+    config_file: str,
+    opts: Sequence[str] = (),
+    resume: bool = False,
+    config_record: str | None = "config.yaml",
 ) -> tuple[object, torch.device, logging.Logger]:
     """Loads the config, joins the process group when run under torchrun, picks the device
     (cuda:LOCAL_RANK, or the CPU), creates OUTPUT_DIR, sets up logging, writes the merged config
-    to OUTPUT_DIR/config.yaml and seeds the RNGs. Returns (cfg, device, logger)."""
+    to OUTPUT_DIR/`config_record` and seeds the RNGs. Returns (cfg, device, logger).
+    `config_record` is relative to OUTPUT_DIR: evaluation writes its own beside its results
+    (inference/config.yaml), never the run's; training passes None and writes the run's
+    config.yaml once its checks have passed (:func:`write_config_record`)."""
     cfg = load_config(config_file, opts)
     device = torch.device(cfg.MODEL.DEVICE)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("MODEL.DEVICE is 'cuda' but no GPU is visible; pass MODEL.DEVICE cpu")
+        raise UserValueError("MODEL.DEVICE is 'cuda' but no GPU is visible; pass MODEL.DEVICE cpu")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         comm.init_distributed(timeout_minutes=cfg.SOLVER.DIST_TIMEOUT_MINUTES)
+        check_batch_split(cfg, comm.get_world_size())
     if device.type == "cuda":
         device = torch.device("cuda", comm.get_local_rank())
         torch.cuda.set_device(device)
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    make_output_dir(cfg.OUTPUT_DIR)
     log = setup_logger("drdet", cfg.OUTPUT_DIR, comm.get_rank())
     log.info(
         "World size %d, rank %d, device %s, torch %s",
@@ -142,24 +194,76 @@ def default_setup(
     log.info(
         "Config file %s, overrides %s%s", config_file, list(opts), " (resuming)" if resume else ""
     )
-    if comm.is_main_process():
-        atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
+    if config_record is not None:
+        write_config_record(cfg, config_record)
     seed_everything(cfg.DATALOADER.SEED)
     return cfg, device, log
 
 
-def check_num_classes(cfg, dataset) -> None:
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def check_device_cfg(cfg) -> None:
+    """MODEL.DEVICE: "cpu", "cuda" or "cuda:N" (torch's own error names no key)."""
+    kind, _, index = str(cfg.MODEL.DEVICE).partition(":")
+    require(
+        kind in DEVICE_TYPES and (not index or (kind == "cuda" and index.isdigit())),
+        "MODEL.DEVICE",
+        cfg.MODEL.DEVICE,
+        "must be 'cpu', 'cuda' or 'cuda:N'",
+    )
+
+
+register_config_check("MODEL.DEVICE", check_device_cfg)
+
+
+def check_batch_split(cfg, world_size: int) -> None:
+    """SOLVER.IMS_PER_BATCH and TEST.IMS_PER_BATCH are global batches: each must split evenly
+    over the `world_size` processes (checked before any data is read)."""
+    for key in ("SOLVER.IMS_PER_BATCH", "TEST.IMS_PER_BATCH"):
+        total = cfg[key.split(".")[0]][key.split(".")[1]]
+        if total % world_size:
+            raise UserValueError(
+                f"{key} is {total}, not a multiple of the {world_size} processes: each takes "
+                f"{key} / {world_size} images; set it to a multiple of {world_size}"
+            )
+
+
+def make_output_dir(path: str) -> None:
+    """Creates OUTPUT_DIR `path`; a user error naming the key when it is a file or cannot be
+    created (read-only disk, no permission)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserValueError(f"OUTPUT_DIR {path} is a file, not a folder: give a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(13, "not writable", path)
+    except OSError as err:
+        raise UserValueError(f"OUTPUT_DIR {path}: cannot write there ({err.strerror})") from err
+
+
+def check_num_classes(cfg, dataset, weight_classes: tuple[str, int] | None = None) -> None:
     """MODEL.NUM_CLASSES counts the background (maskrcnn-benchmark): it must be the
-    number of categories of the training set + 1."""
+    number of categories of the training set + 1. `weight_classes`: (MODEL.WEIGHT, the class
+    count of its classifier) when training starts from it; the message then also asks for
+    MODEL.RESET_CLASSIFIER True, so that both checks lead to the same settings."""
     parts = getattr(dataset, "datasets", [dataset])
     counts = {getattr(d, "name", "?"): d.num_classes for d in parts}
     expected = max(counts.values()) + 1
     key, num = cfg_num_classes(cfg)
     if num + 1 != expected:
+        reset = ""
+        if weight_classes is not None and weight_classes[1] != expected - 1:
+            reset = (
+                f" and {RESET_KEY} True (MODEL.WEIGHT {weight_classes[0]} has "
+                f"{weight_classes[1]} classes: its classifier's last layer is then "
+                "re-initialised, every other tensor loaded)"
+            )
         raise as_user_error(
             ValueError(
                 f"{key} is {num + 1}, but the training "
                 f"set has {counts} categories: set it to {expected} (categories + background)"
+                + reset
             )
         )
 
@@ -206,7 +310,7 @@ def evaluate_datasets(
     """Runs inference and evaluation on every dataset of DATASETS.TEST; results go to
     OUTPUT_DIR/inference/<dataset>/ (bbox.json, metrics.json). `checkpoint` (path, its
     "classes" record or None): each dataset's categories are checked against it first
-    (drdet.checkpoint.check_classes). Returns {dataset: metrics} on rank 0, None elsewhere."""
+    (drdet.checkpoint.check_classes; without a record, against the config's class count). Returns {dataset: metrics} on rank 0, None elsewhere."""
     log = logging.getLogger("drdet")
     results = {}
     bbox_aug = build_bbox_aug(cfg) if cfg.TEST.BBOX_AUG.ENABLED else None
@@ -214,6 +318,8 @@ def evaluate_datasets(
         loader = build_data_loader(cfg, is_train=False, dataset_names=[name])
         if checkpoint is not None and checkpoint[1]:
             check_classes(checkpoint[1], checkpoint[0], dataset=loader.dataset, log=log)
+        elif checkpoint is not None:  # the config's class count stands for the checkpoint's
+            check_unrecorded_classes(checkpoint[0], cfg, loader.dataset)
         folder = os.path.join(cfg.OUTPUT_DIR, "inference", safe_folder_name(name))
         if comm.is_main_process():
             os.makedirs(folder, exist_ok=True)

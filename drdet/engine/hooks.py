@@ -31,6 +31,16 @@ BAD_IMAGES = "bad_images"
 EvaluateFn = Callable[[int], dict[str, dict[str, float]] | None]
 
 
+def eval_metrics_record(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Evaluation results {dataset: {metric: value}} as the flat keys of a metrics.jsonl record
+    (and TensorBoard): {"eval/<dataset>/<metric>": value}."""
+    return {
+        f"eval/{name}/{metric}": value
+        for name, metrics in results.items()
+        for metric, value in metrics.items()
+    }
+
+
 class HookBase:
     """A no-op hook. `trainer` (the running Trainer) is set before before_train. after_train
     runs however training ends (finished, stopped on request, or failed)."""
@@ -100,11 +110,7 @@ class PeriodicEvaluation(HookBase):
             return
         results = self.evaluate(t.iteration)
         if results and t.metrics_file is not None and t.tensorboard is not None:
-            flat = {
-                f"eval/{name}/{k}": v
-                for name, metrics in results.items()
-                for k, v in metrics.items()
-            }
+            flat = eval_metrics_record(results)
             t.metrics_file.write({"iteration": t.iteration, **flat})
             t.tensorboard.write(flat, t.iteration)
         t.model.train()

@@ -59,7 +59,8 @@ def check_finite(
         + ", ".join(f"{k} = {reduced[k]}" for k in bad)
         + f" (this rank's terms: {local_bad or 'all finite'}; rank {comm.get_rank()} images "
         f"{_image_ids(targets)}). Lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS or enable "
-        "SOLVER.CLIP_GRADIENTS; resume from the last checkpoint with --resume."
+        "SOLVER.CLIP_GRADIENTS, then train again (with --resume once OUTPUT_DIR holds a "
+        "checkpoint from before the problem; the first is written at SOLVER.CHECKPOINT_PERIOD)."
     )
 
 

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from drdet.utils.errors import UserFileNotFoundError, UserValueError  # noqa: E402
 from drdet.utils.figures import save_figure  # noqa: E402
 
 Series = dict[str, dict[int, float]]  # name -> {iteration: value}
@@ -26,7 +27,7 @@ Series = dict[str, dict[int, float]]  # name -> {iteration: value}
 def metrics_path(run: str) -> str:
     path = os.path.join(run, "metrics.jsonl") if os.path.isdir(run) else run
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no metrics file {path!r}")
+        raise UserFileNotFoundError(f"no metrics file {path!r} (a run's OUTPUT_DIR holds one)")
     return path
 
 
@@ -42,9 +43,9 @@ def read_metrics(path: str, metric: str = "AP") -> tuple[Series, Series]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: not a JSON line ({err})") from None
+                raise UserValueError(f"{path}:{line_no}: not a JSON line ({err})") from None
             if "iteration" not in record:
-                raise ValueError(f"{path}:{line_no}: record has no 'iteration' key")
+                raise UserValueError(f"{path}:{line_no}: record has no 'iteration' key")
             it = int(record["iteration"])
             for key, value in record.items():
                 if key.startswith("loss") and isinstance(value, (int, float)):
@@ -67,7 +68,7 @@ def plot_runs(
     labels = list(labels) if labels else list(runs)
     data = [read_metrics(metrics_path(run), metric) for run in runs]
     if not any(losses or evals for losses, evals in data):
-        raise ValueError(f"no loss or evaluation records in {list(runs)}")
+        raise UserValueError(f"no loss or evaluation records in {list(runs)}")
     fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(12, 4.5))
     for k, (label, (losses, evals)) in enumerate(zip(labels, data)):
         colour = f"C{k % 10}"

@@ -1,6 +1,6 @@
 """The tests' tiny training set-ups in one place: config override lists (KEY VALUE ... as
-tools/train_net.py takes them) for CPU runs on a few small synthetic images, and the command
-line that starts tools/train_net.py in a subprocess."""
+tools/train_net.py takes them) for CPU runs on a few small synthetic images, the command line
+that starts tools/train_net.py in a subprocess, and stand-ins for a detector and a loss."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+
+from drdet.config import get_cfg, validate_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTHETIC_CONFIG = os.path.join(ROOT, "configs", "synthetic", "dr_R-18-FPN_synthetic.yaml")
@@ -28,6 +30,41 @@ STEADY: dict[str, object] = {
     "SOLVER.CHECKPOINT_PERIOD": 1000,
     "SOLVER.LOG_PERIOD": 1,
 }
+
+
+def small_detector_cfg(*overrides: object, node: str = "MODEL.RETINANET"):
+    """A validated config of a small detector on the CPU: ResNet-18-FPN with 32 channels, one
+    conv per tower (`node`.NUM_CONVS: the detector's node), 3 object classes; then `overrides`
+    (KEY, VALUE, ...)."""
+    cfg = get_cfg()
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.BACKBONE.CONV_BODY",
+            "R-18-FPN-RETINANET",
+            "MODEL.RESNETS.BACKBONE_OUT_CHANNELS",
+            32,
+            f"{node}.NUM_CONVS",
+            1,
+            "MODEL.NUM_CLASSES",
+            4,
+            *overrides,
+        ]
+    )
+    return validate_cfg(cfg)
+
+
+def saved_detector(folder, overrides: list[str], config: str = SYNTHETIC_CONFIG) -> str:
+    """folder/model.pth: {"model": state dict} of the detector of `config` + `overrides`, built
+    with seed 0 (untrained weights for the tools' tests). Returns its path."""
+    from drdet.engine.defaults import load_config
+    from drdet.modeling import build_detector
+
+    torch.manual_seed(0)
+    path = os.path.join(str(folder), "model.pth")
+    torch.save({"model": build_detector(load_config(config, overrides)).state_dict()}, path)
+    return path
 
 
 def datasets_value(name: str) -> str:
@@ -129,3 +166,15 @@ class ToyDetector(nn.Module):
         if self.calls == self.nan_at:
             reg = reg * math.nan
         return {"loss_cls": self.w * 2.0, "loss_reg": reg}
+
+
+class RecordingLoss:
+    """A stand-in classification loss: records (labels, float(normalizer)) of each call in
+    ``calls`` and returns 0 (with a graph to the logits)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, logits, labels, normalizer):
+        self.calls.append((labels.clone(), float(normalizer)))
+        return logits.sum() * 0
