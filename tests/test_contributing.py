@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+from tool_loader import checkout_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHECK = """
@@ -91,11 +93,7 @@ def test_contributing_examples_run(tmp_path):
     assert len(blocks) == 6
     script = tmp_path / "examples.py"
     script.write_text("import os\n" + "\n".join(blocks) + CHECK)
-    env = dict(
-        os.environ,
-        DRDET_DATASETS=str(tmp_path / "datasets"),
-        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
+    env = checkout_env(DRDET_DATASETS=str(tmp_path / "datasets"))
     result = subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
