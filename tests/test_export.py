@@ -23,6 +23,7 @@ from torch import nn
 
 from drdet.checkpoint import Checkpointer
 from drdet.engine.defaults import load_config
+from drdet.export.config import baked_values
 from drdet.export.export import export_model
 from drdet.export.module import ExportableDetector
 from drdet.export.nms import multiclass_nms
@@ -242,11 +243,8 @@ def test_multiclass_nms_matches_a_plain_loop_and_onnx_nms():
     assert onnxruntime_nms(boxes, scores, 0.5, -0.5) == reference
 
 
-def test_exportable_module_matches_eager_retinanet():
-    """The export's tensor code run eagerly (no export) on a focal RetinaNet with spread random
-    weights: the same detections as the detector's own post-processing."""
-    model = spread_weights(build_detector(small_detector_cfg()).eval(), seed=2)
-    module = ExportableDetector(model).eval()
+def assert_module_matches_eager(module: ExportableDetector, model: nn.Module) -> None:
+    """The export's tensor code run eagerly (no export) gives the detector's own detections."""
     dets = []
     with torch.no_grad():
         for x in images():
@@ -254,6 +252,29 @@ def test_exportable_module_matches_eager_retinanet():
             dets.append({"boxes": boxes[0, :n], "scores": scores[0, :n], "labels": labels[0, :n]})
         refs = [model([x])[0] for x in images()]
     assert_parity(dets, refs, min_count=100)
+
+
+def test_exportable_module_matches_eager_retinanet():
+    """The export's tensor code run eagerly (no export) on a focal RetinaNet with spread random
+    weights: the same detections as the detector's own post-processing."""
+    model = spread_weights(build_detector(small_detector_cfg()).eval(), seed=2)
+    module = ExportableDetector(model).eval()
+    assert_module_matches_eager(module, model)
+
+
+def test_exportable_module_keeps_the_class_score_exponent():
+    """FCOS with MODEL.FCOS.CLASS_SCORE_EXPONENT 0.75: the export's tensor code run eagerly gives
+    the detector's detections, so the exponent is in the graph, and the config check knows it."""
+    cfg = small_detector_cfg(
+        "MODEL.META_ARCHITECTURE", "FCOS", "MODEL.FPN.USE_C5", False,
+        "MODEL.GROUP_NORM.NUM_GROUPS", 8, "MODEL.FCOS.CLASS_SCORE_EXPONENT", 0.75,
+        node="MODEL.FCOS",
+    )  # fmt: skip
+    model = spread_weights(build_detector(cfg).eval(), seed=1)
+    module = ExportableDetector(model).eval()
+    assert module.class_score_exponent == 0.75
+    assert_module_matches_eager(module, model)
+    assert baked_values(cfg)["MODEL.FCOS.CLASS_SCORE_EXPONENT"] == 0.75
 
 
 def test_a_config_that_differs_from_the_export_is_an_error(case):

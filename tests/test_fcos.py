@@ -267,6 +267,49 @@ def test_centerness_weighted_scores():
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("exponent", [0.75, 1.0, 0.3])
+def test_centerness_weighted_scores_with_a_class_exponent(exponent):
+    torch.manual_seed(0)
+    cls, ctr = torch.randn(2, 50, 3) * 4, torch.randn(2, 50) * 4
+    expected = cls.double().sigmoid() ** exponent * ctr.double().sigmoid()[..., None] ** (
+        1 - exponent
+    )
+    got = centerness_weighted_logits(cls, ctr, exponent).double().sigmoid()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    if exponent == 1.0:  # the class score alone
+        torch.testing.assert_close(got, cls.double().sigmoid(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("arch", ["FCOS", "ATSS"])
+def test_the_class_score_exponent_reaches_the_post_processing(arch):
+    node = f"MODEL.{arch}"
+    overrides = ["MODEL.META_ARCHITECTURE", arch, "MODEL.FPN.USE_C5", False]
+    overrides += ["MODEL.GROUP_NORM.NUM_GROUPS", 8, f"{node}.PRIOR_PROB", 0.5]
+    overrides += [f"{node}.INFERENCE_TH", 0.0]  # untrained: keep every entry
+    default = build_detector(small_detector_cfg(*overrides, node=node))
+    assert default.postprocessor.class_score_exponent == 0.5
+    cfg = small_detector_cfg(*overrides, f"{node}.CLASS_SCORE_EXPONENT", 0.75, node=node)
+    model = build_detector(cfg).eval()
+    assert model.postprocessor.class_score_exponent == 0.75
+    # the detections are ranked by class^0.75 * centre-ness^0.25: the same boxes and labels as
+    # the default's where the scores are recomputed from the same head outputs
+    torch.manual_seed(0)
+    images = [torch.rand(3, 96, 128) * 255]
+    with torch.no_grad():
+        batch = model.preprocess(images)
+        outputs, _ = model.dense_forward(batch.tensors)
+        dets = model(images)[0]
+    cls = torch.cat(outputs.cls_logits, 1)[0].sigmoid()
+    ctr = torch.cat(outputs.centerness, 1)[0].sigmoid()
+    scores = cls**0.75 * ctr[:, None] ** 0.25
+    top = scores.flatten().sort(descending=True).values
+    assert len(dets["scores"]) > 0
+    # the best detection is the best (location, class) entry under the new score
+    torch.testing.assert_close(dets["scores"][0], top[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=f"{node}.CLASS_SCORE_EXPONENT"):
+        small_detector_cfg(*overrides, f"{node}.CLASS_SCORE_EXPONENT", 0.0, node=node)
+
+
 # ---------------------------------------------------------------- the detector from a config
 def _cfg(*overrides):
     fcos = ["MODEL.META_ARCHITECTURE", "FCOS", "MODEL.FPN.USE_C5", False]

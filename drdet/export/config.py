@@ -25,7 +25,7 @@ BAKED_KEYS = (
 )
 # ... and these leaves of the detector's node (MODEL.FCOS.NMS_TH for FCOS; every node's when
 # no node is named after MODEL.META_ARCHITECTURE).
-BAKED_LEAVES = ("INFERENCE_TH", "PRE_NMS_TOP_N", "NMS_TH")
+BAKED_LEAVES = ("INFERENCE_TH", "PRE_NMS_TOP_N", "NMS_TH", "CLASS_SCORE_EXPONENT")
 
 
 def export_suffix(path: str) -> str:

@@ -56,6 +56,7 @@ class ExportableDetector(nn.Module):
         self.nms_thresh = float(post.nms_thresh)
         self.detections_per_img = int(post.detections_per_img)
         self.min_size = float(post.min_size)
+        self.class_score_exponent = float(post.class_score_exponent)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         model = self.detector
@@ -66,7 +67,10 @@ class ExportableDetector(nn.Module):
         outputs, anchors = model.dense_forward(tensors)
         logits = outputs.cls_logits
         if outputs.centerness is not None:
-            logits = [centerness_weighted_logits(c, o) for c, o in zip(logits, outputs.centerness)]
+            e = self.class_score_exponent
+            logits = [
+                centerness_weighted_logits(c, o, e) for c, o in zip(logits, outputs.centerness)
+            ]
         size = images.new_tensor([1.0, 0.0]) * height + images.new_tensor([0.0, 1.0]) * width
         parts = [
             self.candidates(a, c, r, size)

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from drdet.config import CfgNode as CN
 from drdet.config import add_config_node, register_detector_losses
-from drdet.modeling.dense.config import check_dense_node
+from drdet.modeling.dense.config import (
+    check_centerness_node,
+    check_dense_node,
+    declare_centerness_keys,
+)
 from drdet.utils.checks import require
 
 _A = CN()
@@ -30,9 +34,10 @@ _A.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 # Weight of the box loss (1 - GIoU, centre-ness weighted) in the total: 2.0 in the authors'
 # code (REG_LOSS_WEIGHT) and in mmdetection (GIoULoss loss_weight).
 _A.REG_LOSS_WEIGHT = 2.0
-# Score = sqrt(sigmoid(class logit) * sigmoid(centre-ness logit)); scores at or below this are
-# dropped before NMS. 0.05 is the authors' value (which they apply to the class score alone;
-# on the product it keeps at least as many candidates wherever centre-ness >= 0.05).
+declare_centerness_keys(_A)
+# Scores (see declare_centerness_keys) at or below this are dropped before NMS. 0.05 is the
+# authors' value (which they apply to the class score alone; on the product it keeps at least
+# as many candidates wherever centre-ness >= 0.05).
 _A.INFERENCE_TH = 0.05
 _A.PRE_NMS_TOP_N = 1000
 _A.NMS_TH = 0.6
@@ -50,6 +55,7 @@ register_detector_losses(
 def check_atss_cfg(cfg) -> None:
     """ValueError naming the key for MODEL.ATSS values ATSS cannot use."""
     check_dense_node(cfg, "MODEL.ATSS")
+    check_centerness_node(cfg, "MODEL.ATSS")
     a = cfg.MODEL.ATSS
     require(a.ANCHOR_SCALE > 0, "MODEL.ATSS.ANCHOR_SCALE", a.ANCHOR_SCALE, "must be > 0")
     require(a.TOPK >= 1, "MODEL.ATSS.TOPK", a.TOPK, "must be >= 1")

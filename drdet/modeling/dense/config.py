@@ -30,6 +30,27 @@ def check_dense_node(cfg, name: str) -> None:
         require(ok, f"{name}.{key}", node[key], expected)
 
 
+def declare_centerness_keys(node) -> None:
+    """Adds to `node` (a detector's CfgNode of defaults) the keys of the shared post-processing
+    of heads with centre-ness (FCOS, ATSS)."""
+    # The score is sigmoid(class)^e * sigmoid(centre-ness)^(1 - e), e = CLASS_SCORE_EXPONENT in
+    # (0, 1]: 0.5 (sqrt of the product) is the published one. A larger e lets the class score
+    # rank more: the DR loss's class scores span a narrower range than the focal loss's, so
+    # centre-ness (trained on positives only) otherwise decides much of its ranking
+    # (docs/BENCHMARKS.md; measured on the synthetic set only, so not the default).
+    node.CLASS_SCORE_EXPONENT = 0.5
+
+
+def check_centerness_node(cfg, name: str) -> None:
+    """ValueError naming the key when the node `name` of a detector with centre-ness (FCOS,
+    ATSS) has a CLASS_SCORE_EXPONENT outside (0, 1]."""
+    node = cfg
+    for part in name.split("."):
+        node = node[part]
+    e = node.CLASS_SCORE_EXPONENT
+    require(0.0 < e <= 1.0, f"{name}.CLASS_SCORE_EXPONENT", e, "must be in (0, 1] (0.5: sqrt)")
+
+
 def check_num_classes_cfg(cfg) -> None:
     n = cfg.MODEL.NUM_CLASSES
     require(n >= 2, "MODEL.NUM_CLASSES", n, "counts the background, so it must be >= 2")

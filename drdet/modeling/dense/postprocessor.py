@@ -1,7 +1,8 @@
 """Dense post-processing, shared by every dense detector: from per-level logits and box
 regressions at the anchors to detections, vectorised over images and classes (the only Python
 loop is over the levels). With centre-ness (FCOS, ATSS) an entry's score is
-sqrt(sigmoid(class logit) * sigmoid(centre-ness logit))."""
+sigmoid(class logit)^e * sigmoid(centre-ness logit)^(1 - e), e = the node's CLASS_SCORE_EXPONENT
+(0.5, the published sqrt of the product, by default)."""
 
 from __future__ import annotations
 
@@ -25,16 +26,21 @@ class BoxDecoder(Protocol):
     def decode(self, regression: Tensor, anchors: Tensor, /) -> Tensor: ...
 
 
-def centerness_weighted_logits(cls_logits: Tensor, centerness: Tensor) -> Tensor:
-    """The logit of the score sqrt(sigmoid(cls) * sigmoid(centre-ness)), so that its sigmoid is
-    that score (computed in log space: exact where the sigmoids saturate).
+def centerness_weighted_logits(
+    cls_logits: Tensor, centerness: Tensor, class_exponent: float = 0.5
+) -> Tensor:
+    """The logit of the score sigmoid(cls)^e * sigmoid(centre-ness)^(1 - e), e =
+    ``class_exponent`` (0.5, FCOS's and ATSS's: sqrt(sigmoid(cls) * sigmoid(centre-ness))), so
+    that its sigmoid is that score (computed in log space: exact where the sigmoids saturate).
 
     Args:
-        cls_logits: (B, L, C) float; centerness: (B, L) float logits.
+        cls_logits: (B, L, C) float; centerness: (B, L) float logits; class_exponent in (0, 1].
     Returns:
-        (B, L, C) float logits z with sigmoid(z) = sqrt(sigmoid(cls) * sigmoid(centerness)).
+        (B, L, C) float logits z with sigmoid(z) = sigmoid(cls)^e * sigmoid(centerness)^(1 - e).
     """
-    log_score = 0.5 * (F.logsigmoid(cls_logits) + F.logsigmoid(centerness)[..., None])
+    # (e = 0.5 gives 0.5 * a + 0.5 * b, bit for bit 0.5 * (a + b): halving is exact)
+    log_cls, log_ctr = F.logsigmoid(cls_logits), F.logsigmoid(centerness)[..., None]
+    log_score = class_exponent * log_cls + (1.0 - class_exponent) * log_ctr
     return log_score - torch.log(-torch.expm1(log_score))
 
 
@@ -56,9 +62,12 @@ class DensePostProcessor:
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
         min_size: float = 0.0,
+        class_score_exponent: float = 0.5,
     ):
         if not 0.0 <= score_thresh < 1.0:
             raise ValueError(f"score_thresh must be in [0, 1), got {score_thresh}")
+        if not 0.0 < class_score_exponent <= 1.0:
+            raise ValueError(f"class_score_exponent must be in (0, 1], got {class_score_exponent}")
         self.box_coder = box_coder
         self.score_thresh = score_thresh
         # sigmoid(x) > t  <=>  x > logit(t); t = 0 keeps every finite logit.
@@ -69,6 +78,8 @@ class DensePostProcessor:
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
         self.min_size = min_size
+        # heads with centre-ness: score = sigmoid(cls)^e * sigmoid(centre-ness)^(1 - e)
+        self.class_score_exponent = class_score_exponent
 
     def candidates(
         self, anchors: Tensor, cls_logits: Tensor, regression: Tensor, image_sizes: Tensor
@@ -135,7 +146,10 @@ class DensePostProcessor:
         """
         logits = outputs.cls_logits
         if outputs.centerness is not None:
-            logits = [centerness_weighted_logits(c, o) for c, o in zip(logits, outputs.centerness)]
+            e = self.class_score_exponent
+            logits = [
+                centerness_weighted_logits(c, o, e) for c, o in zip(logits, outputs.centerness)
+            ]
         num_images, _, num_classes = logits[0].shape
         sizes = torch.tensor(image_sizes, dtype=torch.float32, device=logits[0].device).reshape(
             num_images, 2
@@ -176,13 +190,17 @@ class DensePostProcessor:
         return keep[rank < self.detections_per_img]
 
 
-def build_dense_postprocessor(cfg, box_coder: BoxDecoder, node) -> DensePostProcessor:
+def build_dense_postprocessor(
+    cfg, box_coder: BoxDecoder, node, class_score_exponent: float = 0.5
+) -> DensePostProcessor:
     """A DensePostProcessor with the thresholds of the detector's config `node` (its
-    INFERENCE_TH, PRE_NMS_TOP_N, NMS_TH) and TEST.DETECTIONS_PER_IMG."""
+    INFERENCE_TH, PRE_NMS_TOP_N, NMS_TH) and TEST.DETECTIONS_PER_IMG; heads with centre-ness
+    pass their node's CLASS_SCORE_EXPONENT."""
     return DensePostProcessor(
         box_coder,
         score_thresh=node.INFERENCE_TH,
         pre_nms_top_n=node.PRE_NMS_TOP_N,
         nms_thresh=node.NMS_TH,
         detections_per_img=cfg.TEST.DETECTIONS_PER_IMG,
+        class_score_exponent=class_score_exponent,
     )

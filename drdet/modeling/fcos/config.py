@@ -9,7 +9,11 @@ from __future__ import annotations
 from drdet.config import CfgNode as CN
 from drdet.config import add_config_node, register_detector_losses
 from drdet.modeling.dense import REG_LOSSES
-from drdet.modeling.dense.config import check_dense_node
+from drdet.modeling.dense.config import (
+    check_centerness_node,
+    check_dense_node,
+    declare_centerness_keys,
+)
 from drdet.utils.checks import require
 
 _F = CN()
@@ -31,8 +35,9 @@ _F.REG_LOSS = "giou"
 # Weight each positive's box loss by its centre-ness target and divide by their sum (the FCOS
 # authors' code) instead of by the number of positives (torchvision).
 _F.CENTERNESS_WEIGHTED_REG = False
-# Score = sqrt(sigmoid(class logit) * sigmoid(centre-ness logit)); scores at or below this are
-# dropped before NMS (torchvision: 0.2).
+declare_centerness_keys(_F)
+# Scores (see declare_centerness_keys) at or below this are dropped before NMS (torchvision:
+# 0.2).
 _F.INFERENCE_TH = 0.2
 _F.PRE_NMS_TOP_N = 1000
 _F.NMS_TH = 0.6
@@ -49,6 +54,7 @@ register_detector_losses(
 def check_fcos_cfg(cfg) -> None:
     """ValueError naming the key for MODEL.FCOS values FCOS cannot use."""
     check_dense_node(cfg, "MODEL.FCOS")
+    check_centerness_node(cfg, "MODEL.FCOS")
     f = cfg.MODEL.FCOS
     require(
         len(f.SIZES_OF_INTEREST) >= 1
