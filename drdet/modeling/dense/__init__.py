@@ -3,7 +3,12 @@ post-processing), the heads' towers and level packing, the targets' padding and 
 losses' normalizer and box losses, and the post-processing. The detectors (retinanet/, fcos/,
 ...) stand beside this package and import nothing from each other."""
 
-from drdet.modeling.dense.config import check_dense_node, num_foreground_classes
+from drdet.modeling.dense.config import (
+    check_centerness_node,
+    check_dense_node,
+    declare_centerness_keys,
+    num_foreground_classes,
+)
 from drdet.modeling.dense.detector import DenseDetector, backbone_strides, input_args
 from drdet.modeling.dense.head import (
     CenternessHead,
@@ -50,7 +55,9 @@ __all__ = [
     "backbone_strides",
     "build_dense_postprocessor",
     "centerness_losses",
+    "check_centerness_node",
     "check_dense_node",
+    "declare_centerness_keys",
     "centerness_targets",
     "centerness_weighted_logits",
     "check_targets",
