@@ -7,11 +7,7 @@ from __future__ import annotations
 
 from drdet.config import CfgNode as CN
 from drdet.config import add_config_node, register_detector_losses
-from drdet.modeling.dense.config import (
-    check_centerness_node,
-    check_dense_node,
-    declare_centerness_keys,
-)
+from drdet.modeling.dense.config import check_dense_node, declare_centerness_keys
 from drdet.utils.checks import require
 
 _A = CN()
@@ -55,7 +51,6 @@ register_detector_losses(
 def check_atss_cfg(cfg) -> None:
     """ValueError naming the key for MODEL.ATSS values ATSS cannot use."""
     check_dense_node(cfg, "MODEL.ATSS")
-    check_centerness_node(cfg, "MODEL.ATSS")
     a = cfg.MODEL.ATSS
     require(a.ANCHOR_SCALE > 0, "MODEL.ATSS.ANCHOR_SCALE", a.ANCHOR_SCALE, "must be > 0")
     require(a.TOPK >= 1, "MODEL.ATSS.TOPK", a.TOPK, "must be >= 1")

@@ -55,8 +55,7 @@ def build_atss_loss(cfg, box_coder: BoxCoder) -> ATSSLossComputation:
 def build_atss_postprocessor(cfg, box_coder: BoxCoder) -> dense.DensePostProcessor:
     """Post-processing at MODEL.ATSS's INFERENCE_TH, PRE_NMS_TOP_N and NMS_TH, on the score
     class score^e * centre-ness^(1 - e), e = MODEL.ATSS.CLASS_SCORE_EXPONENT."""
-    a = cfg.MODEL.ATSS
-    return dense.build_dense_postprocessor(cfg, box_coder, a, a.CLASS_SCORE_EXPONENT)
+    return dense.build_dense_postprocessor(cfg, box_coder, cfg.MODEL.ATSS)
 
 
 @META_ARCHITECTURES.register("ATSS", check=check_atss_cfg)

@@ -4,7 +4,6 @@ losses' normalizer and box losses, and the post-processing. The detectors (retin
 ...) stand beside this package and import nothing from each other."""
 
 from drdet.modeling.dense.config import (
-    check_centerness_node,
     check_dense_node,
     declare_centerness_keys,
     num_foreground_classes,
@@ -55,7 +54,6 @@ __all__ = [
     "backbone_strides",
     "build_dense_postprocessor",
     "centerness_losses",
-    "check_centerness_node",
     "check_dense_node",
     "declare_centerness_keys",
     "centerness_targets",

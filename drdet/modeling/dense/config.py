@@ -16,7 +16,8 @@ def check_dense_node(cfg, name: str) -> None:
     """ValueError naming the key for a detector's node `name` (e.g. "MODEL.FCOS") whose keys
     read by the shared dense parts are out of range: NUM_CONVS, PRIOR_PROB (the head,
     drdet.modeling.dense.head.dense_head_args), INFERENCE_TH, NMS_TH, PRE_NMS_TOP_N (the
-    post-processing, drdet.modeling.dense.postprocessor.build_dense_postprocessor)."""
+    post-processing, drdet.modeling.dense.postprocessor.build_dense_postprocessor), and
+    CLASS_SCORE_EXPONENT where the node declares it (declare_centerness_keys)."""
     node = cfg
     for part in name.split("."):
         node = node[part]
@@ -28,6 +29,9 @@ def check_dense_node(cfg, name: str) -> None:
         ("PRE_NMS_TOP_N", node.PRE_NMS_TOP_N >= 1, "must be >= 1"),
     ):
         require(ok, f"{name}.{key}", node[key], expected)
+    if "CLASS_SCORE_EXPONENT" in node:
+        e = node.CLASS_SCORE_EXPONENT
+        require(0.0 < e <= 1.0, f"{name}.CLASS_SCORE_EXPONENT", e, "must be in (0, 1] (0.5: sqrt)")
 
 
 def declare_centerness_keys(node) -> None:
@@ -39,16 +43,6 @@ def declare_centerness_keys(node) -> None:
     # centre-ness (trained on positives only) otherwise decides much of its ranking
     # (docs/BENCHMARKS.md; measured on the synthetic set only, so not the default).
     node.CLASS_SCORE_EXPONENT = 0.5
-
-
-def check_centerness_node(cfg, name: str) -> None:
-    """ValueError naming the key when the node `name` of a detector with centre-ness (FCOS,
-    ATSS) has a CLASS_SCORE_EXPONENT outside (0, 1]."""
-    node = cfg
-    for part in name.split("."):
-        node = node[part]
-    e = node.CLASS_SCORE_EXPONENT
-    require(0.0 < e <= 1.0, f"{name}.CLASS_SCORE_EXPONENT", e, "must be in (0, 1] (0.5: sqrt)")
 
 
 def check_num_classes_cfg(cfg) -> None:

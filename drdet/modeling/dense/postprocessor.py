@@ -190,17 +190,15 @@ class DensePostProcessor:
         return keep[rank < self.detections_per_img]
 
 
-def build_dense_postprocessor(
-    cfg, box_coder: BoxDecoder, node, class_score_exponent: float = 0.5
-) -> DensePostProcessor:
+def build_dense_postprocessor(cfg, box_coder: BoxDecoder, node) -> DensePostProcessor:
     """A DensePostProcessor with the thresholds of the detector's config `node` (its
-    INFERENCE_TH, PRE_NMS_TOP_N, NMS_TH) and TEST.DETECTIONS_PER_IMG; heads with centre-ness
-    pass their node's CLASS_SCORE_EXPONENT."""
+    INFERENCE_TH, PRE_NMS_TOP_N, NMS_TH, and CLASS_SCORE_EXPONENT where it declares one:
+    drdet.modeling.dense.config.declare_centerness_keys) and TEST.DETECTIONS_PER_IMG."""
     return DensePostProcessor(
         box_coder,
         score_thresh=node.INFERENCE_TH,
         pre_nms_top_n=node.PRE_NMS_TOP_N,
         nms_thresh=node.NMS_TH,
         detections_per_img=cfg.TEST.DETECTIONS_PER_IMG,
-        class_score_exponent=class_score_exponent,
+        class_score_exponent=node.get("CLASS_SCORE_EXPONENT", 0.5),
     )

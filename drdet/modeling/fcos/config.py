@@ -9,11 +9,7 @@ from __future__ import annotations
 from drdet.config import CfgNode as CN
 from drdet.config import add_config_node, register_detector_losses
 from drdet.modeling.dense import REG_LOSSES
-from drdet.modeling.dense.config import (
-    check_centerness_node,
-    check_dense_node,
-    declare_centerness_keys,
-)
+from drdet.modeling.dense.config import check_dense_node, declare_centerness_keys
 from drdet.utils.checks import require
 
 _F = CN()
@@ -54,7 +50,6 @@ register_detector_losses(
 def check_fcos_cfg(cfg) -> None:
     """ValueError naming the key for MODEL.FCOS values FCOS cannot use."""
     check_dense_node(cfg, "MODEL.FCOS")
-    check_centerness_node(cfg, "MODEL.FCOS")
     f = cfg.MODEL.FCOS
     require(
         len(f.SIZES_OF_INTEREST) >= 1

@@ -61,8 +61,7 @@ def build_fcos_loss(cfg, strides: Sequence[int]) -> FCOSLossComputation:
 def build_fcos_postprocessor(cfg) -> dense.DensePostProcessor:
     """Post-processing at MODEL.FCOS's INFERENCE_TH, PRE_NMS_TOP_N and NMS_TH, on the score
     class score^e * centre-ness^(1 - e), e = MODEL.FCOS.CLASS_SCORE_EXPONENT."""
-    f = cfg.MODEL.FCOS
-    return dense.build_dense_postprocessor(cfg, DistanceCoder(), f, f.CLASS_SCORE_EXPONENT)
+    return dense.build_dense_postprocessor(cfg, DistanceCoder(), cfg.MODEL.FCOS)
 
 
 @META_ARCHITECTURES.register("FCOS", check=check_fcos_cfg)
