@@ -178,4 +178,31 @@ def test_command_line_regenerates_for_other_settings(tmp_path):
     ]
     with pytest.raises(ValueError, match="other settings"):
         ensure_dataset(SyntheticSpec(num_images=2, seed=3, image_size=64, max_object_size=32), out)
+
+
+def test_command_line_sets_the_density(tmp_path):
+    """--mean-objects and --mean-distractors reach the spec: the json equals that of
+    ensure_dataset with the same spec, and records the densities."""
+    out = str(tmp_path / "dense")
+    synthetic.main(
+        ["--out", out, "--num-images", "4", "--seed", "5", "--image-size", "64"]
+        + ["--max-object-size", "32", "--mean-objects", "7", "--mean-distractors", "1"]
+    )
+    spec = SyntheticSpec(
+        num_images=4,
+        seed=5,
+        image_size=64,
+        max_object_size=32,
+        mean_objects=7.0,
+        mean_distractors=1.0,
+    )
+    reference = ensure_dataset(spec, str(tmp_path / "reference"))
+    with (
+        open(os.path.join(out, "annotations.json"), "rb") as a,
+        open(os.path.join(reference, "annotations.json"), "rb") as b,
+    ):
+        made = a.read()
+        assert made == b.read()
+    generator = json.loads(made)["info"]["generator"]
+    assert (generator["mean_objects"], generator["mean_distractors"]) == (7.0, 1.0)
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporary folder left

@@ -13,7 +13,9 @@ The same (seed, image index) always gives the same image, so the json of a seed 
 byte-identical from run to run and the first N images do not depend on how many are made.
 
 Command line:  python -m drdet.data.datasets.synthetic --out DIR [--num-images 600] [--seed 0]
-writes DIR/annotations.json and DIR/images/*.jpg.
+writes DIR/annotations.json and DIR/images/*.jpg; --image-size, --min/max-object-size,
+--mean-objects and --mean-distractors make sets of other sizes and densities (e.g. a held-out
+set that no setting was tuned on).
 """
 
 from __future__ import annotations
@@ -430,10 +432,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--min-object-size", type=int, default=defaults.min_object_size)
     parser.add_argument("--max-object-size", type=int, default=defaults.max_object_size)
+    parser.add_argument(
+        "--mean-objects", type=float, default=defaults.mean_objects, help="objects per image"
+    )
+    parser.add_argument(
+        "--mean-distractors",
+        type=float,
+        default=defaults.mean_distractors,
+        help="clutter shapes per image",
+    )
     parser.add_argument("--format", choices=("jpg", "png"), default=defaults.image_format)
     args = parser.parse_args(argv)
-    sizes = ("num_images", "seed", "image_size", "min_object_size", "max_object_size")
-    spec = SyntheticSpec(**{key: getattr(args, key) for key in sizes}, image_format=args.format)
+    keys = (
+        "num_images",
+        "seed",
+        "image_size",
+        "min_object_size",
+        "max_object_size",
+        "mean_objects",
+        "mean_distractors",
+    )
+    spec = SyntheticSpec(**{key: getattr(args, key) for key in keys}, image_format=args.format)
     out = ensure_dataset(spec, args.out, replace=True)
     print(f"synthetic dataset ({spec.num_images} images, seed {spec.seed}) in {out}")
 
