@@ -186,9 +186,11 @@ def test_fcos_and_atss_comparisons_write_the_report_and_figures(tmp_path, name, 
     for png in ("scores.png", "curves.png"):
         assert f"]({png})" in report
         _png_ok(os.path.join(out, png))
-    for name, prior in (("dr", 0.5), ("focal", 0.01)):
+    # each run has its loss's setup for this detector (DR: prior 0.5 and score exponent 0.75)
+    for name, prior, exponent in (("dr", 0.5, 0.75), ("focal", 0.01, 0.5)):
         cfg = load_config(os.path.join(out, name, "config.yaml"))
         assert cfg.MODEL.META_ARCHITECTURE == node and cfg.MODEL[node].PRIOR_PROB == prior
+        assert cfg.MODEL[node].CLASS_SCORE_EXPONENT == exponent
 
 
 @pytest.mark.slow

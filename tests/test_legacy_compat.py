@@ -86,3 +86,21 @@ def test_a_run_of_the_previous_version_loads_and_detects_the_same(
                 torch.testing.assert_close(det["boxes"], torch.tensor(want["boxes"]))
                 assert det["labels"].tolist() == want["labels"]
     assert seen == set(expected)
+
+
+def test_an_old_dr_fcos_run_keeps_the_square_root_score(caplog):
+    """The DR loss's setup on FCOS now scores class^0.75 x centre-ness^0.25; the previous
+    version's DR-FCOS run (its yaml sets moved keys and has no CLASS_SCORE_EXPONENT) keeps the
+    square root it was evaluated with, and says so; an override still sets it. A config in
+    today's key names gets the setup's 0.75."""
+    run = os.path.join(LEGACY, "fcos", "config.yaml")
+    with caplog.at_level(logging.WARNING):
+        cfg = load_config(run)
+    assert cfg.MODEL.FCOS.LOSS_TYPE == "DR" and cfg.MODEL.FCOS.CLASS_SCORE_EXPONENT == 0.5
+    assert any("MODEL.FCOS.CLASS_SCORE_EXPONENT" in r.getMessage() for r in caplog.records)
+    overridden = load_config(run, ["MODEL.FCOS.CLASS_SCORE_EXPONENT", "0.75"])
+    assert overridden.MODEL.FCOS.CLASS_SCORE_EXPONENT == 0.75
+    today = load_config(
+        os.path.join(ROOT, "configs", "synthetic", "dr_fcos_R-18-FPN_synthetic.yaml")
+    )
+    assert today.MODEL.FCOS.CLASS_SCORE_EXPONENT == 0.75

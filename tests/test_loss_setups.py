@@ -56,22 +56,23 @@ BEFORE = {
 
 
 # MODEL.FCOS's (LOSS_TYPE, PRIOR_PROB, INFERENCE_TH, NMS_TH) of the FCOS configs, as their yaml
-# files set them explicitly before the FCOS setups were declared in the loss modules.
-NODE_KEYS = ("LOSS_TYPE", "PRIOR_PROB", "INFERENCE_TH", "NMS_TH")
+# files set them explicitly before the FCOS setups were declared in the loss modules, and the
+# CLASS_SCORE_EXPONENT of each loss (DR: 0.75, focal: the published 0.5; configs/fcos/README.md).
+NODE_KEYS = ("LOSS_TYPE", "PRIOR_PROB", "INFERENCE_TH", "NMS_TH", "CLASS_SCORE_EXPONENT")
 FCOS_BEFORE = {
-    "configs/fcos/fcos_R-50-FPN_1x.yaml": ("FOCAL", 0.01, 0.2, 0.6),
-    "configs/fcos/dr_fcos_R-50-FPN_1x.yaml": ("DR", 0.5, 0.2, 0.6),
-    "configs/synthetic/fcos_R-18-FPN_synthetic.yaml": ("FOCAL", 0.01, 0.2, 0.6),
-    "configs/synthetic/dr_fcos_R-18-FPN_synthetic.yaml": ("DR", 0.5, 0.2, 0.6),
-    "configs/torchvision/fcos_resnet50_fpn_torchvision.yaml": ("FOCAL", 0.01, 0.2, 0.6),
+    "configs/fcos/fcos_R-50-FPN_1x.yaml": ("FOCAL", 0.01, 0.2, 0.6, 0.5),
+    "configs/fcos/dr_fcos_R-50-FPN_1x.yaml": ("DR", 0.5, 0.2, 0.6, 0.75),
+    "configs/synthetic/fcos_R-18-FPN_synthetic.yaml": ("FOCAL", 0.01, 0.2, 0.6, 0.5),
+    "configs/synthetic/dr_fcos_R-18-FPN_synthetic.yaml": ("DR", 0.5, 0.2, 0.6, 0.75),
+    "configs/torchvision/fcos_resnet50_fpn_torchvision.yaml": ("FOCAL", 0.01, 0.2, 0.6, 0.5),
 }
 # MODEL.ATSS's, as the ATSS configs' headers and configs/atss/README.md state them: the loss's
-# prior, ATSS's own threshold and NMS.
+# prior, ATSS's own threshold and NMS, the loss's CLASS_SCORE_EXPONENT.
 ATSS_SETUPS = {
-    "configs/atss/atss_R-50-FPN_1x.yaml": ("FOCAL", 0.01, 0.05, 0.6),
-    "configs/atss/dr_atss_R-50-FPN_1x.yaml": ("DR", 0.5, 0.05, 0.6),
-    "configs/synthetic/atss_R-18-FPN_synthetic.yaml": ("FOCAL", 0.01, 0.05, 0.6),
-    "configs/synthetic/dr_atss_R-18-FPN_synthetic.yaml": ("DR", 0.5, 0.05, 0.6),
+    "configs/atss/atss_R-50-FPN_1x.yaml": ("FOCAL", 0.01, 0.05, 0.6, 0.5),
+    "configs/atss/dr_atss_R-50-FPN_1x.yaml": ("DR", 0.5, 0.05, 0.6, 0.75),
+    "configs/synthetic/atss_R-18-FPN_synthetic.yaml": ("FOCAL", 0.01, 0.05, 0.6, 0.5),
+    "configs/synthetic/dr_atss_R-18-FPN_synthetic.yaml": ("DR", 0.5, 0.05, 0.6, 0.75),
 }
 # config -> (the detector's node, its NODE_KEYS values)
 NODE_SETUPS = {
@@ -131,12 +132,15 @@ def test_declared_setups():
     for loss, values in (("DR", DR), ("FOCAL", FOCAL)):
         setup = loss_setup(loss, "RetinaNet")
         assert setup == {f"MODEL.RETINANET.{k}": v for k, v in zip(KEYS[1:], values[1:])}
-    # FCOS takes only the prior of each loss's recipe (it has no IoU matcher)
-    assert loss_setup("DR", "FCOS") == {"MODEL.FCOS.PRIOR_PROB": 0.5}
+    # FCOS takes only the prior of each loss's recipe (it has no IoU matcher); DR on FCOS
+    # declares its score exponent for the pair
+    exponent = "MODEL.FCOS.CLASS_SCORE_EXPONENT"
+    assert loss_setup("DR", "FCOS") == {"MODEL.FCOS.PRIOR_PROB": 0.5, exponent: 0.75}
     assert loss_setup("FOCAL", "FCOS") == {"MODEL.FCOS.PRIOR_PROB": 0.01}
-    # so does ATSS (no IoU matcher; its threshold applies to sqrt(class x centre-ness))
+    # so does ATSS (no IoU matcher; its threshold applies to the centre-ness-weighted score)
     assert loss_key("ATSS") == "MODEL.ATSS.LOSS_TYPE"
-    assert loss_setup("DR", "ATSS") == {"MODEL.ATSS.PRIOR_PROB": 0.5}
+    exponent = "MODEL.ATSS.CLASS_SCORE_EXPONENT"
+    assert loss_setup("DR", "ATSS") == {"MODEL.ATSS.PRIOR_PROB": 0.5, exponent: 0.75}
     assert loss_setup("FOCAL", "ATSS") == {"MODEL.ATSS.PRIOR_PROB": 0.01}
     assert loss_setup("DR", "NoSuchDetector") == {}
 

@@ -31,6 +31,14 @@ MOVED_KEYS: dict[str, str] = {
     "MODEL.RETINANET.LOSS_GAMMA": "MODEL.FOCAL_LOSS.GAMMA",
 }
 
+# Keys added since MOVED_KEYS moved, with the value every version before the move used. A file
+# that sets a moved key was written for such a version; where it leaves one of these keys out,
+# it gets that value (with a warning), so an old run detects as it did, even where a loss's
+# setup now sets another value (the DR loss's on FCOS: 0.75).
+ADDED_KEYS: dict[str, Any] = {
+    "MODEL.FCOS.CLASS_SCORE_EXPONENT": 0.5,
+}
+
 # Keys drdet no longer reads, and why. A yaml file or override that sets one still loads: the
 # value is ignored with a warning.
 REMOVED_KEYS: dict[str, str] = {
@@ -193,22 +201,41 @@ def load_yaml_with_base(path: str) -> dict[str, Any]:
 
 def _current_keys(data: dict[str, Any], path: str) -> dict[str, Any]:
     """``data`` (a yaml file's mapping) with the keys of MOVED_KEYS / REMOVED_KEYS that it sets
-    moved or dropped."""
+    moved or dropped, and, if it set a moved key, the ADDED_KEYS of its nodes that it leaves
+    out set to their earlier values."""
+    moved = False
     for old in list(MOVED_KEYS) + list(REMOVED_KEYS):
-        parts = old.split(".")
-        parent: Any = data
-        for part in parts[:-1]:
-            parent = parent.get(part) if isinstance(parent, dict) else None
-        if not isinstance(parent, dict) or parts[-1] not in parent:
+        parent = _parent(data, old)
+        if parent is None or old.split(".")[-1] not in parent:
             continue
-        value = parent.pop(parts[-1])
+        value = parent.pop(old.split(".")[-1])
         new = current_key(old, path)
+        moved = moved or new is not None
         if new is not None:
             node = data
             for part in new.split(".")[:-1]:
                 node = node.setdefault(part, {})
             node[new.split(".")[-1]] = value
+    for key, value in ADDED_KEYS.items() if moved else ():
+        parent = _parent(data, key)
+        if parent is not None and key.split(".")[-1] not in parent:
+            logger.warning(
+                "%s: written for a version without %s; %s is used, as that version did",
+                path,
+                key,
+                value,
+            )
+            parent[key.split(".")[-1]] = value
     return data
+
+
+def _parent(data: dict[str, Any], full_key: str) -> dict[str, Any] | None:
+    """The mapping of ``data`` that holds ``full_key``'s last part, or None if ``data`` has
+    no such mapping."""
+    parent: Any = data
+    for part in full_key.split(".")[:-1]:
+        parent = parent.get(part) if isinstance(parent, dict) else None
+    return parent if isinstance(parent, dict) else None
 
 
 def _update_dict(base: dict[str, Any], override: dict[str, Any]) -> None:

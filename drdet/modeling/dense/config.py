@@ -40,8 +40,8 @@ def declare_centerness_keys(node) -> None:
     # The score is sigmoid(class)^e * sigmoid(centre-ness)^(1 - e), e = CLASS_SCORE_EXPONENT in
     # (0, 1]: 0.5 (sqrt of the product) is the published one. A larger e lets the class score
     # rank more: the DR loss's class scores span a narrower range than the focal loss's, so
-    # centre-ness (trained on positives only) otherwise decides much of its ranking
-    # (docs/BENCHMARKS.md; measured on the synthetic set only, so not the default).
+    # centre-ness (trained on positives only) otherwise decides much of its ranking. The DR
+    # loss's setup on FCOS and ATSS sets 0.75 (their config.py, register_loss_setup).
     node.CLASS_SCORE_EXPONENT = 0.5
 
 
