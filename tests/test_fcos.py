@@ -291,8 +291,8 @@ def test_the_class_score_exponent_reaches_the_post_processing(arch):
     cfg = small_detector_cfg(*overrides, f"{node}.CLASS_SCORE_EXPONENT", 0.75, node=node)
     model = build_detector(cfg).eval()
     assert model.postprocessor.class_score_exponent == 0.75
-    # the detections are ranked by class^0.75 * centre-ness^0.25: the same boxes and labels as
-    # the default's where the scores are recomputed from the same head outputs
+    # the detections are ranked by class^0.75 * centre-ness^0.25, recomputed here from the
+    # head's outputs
     torch.manual_seed(0)
     images = [torch.rand(3, 96, 128) * 255]
     with torch.no_grad():

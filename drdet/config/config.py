@@ -205,10 +205,10 @@ def _current_keys(data: dict[str, Any], path: str) -> dict[str, Any]:
     out set to their earlier values."""
     moved = False
     for old in list(MOVED_KEYS) + list(REMOVED_KEYS):
-        parent = _parent(data, old)
-        if parent is None or old.split(".")[-1] not in parent:
+        parent, leaf = _parent(data, old), old.rsplit(".", 1)[-1]
+        if parent is None or leaf not in parent:
             continue
-        value = parent.pop(old.split(".")[-1])
+        value = parent.pop(leaf)
         new = current_key(old, path)
         moved = moved or new is not None
         if new is not None:
@@ -217,15 +217,15 @@ def _current_keys(data: dict[str, Any], path: str) -> dict[str, Any]:
                 node = node.setdefault(part, {})
             node[new.split(".")[-1]] = value
     for key, value in ADDED_KEYS.items() if moved else ():
-        parent = _parent(data, key)
-        if parent is not None and key.split(".")[-1] not in parent:
+        parent, leaf = _parent(data, key), key.rsplit(".", 1)[-1]
+        if parent is not None and leaf not in parent:
             logger.warning(
                 "%s: written for a version without %s; %s is used, as that version did",
                 path,
                 key,
                 value,
             )
-            parent[key.split(".")[-1]] = value
+            parent[leaf] = value
     return data
 
 

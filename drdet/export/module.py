@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drdet.export.nms import multiclass_nms
-from drdet.modeling.dense import DenseDetector, DensePostProcessor, centerness_weighted_logits
+from drdet.modeling.dense import DenseDetector, DensePostProcessor, score_logits
 from drdet.modeling.inference_copy import prepare_for_inference
 from drdet.structures.boxes import clip_boxes, nonempty_boxes
 
@@ -65,12 +65,7 @@ class ExportableDetector(nn.Module):
         divisor = max(int(model.size_divisibility), 1)
         tensors = F.pad(tensors, (0, (-width) % divisor, 0, (-height) % divisor))
         outputs, anchors = model.dense_forward(tensors)
-        logits = outputs.cls_logits
-        if outputs.centerness is not None:
-            e = self.class_score_exponent
-            logits = [
-                centerness_weighted_logits(c, o, e) for c, o in zip(logits, outputs.centerness)
-            ]
+        logits = score_logits(outputs, self.class_score_exponent)
         size = images.new_tensor([1.0, 0.0]) * height + images.new_tensor([0.0, 1.0]) * width
         parts = [
             self.candidates(a, c, r, size)

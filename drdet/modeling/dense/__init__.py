@@ -33,6 +33,7 @@ from drdet.modeling.dense.postprocessor import (
     DensePostProcessor,
     build_dense_postprocessor,
     centerness_weighted_logits,
+    score_logits,
 )
 from drdet.modeling.dense.targets import (
     PaddedTargets,
@@ -58,6 +59,7 @@ __all__ = [
     "declare_centerness_keys",
     "centerness_targets",
     "centerness_weighted_logits",
+    "score_logits",
     "check_targets",
     "conv_tower",
     "dense_head_args",

@@ -44,6 +44,17 @@ def centerness_weighted_logits(
     return log_score - torch.log(-torch.expm1(log_score))
 
 
+def score_logits(outputs: DenseOutputs, class_exponent: float = 0.5) -> list[Tensor]:
+    """Per level, the (B, A, C) logits whose sigmoid is the detection score: the class logits,
+    or with centre-ness their centerness_weighted_logits at ``class_exponent``."""
+    if outputs.centerness is None:
+        return list(outputs.cls_logits)
+    return [
+        centerness_weighted_logits(c, o, class_exponent)
+        for c, o in zip(outputs.cls_logits, outputs.centerness)
+    ]
+
+
 class DensePostProcessor:
     """Turns a dense head's outputs into at most ``detections_per_img`` detections per image.
 
@@ -144,12 +155,7 @@ class DensePostProcessor:
             B dicts: "boxes" (K, 4) float x1y1x2y2 pixels of the (resized) image, "scores" (K,)
             float in decreasing order, "labels" (K,) int64 in 1..C; K <= detections_per_img.
         """
-        logits = outputs.cls_logits
-        if outputs.centerness is not None:
-            e = self.class_score_exponent
-            logits = [
-                centerness_weighted_logits(c, o, e) for c, o in zip(logits, outputs.centerness)
-            ]
+        logits = score_logits(outputs, self.class_score_exponent)
         num_images, _, num_classes = logits[0].shape
         sizes = torch.tensor(image_sizes, dtype=torch.float32, device=logits[0].device).reshape(
             num_images, 2
