@@ -192,6 +192,31 @@ def test_iou_losses_by_hand():
     torch.testing.assert_close(iou_loss(a[:1], b[:1], "iou"), torch.tensor([math.log(3.0)]))
 
 
+@pytest.mark.parametrize("ignore", [False, True])
+def test_locations_outside_the_centre_region_are_background_or_ignored(ignore):
+    anchors, strides, outputs = _one_level()  # locations x in 0..32, y in 0..24, every 8 px
+    recorder = RecordingLoss()
+    loss = FCOSLossComputation(
+        3, recorder, strides, [(0, INF)], center_sampling_radius=1.0, ignore_outside_center=ignore
+    )
+    # box A, centre (20, 12): inside it x in {8, 16, 24, 32} and y in {8, 16}; its centre
+    # region (|dx|, |dy| < 8) keeps x in {16, 24}. Image 1 adds box B around (8, 8) alone.
+    box_a, box_b = [2.0, 2.0, 38.0, 22.0], [4.0, 4.0, 12.0, 12.0]
+    targets = [
+        {"boxes": torch.tensor([box_a]), "labels": torch.tensor([3])},
+        {"boxes": torch.tensor([box_a, box_b]), "labels": torch.tensor([3, 1])},
+    ]
+    loss(anchors, outputs, targets)
+    labels, normalizer = recorder.calls[0]
+    expected = torch.zeros(2, 20, dtype=torch.int64)
+    expected[:, [7, 8, 12, 13]] = 3  # (16, 8), (24, 8), (16, 16), (24, 16)
+    off_centre = -1 if ignore else 0
+    expected[0, [6, 9, 11, 14]] = off_centre  # (8, 8), (32, 8), (8, 16), (32, 16)
+    expected[1, [9, 11, 14]] = off_centre
+    expected[1, 6] = 1  # (8, 8) lies in the centre region of box B: a positive either way
+    assert torch.equal(labels, expected) and normalizer == 9.0  # positives of the batch
+
+
 def test_images_without_boxes():
     anchors, strides, outputs = _one_level()
     for p in outputs.cls_logits + outputs.box_regression + outputs.centerness:

@@ -26,6 +26,10 @@ _F.SIZES_OF_INTEREST = (64, 128, 256, 512)
 # Positives only within this many strides of the box centre (as well as inside the box);
 # 0 turns centre sampling off (every location inside the box).
 _F.CENTER_SAMPLING_RADIUS = 1.5
+# With centre sampling, the locations inside a box (and in its level's range) but outside its
+# centre region: background (False: the FCOS authors' code, torchvision) or left out of the
+# classification loss (True: labelled -1, neither positive nor negative).
+_F.IGNORE_OUTSIDE_CENTER = False
 # Box loss: "giou" (1 - GIoU, torchvision) or "iou" (-ln IoU, the FCOS paper).
 _F.REG_LOSS = "giou"
 # Weight each positive's box loss by its centre-ness target and divide by their sum (the FCOS

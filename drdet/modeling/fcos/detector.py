@@ -53,6 +53,7 @@ def build_fcos_loss(cfg, strides: Sequence[int]) -> FCOSLossComputation:
         strides=strides,
         ranges=level_ranges(f.SIZES_OF_INTEREST, len(strides)),
         center_sampling_radius=f.CENTER_SAMPLING_RADIUS,
+        ignore_outside_center=f.IGNORE_OUTSIDE_CENTER,
         reg_loss=f.REG_LOSS,
         centerness_weighted_reg=f.CENTERNESS_WEIGHTED_REG,
     )

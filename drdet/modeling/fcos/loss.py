@@ -39,6 +39,9 @@ class FCOSLossComputation(DenseLoss):
         strides: per level, its stride (the size of its locations) in pixels.
         ranges: per level (lo, hi) of max(l, t, r, b) (drdet.modeling.fcos.targets.level_ranges).
         center_sampling_radius: in strides; 0: off.
+        ignore_outside_center: label -1 (left out of the classification loss) the locations
+            that would be positives of a box without centre sampling but are not with it; else
+            they are background.
         reg_loss: "giou" or "iou" (see :func:`drdet.modeling.dense.iou_loss`).
         centerness_weighted_reg: weight each positive's box loss by its centre-ness target and
             divide by their sum (averaged over the ranks) instead of by the positives' number.
@@ -55,6 +58,7 @@ class FCOSLossComputation(DenseLoss):
         strides: Sequence[int],
         ranges: Sequence[Sequence[float]],
         center_sampling_radius: float = 1.5,
+        ignore_outside_center: bool = False,
         reg_loss: str = "giou",
         centerness_weighted_reg: bool = False,
     ):
@@ -68,6 +72,7 @@ class FCOSLossComputation(DenseLoss):
         self.strides = [int(s) for s in strides]
         self.ranges = [(float(lo), float(hi)) for lo, hi in ranges]
         self.center_sampling_radius = center_sampling_radius
+        self.ignore_outside_center = ignore_outside_center
         self.reg_loss = reg_loss
         self.centerness_weighted_reg = centerness_weighted_reg
 
@@ -102,6 +107,11 @@ class FCOSLossComputation(DenseLoss):
             self.center_sampling_radius,
         )
         labels, positives, boxes = matched_targets(matches, gt_boxes, gt_labels)
+        if self.ignore_outside_center and self.center_sampling_radius > 0:
+            inside = assign_locations(
+                anchor_centres(all_anchors), sizes, ranges, gt_boxes, gt_valid
+            )
+            labels = labels.masked_fill((matches < 0) & (inside >= 0), -1)
         distances = DistanceCoder.encode(boxes, all_anchors[positives[:, 1]])
         return {
             "labels": labels,

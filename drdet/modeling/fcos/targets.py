@@ -10,7 +10,8 @@ A location (x, y) of level l, whose size is s_l (its stride: 8 ... 128), is a po
   [lo_l, hi_l] (bounds included, the FCOS paper's rule; torchvision excludes both bounds);
   lo = 0 for P3 and hi = infinity for P7.
 A location that several boxes claim takes the box of smallest area; equal areas go to the box
-listed first. Every other location is background: FCOS ignores no location.
+listed first. Every other location is background: FCOS ignores no location (the loss's
+``ignore_outside_center`` can leave out those inside a box but outside its centre region).
 """
 
 from __future__ import annotations
