@@ -340,6 +340,12 @@ def test_seed_table_gives_mean_min_max_and_the_difference_of_means():
             ["+3.6 AP", "up to 5.0", "not larger", "4 seeds"],
         ),
         ([30.0, 25.0, 28.0], [27.0, 29.0, 26.0], ["+0.3 AP", "up to 5.0", "not larger"]),
+        # 38.4883 - 35.0637 = 3.4247 against 3.352: alike to one decimal, so both get two
+        (
+            [39.651, 39.515, 36.299],
+            [34.59, 35.335, 35.266],
+            ["+3.42 AP", "up to 3.35 AP", "larger", "2 seeds"],
+        ),
     ],
 )
 def test_spread_statement_says_whether_the_seeds_tell_the_losses_apart(dr, focal, expected):

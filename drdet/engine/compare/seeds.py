@@ -78,9 +78,11 @@ def spread_statement(runs: list[Run], results: Results, metric: str = "AP") -> s
     if a is None or b is None:
         return f"{metric} is undefined for some run: no verdict."
     v, n = verdict(a, b), min(len(a), len(b))
+    # one decimal, or two where one would print the difference and the spread alike
+    digits = 1 if f"{abs(v.difference):.1f}" != f"{v.spread:.1f}" else 2
     head = (
-        f"{name_a} - {name_b} = {v.difference:+.1f} {metric} (means of {len(a)} and {len(b)} "
-        f"seeds); the seeds of one loss spread by up to {v.spread:.1f} {metric}."
+        f"{name_a} - {name_b} = {v.difference:+.{digits}f} {metric} (means of {len(a)} and "
+        f"{len(b)} seeds); the seeds of one loss spread by up to {v.spread:.{digits}f} {metric}."
     )
     if v.clear:
         winner, loser = (name_a, name_b) if v.difference > 0 else (name_b, name_a)
