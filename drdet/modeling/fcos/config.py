@@ -28,7 +28,8 @@ _F.SIZES_OF_INTEREST = (64, 128, 256, 512)
 _F.CENTER_SAMPLING_RADIUS = 1.5
 # With centre sampling, the locations inside a box (and in its level's range) but outside its
 # centre region: background (False: the FCOS authors' code, torchvision) or left out of the
-# classification loss (True: labelled -1, neither positive nor negative).
+# classification loss (True: labelled -1, neither positive nor negative; it cost DR-FCOS 3.2 AP
+# on the synthetic set, one seed: docs/BENCHMARKS.md).
 _F.IGNORE_OUTSIDE_CENTER = False
 # Box loss: "giou" (1 - GIoU, torchvision) or "iou" (-ln IoU, the FCOS paper).
 _F.REG_LOSS = "giou"
