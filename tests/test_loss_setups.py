@@ -142,7 +142,7 @@ def test_declared_setups():
         setup = loss_setup(loss, "RetinaNet")
         assert setup == {f"MODEL.RETINANET.{k}": v for k, v in zip(KEYS[1:], values[1:])}
     # FCOS takes only the prior of each loss's recipe (it has no IoU matcher); DR on FCOS
-    # declares its score exponent for the pair
+    # declares its score exponent and its loss weight for the pair
     exponent = "MODEL.FCOS.CLASS_SCORE_EXPONENT"
     assert loss_setup("DR", "FCOS") == {
         "MODEL.FCOS.PRIOR_PROB": 0.5,

@@ -98,19 +98,14 @@ class FCOSLossComputation(DenseLoss):
                 for a, r in zip(anchors, self.ranges)
             ]
         )
+        points = anchor_centres(all_anchors)
         matches = assign_locations(
-            anchor_centres(all_anchors),
-            sizes,
-            ranges,
-            gt_boxes,
-            gt_valid,
-            self.center_sampling_radius,
+            points, sizes, ranges, gt_boxes, gt_valid, self.center_sampling_radius
         )
         labels, positives, boxes = matched_targets(matches, gt_boxes, gt_labels)
         if self.ignore_outside_center and self.center_sampling_radius > 0:
-            inside = assign_locations(
-                anchor_centres(all_anchors), sizes, ranges, gt_boxes, gt_valid
-            )
+            # the same assignment without centre sampling: its positives that are not ours
+            inside = assign_locations(points, sizes, ranges, gt_boxes, gt_valid)
             labels = labels.masked_fill((matches < 0) & (inside >= 0), -1)
         distances = DistanceCoder.encode(boxes, all_anchors[positives[:, 1]])
         return {
