@@ -74,9 +74,9 @@ ATSS_SETUPS = {
     "configs/synthetic/atss_R-18-FPN_synthetic.yaml": ("FOCAL", 0.01, 0.05, 0.6, 0.5),
     "configs/synthetic/dr_atss_R-18-FPN_synthetic.yaml": ("DR", 0.5, 0.05, 0.6, 0.75),
 }
-# MODEL.DR_LOSS.TAU that the DR loss's setup gives each detector (Dr. Retina's 4 where it declares
-# none: tau = 1 won on one ATSS set and lost on the other); every other loss leaves the default 4.
-DR_TAU = {"FCOS": 1.0, "ATSS": 4.0}
+# MODEL.DR_LOSS.TAU that the DR loss's setup gives each detector; every other loss leaves the
+# default 4 (Dr. Retina's).
+DR_TAU = {"FCOS": 1.0, "ATSS": 1.0}
 # config -> (the detector's node, its NODE_KEYS values)
 NODE_SETUPS = {
     **{rel: ("FCOS", values) for rel, values in FCOS_BEFORE.items()},
@@ -153,7 +153,11 @@ def test_declared_setups():
     # so does ATSS (no IoU matcher; its threshold applies to the centre-ness-weighted score)
     assert loss_key("ATSS") == "MODEL.ATSS.LOSS_TYPE"
     exponent = "MODEL.ATSS.CLASS_SCORE_EXPONENT"
-    assert loss_setup("DR", "ATSS") == {"MODEL.ATSS.PRIOR_PROB": 0.5, exponent: 0.75}
+    assert loss_setup("DR", "ATSS") == {
+        "MODEL.ATSS.PRIOR_PROB": 0.5,
+        exponent: 0.75,
+        "MODEL.DR_LOSS.TAU": 1.0,
+    }
     assert loss_setup("FOCAL", "ATSS") == {"MODEL.ATSS.PRIOR_PROB": 0.01}
     assert loss_setup("DR", "NoSuchDetector") == {}
 
